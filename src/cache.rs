@@ -1,0 +1,343 @@
+//! Watches TargetGroupBindings, Services, Pods and Namespaces and keeps the `Index` current.
+//!
+//! A thin shell: each watcher strips API objects to the domain types (so 10,000 pods cost
+//! little memory) and applies them to the index; a re-list replaces the kind wholesale.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+
+use crate::crd::TargetGroupBinding;
+use crate::domain::{self, ConditionStatus, INJECT_LABEL, INJECT_LABEL_VALUE, PortRef, TargetType};
+use crate::index::{Index, Kind};
+
+/// The index and a signal that it changed, shared by the webhook and the controller.
+#[derive(Default)]
+pub struct Cache {
+    index: RwLock<Index>,
+    changed: Notify,
+}
+
+impl Cache {
+    pub fn read(&self) -> RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+    pub fn write(&self) -> RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+    /// Resolves after the index changed (at most one wake-up is remembered).
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+    pub fn notify(&self) {
+        self.changed.notify_one();
+    }
+}
+
+/// Starts the four watchers; they run until the process ends.
+pub fn spawn_watchers(client: Client, cache: Arc<Cache>) {
+    tokio::spawn(drive::<TargetGroupBinding>(Api::all(client.clone()), cache.clone()));
+    tokio::spawn(drive::<Service>(Api::all(client.clone()), cache.clone()));
+    tokio::spawn(drive::<Pod>(Api::all(client.clone()), cache.clone()));
+    tokio::spawn(drive::<Namespace>(Api::all(client), cache));
+}
+
+/// An API kind the index holds a stripped copy of.
+pub trait Cached: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static {
+    const KIND: Kind;
+    type Item: Send;
+    /// The stripped copy, or `None` when the object is unusable (it is then dropped).
+    fn convert(&self) -> Option<Self::Item>;
+    fn apply(ix: &mut Index, ns: &str, name: &str, item: Self::Item);
+    fn delete(ix: &mut Index, ns: &str, name: &str);
+    fn replace(ix: &mut Index, all: Vec<(String, String, Self::Item)>);
+}
+
+async fn drive<K: Cached>(api: Api<K>, cache: Arc<Cache>) {
+    let kind = K::KIND;
+    let mut relist: Vec<(String, String, K::Item)> = Vec::new();
+    let mut stream = std::pin::pin!(watcher::watcher(api, watcher::Config::default()).default_backoff());
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(Event::Init) => relist.clear(),
+            Ok(Event::InitApply(o)) => {
+                if let Some(item) = o.convert() {
+                    relist.push((o.namespace().unwrap_or_default(), o.name_any(), item));
+                }
+            }
+            Ok(Event::InitDone) => {
+                let mut ix = cache.write();
+                let n = relist.len();
+                K::replace(&mut ix, std::mem::take(&mut relist));
+                if kind == Kind::Binding && ix.bindings_crd_missing {
+                    ix.bindings_crd_missing = false;
+                    tracing::info!("TargetGroupBinding CRD found; injecting readiness gates again");
+                }
+                ix.compact();
+                drop(ix);
+                tracing::info!(?kind, objects = n, "cache synced");
+                cache.notify();
+            }
+            Ok(Event::Apply(o)) => {
+                let (ns, name) = (o.namespace().unwrap_or_default(), o.name_any());
+                let mut ix = cache.write();
+                match o.convert() {
+                    Some(item) => K::apply(&mut ix, &ns, &name, item),
+                    None => K::delete(&mut ix, &ns, &name),
+                }
+                drop(ix);
+                cache.notify();
+            }
+            Ok(Event::Delete(o)) => {
+                K::delete(&mut cache.write(), &o.namespace().unwrap_or_default(), &o.name_any());
+                cache.notify();
+            }
+            Err(e) if kind == Kind::Binding && is_not_found(&e) => {
+                let mut ix = cache.write();
+                if !ix.bindings_crd_missing {
+                    tracing::error!(
+                        "the TargetGroupBinding CRD (targetgroupbindings.elbv2.k8s.aws/v1beta1) is not installed: \
+                         no readiness gates will be injected until it is (install the AWS Load Balancer Controller)"
+                    );
+                }
+                ix.bindings_crd_missing = true;
+                ix.replace_bindings(Vec::new());
+                drop(ix);
+                cache.notify();
+            }
+            Err(e) => tracing::warn!(?kind, error = %e, "watch failed; retrying with backoff"),
+        }
+    }
+}
+
+fn is_not_found(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code == 404,
+        _ => false,
+    }
+}
+
+fn port_ref(p: &IntOrString) -> PortRef {
+    match p {
+        IntOrString::Int(n) => PortRef::Number(*n),
+        IntOrString::String(s) => match s.parse::<i32>() {
+            Ok(n) => PortRef::Number(n),
+            Err(_) => PortRef::Name(s.clone()),
+        },
+    }
+}
+
+impl Cached for TargetGroupBinding {
+    const KIND: Kind = Kind::Binding;
+    type Item = domain::Binding;
+    fn convert(&self) -> Option<domain::Binding> {
+        let Some(svc) = self.spec.service_ref.as_ref().filter(|s| !s.name.is_empty()) else {
+            tracing::warn!(binding = %self.name_any(), namespace = ?self.namespace(), "TargetGroupBinding has no serviceRef; ignored");
+            return None;
+        };
+        let Some(port) = svc.port.as_ref() else {
+            tracing::warn!(binding = %self.name_any(), namespace = ?self.namespace(), "TargetGroupBinding has no serviceRef.port; ignored");
+            return None;
+        };
+        Some(domain::Binding {
+            name: self.name_any(),
+            target_group_arn: self.spec.target_group_arn.clone().unwrap_or_default(),
+            target_type: match self.spec.target_type.as_deref() {
+                Some("ip") => TargetType::Ip,
+                Some(_) => TargetType::Instance,
+                None => TargetType::Unspecified,
+            },
+            service_name: svc.name.clone(),
+            service_port: port_ref(port),
+        })
+    }
+    fn apply(ix: &mut Index, ns: &str, _name: &str, item: domain::Binding) {
+        ix.apply_binding(ns, item)
+    }
+    fn delete(ix: &mut Index, ns: &str, name: &str) {
+        ix.delete_binding(ns, name)
+    }
+    fn replace(ix: &mut Index, all: Vec<(String, String, domain::Binding)>) {
+        ix.replace_bindings(all.into_iter().map(|(ns, _, b)| (ns, b)).collect())
+    }
+}
+
+impl Cached for Service {
+    const KIND: Kind = Kind::Service;
+    type Item = domain::Service;
+    fn convert(&self) -> Option<domain::Service> {
+        let spec = self.spec.as_ref()?;
+        Some(domain::Service {
+            selector: spec.selector.clone().unwrap_or_default(),
+            ports: spec
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| domain::ServicePort {
+                    name: p.name.clone(),
+                    port: p.port,
+                    target_port: p.target_port.as_ref().map(port_ref),
+                })
+                .collect(),
+        })
+    }
+    fn apply(ix: &mut Index, ns: &str, name: &str, item: domain::Service) {
+        ix.apply_service(ns, name, item)
+    }
+    fn delete(ix: &mut Index, ns: &str, name: &str) {
+        ix.delete_service(ns, name)
+    }
+    fn replace(ix: &mut Index, all: Vec<(String, String, domain::Service)>) {
+        ix.replace_services(all)
+    }
+}
+
+impl Cached for Pod {
+    const KIND: Kind = Kind::Pod;
+    type Item = domain::Pod;
+    fn convert(&self) -> Option<domain::Pod> {
+        Some(pod_view(self))
+    }
+    fn apply(ix: &mut Index, ns: &str, name: &str, item: domain::Pod) {
+        ix.apply_pod(ns, name, item)
+    }
+    fn delete(ix: &mut Index, ns: &str, name: &str) {
+        ix.delete_pod(ns, name)
+    }
+    fn replace(ix: &mut Index, all: Vec<(String, String, domain::Pod)>) {
+        ix.replace_pods(all)
+    }
+}
+
+impl Cached for Namespace {
+    const KIND: Kind = Kind::Namespace;
+    type Item = bool;
+    fn convert(&self) -> Option<bool> {
+        Some(self.labels().get(INJECT_LABEL).map(String::as_str) == Some(INJECT_LABEL_VALUE))
+    }
+    fn apply(ix: &mut Index, _ns: &str, name: &str, opted_in: bool) {
+        ix.apply_namespace(name, opted_in)
+    }
+    fn delete(ix: &mut Index, _ns: &str, name: &str) {
+        ix.apply_namespace(name, false)
+    }
+    fn replace(ix: &mut Index, all: Vec<(String, String, bool)>) {
+        ix.replace_namespaces(all.into_iter().filter(|(_, _, on)| *on).map(|(_, name, _)| name).collect())
+    }
+}
+
+/// Strips a pod to what the controller decides on.
+pub fn pod_view(pod: &Pod) -> domain::Pod {
+    let spec = pod.spec.as_ref();
+    let status = pod.status.as_ref();
+    let phase = status.and_then(|s| s.phase.as_deref());
+    let conditions = status.and_then(|s| s.conditions.as_ref());
+    domain::Pod {
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()),
+        finished: pod.metadata.deletion_timestamp.is_some() || matches!(phase, Some("Succeeded" | "Failed")),
+        ip: status.and_then(|s| s.pod_ip.clone()).filter(|ip| !ip.is_empty()),
+        container_ports: spec
+            .into_iter()
+            .flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()))
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| Some(domain::ContainerPort { name: p.name.clone()?, port: p.container_port }))
+            .collect(),
+        gates: spec
+            .and_then(|s| s.readiness_gates.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|g| domain::gate_binding(&g.condition_type).map(str::to_string))
+            .collect(),
+        conditions: conditions
+            .into_iter()
+            .flatten()
+            .filter_map(|c| {
+                let binding = domain::gate_binding(&c.type_)?;
+                Some((
+                    binding.to_string(),
+                    domain::Condition {
+                        status: ConditionStatus::parse(&c.status),
+                        reason: c.reason.clone().unwrap_or_default(),
+                        message: c.message.clone().unwrap_or_default(),
+                        last_transition_time: c.last_transition_time.as_ref().map(|t| t.0.to_string()),
+                    },
+                ))
+            })
+            .collect(),
+        containers_ready_since: conditions
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == "ContainersReady" && c.status == "True")
+            .map(|c| c.last_transition_time.as_ref().map_or(0, |t| t.0.as_second())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pod_view_keeps_what_the_controller_needs() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": { "name": "web-1", "namespace": "shop", "uid": "u-1", "labels": {"app": "web"},
+                          "creationTimestamp": "2026-11-21T10:00:00Z", "managedFields": [] },
+            "spec": {
+                "containers": [{ "name": "web", "ports": [{ "name": "http", "containerPort": 8080 }, { "containerPort": 9 }] }],
+                "initContainers": [{ "name": "side", "restartPolicy": "Always", "ports": [{ "name": "admin", "containerPort": 9901 }] }],
+                "readinessGates": [{ "conditionType": "target-health.elbv2.k8s.aws/web-tgb" }, { "conditionType": "other/x" }]
+            },
+            "status": {
+                "podIP": "127.0.1.2",
+                "conditions": [
+                    { "type": "ContainersReady", "status": "True", "lastTransitionTime": "2026-11-21T10:00:07Z" },
+                    { "type": "target-health.elbv2.k8s.aws/web-tgb", "status": "False", "reason": "Elb.InitialHealthChecking",
+                      "message": "Initial health checks in progress", "lastTransitionTime": "2026-11-21T10:00:03Z" }
+                ]
+            }
+        }))
+        .unwrap();
+        let v = pod_view(&pod);
+        assert_eq!(v.uid, "u-1");
+        assert_eq!(v.ip.as_deref(), Some("127.0.1.2"));
+        assert_eq!(v.gates, ["web-tgb"]);
+        assert_eq!(v.container_ports.len(), 2);
+        assert_eq!(v.containers_ready_since, Some(1_795_255_207));
+        assert_eq!(v.created, Some(1_795_255_200));
+        let c = &v.conditions["web-tgb"];
+        assert_eq!(c.status, ConditionStatus::False);
+        assert_eq!(c.last_transition_time.as_deref(), Some("2026-11-21T10:00:03Z"));
+        assert!(!v.finished);
+    }
+
+    #[test]
+    fn binding_conversion_reads_lbc_fields_and_ignores_the_rest() {
+        let tgb: TargetGroupBinding = serde_json::from_value(json!({
+            "apiVersion": "elbv2.k8s.aws/v1beta1", "kind": "TargetGroupBinding",
+            "metadata": { "name": "web-tgb", "namespace": "shop" },
+            "spec": { "targetGroupARN": "arn:x", "targetType": "ip", "serviceRef": { "name": "web", "port": "http" },
+                      "networking": { "ingress": [] }, "ipAddressType": "ipv4", "vpcID": "vpc-1" }
+        }))
+        .unwrap();
+        let b = tgb.convert().unwrap();
+        assert_eq!(b.target_group_arn, "arn:x");
+        assert_eq!(b.target_type, TargetType::Ip);
+        assert_eq!(b.service_port, PortRef::Name("http".into()));
+        let no_ref: TargetGroupBinding = serde_json::from_value(json!({
+            "apiVersion": "elbv2.k8s.aws/v1beta1", "kind": "TargetGroupBinding",
+            "metadata": { "name": "x" }, "spec": { "targetGroupName": "tg" }
+        }))
+        .unwrap();
+        assert!(no_ref.convert().is_none());
+    }
+}

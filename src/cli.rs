@@ -1,0 +1,155 @@
+//! Command-line interface. Every flag of `serve` can also be set through its environment
+//! variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "readygate", version, about = "ELBv2 target-health readiness gates for Kubernetes pods")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(long, global = true, env = "READYGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the admission webhook (every replica) and the status controller (leader only).
+    Serve(ServeArgs),
+    /// Generate a CA and a serving certificate for the webhook Service.
+    Certs(CertsArgs),
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 2s, 5m)"))
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    #[command(flatten)]
+    pub controller: ControllerArgs,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct WebhookArgs {
+    /// HTTPS address of the admission webhook (POST /mutate-v1-pod).
+    #[arg(long, env = "READYGATE_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
+    pub webhook_addr: SocketAddr,
+    /// PEM certificate chain served by the webhook.
+    #[arg(long, env = "READYGATE_TLS_CERT", default_value = "/tls/tls.crt")]
+    pub tls_cert: PathBuf,
+    /// PEM private key of the certificate.
+    #[arg(long, env = "READYGATE_TLS_KEY", default_value = "/tls/tls.key")]
+    pub tls_key: PathBuf,
+    /// How often the certificate files are checked for rotation.
+    #[arg(long, env = "READYGATE_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = duration)]
+    pub tls_reload_interval: Duration,
+    /// Time a client has to send a request's headers before the connection is closed.
+    #[arg(long, env = "READYGATE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub header_read_timeout: Duration,
+    /// Largest AdmissionReview body accepted, in bytes.
+    #[arg(long, env = "READYGATE_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct AdminArgs {
+    /// Plain-HTTP address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "READYGATE_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: SocketAddr,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ControllerArgs {
+    /// Run the status controller (leader-elected). With false, this replica only serves the webhook.
+    #[arg(long, env = "READYGATE_CONTROLLER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub controller: bool,
+    /// Interval between polls of a target group once its targets can be healthy.
+    #[arg(long, env = "READYGATE_POLL_INTERVAL", default_value = "2s", value_parser = duration)]
+    pub poll_interval: Duration,
+    /// ELBv2 calls per second this process makes at most, averaged (AWS's Describe* bucket
+    /// refills at 10/s for the whole account).
+    #[arg(long, env = "READYGATE_ELBV2_RATE", default_value_t = 5.0)]
+    pub elbv2_rate: f64,
+    /// ELBv2 calls that may go at once before the rate applies.
+    #[arg(long, env = "READYGATE_ELBV2_BURST", default_value_t = 10)]
+    pub elbv2_burst: u32,
+    /// Count `unused` targets with reason Target.NotInUse (target group attached to no load
+    /// balancer, so no traffic waits on them) as ready.
+    #[arg(long, env = "READYGATE_UNUSED_IS_READY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub unused_is_ready: bool,
+    /// Count `unavailable` targets with reason Target.HealthCheckDisabled as ready.
+    #[arg(long, env = "READYGATE_UNAVAILABLE_IS_READY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub unavailable_is_ready: bool,
+    /// Release a gate this long after pod creation whatever the load balancer says (off when unset).
+    #[arg(long, env = "READYGATE_FAILSAFE_TIMEOUT", value_parser = duration)]
+    pub failsafe_timeout: Option<Duration>,
+    /// Name of the coordination.k8s.io Lease used for leader election.
+    #[arg(long, env = "READYGATE_LEASE_NAME", default_value = "readygate")]
+    pub lease_name: String,
+    /// Namespace of the Lease (defaults to $POD_NAMESPACE, else readygate-system).
+    #[arg(long, env = "READYGATE_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// This replica's identity in the Lease (defaults to $POD_NAME, else the host name).
+    #[arg(long, env = "READYGATE_IDENTITY")]
+    pub identity: Option<String>,
+    /// Time allowed for one pod status PATCH.
+    #[arg(long, env = "READYGATE_WRITE_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub write_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Name of the webhook Service.
+    #[arg(long, default_value = "readygate-webhook")]
+    pub service: String,
+    /// Namespace of the webhook Service.
+    #[arg(long, default_value = "readygate-system")]
+    pub namespace: String,
+    /// Directory to write ca.crt, tls.crt and tls.key into.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Extra subject alternative names (DNS names or IP addresses).
+    #[arg(long = "extra-san")]
+    pub extra_sans: Vec<String>,
+    /// Validity of the serving certificate, in days.
+    #[arg(long, default_value_t = 365)]
+    pub days: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent_and_defaults_hold() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["readygate", "serve"]).unwrap();
+        let Command::Serve(s) = cli.command else { panic!() };
+        assert_eq!(s.webhook.webhook_addr.port(), 9443);
+        assert_eq!(s.admin.admin_addr.port(), 8080);
+        assert_eq!(s.controller.poll_interval, Duration::from_secs(2));
+        assert!(s.controller.unused_is_ready && s.controller.failsafe_timeout.is_none());
+        let cli = Cli::try_parse_from(["readygate", "serve", "--failsafe-timeout", "10m", "--unused-is-ready", "false"]).unwrap();
+        let Command::Serve(s) = cli.command else { panic!() };
+        assert_eq!(s.controller.failsafe_timeout, Some(Duration::from_secs(600)));
+        assert!(!s.controller.unused_is_ready);
+        assert!(Cli::try_parse_from(["readygate", "serve", "--poll-interval", "soon"]).is_err());
+    }
+}

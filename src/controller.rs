@@ -1,0 +1,630 @@
+//! The status controller: ELBv2 target health → pod readiness-gate conditions.
+//!
+//! One loop, active only on the leader. Each pass reads the index, decides what every pending
+//! gate should say (`plan`, pure), hands condition writes to the writer, and starts the polls
+//! that are due — one DescribeTargetHealth per target group, shared by every binding and pod
+//! on it. Poll results come back on a channel and trigger the next pass.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use tokio::sync::{mpsc, watch};
+
+use crate::budget::{Backoff, Budget};
+use crate::cache::Cache;
+use crate::cli::ControllerArgs;
+use crate::condition::{self, Desired, Health, Policy};
+use crate::domain::{ConditionStatus, Pod, TargetType, gate_type};
+use crate::elbv2::{ElbError, Elbv2, GroupSettings};
+use crate::index::Index;
+use crate::metrics::Metrics;
+use crate::schedule::{self, GroupTimes, Pending};
+use crate::target::{self, Target};
+use crate::writer::{self, ConditionWrite, Done, Job, Outcome, PodEvent, Writer};
+
+/// Wall-clock milliseconds (pod timestamps are wall-clock too).
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
+        .unwrap_or_default()
+}
+
+/// A gate waiting on its target's health.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Waiting {
+    pub arn: String,
+    pub target: Target,
+    pub ready_since_ms: Option<i64>,
+}
+
+/// What a pending gate needs, decided from the index alone.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Need {
+    /// Release the gate now (True) for a reason of our own.
+    Release(Desired),
+    /// Say False for a reason of our own and keep waiting (no target to ask ELB about).
+    Hold(Desired),
+    /// Ask ELB about the target.
+    Health(Waiting),
+}
+
+/// One gate of one pod that is not True yet.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GateWork {
+    pub namespace: String,
+    pub pod: String,
+    pub uid: String,
+    pub created: Option<i64>,
+    pub binding: String,
+    pub current: Option<crate::domain::Condition>,
+    pub need: Need,
+}
+
+/// Every pending gate in the index, and what it needs. Pods without an IP are left alone until
+/// they get one.
+pub fn plan(ix: &Index, now_ms: i64, failsafe: Option<Duration>) -> Vec<GateWork> {
+    let mut work = Vec::new();
+    for (ns, name, pod) in ix.pods() {
+        if pod.finished || pod.ip.is_none() {
+            continue;
+        }
+        for binding in &pod.gates {
+            if pod.gate_is_true(binding) {
+                continue;
+            }
+            work.push(GateWork {
+                namespace: ns.to_string(),
+                pod: name.to_string(),
+                uid: pod.uid.clone(),
+                created: pod.created,
+                binding: binding.clone(),
+                current: pod.conditions.get(binding).cloned(),
+                need: need(ix, ns, pod, binding, now_ms, failsafe),
+            });
+        }
+    }
+    work
+}
+
+fn need(ix: &Index, ns: &str, pod: &Pod, binding_name: &str, now_ms: i64, failsafe: Option<Duration>) -> Need {
+    let Some(binding) = ix.binding(ns, binding_name) else {
+        return Need::Release(Desired::released(
+            condition::REASON_BINDING_DELETED,
+            &format!("TargetGroupBinding {binding_name} does not exist (deleted, or never created); gate released"),
+        ));
+    };
+    if binding.target_type != TargetType::Ip {
+        return Need::Release(Desired::released(
+            condition::REASON_NOT_IP,
+            &format!("TargetGroupBinding {binding_name} does not register pod IPs (targetType is not ip); gate released"),
+        ));
+    }
+    let Some(service) = ix.service(ns, &binding.service_name) else {
+        return Need::Release(Desired::released(
+            condition::REASON_SERVICE_DELETED,
+            &format!("Service {} of TargetGroupBinding {binding_name} does not exist; gate released", binding.service_name),
+        ));
+    };
+    if let (Some(limit), Some(created)) = (failsafe, pod.created) {
+        if now_ms >= created * 1000 + limit.as_millis() as i64 {
+            return Need::Release(Desired::released(
+                condition::REASON_FAILSAFE,
+                &format!("target not healthy {}s after pod creation; gate released by the failsafe timeout", limit.as_secs()),
+            ));
+        }
+    }
+    if binding.target_group_arn.is_empty() {
+        return Need::Hold(Desired::new(
+            ConditionStatus::False,
+            condition::REASON_NO_TARGET,
+            &format!("TargetGroupBinding {binding_name} has no targetGroupARN yet"),
+        ));
+    }
+    match target::resolve(pod, binding, service) {
+        Ok(target) => Need::Health(Waiting {
+            arn: binding.target_group_arn.clone(),
+            target,
+            ready_since_ms: pod.containers_ready_since.map(|s| s * 1000),
+        }),
+        Err(e) => Need::Hold(Desired::new(ConditionStatus::False, condition::REASON_NO_TARGET, &format!("cannot resolve the target: {e}"))),
+    }
+}
+
+/// What ELB last said about a group.
+#[derive(Debug, Default)]
+struct Group {
+    settings: Option<GroupSettings>,
+    times: GroupTimes,
+    backoff: Option<Backoff>,
+    in_flight: bool,
+    /// Targets and health from the last successful poll, with its time.
+    health: Option<(HashMap<Target, Health>, i64)>,
+    not_found: Option<String>,
+}
+
+enum Reply {
+    Settings(String, Result<GroupSettings, ElbError>),
+    Health(String, Result<HashMap<Target, Health>, ElbError>, i64),
+}
+
+type Key = (String, String);
+
+struct Controller {
+    cache: Arc<Cache>,
+    elb: Elbv2,
+    metrics: Arc<Metrics>,
+    policy: Policy,
+    poll_interval_ms: i64,
+    failsafe: Option<Duration>,
+    groups: HashMap<String, Group>,
+    replies_tx: mpsc::Sender<Reply>,
+    jobs: mpsc::Sender<Job>,
+    /// Conditions handed to the writer and not yet seen in the cache: (uid, binding) → (desired, when).
+    sent: HashMap<Key, (Desired, i64)>,
+    /// When a target was first seen healthy, for the lag metric.
+    healthy_seen: HashMap<Key, i64>,
+    warned_missing: HashSet<String>,
+    last_missing_check: i64,
+}
+
+const RESEND_AFTER_MS: i64 = 10_000;
+const NOT_FOUND_RETRY: Duration = Duration::from_secs(60);
+const MISSING_CHECK_EVERY_MS: i64 = 10_000;
+
+fn jitter() -> f64 {
+    rand::random::<f64>()
+}
+
+impl Controller {
+    fn group(&mut self, arn: &str) -> &mut Group {
+        self.groups.entry(arn.to_string()).or_default()
+    }
+
+    /// One pass; returns when the next pass is due at the latest (ms).
+    fn pass(&mut self) -> Option<i64> {
+        let now = now_ms();
+        let cache = self.cache.clone();
+        let work = {
+            let ix = cache.read();
+            let s = ix.synced();
+            if !(s.bindings && s.services && s.pods) {
+                return None;
+            }
+            if s.namespaces && now - self.last_missing_check >= MISSING_CHECK_EVERY_MS {
+                self.last_missing_check = now;
+                self.check_missing(&ix);
+            }
+            plan(&ix, now, self.failsafe)
+        };
+
+        let pending_pods: HashSet<&str> = work.iter().map(|w| w.uid.as_str()).collect();
+        self.metrics.pending_pods.set(pending_pods.len() as i64);
+        let live: HashSet<Key> = work.iter().map(|w| (w.uid.clone(), w.binding.clone())).collect();
+        self.sent.retain(|k, _| live.contains(k));
+        self.healthy_seen.retain(|k, _| live.contains(k));
+
+        // Pending targets per group, for scheduling.
+        let mut pending: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
+        for w in &work {
+            let desired = match &w.need {
+                Need::Release(d) | Need::Hold(d) => d.clone(),
+                Need::Health(wait) => {
+                    pending.entry(wait.arn.clone()).or_default().push(Pending { ready_since_ms: wait.ready_since_ms });
+                    self.health_condition(w, wait, now)
+                }
+            };
+            self.write(w, &desired, now);
+        }
+
+        // Forget groups nothing waits on; poll the ones that are due.
+        self.groups.retain(|arn, g| pending.contains_key(arn) || g.in_flight);
+        let mut next: Option<i64> = None;
+        for (arn, targets) in pending {
+            let poll_interval = self.poll_interval_ms;
+            let g = self.group(&arn);
+            if g.in_flight {
+                continue;
+            }
+            let Some(settings) = g.settings else {
+                if g.times.not_before_ms.is_none_or(|t| t <= now) {
+                    g.in_flight = true;
+                    self.spawn_settings(arn);
+                } else {
+                    next = min_opt(next, g.times.not_before_ms);
+                }
+                continue;
+            };
+            let due = schedule::next_poll(&targets, settings.healthy_after().as_millis() as i64, poll_interval, g.times);
+            match due {
+                Some(t) if t <= now => {
+                    g.in_flight = true;
+                    self.spawn_poll(arn);
+                }
+                Some(t) => next = min_opt(next, Some(t)),
+                None => {}
+            }
+        }
+        // Re-send writes that got lost.
+        if !self.sent.is_empty() {
+            next = min_opt(next, Some(now + RESEND_AFTER_MS));
+        }
+        next
+    }
+
+    /// The condition ELB's last answer implies for a waiting gate.
+    fn health_condition(&mut self, w: &GateWork, wait: &Waiting, now: i64) -> Desired {
+        let g = self.groups.get(&wait.arn);
+        if let Some(msg) = g.and_then(|g| g.not_found.as_ref()) {
+            return Desired::new(ConditionStatus::False, "Readygate.TargetGroupNotFound", msg);
+        }
+        // Only an answer given after the containers were ready speaks for this pod's target
+        // (an earlier one may describe a previous pod with the same IP).
+        let answer = g.and_then(|g| g.health.as_ref()).filter(|(_, at)| wait.ready_since_ms.is_some_and(|r| *at >= r));
+        match answer {
+            None => condition::not_registered(),
+            Some((targets, at)) => match targets.get(&wait.target) {
+                None => condition::not_registered(),
+                Some(h) => {
+                    let d = condition::from_health(h, self.policy);
+                    if d.status == ConditionStatus::True {
+                        self.healthy_seen.entry((w.uid.clone(), w.binding.clone())).or_insert((*at).min(now));
+                    }
+                    d
+                }
+            },
+        }
+    }
+
+    fn write(&mut self, w: &GateWork, desired: &Desired, now: i64) {
+        let Some(condition) = condition::next(w.current.as_ref(), desired, &rfc3339(now)) else {
+            self.sent.remove(&(w.uid.clone(), w.binding.clone()));
+            return;
+        };
+        let key = (w.uid.clone(), w.binding.clone());
+        if let Some((d, at)) = self.sent.get(&key) {
+            if d == desired && now - at < RESEND_AFTER_MS {
+                return;
+            }
+        }
+        self.sent.insert(key, (desired.clone(), now));
+        let event = (desired.status == ConditionStatus::True).then(|| PodEvent {
+            namespace: w.namespace.clone(),
+            pod: w.pod.clone(),
+            uid: w.uid.clone(),
+            warning: false,
+            reason: "ReadinessGateReady",
+            note: format!(
+                "{} True ({}) {}s after pod creation",
+                gate_type(&w.binding),
+                desired.reason,
+                w.created.map_or(0, |c| (now / 1000 - c).max(0))
+            ),
+        });
+        let write = ConditionWrite {
+            namespace: w.namespace.clone(),
+            pod: w.pod.clone(),
+            uid: w.uid.clone(),
+            binding: w.binding.clone(),
+            condition,
+        };
+        if self.jobs.try_send(Job::Condition(write, event)).is_err() {
+            // The writer is saturated: forget it and decide again next pass.
+            self.sent.remove(&(w.uid.clone(), w.binding.clone()));
+        }
+    }
+
+    fn written(&mut self, done: Done) {
+        let key = (done.write.uid.clone(), done.write.binding.clone());
+        match done.outcome {
+            Outcome::Written if done.write.condition.status == ConditionStatus::True => {
+                let now = now_ms();
+                if let Some(seen) = self.healthy_seen.remove(&key) {
+                    self.metrics.healthy_to_written_seconds.observe((now - seen).max(0) as f64 / 1000.0);
+                }
+                let created = self.cache.read().pods().find(|(_, _, p)| p.uid == done.write.uid).and_then(|(_, _, p)| p.created);
+                if let Some(c) = created {
+                    self.metrics.gate_ready_seconds.observe((now / 1000 - c).max(0) as f64);
+                }
+            }
+            Outcome::Written | Outcome::Gone => {}
+            // Decide again on the next pass.
+            Outcome::Conflict | Outcome::NotLeader | Outcome::Timeout | Outcome::Failed => {
+                self.sent.remove(&key);
+            }
+        }
+    }
+
+    fn check_missing(&mut self, ix: &Index) {
+        let mut missing = 0;
+        let mut seen = HashSet::new();
+        for (ns, name, pod) in ix.pods() {
+            if pod.finished || !ix.is_opted_in(ns) {
+                continue;
+            }
+            let lacking: Vec<String> = ix
+                .gates_for(ns, &pod.labels)
+                .into_iter()
+                .filter(|g| !pod.gates.iter().any(|b| gate_type(b) == *g))
+                .collect();
+            if lacking.is_empty() {
+                continue;
+            }
+            missing += 1;
+            seen.insert(pod.uid.clone());
+            if self.warned_missing.insert(pod.uid.clone()) {
+                tracing::warn!(namespace = ns, pod = name, gates = ?lacking, "pod lacks readiness gates it should have; restart it");
+                let _ = self.jobs.try_send(Job::Event(PodEvent {
+                    namespace: ns.to_string(),
+                    pod: name.to_string(),
+                    uid: pod.uid.clone(),
+                    warning: true,
+                    reason: "ReadinessGateMissing",
+                    note: format!(
+                        "pod lacks readiness gate(s) {} (created before its TargetGroupBinding, or while the webhook was unavailable): \
+                         the load balancer does not hold its readiness; delete the pod to have it recreated with the gate",
+                        lacking.join(", ")
+                    ),
+                }));
+            }
+        }
+        self.warned_missing.retain(|uid| seen.contains(uid));
+        self.metrics.pods_missing_gates.set(missing);
+    }
+
+    fn spawn_settings(&self, arn: String) {
+        let (elb, tx) = (self.elb.clone(), self.replies_tx.clone());
+        tokio::spawn(async move {
+            let r = elb.group_settings(&arn).await;
+            let _ = tx.send(Reply::Settings(arn, r)).await;
+        });
+    }
+
+    fn spawn_poll(&self, arn: String) {
+        let (elb, tx) = (self.elb.clone(), self.replies_tx.clone());
+        tokio::spawn(async move {
+            let r = elb.target_health(&arn).await;
+            let _ = tx.send(Reply::Health(arn, r, now_ms())).await;
+        });
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        let now = now_ms();
+        let (arn, error) = match reply {
+            Reply::Settings(arn, Ok(s)) => {
+                let g = self.group(&arn);
+                g.in_flight = false;
+                g.settings = Some(s);
+                g.not_found = None;
+                tracing::info!(%arn, interval = s.interval_seconds, healthy_threshold = s.healthy_threshold, "target group settings read");
+                (arn, None)
+            }
+            Reply::Health(arn, Ok(targets), at) => {
+                let g = self.group(&arn);
+                g.in_flight = false;
+                g.times.last_poll_ms = Some(at);
+                g.times.not_before_ms = None;
+                g.backoff = None;
+                g.not_found = None;
+                g.health = Some((targets, at));
+                (arn, None)
+            }
+            Reply::Settings(arn, Err(e)) | Reply::Health(arn, Err(e), _) => (arn, Some(e)),
+        };
+        let Some(e) = error else { return };
+        let budget_hold = {
+            let g = self.group(&arn);
+            g.in_flight = false;
+            let backoff = g.backoff.get_or_insert_with(|| Backoff::new(Duration::from_secs(1), Duration::from_secs(60)));
+            let delay = match &e {
+                ElbError::TargetGroupNotFound(msg) => {
+                    g.not_found = Some(format!("target group {arn} not found: {msg}"));
+                    NOT_FOUND_RETRY.mul_f64(1.0 + 0.2 * jitter())
+                }
+                _ => backoff.failure(jitter()),
+            };
+            g.times.not_before_ms = Some(now + delay.as_millis() as i64);
+            matches!(e, ElbError::Throttled(_)).then_some(delay)
+        };
+        if let Some(delay) = budget_hold {
+            // The account's bucket is shared: every call waits, not just this group's.
+            self.elb.budget().hold(delay);
+        }
+        tracing::warn!(%arn, error = %e, "ELBv2 call failed; backing off");
+    }
+}
+
+fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// Runs the controller until the process ends: leader election, writer, decision loop.
+pub async fn run(client: Client, cache: Arc<Cache>, metrics: Arc<Metrics>, args: ControllerArgs) -> anyhow::Result<()> {
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("readygate-{}", std::process::id()));
+    let namespace = args
+        .lease_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| "readygate-system".into());
+    let (leader, _lease) = crate::leader::elect(client.clone(), &args.lease_name, &namespace, &identity, metrics.clone()).await?;
+
+    let budget = Arc::new(Budget::new(args.elbv2_rate, args.elbv2_burst));
+    let elb = Elbv2::from_env(budget, metrics.clone()).await;
+    let (jobs_tx, jobs_rx) = mpsc::channel(4096);
+    let (done_tx, done_rx) = mpsc::channel(4096);
+    let writer = Arc::new(Writer::new(client, leader.clone(), metrics.clone(), args.write_timeout, identity));
+    tokio::spawn(writer::run(writer, jobs_rx, done_tx, 16));
+    run_loop(cache, elb, metrics, &args, leader, jobs_tx, done_rx).await;
+    Ok(())
+}
+
+/// The decision loop, separate from the wiring so tests can drive it.
+pub async fn run_loop(
+    cache: Arc<Cache>,
+    elb: Elbv2,
+    metrics: Arc<Metrics>,
+    args: &ControllerArgs,
+    mut leader: watch::Receiver<bool>,
+    jobs: mpsc::Sender<Job>,
+    mut done: mpsc::Receiver<Done>,
+) {
+    let (replies_tx, mut replies) = mpsc::channel(1024);
+    let mut c = Controller {
+        cache: cache.clone(),
+        elb,
+        metrics,
+        policy: Policy { unused_is_ready: args.unused_is_ready, unavailable_is_ready: args.unavailable_is_ready },
+        poll_interval_ms: args.poll_interval.as_millis() as i64,
+        failsafe: args.failsafe_timeout,
+        groups: HashMap::new(),
+        replies_tx,
+        jobs,
+        sent: HashMap::new(),
+        healthy_seen: HashMap::new(),
+        warned_missing: HashSet::new(),
+        last_missing_check: i64::MIN / 2,
+    };
+    loop {
+        if !*leader.borrow_and_update() {
+            c.sent.clear();
+            c.metrics.pending_pods.set(0);
+            if leader.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let next = c.pass();
+        let sleep = next.map_or(Duration::from_secs(3600), |t| Duration::from_millis((t - now_ms()).max(0) as u64));
+        tokio::select! {
+            _ = cache.changed() => {
+                // Let a burst of watch events land before the next pass.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Some(r) = replies.recv() => {
+                c.reply(r);
+                while let Ok(r) = replies.try_recv() { c.reply(r); }
+            }
+            Some(d) = done.recv() => {
+                c.written(d);
+                while let Ok(d) = done.try_recv() { c.written(d); }
+            }
+            _ = tokio::time::sleep(sleep) => {}
+            r = leader.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Binding, Condition, ContainerPort, PortRef, Service, ServicePort};
+
+    fn index() -> Index {
+        let mut ix = Index::default();
+        ix.apply_service(
+            "shop",
+            "web",
+            Service {
+                selector: [("app".to_string(), "web".to_string())].into(),
+                ports: vec![ServicePort { name: Some("http".into()), port: 80, target_port: Some(PortRef::Name("http".into())) }],
+            },
+        );
+        ix.apply_binding(
+            "shop",
+            Binding {
+                name: "web-tgb".into(),
+                target_group_arn: "arn:tg/web".into(),
+                target_type: TargetType::Ip,
+                service_name: "web".into(),
+                service_port: PortRef::Number(80),
+            },
+        );
+        ix
+    }
+
+    fn pod(uid: &str, ip: Option<&str>) -> Pod {
+        Pod {
+            uid: uid.into(),
+            labels: [("app".to_string(), "web".to_string())].into(),
+            created: Some(1_000),
+            ip: ip.map(Into::into),
+            container_ports: vec![ContainerPort { name: "http".into(), port: 8080 }],
+            gates: vec!["web-tgb".into()],
+            containers_ready_since: Some(1_005),
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn plan_resolves_targets_and_skips_pods_without_ip_or_done() {
+        let mut ix = index();
+        ix.apply_pod("shop", "a", pod("a", Some("127.0.1.1")));
+        ix.apply_pod("shop", "b", pod("b", None));
+        let mut done = pod("c", Some("127.0.1.3"));
+        done.conditions.insert(
+            "web-tgb".into(),
+            Condition { status: ConditionStatus::True, reason: "Elb.Healthy".into(), message: String::new(), last_transition_time: None },
+        );
+        ix.apply_pod("shop", "c", done);
+        let mut gone = pod("d", Some("127.0.1.4"));
+        gone.finished = true;
+        ix.apply_pod("shop", "d", gone);
+        let work = plan(&ix, 2_000_000, None);
+        assert_eq!(work.len(), 1);
+        assert_eq!(
+            work[0].need,
+            Need::Health(Waiting {
+                arn: "arn:tg/web".into(),
+                target: Target { ip: "127.0.1.1".into(), port: 8080 },
+                ready_since_ms: Some(1_005_000)
+            })
+        );
+    }
+
+    #[test]
+    fn missing_binding_or_service_releases_the_gate() {
+        let mut ix = index();
+        let mut p = pod("a", Some("127.0.1.1"));
+        p.gates.push("ghost".into());
+        ix.apply_pod("shop", "a", p);
+        let work = plan(&ix, 2_000_000, None);
+        let ghost = work.iter().find(|w| w.binding == "ghost").unwrap();
+        assert!(matches!(&ghost.need, Need::Release(d) if d.reason == condition::REASON_BINDING_DELETED && d.status == ConditionStatus::True));
+        ix.delete_service("shop", "web");
+        let work = plan(&ix, 2_000_000, None);
+        let web = work.iter().find(|w| w.binding == "web-tgb").unwrap();
+        assert!(matches!(&web.need, Need::Release(d) if d.reason == condition::REASON_SERVICE_DELETED));
+    }
+
+    #[test]
+    fn failsafe_releases_after_the_timeout_only() {
+        let mut ix = index();
+        ix.apply_pod("shop", "a", pod("a", Some("127.0.1.1")));
+        let limit = Some(Duration::from_secs(300));
+        assert!(matches!(plan(&ix, 1_299_000, limit)[0].need, Need::Health(_)));
+        assert!(matches!(&plan(&ix, 1_300_000, limit)[0].need, Need::Release(d) if d.reason == condition::REASON_FAILSAFE));
+    }
+
+    #[test]
+    fn unresolvable_port_holds_the_gate_false() {
+        let mut ix = index();
+        let mut p = pod("a", Some("127.0.1.1"));
+        p.container_ports.clear();
+        ix.apply_pod("shop", "a", p);
+        assert!(matches!(&plan(&ix, 2_000_000, None)[0].need, Need::Hold(d) if d.status == ConditionStatus::False));
+    }
+}

@@ -1,0 +1,141 @@
+//! Domain types: the slices of TargetGroupBindings, Services and Pods that readygate decides on.
+//!
+//! Plain data with no Kubernetes client imports. The caches strip API objects down to these
+//! types, so the decision core can be tested without an API server and memory stays small.
+
+use std::collections::BTreeMap;
+
+/// Prefix of every readiness gate readygate owns (shared with the AWS Load Balancer Controller).
+pub const GATE_PREFIX: &str = "target-health.elbv2.k8s.aws/";
+/// Gates of the old aws-alb-ingress-controller v1, removed when new gates are injected.
+pub const LEGACY_GATE_PREFIX: &str = "target-health.alb.ingress.k8s.aws/";
+/// Namespace label that opts pods into injection.
+pub const INJECT_LABEL: &str = "elbv2.k8s.aws/pod-readiness-gate-inject";
+pub const INJECT_LABEL_VALUE: &str = "enabled";
+
+/// The condition type of the gate for binding `binding`.
+pub fn gate_type(binding: &str) -> String {
+    format!("{GATE_PREFIX}{binding}")
+}
+
+/// The binding a condition type names, if it is one of ours.
+pub fn gate_binding(condition_type: &str) -> Option<&str> {
+    condition_type.strip_prefix(GATE_PREFIX)
+}
+
+/// A port given by number or by name (Kubernetes IntOrString).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortRef {
+    Number(i32),
+    Name(String),
+}
+
+/// How a TargetGroupBinding registers targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetType {
+    Ip,
+    Instance,
+    /// The field is absent; the AWS controller's webhook normally defaults it.
+    Unspecified,
+}
+
+/// What readygate needs of a TargetGroupBinding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub name: String,
+    pub target_group_arn: String,
+    pub target_type: TargetType,
+    pub service_name: String,
+    pub service_port: PortRef,
+}
+
+/// One port of a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub port: i32,
+    /// Absent means "same as `port`" (the API server defaults it so).
+    pub target_port: Option<PortRef>,
+}
+
+/// What readygate needs of a Service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    pub selector: BTreeMap<String, String>,
+    pub ports: Vec<ServicePort>,
+}
+
+impl Service {
+    /// A Service selects a pod when its selector is non-empty and every pair is in the labels.
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        !self.selector.is_empty()
+            && self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// A named container port of a pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerPort {
+    pub name: String,
+    pub port: i32,
+}
+
+/// The state of one of our gate conditions on a pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Condition {
+    pub status: ConditionStatus,
+    pub reason: String,
+    pub message: String,
+    /// RFC 3339, kept as the API server wrote it.
+    pub last_transition_time: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+impl ConditionStatus {
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "True" => Self::True,
+            "False" => Self::False,
+            _ => Self::Unknown,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::True => "True",
+            Self::False => "False",
+            Self::Unknown => "Unknown",
+        }
+    }
+}
+
+/// What the controller needs of a pod. Times are Unix seconds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Pod {
+    pub uid: String,
+    pub labels: BTreeMap<String, String>,
+    pub created: Option<i64>,
+    /// Terminating, Succeeded or Failed: no longer a candidate for traffic.
+    pub finished: bool,
+    pub ip: Option<String>,
+    pub container_ports: Vec<ContainerPort>,
+    /// Binding names of our readiness gates, in spec order.
+    pub gates: Vec<String>,
+    /// Our gate conditions, by binding name.
+    pub conditions: BTreeMap<String, Condition>,
+    /// When ContainersReady last turned True, if it is True.
+    pub containers_ready_since: Option<i64>,
+}
+
+impl Pod {
+    pub fn gate_is_true(&self, binding: &str) -> bool {
+        self.conditions
+            .get(binding)
+            .is_some_and(|c| c.status == ConditionStatus::True)
+    }
+}

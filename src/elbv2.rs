@@ -1,0 +1,160 @@
+//! The ELBv2 client: DescribeTargetHealth and DescribeTargetGroups behind the call budget.
+//!
+//! Uses the standard AWS configuration chain (region, IRSA / Pod Identity, AWS_ENDPOINT_URL),
+//! with the SDK's own retries off: every attempt takes a budget token, and the controller
+//! decides when to retry.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_sdk_elasticloadbalancingv2::Client;
+use aws_sdk_elasticloadbalancingv2::config::http::HttpResponse;
+use aws_sdk_elasticloadbalancingv2::error::{ProvideErrorMetadata, SdkError};
+
+use crate::budget::Budget;
+use crate::condition::Health;
+use crate::metrics::{CallLabels, Metrics};
+use crate::target::Target;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ElbError {
+    #[error("ELBv2 throttled the request: {0}")]
+    Throttled(String),
+    #[error("target group not found: {0}")]
+    TargetGroupNotFound(String),
+    #[error("ELBv2 server error: {0}")]
+    Server(String),
+    #[error("ELBv2 request failed: {0}")]
+    Other(String),
+}
+
+impl ElbError {
+    fn outcome(&self) -> &'static str {
+        match self {
+            ElbError::Throttled(_) => "throttled",
+            ElbError::TargetGroupNotFound(_) => "not_found",
+            ElbError::Server(_) => "server_error",
+            ElbError::Other(_) => "error",
+        }
+    }
+}
+
+fn classify<E>(err: SdkError<E, HttpResponse>) -> ElbError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let text = aws_sdk_elasticloadbalancingv2::error::DisplayErrorContext(&err).to_string();
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    match err.code() {
+        Some("Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "TooManyRequestsException") => {
+            ElbError::Throttled(text)
+        }
+        Some("TargetGroupNotFound" | "TargetGroupNotFoundException") => ElbError::TargetGroupNotFound(text),
+        _ if status.is_some_and(|s| s >= 500) => ElbError::Server(text),
+        _ => ElbError::Other(text),
+    }
+}
+
+/// Health-check settings of a group: a new target can be healthy no sooner than their product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupSettings {
+    pub interval_seconds: i32,
+    pub healthy_threshold: i32,
+}
+
+impl GroupSettings {
+    pub fn healthy_after(&self) -> Duration {
+        Duration::from_secs((self.interval_seconds.max(0) as u64) * (self.healthy_threshold.max(0) as u64))
+    }
+}
+
+#[derive(Clone)]
+pub struct Elbv2 {
+    client: Client,
+    budget: Arc<Budget>,
+    metrics: Arc<Metrics>,
+}
+
+impl Elbv2 {
+    /// A client from the standard AWS configuration chain.
+    pub async fn from_env(budget: Arc<Budget>, metrics: Arc<Metrics>) -> Self {
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::disabled())
+            .load()
+            .await;
+        Self { client: Client::new(&config), budget, metrics }
+    }
+
+    /// A client for a fixed endpoint and region (tests, local rigs).
+    pub async fn with_endpoint(endpoint: &str, region: &str, budget: Arc<Budget>, metrics: Arc<Metrics>) -> Self {
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::disabled())
+            .endpoint_url(endpoint)
+            .region(aws_config::Region::new(region.to_string()))
+            .credentials_provider(aws_sdk_elasticloadbalancingv2::config::Credentials::new(
+                "testing", "testing", None, None, "static",
+            ))
+            .load()
+            .await;
+        Self { client: Client::new(&config), budget, metrics }
+    }
+
+    fn count(&self, operation: &'static str, result: Result<(), &ElbError>) {
+        let outcome = match result {
+            Ok(()) => "ok",
+            Err(e) => e.outcome(),
+        };
+        self.metrics.elbv2_calls.get_or_create(&CallLabels { operation, outcome }).inc();
+        if matches!(result, Err(ElbError::Throttled(_))) {
+            self.metrics.elbv2_throttles.inc();
+        }
+    }
+
+    /// Health of every registered target of the group. A target absent from the answer is not
+    /// registered.
+    pub async fn target_health(&self, arn: &str) -> Result<HashMap<Target, Health>, ElbError> {
+        self.budget.acquire().await;
+        let result = self.client.describe_target_health().target_group_arn(arn).send().await.map_err(classify);
+        self.count("DescribeTargetHealth", result.as_ref().map(|_| ()));
+        let out = result?;
+        Ok(out
+            .target_health_descriptions()
+            .iter()
+            .filter_map(|d| {
+                let t = d.target()?;
+                let h = d.target_health()?;
+                let target = Target { ip: t.id()?.to_string(), port: t.port()? };
+                let health = Health {
+                    state: h.state().map(|s| s.as_str().to_string()).unwrap_or_default(),
+                    reason: h.reason().map(|r| r.as_str().to_string()),
+                    description: h.description().map(str::to_string),
+                };
+                Some((target, health))
+            })
+            .collect())
+    }
+
+    /// The group's health-check interval and healthy threshold.
+    pub async fn group_settings(&self, arn: &str) -> Result<GroupSettings, ElbError> {
+        self.budget.acquire().await;
+        let result = self.client.describe_target_groups().target_group_arns(arn).send().await.map_err(classify);
+        self.count("DescribeTargetGroups", result.as_ref().map(|_| ()));
+        let out = result?;
+        let group = out
+            .target_groups()
+            .first()
+            .ok_or_else(|| ElbError::TargetGroupNotFound(format!("{arn} not in the DescribeTargetGroups answer")))?;
+        Ok(GroupSettings {
+            interval_seconds: group.health_check_interval_seconds().unwrap_or(30),
+            healthy_threshold: group.healthy_threshold_count().unwrap_or(5),
+        })
+    }
+
+    /// The budget every call of this client takes from.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+}

@@ -1,0 +1,32 @@
+//! readygate: ELBv2 target-health readiness gates for Kubernetes pods.
+//!
+//! The decision core (`domain`, `gates`, `target`, `condition`, `schedule`, `index`, `budget`)
+//! is pure; `cache`, `webhook`, `server`, `tls`, `elbv2`, `controller` and `writer` are thin
+//! shells around it; `app` wires them together.
+
+pub mod app;
+pub mod budget;
+pub mod cache;
+pub mod certs;
+pub mod cli;
+pub mod condition;
+pub mod controller;
+pub mod crd;
+pub mod domain;
+pub mod gates;
+pub mod elbv2;
+pub mod index;
+pub mod leader;
+pub mod metrics;
+pub mod schedule;
+pub mod server;
+pub mod target;
+pub mod tls;
+pub mod webhook;
+pub mod writer;
+
+/// Installs aws-lc-rs as the process-wide rustls provider (the AWS SDK, kube and the webhook
+/// all use it). Safe to call more than once.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

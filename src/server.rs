@@ -1,0 +1,118 @@
+//! The two listeners: HTTPS for admission, plain HTTP for health and metrics.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::cache::Cache;
+use crate::metrics::Metrics;
+
+/// Limits of the HTTPS listener.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpsLimits {
+    /// Time a connection has to finish its TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time a client has to send a request's headers, so idle scanners cannot pile up.
+    pub header_read_timeout: Duration,
+    /// Time in-flight requests get to finish at shutdown.
+    pub drain_timeout: Duration,
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown` resolves, then drains.
+pub async fn serve_https(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    router: Router,
+    limits: HttpsLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = Arc::new(GracefulShutdown::new());
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, router, http, graceful) = (acceptor.clone(), router.clone(), http.clone(), graceful.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            };
+            let conn = http.serve_connection(TokioIo::new(tls), TowerToHyperService::new(router));
+            if let Err(e) = graceful.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after the drain timeout");
+    }
+}
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub cache: Arc<Cache>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// `/healthz` (the process answers), `/readyz` (caches synced), `/metrics`.
+pub fn admin_router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    let ix = state.cache.read();
+    let s = ix.synced();
+    let mut missing = Vec::new();
+    for (synced, kind) in [(s.bindings, "targetgroupbindings"), (s.services, "services"), (s.pods, "pods"), (s.namespaces, "namespaces")] {
+        if !synced {
+            missing.push(kind);
+        }
+    }
+    if !missing.is_empty() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: caches not synced: {}\n", missing.join(", ")));
+    }
+    if ix.bindings_crd_missing {
+        return (
+            StatusCode::OK,
+            "ready; WARNING: the TargetGroupBinding CRD (targetgroupbindings.elbv2.k8s.aws) is not installed, no readiness gates will be injected\n".to_string(),
+        );
+    }
+    (StatusCode::OK, "ready\n".to_string())
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.encode(),
+    )
+}

@@ -1,0 +1,285 @@
+//! The mutating admission webhook: AdmissionReview in, readiness-gate JSON Patch out.
+//!
+//! Answers from the in-memory index only. Outcomes map to HTTP deliberately: a request we
+//! cannot read is a 400 with a message; an internal fault (caches not synced) is a 503 so the
+//! webhook configuration's failurePolicy decides; never a denial, never a silent allow.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::DynamicObject;
+
+use crate::cache::Cache;
+use crate::gates;
+use crate::metrics::Metrics;
+
+pub const PATH: &str = "/mutate-v1-pod";
+
+#[derive(Clone)]
+pub struct WebhookState {
+    pub cache: Arc<Cache>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The admission router; bodies over `max_body_bytes` get a 413.
+pub fn router(state: WebhookState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route(PATH, post(mutate))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// Why a request got no AdmissionReview answer.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("request body too large or unreadable: {0}")]
+    Body(String),
+    #[error("invalid AdmissionReview: {0}")]
+    Invalid(String),
+    #[error("readygate caches are not synced yet")]
+    NotSynced,
+    #[error("could not encode the patch: {0}")]
+    Encode(String),
+}
+
+impl Failure {
+    fn status(&self) -> StatusCode {
+        match self {
+            Failure::Body(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Failure::Invalid(_) => StatusCode::BAD_REQUEST,
+            Failure::NotSynced => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+async fn mutate(State(state): State<WebhookState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let started = Instant::now();
+    let (outcome, response) = match body.map_err(|e| Failure::Body(e.body_text())).and_then(|b| review(&state, &b)) {
+        Ok((outcome, review)) => (outcome, Json(review).into_response()),
+        Err(failure) => {
+            tracing::warn!(error = %failure, "admission request failed");
+            ("error", (failure.status(), failure.to_string()).into_response())
+        }
+    };
+    Metrics::outcome(&state.metrics.admissions, outcome);
+    state.metrics.admission_seconds.observe(started.elapsed().as_secs_f64());
+    response
+}
+
+fn review(state: &WebhookState, body: &[u8]) -> Result<(&'static str, AdmissionReview<DynamicObject>), Failure> {
+    let review: AdmissionReview<DynamicObject> =
+        serde_json::from_slice(body).map_err(|e| Failure::Invalid(e.to_string()))?;
+    let req: AdmissionRequest<DynamicObject> = review.try_into().map_err(|_| Failure::Invalid("no request".into()))?;
+    let allowed = AdmissionResponse::from(&req);
+
+    let is_pod = req.kind.group.is_empty() && req.kind.kind == "Pod" && req.sub_resource.is_none();
+    if !is_pod || req.operation != Operation::Create {
+        return Ok(("skipped", allowed.into_review()));
+    }
+    let Some(pod) = req.object.as_ref() else {
+        return Err(Failure::Invalid("pod CREATE without an object".into()));
+    };
+    let namespace = req.namespace.as_deref().or(pod.metadata.namespace.as_deref()).unwrap_or("default");
+    let no_labels = BTreeMap::new();
+    let labels = pod.metadata.labels.as_ref().unwrap_or(&no_labels);
+
+    let wanted = {
+        let ix = state.cache.read();
+        let synced = ix.synced();
+        if !(synced.bindings && synced.services) {
+            return Err(Failure::NotSynced);
+        }
+        ix.gates_for(namespace, labels)
+    };
+    // `data` holds the raw JSON of everything but apiVersion, kind and metadata.
+    let patch = gates::gate_patch(&pod.data, &wanted);
+    let pod_name = pod.metadata.name.as_deref().or(pod.metadata.generate_name.as_deref()).unwrap_or("");
+    let Some(patch) = patch else {
+        tracing::debug!(namespace, pod = pod_name, uid = %req.uid, "admitted without change");
+        return Ok(("allowed", allowed.into_review()));
+    };
+    let added: Vec<&str> = patch
+        .0
+        .iter()
+        .filter_map(|op| match op {
+            json_patch::PatchOperation::Add(a) => Some(&a.value),
+            json_patch::PatchOperation::Replace(r) => Some(&r.value),
+            _ => None,
+        })
+        .flat_map(|v| v.as_array().map(|a| a.iter().collect::<Vec<_>>()).unwrap_or_else(|| vec![v]))
+        .filter_map(|g| g.get("conditionType").and_then(|t| t.as_str()))
+        .filter(|t| wanted.iter().any(|w| w == t))
+        .collect();
+    tracing::info!(namespace, pod = pod_name, uid = %req.uid, dry_run = req.dry_run, gates = ?added, "readiness gates injected");
+    state.metrics.gates_injected.inc_by(added.len() as u64);
+    let response = allowed.with_patch(patch).map_err(|e| Failure::Encode(e.to_string()))?;
+    Ok(("patched", response.into_review()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Binding, PortRef, Service, TargetType};
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+
+    fn state(synced: bool) -> WebhookState {
+        let cache = Arc::new(Cache::default());
+        if synced {
+            let mut ix = cache.write();
+            ix.replace_services(vec![(
+                "shop".into(),
+                "web".into(),
+                Service { selector: [("app".to_string(), "web".to_string())].into(), ports: vec![] },
+            )]);
+            ix.replace_bindings(vec![(
+                "shop".into(),
+                Binding {
+                    name: "web-tgb".into(),
+                    target_group_arn: "arn".into(),
+                    target_type: TargetType::Ip,
+                    service_name: "web".into(),
+                    service_port: PortRef::Number(80),
+                },
+            )]);
+        }
+        WebhookState { cache, metrics: Arc::new(Metrics::new()) }
+    }
+
+    pub fn review_json(kind: &str, operation: &str, pod: Value) -> Value {
+        json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": { "group": "", "version": "v1", "kind": kind },
+                "resource": { "group": "", "version": "v1", "resource": "pods" },
+                "requestKind": { "group": "", "version": "v1", "kind": kind },
+                "requestResource": { "group": "", "version": "v1", "resource": "pods" },
+                "namespace": "shop",
+                "operation": operation,
+                "userInfo": { "username": "system:serviceaccount:kube-system:replicaset-controller" },
+                "object": pod,
+                "oldObject": null,
+                "dryRun": false,
+                "options": { "apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions" }
+            }
+        })
+    }
+
+    fn web_pod() -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "generateName": "web-5f7-", "namespace": "shop", "labels": { "app": "web" } },
+            "spec": { "containers": [{ "name": "web", "image": "nginx" }] }
+        })
+    }
+
+    async fn call(state: WebhookState, body: impl Into<Body>) -> (StatusCode, Vec<u8>) {
+        let res = router(state, 64 * 1024)
+            .oneshot(Request::post(PATH).header("content-type", "application/json").body(body.into()).unwrap())
+            .await
+            .unwrap();
+        let status = res.status();
+        (status, res.into_body().collect().await.unwrap().to_bytes().to_vec())
+    }
+
+    /// Applies the response's patch (base64 string or byte array) to `pod`.
+    pub fn patched(response: &Value, pod: &Value) -> Value {
+        let raw = &response["response"]["patch"];
+        let bytes: Vec<u8> = match raw {
+            Value::Array(a) => a.iter().map(|b| b.as_u64().unwrap() as u8).collect(),
+            Value::String(s) => base64::Engine::decode(&base64::engine::general_purpose::STANDARD, s).unwrap(),
+            _ => panic!("no patch in {response}"),
+        };
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+        let mut out = pod.clone();
+        json_patch::patch(&mut out, &patch).unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn pod_create_gets_the_gate() {
+        let st = state(true);
+        let (status, body) = call(st.clone(), review_json("Pod", "CREATE", web_pod()).to_string()).await;
+        assert_eq!(status, StatusCode::OK);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(v["response"]["allowed"], true);
+        assert_eq!(v["response"]["patchType"], "JSONPatch");
+        let out = patched(&v, &web_pod());
+        assert_eq!(out["spec"]["readinessGates"], json!([{ "conditionType": "target-health.elbv2.k8s.aws/web-tgb" }]));
+        assert!(st.metrics.encode().contains("readygate_gates_injected_total 1"));
+    }
+
+    #[tokio::test]
+    async fn dry_run_gives_the_same_answer() {
+        let mut r = review_json("Pod", "CREATE", web_pod());
+        r["request"]["dryRun"] = json!(true);
+        let (status, body) = call(state(true), r.to_string()).await;
+        assert_eq!(status, StatusCode::OK);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(patched(&v, &web_pod())["spec"]["readinessGates"][0]["conditionType"], "target-health.elbv2.k8s.aws/web-tgb");
+    }
+
+    #[tokio::test]
+    async fn other_operations_and_kinds_pass_unchanged() {
+        for (kind, op) in [("Pod", "UPDATE"), ("Pod", "DELETE"), ("Deployment", "CREATE")] {
+            let (status, body) = call(state(true), review_json(kind, op, web_pod()).to_string()).await;
+            assert_eq!(status, StatusCode::OK, "{kind} {op}");
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["response"]["allowed"], true);
+            assert!(v["response"].get("patch").is_none_or(Value::is_null), "{kind} {op}: {v}");
+        }
+    }
+
+    #[tokio::test]
+    async fn unmatched_pod_is_allowed_without_patch() {
+        let mut pod = web_pod();
+        pod["metadata"]["labels"] = json!({ "app": "api" });
+        let (_, body) = call(state(true), review_json("Pod", "CREATE", pod).to_string()).await;
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["response"]["allowed"], true);
+        assert!(v["response"].get("patch").is_none_or(Value::is_null));
+    }
+
+    #[tokio::test]
+    async fn garbage_is_a_400_with_a_message() {
+        let (status, body) = call(state(true), "{not json").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(String::from_utf8_lossy(&body).contains("invalid AdmissionReview"));
+        let (status, _) = call(state(true), json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}).to_string()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn oversized_body_is_a_413() {
+        let mut pod = web_pod();
+        pod["metadata"]["annotations"] = json!({ "big": "x".repeat(100 * 1024) });
+        let (status, body) = call(state(true), review_json("Pod", "CREATE", pod).to_string()).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(String::from_utf8_lossy(&body).contains("too large"), "{}", String::from_utf8_lossy(&body));
+    }
+
+    #[tokio::test]
+    async fn unsynced_caches_are_a_503_not_an_allow() {
+        let st = state(false);
+        let (status, body) = call(st.clone(), review_json("Pod", "CREATE", web_pod()).to_string()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(String::from_utf8_lossy(&body).contains("not synced"));
+        assert!(st.metrics.encode().contains("readygate_admissions_total{outcome=\"error\"} 1"));
+    }
+}

@@ -71,8 +71,9 @@ pub fn from_health(health: &Health, policy: Policy) -> Desired {
     };
     // ELB gives no reason for `healthy`; say so plainly rather than leave it empty.
     let (reason, message) = match (health.state.as_str(), reason) {
+        // AWS says `unused`, some emulators `unavailable`: either way it is not registered yet.
+        (_, "Target.NotRegistered") => return not_registered(),
         ("healthy", "") => ("Elb.Healthy", "Target is healthy"),
-        ("unused", "Target.NotRegistered") => return not_registered(),
         (_, "") => ("Elb.Unknown", message),
         _ => (reason, message),
     };
@@ -144,6 +145,8 @@ mod tests {
     #[test]
     fn not_registered_reads_as_registration_in_progress() {
         let d = from_health(&h("unused", Some("Target.NotRegistered"), Some("Target is not registered")), Policy::default());
+        assert_eq!(d, not_registered());
+        let d = from_health(&h("unavailable", Some("Target.NotRegistered"), Some("Target is not registered")), Policy::default());
         assert_eq!(d, not_registered());
         assert_eq!(d.status, ConditionStatus::False);
     }

@@ -1,0 +1,91 @@
+//! The ELBv2 client against moto on loopback: what readygate parses from real Query API answers.
+
+mod support;
+
+use std::sync::Arc;
+
+use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetTypeEnum};
+use readygate::budget::Budget;
+use readygate::condition::{self, Policy};
+use readygate::domain::ConditionStatus;
+use readygate::elbv2::{ElbError, Elbv2};
+use readygate::metrics::Metrics;
+use readygate::target::Target;
+
+async fn sdk(url: &str) -> aws_sdk_elasticloadbalancingv2::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(url)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_elasticloadbalancingv2::config::Credentials::new("testing", "testing", None, None, "static"))
+        .load()
+        .await;
+    aws_sdk_elasticloadbalancingv2::Client::new(&config)
+}
+
+#[tokio::test]
+async fn target_health_from_moto() {
+    readygate::install_crypto_provider();
+    let moto = Moto::start();
+    let vpc = moto.create_vpc();
+    let admin = sdk(&moto.url).await;
+    let tg = admin
+        .create_target_group()
+        .name("web")
+        .protocol(aws_sdk_elasticloadbalancingv2::types::ProtocolEnum::Http)
+        .port(80)
+        .vpc_id(&vpc)
+        .target_type(TargetTypeEnum::Ip)
+        .health_check_interval_seconds(10)
+        .healthy_threshold_count(3)
+        .send()
+        .await
+        .unwrap();
+    let arn = tg.target_groups()[0].target_group_arn().unwrap().to_string();
+    admin
+        .register_targets()
+        .target_group_arn(&arn)
+        .targets(TargetDescription::builder().id("127.0.1.1").port(8080).build())
+        .send()
+        .await
+        .unwrap();
+
+    let metrics = Arc::new(Metrics::new());
+    let elb = Elbv2::with_endpoint(&moto.url, "us-east-1", Arc::new(Budget::new(50.0, 10)), metrics.clone()).await;
+
+    // Registered → healthy → the gate turns True.
+    let health = elb.target_health(&arn).await.unwrap();
+    let registered = Target { ip: "127.0.1.1".into(), port: 8080 };
+    assert_eq!(health[&registered].state, "healthy");
+    assert_eq!(condition::from_health(&health[&registered], Policy::default()).status, ConditionStatus::True);
+
+    // Unregistered → absent from the group's answer → "registration in progress".
+    let unregistered = Target { ip: "127.0.1.2".into(), port: 8080 };
+    assert!(!health.contains_key(&unregistered));
+    assert_eq!(health.len(), 1);
+
+    // Settings read once for the first poll's timing.
+    let settings = elb.group_settings(&arn).await.unwrap();
+    assert_eq!((settings.interval_seconds, settings.healthy_threshold), (10, 3));
+    assert_eq!(settings.healthy_after().as_secs(), 30);
+
+    // A wrong ARN maps to TargetGroupNotFound, for both calls.
+    let wrong = format!("{arn}0");
+    assert!(matches!(elb.target_health(&wrong).await, Err(ElbError::TargetGroupNotFound(_))));
+    assert!(matches!(elb.group_settings(&wrong).await, Err(ElbError::TargetGroupNotFound(_))));
+
+    let text = metrics.encode();
+    assert!(text.contains(r#"readygate_elbv2_calls_total{operation="DescribeTargetHealth",outcome="ok"} 1"#), "{text}");
+    assert!(text.contains(r#"readygate_elbv2_calls_total{operation="DescribeTargetHealth",outcome="not_found"} 1"#), "{text}");
+}
+
+#[tokio::test]
+async fn unreachable_endpoint_is_an_error_not_a_hang() {
+    readygate::install_crypto_provider();
+    // A closed loopback port: the call fails fast and is classified for backoff.
+    let url = format!("http://127.0.0.1:{}", support::free_port());
+    let elb = Elbv2::with_endpoint(&url, "us-east-1", Arc::new(Budget::new(50.0, 10)), Arc::new(Metrics::new())).await;
+    let r = tokio::time::timeout(std::time::Duration::from_secs(30), elb.target_health("arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/x/1")).await;
+    assert!(matches!(r, Ok(Err(ElbError::Other(_)))), "{r:?}");
+}
+
+use support::Moto;

@@ -1,0 +1,285 @@
+//! The webhook over a real TLS connection on 127.0.0.1, with rcgen certificates.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use readygate::cache::Cache;
+use readygate::certs::{self, Bundle};
+use readygate::domain::{Binding, PortRef, Service, TargetType};
+use readygate::metrics::Metrics;
+use readygate::server::{self, HttpsLimits};
+use readygate::tls::{self, KeyPairPaths, ReloadingResolver};
+use readygate::webhook::{self, WebhookState};
+use serde_json::{Value, json};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+
+fn bundle() -> Bundle {
+    certs::generate(vec!["localhost".into(), "127.0.0.1".into()], 30).unwrap()
+}
+
+/// Lays the key pair out as a Secret volume does: files behind a `..data` symlink that an
+/// update swaps atomically.
+fn publish(dir: &Path, b: &Bundle, generation: u32) {
+    let gen_dir = dir.join(format!("..gen_{generation}"));
+    std::fs::create_dir_all(&gen_dir).unwrap();
+    std::fs::write(gen_dir.join("tls.crt"), &b.cert_pem).unwrap();
+    std::fs::write(gen_dir.join("tls.key"), &b.key_pem).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(format!("..gen_{generation}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for f in ["tls.crt", "tls.key"] {
+        if std::fs::symlink_metadata(dir.join(f)).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{f}"), dir.join(f)).unwrap();
+        }
+    }
+}
+
+struct Server {
+    addr: std::net::SocketAddr,
+    metrics: Arc<Metrics>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn start(dir: &Path, header_read_timeout: Duration) -> Server {
+    readygate::install_crypto_provider();
+    let cache = Arc::new(Cache::default());
+    {
+        let mut ix = cache.write();
+        ix.replace_services(vec![(
+            "shop".into(),
+            "web".into(),
+            Service { selector: [("app".to_string(), "web".to_string())].into(), ports: vec![] },
+        )]);
+        ix.replace_bindings(vec![(
+            "shop".into(),
+            Binding {
+                name: "web-tgb".into(),
+                target_group_arn: "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/1".into(),
+                target_type: TargetType::Ip,
+                service_name: "web".into(),
+                service_port: PortRef::Number(80),
+            },
+        )]);
+    }
+    let metrics = Arc::new(Metrics::new());
+    let resolver = Arc::new(
+        ReloadingResolver::load(KeyPairPaths { cert: dir.join("tls.crt"), key: dir.join("tls.key") }).unwrap(),
+    );
+    tokio::spawn(resolver.clone().watch(Duration::from_millis(100), metrics.clone()));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(resolver).unwrap()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let router = webhook::router(WebhookState { cache, metrics: metrics.clone() }, 256 * 1024);
+    let limits = HttpsLimits {
+        handshake_timeout: Duration::from_secs(5),
+        header_read_timeout,
+        drain_timeout: Duration::from_secs(2),
+    };
+    let task = tokio::spawn(server::serve_https(listener, acceptor, router, limits, async {
+        let _ = stopped.await;
+    }));
+    Server { addr, metrics, stop, task }
+}
+
+fn connector(ca_pem: &str) -> TlsConnector {
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = tokio_rustls::rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+/// One connection that may carry several requests (keep-alive).
+struct Client {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Client {
+    async fn connect(addr: std::net::SocketAddr, ca_pem: &str) -> std::io::Result<Client> {
+        let tcp = TcpStream::connect(addr).await?;
+        let tls = connector(ca_pem).connect(ServerName::try_from("localhost").unwrap(), tcp).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        Ok(Client { sender })
+    }
+
+    async fn post(&mut self, body: Vec<u8>) -> (u16, Vec<u8>) {
+        let req = Request::post(webhook::PATH)
+            .header("host", "localhost")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let res = self.sender.send_request(req).await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.into_body().collect().await.unwrap().to_bytes().to_vec())
+    }
+}
+
+fn review(kind: &str, pod: &Value) -> Vec<u8> {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "e911857d-c318-11e8-bbad-025000000001",
+            "kind": { "group": "", "version": "v1", "kind": kind },
+            "resource": { "group": "", "version": "v1", "resource": "pods" },
+            "namespace": "shop",
+            "operation": "CREATE",
+            "userInfo": { "username": "system:serviceaccount:kube-system:replicaset-controller" },
+            "object": pod,
+            "dryRun": false
+        }
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn pod() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "generateName": "web-6d9f-", "namespace": "shop", "labels": { "app": "web" },
+                      "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-6d9f", "uid": "1", "controller": true }] },
+        "spec": {
+            "containers": [{ "name": "web", "image": "nginx:1.27", "ports": [{ "containerPort": 8080, "name": "http" }] }],
+            "initContainers": [{ "name": "mesh", "image": "envoy", "restartPolicy": "Always" }],
+            "futureField": { "kept": true }
+        }
+    })
+}
+
+fn apply_patch(response: &Value, pod: &Value) -> Value {
+    let bytes: Vec<u8> = match &response["response"]["patch"] {
+        Value::Array(a) => a.iter().map(|b| b.as_u64().unwrap() as u8).collect(),
+        Value::String(s) => base64::Engine::decode(&base64::engine::general_purpose::STANDARD, s).unwrap(),
+        other => panic!("no patch: {other}"),
+    };
+    let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+    let mut out = pod.clone();
+    json_patch::patch(&mut out, &patch).unwrap();
+    out
+}
+
+fn tempdir() -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().to_path_buf();
+    (d, p)
+}
+
+#[tokio::test]
+async fn admission_over_tls_keep_alive() {
+    let (_guard, dir) = tempdir();
+    let b = bundle();
+    publish(&dir, &b, 1);
+    let server = start(&dir, Duration::from_secs(10)).await;
+    let mut client = Client::connect(server.addr, &b.ca_pem).await.unwrap();
+
+    // A real AdmissionReview in, the patch out; the patched pod keeps every other field.
+    let (status, body) = client.post(review("Pod", &pod())).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["response"]["uid"], "e911857d-c318-11e8-bbad-025000000001");
+    assert_eq!(answer["response"]["allowed"], true);
+    let patched = apply_patch(&answer, &pod());
+    let mut expected = pod();
+    expected["spec"]["readinessGates"] = json!([{ "conditionType": "target-health.elbv2.k8s.aws/web-tgb" }]);
+    assert_eq!(patched, expected);
+
+    // Same connection: malformed JSON gets a 400 with a reason, and the server keeps serving.
+    let (status, body) = client.post(b"{\"apiVersion\": ".to_vec()).await;
+    assert_eq!(status, 400);
+    assert!(String::from_utf8_lossy(&body).contains("invalid AdmissionReview"));
+
+    // Wrong kind: allowed, untouched.
+    let (status, body) = client.post(review("ConfigMap", &json!({"metadata": {"name": "x"}}))).await;
+    assert_eq!(status, 200);
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["response"]["allowed"], true);
+    assert!(answer["response"].get("patch").is_none_or(Value::is_null));
+
+    // Oversized body: 413, never a panic.
+    let mut big = pod();
+    big["metadata"]["annotations"] = json!({ "blob": "x".repeat(300 * 1024) });
+    let (status, _) = Client::connect(server.addr, &b.ca_pem).await.unwrap().post(review("Pod", &big)).await;
+    assert_eq!(status, 413);
+
+    let text = server.metrics.encode();
+    assert!(text.contains(r#"readygate_admissions_total{outcome="patched"} 1"#), "{text}");
+    assert!(text.contains(r#"readygate_admissions_total{outcome="error"} 2"#), "{text}");
+    let _ = server.stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), server.task).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn rotated_certificate_is_served_without_restart() {
+    let (_guard, dir) = tempdir();
+    let first = bundle();
+    publish(&dir, &first, 1);
+    let server = start(&dir, Duration::from_secs(10)).await;
+    Client::connect(server.addr, &first.ca_pem).await.expect("first certificate served");
+
+    // A Secret update: new CA and key pair behind a swapped symlink.
+    let second = bundle();
+    publish(&dir, &second, 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if Client::connect(server.addr, &second.ca_pem).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rotated certificate not served within 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(Client::connect(server.addr, &first.ca_pem).await.is_err(), "old certificate still served");
+
+    // A broken update keeps the last good pair serving, and is counted.
+    let mut broken = bundle();
+    broken.key_pem = first.key_pem.clone(); // key of another certificate
+    publish(&dir, &broken, 3);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.metrics.encode().contains(r#"readygate_tls_reloads_total{outcome="error"} 1"#) {
+        assert!(Instant::now() < deadline, "bad key pair not reported");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut c = Client::connect(server.addr, &second.ca_pem).await.expect("last good certificate still served");
+    assert_eq!(c.post(review("Pod", &pod())).await.0, 200);
+    let _ = server.stop.send(());
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_by_the_header_read_timeout() {
+    let (_guard, dir) = tempdir();
+    let b = bundle();
+    publish(&dir, &b, 1);
+    let server = start(&dir, Duration::from_millis(300)).await;
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let mut tls = connector(&b.ca_pem).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    // Send nothing: the server must hang up on its own.
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await;
+    assert!(read.is_ok(), "connection still open after 5 s");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    let _ = server.stop.send(());
+}
+
+#[tokio::test]
+async fn missing_or_bad_key_pair_fails_at_start() {
+    let (_guard, dir) = tempdir();
+    let paths = KeyPairPaths { cert: dir.join("tls.crt"), key: dir.join("tls.key") };
+    assert!(ReloadingResolver::load(paths.clone()).unwrap_err().to_string().contains("tls.crt"));
+    std::fs::write(&paths.cert, "not a certificate").unwrap();
+    std::fs::write(&paths.key, "nor a key").unwrap();
+    assert!(ReloadingResolver::load(paths).is_err());
+}

@@ -17,8 +17,9 @@ use crate::tls::{self, KeyPairPaths, ReloadingResolver};
 use crate::webhook::{self, WebhookState};
 
 pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn,aws=warn,hyper=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,kube=warn,aws=warn,hyper=warn")
+    });
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Json => builder.json().init(),
@@ -37,7 +38,8 @@ fn write_certs(args: CertsArgs) -> anyhow::Result<()> {
     let mut names = certs::service_dns_names(&args.service, &args.namespace);
     names.extend(args.extra_sans);
     let bundle = certs::generate(names, args.days).context("generating certificates")?;
-    certs::write(&bundle, &args.out).with_context(|| format!("writing certificates to {}", args.out.display()))?;
+    certs::write(&bundle, &args.out)
+        .with_context(|| format!("writing certificates to {}", args.out.display()))?;
     eprintln!(
         "wrote {0}/ca.crt, {0}/tls.crt and {0}/tls.key; caBundle for the webhook configuration:",
         args.out.display()
@@ -51,7 +53,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -68,8 +71,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     // TLS is validated at bind: a missing or bad key pair is a start-up error.
     let resolver = Arc::new(
-        ReloadingResolver::load(KeyPairPaths { cert: args.webhook.tls_cert.clone(), key: args.webhook.tls_key.clone() })
-            .context("loading the webhook's TLS certificate")?,
+        ReloadingResolver::load(KeyPairPaths {
+            cert: args.webhook.tls_cert.clone(),
+            key: args.webhook.tls_key.clone(),
+        })
+        .context("loading the webhook's TLS certificate")?,
     );
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(resolver.clone())?));
     let webhook_listener = TcpListener::bind(args.webhook.webhook_addr)
@@ -79,12 +85,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the admin server on {}", args.admin.admin_addr))?;
 
-    let client = kube::Client::try_default().await.context("building the Kubernetes client")?;
+    let client = kube::Client::try_default()
+        .await
+        .context("building the Kubernetes client")?;
     cache::spawn_watchers(client.clone(), cache.clone());
     tokio::spawn(resolver.watch(args.webhook.tls_reload_interval, metrics.clone()));
 
     let controller = if args.controller.controller {
-        Some(tokio::spawn(crate::controller::run(client, cache.clone(), metrics.clone(), args.controller.clone())))
+        Some(tokio::spawn(crate::controller::run(
+            client,
+            cache.clone(),
+            metrics.clone(),
+            args.controller.clone(),
+        )))
     } else {
         None
     };
@@ -96,8 +109,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let admin = axum::serve(admin_listener, server::admin_router(AdminState { cache: cache.clone(), metrics: metrics.clone() }))
-        .with_graceful_shutdown(stopped());
+    let admin = axum::serve(
+        admin_listener,
+        server::admin_router(AdminState {
+            cache: cache.clone(),
+            metrics: metrics.clone(),
+        }),
+    )
+    .with_graceful_shutdown(stopped());
     let limits = HttpsLimits {
         handshake_timeout: Duration::from_secs(10),
         header_read_timeout: args.webhook.header_read_timeout,

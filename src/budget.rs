@@ -27,12 +27,19 @@ struct BucketState {
 
 impl Budget {
     pub fn new(rate: f64, burst: u32) -> Self {
-        assert!(rate > 0.0 && burst >= 1, "budget needs a positive rate and burst");
+        assert!(
+            rate > 0.0 && burst >= 1,
+            "budget needs a positive rate and burst"
+        );
         let burst = f64::from(burst);
         Self {
             rate,
             burst,
-            state: Mutex::new(BucketState { tokens: burst, last: Instant::now(), hold_until: None }),
+            state: Mutex::new(BucketState {
+                tokens: burst,
+                last: Instant::now(),
+                hold_until: None,
+            }),
         }
     }
 
@@ -87,7 +94,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, max: Duration) -> Self {
-        Self { base, max, failures: 0 }
+        Self {
+            base,
+            max,
+            failures: 0,
+        }
     }
 
     /// Records a failure and returns the delay before the next attempt; `jitter` in [0, 1).
@@ -127,7 +138,10 @@ mod tests {
         assert!((3.99..=4.01).contains(&total), "took {total}s");
         // In no one-second window after the burst are there more than rate + burst calls.
         for (i, t) in times.iter().enumerate() {
-            let in_window = times[i..].iter().filter(|u| **u < *t + Duration::from_secs(1)).count();
+            let in_window = times[i..]
+                .iter()
+                .filter(|u| **u < *t + Duration::from_secs(1))
+                .count();
             assert!(in_window <= 5 + 3, "{in_window} calls in a second");
         }
     }
@@ -170,7 +184,10 @@ mod tests {
     fn backoff_grows_caps_and_resets() {
         let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         let upper: Vec<_> = (0..7).map(|_| b.failure(1.0)).collect();
-        assert_eq!(upper.iter().map(|d| d.as_secs()).collect::<Vec<_>>(), [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(
+            upper.iter().map(|d| d.as_secs()).collect::<Vec<_>>(),
+            [1, 2, 4, 8, 16, 30, 30]
+        );
         b.success();
         assert_eq!(b.failure(0.0), Duration::from_millis(500));
         // Jitter keeps each delay within the upper half of its step.

@@ -8,8 +8,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
@@ -43,14 +43,19 @@ impl Cache {
 
 /// Starts the four watchers; they run until the process ends.
 pub fn spawn_watchers(client: Client, cache: Arc<Cache>) {
-    tokio::spawn(drive::<TargetGroupBinding>(Api::all(client.clone()), cache.clone()));
+    tokio::spawn(drive::<TargetGroupBinding>(
+        Api::all(client.clone()),
+        cache.clone(),
+    ));
     tokio::spawn(drive::<Service>(Api::all(client.clone()), cache.clone()));
     tokio::spawn(drive::<Pod>(Api::all(client.clone()), cache.clone()));
     tokio::spawn(drive::<Namespace>(Api::all(client), cache));
 }
 
 /// An API kind the index holds a stripped copy of.
-pub trait Cached: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static {
+pub trait Cached:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static
+{
     const KIND: Kind;
     type Item: Send;
     /// The stripped copy, or `None` when the object is unusable (it is then dropped).
@@ -63,7 +68,8 @@ pub trait Cached: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::f
 async fn drive<K: Cached>(api: Api<K>, cache: Arc<Cache>) {
     let kind = K::KIND;
     let mut relist: Vec<(String, String, K::Item)> = Vec::new();
-    let mut stream = std::pin::pin!(watcher::watcher(api, watcher::Config::default()).default_backoff());
+    let mut stream =
+        std::pin::pin!(watcher::watcher(api, watcher::Config::default()).default_backoff());
     while let Some(event) = stream.next().await {
         match event {
             Ok(Event::Init) => relist.clear(),
@@ -96,7 +102,11 @@ async fn drive<K: Cached>(api: Api<K>, cache: Arc<Cache>) {
                 cache.notify();
             }
             Ok(Event::Delete(o)) => {
-                K::delete(&mut cache.write(), &o.namespace().unwrap_or_default(), &o.name_any());
+                K::delete(
+                    &mut cache.write(),
+                    &o.namespace().unwrap_or_default(),
+                    &o.name_any(),
+                );
                 cache.notify();
             }
             Err(e) if kind == Kind::Binding && is_not_found(&e) => {
@@ -139,7 +149,12 @@ impl Cached for TargetGroupBinding {
     const KIND: Kind = Kind::Binding;
     type Item = domain::Binding;
     fn convert(&self) -> Option<domain::Binding> {
-        let Some(svc) = self.spec.service_ref.as_ref().filter(|s| !s.name.is_empty()) else {
+        let Some(svc) = self
+            .spec
+            .service_ref
+            .as_ref()
+            .filter(|s| !s.name.is_empty())
+        else {
             tracing::warn!(binding = %self.name_any(), namespace = ?self.namespace(), "TargetGroupBinding has no serviceRef; ignored");
             return None;
         };
@@ -230,7 +245,12 @@ impl Cached for Namespace {
         ix.apply_namespace(name, false)
     }
     fn replace(ix: &mut Index, all: Vec<(String, String, bool)>) {
-        ix.replace_namespaces(all.into_iter().filter(|(_, _, on)| *on).map(|(_, name, _)| name).collect())
+        ix.replace_namespaces(
+            all.into_iter()
+                .filter(|(_, _, on)| *on)
+                .map(|(_, name, _)| name)
+                .collect(),
+        )
     }
 }
 
@@ -243,14 +263,30 @@ pub fn pod_view(pod: &Pod) -> domain::Pod {
     domain::Pod {
         uid: pod.metadata.uid.clone().unwrap_or_default(),
         labels: pod.metadata.labels.clone().unwrap_or_default(),
-        created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()),
-        finished: pod.metadata.deletion_timestamp.is_some() || matches!(phase, Some("Succeeded" | "Failed")),
-        ip: status.and_then(|s| s.pod_ip.clone()).filter(|ip| !ip.is_empty()),
+        created: pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second()),
+        finished: pod.metadata.deletion_timestamp.is_some()
+            || matches!(phase, Some("Succeeded" | "Failed")),
+        ip: status
+            .and_then(|s| s.pod_ip.clone())
+            .filter(|ip| !ip.is_empty()),
         container_ports: spec
             .into_iter()
-            .flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()))
+            .flat_map(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+            })
             .flat_map(|c| c.ports.iter().flatten())
-            .filter_map(|p| Some(domain::ContainerPort { name: p.name.clone()?, port: p.container_port }))
+            .filter_map(|p| {
+                Some(domain::ContainerPort {
+                    name: p.name.clone()?,
+                    port: p.container_port,
+                })
+            })
             .collect(),
         gates: spec
             .and_then(|s| s.readiness_gates.as_ref())
@@ -269,7 +305,10 @@ pub fn pod_view(pod: &Pod) -> domain::Pod {
                         status: ConditionStatus::parse(&c.status),
                         reason: c.reason.clone().unwrap_or_default(),
                         message: c.message.clone().unwrap_or_default(),
-                        last_transition_time: c.last_transition_time.as_ref().map(|t| t.0.to_string()),
+                        last_transition_time: c
+                            .last_transition_time
+                            .as_ref()
+                            .map(|t| t.0.to_string()),
                     },
                 ))
             })
@@ -278,7 +317,11 @@ pub fn pod_view(pod: &Pod) -> domain::Pod {
             .into_iter()
             .flatten()
             .find(|c| c.type_ == "ContainersReady" && c.status == "True")
-            .map(|c| c.last_transition_time.as_ref().map_or(0, |t| t.0.as_second())),
+            .map(|c| {
+                c.last_transition_time
+                    .as_ref()
+                    .map_or(0, |t| t.0.as_second())
+            }),
     }
 }
 
@@ -316,7 +359,10 @@ mod tests {
         assert_eq!(v.created, Some(1_795_255_200));
         let c = &v.conditions["web-tgb"];
         assert_eq!(c.status, ConditionStatus::False);
-        assert_eq!(c.last_transition_time.as_deref(), Some("2026-11-21T10:00:03Z"));
+        assert_eq!(
+            c.last_transition_time.as_deref(),
+            Some("2026-11-21T10:00:03Z")
+        );
         assert!(!v.finished);
     }
 

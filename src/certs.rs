@@ -4,8 +4,8 @@ use std::path::Path;
 
 use base64::Engine;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -37,7 +37,11 @@ pub fn generate(dns_names: Vec<String>, days: i64) -> Result<Bundle, rcgen::Erro
     let now = OffsetDateTime::now_utc();
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "readygate webhook CA");
     ca.distinguished_name = dn;
@@ -45,18 +49,28 @@ pub fn generate(dns_names: Vec<String>, days: i64) -> Result<Bundle, rcgen::Erro
     ca.not_after = now + Duration::days(days.max(1) * 2);
     let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
 
-    let cn = dns_names.first().cloned().unwrap_or_else(|| "readygate".into());
+    let cn = dns_names
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "readygate".into());
     let mut leaf = CertificateParams::new(dns_names)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
     leaf.distinguished_name = dn;
-    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    leaf.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     leaf.not_before = now - Duration::hours(1);
     leaf.not_after = now + Duration::days(days.max(1));
     let key = KeyPair::generate()?;
     let cert = leaf.signed_by(&key, &ca)?;
-    Ok(Bundle { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(Bundle {
+        ca_pem: ca.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 /// Writes `ca.crt`, `tls.crt` and `tls.key` (mode 0600) into `dir`, creating it.
@@ -81,10 +95,16 @@ mod tests {
     #[test]
     fn bundle_loads_as_a_serving_key_and_names_the_service() {
         crate::install_crypto_provider();
-        let b = generate(service_dns_names("readygate-webhook", "readygate-system"), 365).unwrap();
+        let b = generate(
+            service_dns_names("readygate-webhook", "readygate-system"),
+            365,
+        )
+        .unwrap();
         let ck = crate::tls::certified_key(b.cert_pem.as_bytes(), b.key_pem.as_bytes()).unwrap();
         assert_eq!(ck.cert.len(), 1);
-        let decoded = base64::engine::general_purpose::STANDARD.decode(b.ca_bundle()).unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b.ca_bundle())
+            .unwrap();
         assert_eq!(decoded, b.ca_pem.as_bytes());
         assert_eq!(
             service_dns_names("s", "n"),

@@ -8,7 +8,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "readygate", version, about = "ELBv2 target-health readiness gates for Kubernetes pods")]
+#[command(
+    name = "readygate",
+    version,
+    about = "ELBv2 target-health readiness gates for Kubernetes pods"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -141,14 +145,29 @@ mod tests {
     fn cli_is_consistent_and_defaults_hold() {
         Cli::command().debug_assert();
         let cli = Cli::try_parse_from(["readygate", "serve"]).unwrap();
-        let Command::Serve(s) = cli.command else { panic!() };
+        let Command::Serve(s) = cli.command else {
+            panic!()
+        };
         assert_eq!(s.webhook.webhook_addr.port(), 9443);
         assert_eq!(s.admin.admin_addr.port(), 8080);
         assert_eq!(s.controller.poll_interval, Duration::from_secs(2));
         assert!(s.controller.unused_is_ready && s.controller.failsafe_timeout.is_none());
-        let cli = Cli::try_parse_from(["readygate", "serve", "--failsafe-timeout", "10m", "--unused-is-ready", "false"]).unwrap();
-        let Command::Serve(s) = cli.command else { panic!() };
-        assert_eq!(s.controller.failsafe_timeout, Some(Duration::from_secs(600)));
+        let cli = Cli::try_parse_from([
+            "readygate",
+            "serve",
+            "--failsafe-timeout",
+            "10m",
+            "--unused-is-ready",
+            "false",
+        ])
+        .unwrap();
+        let Command::Serve(s) = cli.command else {
+            panic!()
+        };
+        assert_eq!(
+            s.controller.failsafe_timeout,
+            Some(Duration::from_secs(600))
+        );
         assert!(!s.controller.unused_is_ready);
         assert!(Cli::try_parse_from(["readygate", "serve", "--poll-interval", "soon"]).is_err());
     }

@@ -23,7 +23,10 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        Self { unused_is_ready: true, unavailable_is_ready: true }
+        Self {
+            unused_is_ready: true,
+            unavailable_is_ready: true,
+        }
     }
 }
 
@@ -37,7 +40,11 @@ pub struct Desired {
 
 impl Desired {
     pub fn new(status: ConditionStatus, reason: &str, message: &str) -> Self {
-        Self { status, reason: reason.into(), message: message.into() }
+        Self {
+            status,
+            reason: reason.into(),
+            message: message.into(),
+        }
     }
 
     /// True with a reason of our own, for gates released without a healthy target.
@@ -56,7 +63,11 @@ pub const REASON_NO_TARGET: &str = "Readygate.TargetUnresolved";
 
 /// The condition for a target that is not registered in the group (yet).
 pub fn not_registered() -> Desired {
-    Desired::new(ConditionStatus::False, REASON_REGISTRATION, MESSAGE_REGISTRATION)
+    Desired::new(
+        ConditionStatus::False,
+        REASON_REGISTRATION,
+        MESSAGE_REGISTRATION,
+    )
 }
 
 /// The condition for a target ELB reports on.
@@ -77,18 +88,27 @@ pub fn from_health(health: &Health, policy: Policy) -> Desired {
         (_, "") => ("Elb.Unknown", message),
         _ => (reason, message),
     };
-    let status = if ready { ConditionStatus::True } else { ConditionStatus::False };
+    let status = if ready {
+        ConditionStatus::True
+    } else {
+        ConditionStatus::False
+    };
     Desired::new(status, reason, message)
 }
 
 /// What to write given the pod's current condition, or `None` when the write would change
 /// nothing. A True gate stays True; the transition time is kept while the status is unchanged.
-pub fn next(current: Option<&Condition>, desired: &Desired, now_rfc3339: &str) -> Option<Condition> {
+pub fn next(
+    current: Option<&Condition>,
+    desired: &Desired,
+    now_rfc3339: &str,
+) -> Option<Condition> {
     if let Some(c) = current {
         if c.status == ConditionStatus::True {
             return None;
         }
-        if c.status == desired.status && c.reason == desired.reason && c.message == desired.message {
+        if c.status == desired.status && c.reason == desired.reason && c.message == desired.message
+        {
             return None;
         }
     }
@@ -110,7 +130,11 @@ mod tests {
     use super::*;
 
     fn h(state: &str, reason: Option<&str>, desc: Option<&str>) -> Health {
-        Health { state: state.into(), reason: reason.map(Into::into), description: desc.map(Into::into) }
+        Health {
+            state: state.into(),
+            reason: reason.map(Into::into),
+            description: desc.map(Into::into),
+        }
     }
 
     #[test]
@@ -123,74 +147,193 @@ mod tests {
     #[test]
     fn every_other_state_is_false_with_elb_reason() {
         let cases = [
-            ("initial", "Elb.InitialHealthChecking", "Initial health checks in progress"),
-            ("initial", "Elb.RegistrationInProgress", "Target registration is in progress"),
-            ("unhealthy", "Target.ResponseCodeMismatch", "Health checks failed with these codes: [503]"),
+            (
+                "initial",
+                "Elb.InitialHealthChecking",
+                "Initial health checks in progress",
+            ),
+            (
+                "initial",
+                "Elb.RegistrationInProgress",
+                "Target registration is in progress",
+            ),
+            (
+                "unhealthy",
+                "Target.ResponseCodeMismatch",
+                "Health checks failed with these codes: [503]",
+            ),
             ("unhealthy", "Target.Timeout", "Request timed out"),
-            ("unhealthy", "Target.FailedHealthChecks", "Health checks failed"),
-            ("unhealthy.draining", "Target.FailedHealthChecks", "Health checks failed"),
-            ("draining", "Target.DeregistrationInProgress", "Target deregistration is in progress"),
-            ("unavailable", "Elb.InternalError", "Health checks failed due to an internal error"),
-            ("unused", "Target.InvalidState", "Target is in the stopped state"),
-            ("unused", "Target.IpUnusable", "The target IP address is reserved"),
+            (
+                "unhealthy",
+                "Target.FailedHealthChecks",
+                "Health checks failed",
+            ),
+            (
+                "unhealthy.draining",
+                "Target.FailedHealthChecks",
+                "Health checks failed",
+            ),
+            (
+                "draining",
+                "Target.DeregistrationInProgress",
+                "Target deregistration is in progress",
+            ),
+            (
+                "unavailable",
+                "Elb.InternalError",
+                "Health checks failed due to an internal error",
+            ),
+            (
+                "unused",
+                "Target.InvalidState",
+                "Target is in the stopped state",
+            ),
+            (
+                "unused",
+                "Target.IpUnusable",
+                "The target IP address is reserved",
+            ),
         ];
         for (state, reason, desc) in cases {
-            for policy in [Policy::default(), Policy { unused_is_ready: false, unavailable_is_ready: false }] {
+            for policy in [
+                Policy::default(),
+                Policy {
+                    unused_is_ready: false,
+                    unavailable_is_ready: false,
+                },
+            ] {
                 let d = from_health(&h(state, Some(reason), Some(desc)), policy);
-                assert_eq!(d, Desired::new(ConditionStatus::False, reason, desc), "{state} {reason}");
+                assert_eq!(
+                    d,
+                    Desired::new(ConditionStatus::False, reason, desc),
+                    "{state} {reason}"
+                );
             }
         }
     }
 
     #[test]
     fn not_registered_reads_as_registration_in_progress() {
-        let d = from_health(&h("unused", Some("Target.NotRegistered"), Some("Target is not registered")), Policy::default());
+        let d = from_health(
+            &h(
+                "unused",
+                Some("Target.NotRegistered"),
+                Some("Target is not registered"),
+            ),
+            Policy::default(),
+        );
         assert_eq!(d, not_registered());
-        let d = from_health(&h("unavailable", Some("Target.NotRegistered"), Some("Target is not registered")), Policy::default());
+        let d = from_health(
+            &h(
+                "unavailable",
+                Some("Target.NotRegistered"),
+                Some("Target is not registered"),
+            ),
+            Policy::default(),
+        );
         assert_eq!(d, not_registered());
         assert_eq!(d.status, ConditionStatus::False);
     }
 
     #[test]
     fn unused_not_in_use_follows_policy() {
-        let health = h("unused", Some("Target.NotInUse"), Some("Target group is not configured to receive traffic from the load balancer"));
-        assert_eq!(from_health(&health, Policy::default()).status, ConditionStatus::True);
-        let strict = Policy { unused_is_ready: false, unavailable_is_ready: true };
+        let health = h(
+            "unused",
+            Some("Target.NotInUse"),
+            Some("Target group is not configured to receive traffic from the load balancer"),
+        );
+        assert_eq!(
+            from_health(&health, Policy::default()).status,
+            ConditionStatus::True
+        );
+        let strict = Policy {
+            unused_is_ready: false,
+            unavailable_is_ready: true,
+        };
         assert_eq!(from_health(&health, strict).status, ConditionStatus::False);
         assert_eq!(from_health(&health, strict).reason, "Target.NotInUse");
     }
 
     #[test]
     fn unavailable_health_check_disabled_follows_policy() {
-        let health = h("unavailable", Some("Target.HealthCheckDisabled"), Some("Health checks are disabled"));
-        assert_eq!(from_health(&health, Policy::default()).status, ConditionStatus::True);
-        let strict = Policy { unused_is_ready: true, unavailable_is_ready: false };
+        let health = h(
+            "unavailable",
+            Some("Target.HealthCheckDisabled"),
+            Some("Health checks are disabled"),
+        );
+        assert_eq!(
+            from_health(&health, Policy::default()).status,
+            ConditionStatus::True
+        );
+        let strict = Policy {
+            unused_is_ready: true,
+            unavailable_is_ready: false,
+        };
         assert_eq!(from_health(&health, strict).status, ConditionStatus::False);
     }
 
     fn cond(status: ConditionStatus, reason: &str, msg: &str, ltt: &str) -> Condition {
-        Condition { status, reason: reason.into(), message: msg.into(), last_transition_time: Some(ltt.into()) }
+        Condition {
+            status,
+            reason: reason.into(),
+            message: msg.into(),
+            last_transition_time: Some(ltt.into()),
+        }
     }
 
     #[test]
     fn transition_time_kept_while_status_unchanged() {
         let now = "2026-11-21T10:00:05Z";
-        let cur = cond(ConditionStatus::False, REASON_REGISTRATION, MESSAGE_REGISTRATION, "2026-11-21T10:00:00Z");
-        let initial = Desired::new(ConditionStatus::False, "Elb.InitialHealthChecking", "Initial health checks in progress");
+        let cur = cond(
+            ConditionStatus::False,
+            REASON_REGISTRATION,
+            MESSAGE_REGISTRATION,
+            "2026-11-21T10:00:00Z",
+        );
+        let initial = Desired::new(
+            ConditionStatus::False,
+            "Elb.InitialHealthChecking",
+            "Initial health checks in progress",
+        );
         let w = next(Some(&cur), &initial, now).unwrap();
-        assert_eq!(w.last_transition_time.as_deref(), Some("2026-11-21T10:00:00Z"));
+        assert_eq!(
+            w.last_transition_time.as_deref(),
+            Some("2026-11-21T10:00:00Z")
+        );
         assert_eq!(w.reason, "Elb.InitialHealthChecking");
         let healthy = from_health(&h("healthy", None, None), Policy::default());
         let w = next(Some(&cur), &healthy, now).unwrap();
         assert_eq!(w.last_transition_time.as_deref(), Some(now));
-        assert_eq!(next(None, &initial, now).unwrap().last_transition_time.as_deref(), Some(now));
+        assert_eq!(
+            next(None, &initial, now)
+                .unwrap()
+                .last_transition_time
+                .as_deref(),
+            Some(now)
+        );
     }
 
     #[test]
     fn no_op_writes_are_skipped_and_true_stays_true() {
-        let cur = cond(ConditionStatus::False, REASON_REGISTRATION, MESSAGE_REGISTRATION, "2026-11-21T10:00:00Z");
-        assert_eq!(next(Some(&cur), &not_registered(), "2026-11-21T10:00:09Z"), None);
-        let t = cond(ConditionStatus::True, "Elb.Healthy", "Target is healthy", "2026-11-21T10:00:00Z");
-        assert_eq!(next(Some(&t), &not_registered(), "2026-11-21T10:00:09Z"), None);
+        let cur = cond(
+            ConditionStatus::False,
+            REASON_REGISTRATION,
+            MESSAGE_REGISTRATION,
+            "2026-11-21T10:00:00Z",
+        );
+        assert_eq!(
+            next(Some(&cur), &not_registered(), "2026-11-21T10:00:09Z"),
+            None
+        );
+        let t = cond(
+            ConditionStatus::True,
+            "Elb.Healthy",
+            "Target is healthy",
+            "2026-11-21T10:00:00Z",
+        );
+        assert_eq!(
+            next(Some(&t), &not_registered(), "2026-11-21T10:00:09Z"),
+            None
+        );
     }
 }

@@ -92,30 +92,47 @@ pub fn plan(ix: &Index, now_ms: i64, failsafe: Option<Duration>) -> Vec<GateWork
     work
 }
 
-fn need(ix: &Index, ns: &str, pod: &Pod, binding_name: &str, now_ms: i64, failsafe: Option<Duration>) -> Need {
+fn need(
+    ix: &Index,
+    ns: &str,
+    pod: &Pod,
+    binding_name: &str,
+    now_ms: i64,
+    failsafe: Option<Duration>,
+) -> Need {
     let Some(binding) = ix.binding(ns, binding_name) else {
         return Need::Release(Desired::released(
             condition::REASON_BINDING_DELETED,
-            &format!("TargetGroupBinding {binding_name} does not exist (deleted, or never created); gate released"),
+            &format!(
+                "TargetGroupBinding {binding_name} does not exist (deleted, or never created); gate released"
+            ),
         ));
     };
     if binding.target_type != TargetType::Ip {
         return Need::Release(Desired::released(
             condition::REASON_NOT_IP,
-            &format!("TargetGroupBinding {binding_name} does not register pod IPs (targetType is not ip); gate released"),
+            &format!(
+                "TargetGroupBinding {binding_name} does not register pod IPs (targetType is not ip); gate released"
+            ),
         ));
     }
     let Some(service) = ix.service(ns, &binding.service_name) else {
         return Need::Release(Desired::released(
             condition::REASON_SERVICE_DELETED,
-            &format!("Service {} of TargetGroupBinding {binding_name} does not exist; gate released", binding.service_name),
+            &format!(
+                "Service {} of TargetGroupBinding {binding_name} does not exist; gate released",
+                binding.service_name
+            ),
         ));
     };
     if let (Some(limit), Some(created)) = (failsafe, pod.created) {
         if now_ms >= created * 1000 + limit.as_millis() as i64 {
             return Need::Release(Desired::released(
                 condition::REASON_FAILSAFE,
-                &format!("target not healthy {}s after pod creation; gate released by the failsafe timeout", limit.as_secs()),
+                &format!(
+                    "target not healthy {}s after pod creation; gate released by the failsafe timeout",
+                    limit.as_secs()
+                ),
             ));
         }
     }
@@ -132,7 +149,11 @@ fn need(ix: &Index, ns: &str, pod: &Pod, binding_name: &str, now_ms: i64, failsa
             target,
             ready_since_ms: pod.containers_ready_since.map(|s| s * 1000),
         }),
-        Err(e) => Need::Hold(Desired::new(ConditionStatus::False, condition::REASON_NO_TARGET, &format!("cannot resolve the target: {e}"))),
+        Err(e) => Need::Hold(Desired::new(
+            ConditionStatus::False,
+            condition::REASON_NO_TARGET,
+            &format!("cannot resolve the target: {e}"),
+        )),
     }
 }
 
@@ -205,7 +226,10 @@ impl Controller {
 
         let pending_pods: HashSet<&str> = work.iter().map(|w| w.uid.as_str()).collect();
         self.metrics.pending_pods.set(pending_pods.len() as i64);
-        let live: HashSet<Key> = work.iter().map(|w| (w.uid.clone(), w.binding.clone())).collect();
+        let live: HashSet<Key> = work
+            .iter()
+            .map(|w| (w.uid.clone(), w.binding.clone()))
+            .collect();
         self.sent.retain(|k, _| live.contains(k));
         self.healthy_seen.retain(|k, _| live.contains(k));
 
@@ -215,7 +239,9 @@ impl Controller {
             let desired = match &w.need {
                 Need::Release(d) | Need::Hold(d) => d.clone(),
                 Need::Health(wait) => {
-                    pending.entry(wait.arn.clone()).or_default().push(Pending { ready_since_ms: wait.ready_since_ms });
+                    pending.entry(wait.arn.clone()).or_default().push(Pending {
+                        ready_since_ms: wait.ready_since_ms,
+                    });
                     self.health_condition(w, wait, now)
                 }
             };
@@ -223,7 +249,8 @@ impl Controller {
         }
 
         // Forget groups nothing waits on; poll the ones that are due.
-        self.groups.retain(|arn, g| pending.contains_key(arn) || g.in_flight);
+        self.groups
+            .retain(|arn, g| pending.contains_key(arn) || g.in_flight);
         let mut next: Option<i64> = None;
         for (arn, targets) in pending {
             let poll_interval = self.poll_interval_ms;
@@ -240,7 +267,12 @@ impl Controller {
                 }
                 continue;
             };
-            let due = schedule::next_poll(&targets, settings.healthy_after().as_millis() as i64, poll_interval, g.times);
+            let due = schedule::next_poll(
+                &targets,
+                settings.healthy_after().as_millis() as i64,
+                poll_interval,
+                g.times,
+            );
             match due {
                 Some(t) if t <= now => {
                     g.in_flight = true;
@@ -265,7 +297,9 @@ impl Controller {
         }
         // Only an answer given after the containers were ready speaks for this pod's target
         // (an earlier one may describe a previous pod with the same IP).
-        let answer = g.and_then(|g| g.health.as_ref()).filter(|(_, at)| wait.ready_since_ms.is_some_and(|r| *at >= r));
+        let answer = g
+            .and_then(|g| g.health.as_ref())
+            .filter(|(_, at)| wait.ready_since_ms.is_some_and(|r| *at >= r));
         match answer {
             None => condition::not_registered(),
             Some((targets, at)) => match targets.get(&wait.target) {
@@ -273,7 +307,9 @@ impl Controller {
                 Some(h) => {
                     let d = condition::from_health(h, self.policy);
                     if d.status == ConditionStatus::True {
-                        self.healthy_seen.entry((w.uid.clone(), w.binding.clone())).or_insert((*at).min(now));
+                        self.healthy_seen
+                            .entry((w.uid.clone(), w.binding.clone()))
+                            .or_insert((*at).min(now));
                     }
                     d
                 }
@@ -325,11 +361,20 @@ impl Controller {
             Outcome::Written if done.write.condition.status == ConditionStatus::True => {
                 let now = now_ms();
                 if let Some(seen) = self.healthy_seen.remove(&key) {
-                    self.metrics.healthy_to_written_seconds.observe((now - seen).max(0) as f64 / 1000.0);
+                    self.metrics
+                        .healthy_to_written_seconds
+                        .observe((now - seen).max(0) as f64 / 1000.0);
                 }
-                let created = self.cache.read().pods().find(|(_, _, p)| p.uid == done.write.uid).and_then(|(_, _, p)| p.created);
+                let created = self
+                    .cache
+                    .read()
+                    .pods()
+                    .find(|(_, _, p)| p.uid == done.write.uid)
+                    .and_then(|(_, _, p)| p.created);
                 if let Some(c) = created {
-                    self.metrics.gate_ready_seconds.observe((now / 1000 - c).max(0) as f64);
+                    self.metrics
+                        .gate_ready_seconds
+                        .observe((now / 1000 - c).max(0) as f64);
                 }
             }
             Outcome::Written | Outcome::Gone => {}
@@ -420,7 +465,9 @@ impl Controller {
         let budget_hold = {
             let g = self.group(&arn);
             g.in_flight = false;
-            let backoff = g.backoff.get_or_insert_with(|| Backoff::new(Duration::from_secs(1), Duration::from_secs(60)));
+            let backoff = g.backoff.get_or_insert_with(|| {
+                Backoff::new(Duration::from_secs(1), Duration::from_secs(60))
+            });
             let delay = match &e {
                 ElbError::TargetGroupNotFound(msg) => {
                     g.not_found = Some(format!("target group {arn} not found: {msg}"));
@@ -448,7 +495,12 @@ fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
 }
 
 /// Runs the controller until the process ends: leader election, writer, decision loop.
-pub async fn run(client: Client, cache: Arc<Cache>, metrics: Arc<Metrics>, args: ControllerArgs) -> anyhow::Result<()> {
+pub async fn run(
+    client: Client,
+    cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
+    args: ControllerArgs,
+) -> anyhow::Result<()> {
     let identity = args
         .identity
         .clone()
@@ -460,13 +512,26 @@ pub async fn run(client: Client, cache: Arc<Cache>, metrics: Arc<Metrics>, args:
         .clone()
         .or_else(|| std::env::var("POD_NAMESPACE").ok())
         .unwrap_or_else(|| "readygate-system".into());
-    let (leader, _lease) = crate::leader::elect(client.clone(), &args.lease_name, &namespace, &identity, metrics.clone()).await?;
+    let (leader, _lease) = crate::leader::elect(
+        client.clone(),
+        &args.lease_name,
+        &namespace,
+        &identity,
+        metrics.clone(),
+    )
+    .await?;
 
     let budget = Arc::new(Budget::new(args.elbv2_rate, args.elbv2_burst));
     let elb = Elbv2::from_env(budget, metrics.clone()).await;
     let (jobs_tx, jobs_rx) = mpsc::channel(4096);
     let (done_tx, done_rx) = mpsc::channel(4096);
-    let writer = Arc::new(Writer::new(client, leader.clone(), metrics.clone(), args.write_timeout, identity));
+    let writer = Arc::new(Writer::new(
+        client,
+        leader.clone(),
+        metrics.clone(),
+        args.write_timeout,
+        identity,
+    ));
     tokio::spawn(writer::run(writer, jobs_rx, done_tx, 16));
     run_loop(cache, elb, metrics, &args, leader, jobs_tx, done_rx).await;
     Ok(())
@@ -487,7 +552,10 @@ pub async fn run_loop(
         cache: cache.clone(),
         elb,
         metrics,
-        policy: Policy { unused_is_ready: args.unused_is_ready, unavailable_is_ready: args.unavailable_is_ready },
+        policy: Policy {
+            unused_is_ready: args.unused_is_ready,
+            unavailable_is_ready: args.unavailable_is_ready,
+        },
         poll_interval_ms: args.poll_interval.as_millis() as i64,
         failsafe: args.failsafe_timeout,
         groups: HashMap::new(),
@@ -508,7 +576,9 @@ pub async fn run_loop(
             continue;
         }
         let next = c.pass();
-        let sleep = next.map_or(Duration::from_secs(3600), |t| Duration::from_millis((t - now_ms()).max(0) as u64));
+        let sleep = next.map_or(Duration::from_secs(3600), |t| {
+            Duration::from_millis((t - now_ms()).max(0) as u64)
+        });
         tokio::select! {
             _ = cache.changed() => {
                 // Let a burst of watch events land before the next pass.
@@ -540,7 +610,11 @@ mod tests {
             "web",
             Service {
                 selector: [("app".to_string(), "web".to_string())].into(),
-                ports: vec![ServicePort { name: Some("http".into()), port: 80, target_port: Some(PortRef::Name("http".into())) }],
+                ports: vec![ServicePort {
+                    name: Some("http".into()),
+                    port: 80,
+                    target_port: Some(PortRef::Name("http".into())),
+                }],
             },
         );
         ix.apply_binding(
@@ -562,7 +636,10 @@ mod tests {
             labels: [("app".to_string(), "web".to_string())].into(),
             created: Some(1_000),
             ip: ip.map(Into::into),
-            container_ports: vec![ContainerPort { name: "http".into(), port: 8080 }],
+            container_ports: vec![ContainerPort {
+                name: "http".into(),
+                port: 8080,
+            }],
             gates: vec!["web-tgb".into()],
             containers_ready_since: Some(1_005),
             ..Pod::default()
@@ -577,7 +654,12 @@ mod tests {
         let mut done = pod("c", Some("127.0.1.3"));
         done.conditions.insert(
             "web-tgb".into(),
-            Condition { status: ConditionStatus::True, reason: "Elb.Healthy".into(), message: String::new(), last_transition_time: None },
+            Condition {
+                status: ConditionStatus::True,
+                reason: "Elb.Healthy".into(),
+                message: String::new(),
+                last_transition_time: None,
+            },
         );
         ix.apply_pod("shop", "c", done);
         let mut gone = pod("d", Some("127.0.1.4"));
@@ -589,7 +671,10 @@ mod tests {
             work[0].need,
             Need::Health(Waiting {
                 arn: "arn:tg/web".into(),
-                target: Target { ip: "127.0.1.1".into(), port: 8080 },
+                target: Target {
+                    ip: "127.0.1.1".into(),
+                    port: 8080
+                },
                 ready_since_ms: Some(1_005_000)
             })
         );
@@ -603,11 +688,15 @@ mod tests {
         ix.apply_pod("shop", "a", p);
         let work = plan(&ix, 2_000_000, None);
         let ghost = work.iter().find(|w| w.binding == "ghost").unwrap();
-        assert!(matches!(&ghost.need, Need::Release(d) if d.reason == condition::REASON_BINDING_DELETED && d.status == ConditionStatus::True));
+        assert!(
+            matches!(&ghost.need, Need::Release(d) if d.reason == condition::REASON_BINDING_DELETED && d.status == ConditionStatus::True)
+        );
         ix.delete_service("shop", "web");
         let work = plan(&ix, 2_000_000, None);
         let web = work.iter().find(|w| w.binding == "web-tgb").unwrap();
-        assert!(matches!(&web.need, Need::Release(d) if d.reason == condition::REASON_SERVICE_DELETED));
+        assert!(
+            matches!(&web.need, Need::Release(d) if d.reason == condition::REASON_SERVICE_DELETED)
+        );
     }
 
     #[test]
@@ -615,8 +704,13 @@ mod tests {
         let mut ix = index();
         ix.apply_pod("shop", "a", pod("a", Some("127.0.1.1")));
         let limit = Some(Duration::from_secs(300));
-        assert!(matches!(plan(&ix, 1_299_000, limit)[0].need, Need::Health(_)));
-        assert!(matches!(&plan(&ix, 1_300_000, limit)[0].need, Need::Release(d) if d.reason == condition::REASON_FAILSAFE));
+        assert!(matches!(
+            plan(&ix, 1_299_000, limit)[0].need,
+            Need::Health(_)
+        ));
+        assert!(
+            matches!(&plan(&ix, 1_300_000, limit)[0].need, Need::Release(d) if d.reason == condition::REASON_FAILSAFE)
+        );
     }
 
     #[test]
@@ -625,6 +719,8 @@ mod tests {
         let mut p = pod("a", Some("127.0.1.1"));
         p.container_ports.clear();
         ix.apply_pod("shop", "a", p);
-        assert!(matches!(&plan(&ix, 2_000_000, None)[0].need, Need::Hold(d) if d.status == ConditionStatus::False));
+        assert!(
+            matches!(&plan(&ix, 2_000_000, None)[0].need, Need::Hold(d) if d.status == ConditionStatus::False)
+        );
     }
 }

@@ -7,10 +7,20 @@ use kube::CustomResource;
 use serde::{Deserialize, Serialize};
 
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize)]
-#[kube(group = "elbv2.k8s.aws", version = "v1beta1", kind = "TargetGroupBinding", namespaced, schema = "disabled")]
+#[kube(
+    group = "elbv2.k8s.aws",
+    version = "v1beta1",
+    kind = "TargetGroupBinding",
+    namespaced,
+    schema = "disabled"
+)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetGroupBindingSpec {
-    #[serde(rename = "targetGroupARN", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "targetGroupARN",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub target_group_arn: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_type: Option<String>,

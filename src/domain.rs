@@ -68,8 +68,7 @@ pub struct Service {
 impl Service {
     /// A Service selects a pod when its selector is non-empty and every pair is in the labels.
     pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
-        !self.selector.is_empty()
-            && self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        !self.selector.is_empty() && self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
     }
 }
 

@@ -49,10 +49,15 @@ where
     let text = aws_sdk_elasticloadbalancingv2::error::DisplayErrorContext(&err).to_string();
     let status = err.raw_response().map(|r| r.status().as_u16());
     match err.code() {
-        Some("Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "TooManyRequestsException") => {
-            ElbError::Throttled(text)
+        Some(
+            "Throttling"
+            | "ThrottlingException"
+            | "RequestLimitExceeded"
+            | "TooManyRequestsException",
+        ) => ElbError::Throttled(text),
+        Some("TargetGroupNotFound" | "TargetGroupNotFoundException") => {
+            ElbError::TargetGroupNotFound(text)
         }
-        Some("TargetGroupNotFound" | "TargetGroupNotFoundException") => ElbError::TargetGroupNotFound(text),
         _ if status.is_some_and(|s| s >= 500) => ElbError::Server(text),
         _ => ElbError::Other(text),
     }
@@ -67,7 +72,9 @@ pub struct GroupSettings {
 
 impl GroupSettings {
     pub fn healthy_after(&self) -> Duration {
-        Duration::from_secs((self.interval_seconds.max(0) as u64) * (self.healthy_threshold.max(0) as u64))
+        Duration::from_secs(
+            (self.interval_seconds.max(0) as u64) * (self.healthy_threshold.max(0) as u64),
+        )
     }
 }
 
@@ -85,11 +92,20 @@ impl Elbv2 {
             .retry_config(RetryConfig::disabled())
             .load()
             .await;
-        Self { client: Client::new(&config), budget, metrics }
+        Self {
+            client: Client::new(&config),
+            budget,
+            metrics,
+        }
     }
 
     /// A client for a fixed endpoint and region (tests, local rigs).
-    pub async fn with_endpoint(endpoint: &str, region: &str, budget: Arc<Budget>, metrics: Arc<Metrics>) -> Self {
+    pub async fn with_endpoint(
+        endpoint: &str,
+        region: &str,
+        budget: Arc<Budget>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let config = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(RetryConfig::disabled())
             .endpoint_url(endpoint)
@@ -99,7 +115,11 @@ impl Elbv2 {
             ))
             .load()
             .await;
-        Self { client: Client::new(&config), budget, metrics }
+        Self {
+            client: Client::new(&config),
+            budget,
+            metrics,
+        }
     }
 
     fn count(&self, operation: &'static str, result: Result<(), &ElbError>) {
@@ -107,7 +127,10 @@ impl Elbv2 {
             Ok(()) => "ok",
             Err(e) => e.outcome(),
         };
-        self.metrics.elbv2_calls.get_or_create(&CallLabels { operation, outcome }).inc();
+        self.metrics
+            .elbv2_calls
+            .get_or_create(&CallLabels { operation, outcome })
+            .inc();
         if matches!(result, Err(ElbError::Throttled(_))) {
             self.metrics.elbv2_throttles.inc();
         }
@@ -117,7 +140,13 @@ impl Elbv2 {
     /// registered.
     pub async fn target_health(&self, arn: &str) -> Result<HashMap<Target, Health>, ElbError> {
         self.budget.acquire().await;
-        let result = self.client.describe_target_health().target_group_arn(arn).send().await.map_err(classify);
+        let result = self
+            .client
+            .describe_target_health()
+            .target_group_arn(arn)
+            .send()
+            .await
+            .map_err(classify);
         self.count("DescribeTargetHealth", result.as_ref().map(|_| ()));
         let out = result?;
         Ok(out
@@ -126,9 +155,15 @@ impl Elbv2 {
             .filter_map(|d| {
                 let t = d.target()?;
                 let h = d.target_health()?;
-                let target = Target { ip: t.id()?.to_string(), port: t.port()? };
+                let target = Target {
+                    ip: t.id()?.to_string(),
+                    port: t.port()?,
+                };
                 let health = Health {
-                    state: h.state().map(|s| s.as_str().to_string()).unwrap_or_default(),
+                    state: h
+                        .state()
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default(),
                     reason: h.reason().map(|r| r.as_str().to_string()),
                     description: h.description().map(str::to_string),
                 };
@@ -140,13 +175,18 @@ impl Elbv2 {
     /// The group's health-check interval and healthy threshold.
     pub async fn group_settings(&self, arn: &str) -> Result<GroupSettings, ElbError> {
         self.budget.acquire().await;
-        let result = self.client.describe_target_groups().target_group_arns(arn).send().await.map_err(classify);
+        let result = self
+            .client
+            .describe_target_groups()
+            .target_group_arns(arn)
+            .send()
+            .await
+            .map_err(classify);
         self.count("DescribeTargetGroups", result.as_ref().map(|_| ()));
         let out = result?;
-        let group = out
-            .target_groups()
-            .first()
-            .ok_or_else(|| ElbError::TargetGroupNotFound(format!("{arn} not in the DescribeTargetGroups answer")))?;
+        let group = out.target_groups().first().ok_or_else(|| {
+            ElbError::TargetGroupNotFound(format!("{arn} not in the DescribeTargetGroups answer"))
+        })?;
         Ok(GroupSettings {
             interval_seconds: group.health_check_interval_seconds().unwrap_or(30),
             healthy_threshold: group.healthy_threshold_count().unwrap_or(5),

@@ -78,7 +78,8 @@ pub fn gate_patch(pod: &Value, wanted: &[String]) -> Option<Patch> {
             .collect(),
         // Legacy gates to drop (or a malformed value): write the whole list.
         Some(_) => {
-            let mut gates: Vec<Value> = existing.iter().filter(|g| !is_legacy(g)).cloned().collect();
+            let mut gates: Vec<Value> =
+                existing.iter().filter(|g| !is_legacy(g)).cloned().collect();
             gates.extend(missing);
             vec![PatchOperation::Replace(ReplaceOperation {
                 path: gates_path,
@@ -98,7 +99,9 @@ mod tests {
     fn binding(name: &str, svc: &str, tt: TargetType) -> Binding {
         Binding {
             name: name.into(),
-            target_group_arn: format!("arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/{name}/0123456789abcdef"),
+            target_group_arn: format!(
+                "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/{name}/0123456789abcdef"
+            ),
             target_type: tt,
             service_name: svc.into(),
             service_port: PortRef::Number(80),
@@ -107,13 +110,23 @@ mod tests {
 
     fn service(selector: &[(&str, &str)]) -> Service {
         Service {
-            selector: selector.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            ports: vec![ServicePort { name: Some("http".into()), port: 80, target_port: Some(PortRef::Number(8080)) }],
+            selector: selector
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ports: vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: Some(PortRef::Number(8080)),
+            }],
         }
     }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn pod(labels: Value, gates: Option<Value>) -> Value {
@@ -133,10 +146,18 @@ mod tests {
     }
 
     /// Runs the whole decision for a pod and returns the pod after the patch.
-    fn admit(pod: &Value, bindings: &[Binding], services: &BTreeMap<&str, Service>) -> (Option<Patch>, Value) {
+    fn admit(
+        pod: &Value,
+        bindings: &[Binding],
+        services: &BTreeMap<&str, Service>,
+    ) -> (Option<Patch>, Value) {
         let labels: BTreeMap<String, String> = pod["metadata"]["labels"]
             .as_object()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())).collect())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                    .collect()
+            })
             .unwrap_or_default();
         let gates = gates_for(&labels, bindings, |name| services.get(name));
         let patch = gate_patch(pod, &gates);
@@ -150,7 +171,11 @@ mod tests {
     fn gate_list(pod: &Value) -> Vec<String> {
         pod["spec"]["readinessGates"]
             .as_array()
-            .map(|a| a.iter().map(|g| g["conditionType"].as_str().unwrap().to_string()).collect())
+            .map(|a| {
+                a.iter()
+                    .map(|g| g["conditionType"].as_str().unwrap().to_string())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -206,7 +231,10 @@ mod tests {
         ]);
         let p = pod(json!({"app": "web"}), Some(existing));
         let services = BTreeMap::from([("web", service(&[("app", "web")]))]);
-        let bindings = [binding("web-a", "web", TargetType::Ip), binding("web-b", "web", TargetType::Ip)];
+        let bindings = [
+            binding("web-a", "web", TargetType::Ip),
+            binding("web-b", "web", TargetType::Ip),
+        ];
         let (patch, out) = admit(&p, &bindings, &services);
         // Only an append: existing entries are not rewritten.
         let patch = patch.unwrap();
@@ -221,7 +249,13 @@ mod tests {
             ]
         );
         // All present already: nothing to do.
-        assert!(gate_patch(&out, &gates_for(&labels(&[("app", "web")]), &bindings, |n| services.get(n))).is_none());
+        assert!(
+            gate_patch(
+                &out,
+                &gates_for(&labels(&[("app", "web")]), &bindings, |n| services.get(n))
+            )
+            .is_none()
+        );
     }
 
     #[test]
@@ -233,7 +267,13 @@ mod tests {
         let p = pod(json!({"app": "web"}), Some(existing));
         let services = BTreeMap::from([("web", service(&[("app", "web")]))]);
         let (_, out) = admit(&p, &[binding("web-a", "web", TargetType::Ip)], &services);
-        assert_eq!(gate_list(&out), ["example.com/feature-ready", "target-health.elbv2.k8s.aws/web-a"]);
+        assert_eq!(
+            gate_list(&out),
+            [
+                "example.com/feature-ready",
+                "target-health.elbv2.k8s.aws/web-a"
+            ]
+        );
     }
 
     #[test]
@@ -248,7 +288,10 @@ mod tests {
     fn instance_and_unspecified_bindings_are_ignored() {
         let p = pod(json!({"app": "web"}), None);
         let services = BTreeMap::from([("web", service(&[("app", "web")]))]);
-        let bindings = [binding("inst", "web", TargetType::Instance), binding("unset", "web", TargetType::Unspecified)];
+        let bindings = [
+            binding("inst", "web", TargetType::Instance),
+            binding("unset", "web", TargetType::Unspecified),
+        ];
         let (patch, out) = admit(&p, &bindings, &services);
         assert!(patch.is_none());
         assert_eq!(out, p);
@@ -266,7 +309,10 @@ mod tests {
     fn selector_mismatch_and_missing_service() {
         let p = pod(json!({"app": "web"}), None);
         let services = BTreeMap::from([("web", service(&[("app", "web"), ("track", "canary")]))]);
-        let bindings = [binding("web", "web", TargetType::Ip), binding("ghost", "no-such-svc", TargetType::Ip)];
+        let bindings = [
+            binding("web", "web", TargetType::Ip),
+            binding("ghost", "no-such-svc", TargetType::Ip),
+        ];
         let (patch, _) = admit(&p, &bindings, &services);
         assert!(patch.is_none());
     }
@@ -289,7 +335,8 @@ mod tests {
         let services = BTreeMap::from([("web", service(&[("app", "web")]))]);
         let (_, out) = admit(&p, &[binding("web", "web", TargetType::Ip)], &services);
         let mut expected = p.clone();
-        expected["spec"]["readinessGates"] = json!([{ "conditionType": "target-health.elbv2.k8s.aws/web" }]);
+        expected["spec"]["readinessGates"] =
+            json!([{ "conditionType": "target-health.elbv2.k8s.aws/web" }]);
         assert_eq!(out, expected);
         // The native sidecar's restartPolicy, once dropped by a typed round trip, is still there.
         assert_eq!(out["spec"]["initContainers"][0]["restartPolicy"], "Always");
@@ -298,15 +345,22 @@ mod tests {
     #[test]
     fn pointer_tokens_are_escaped() {
         // Gate types contain '/', so a path naming one must escape it as '~1'.
-        let ptr = PointerBuf::from_tokens(["metadata", "annotations", "target-health.elbv2.k8s.aws/a~b"]);
-        assert_eq!(ptr.as_str(), "/metadata/annotations/target-health.elbv2.k8s.aws~1a~0b");
+        let ptr =
+            PointerBuf::from_tokens(["metadata", "annotations", "target-health.elbv2.k8s.aws/a~b"]);
+        assert_eq!(
+            ptr.as_str(),
+            "/metadata/annotations/target-health.elbv2.k8s.aws~1a~0b"
+        );
         // A binding name with unusual characters still ends up verbatim in the value.
         let p = pod(json!({"app": "web"}), Some(json!([])));
         let services = BTreeMap::from([("web", service(&[("app", "web")]))]);
         let (patch, out) = admit(&p, &[binding("a~b/c", "web", TargetType::Ip)], &services);
         let patch = patch.unwrap();
         let wire = serde_json::to_value(&patch).unwrap();
-        assert_eq!(wire, json!([{ "op": "add", "path": "/spec/readinessGates/-", "value": { "conditionType": "target-health.elbv2.k8s.aws/a~b/c" } }]));
+        assert_eq!(
+            wire,
+            json!([{ "op": "add", "path": "/spec/readinessGates/-", "value": { "conditionType": "target-health.elbv2.k8s.aws/a~b/c" } }])
+        );
         assert_eq!(gate_list(&out), ["target-health.elbv2.k8s.aws/a~b/c"]);
     }
 }

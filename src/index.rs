@@ -82,18 +82,25 @@ impl Index {
     }
 
     pub fn replace_bindings(&mut self, all: Vec<(String, Binding)>) {
-        self.namespaces.values_mut().for_each(|n| n.bindings.clear());
-        all.into_iter().for_each(|(ns, b)| self.apply_binding(&ns, b));
+        self.namespaces
+            .values_mut()
+            .for_each(|n| n.bindings.clear());
+        all.into_iter()
+            .for_each(|(ns, b)| self.apply_binding(&ns, b));
         self.synced.bindings = true;
     }
     pub fn replace_services(&mut self, all: Vec<(String, String, Service)>) {
-        self.namespaces.values_mut().for_each(|n| n.services.clear());
-        all.into_iter().for_each(|(ns, name, s)| self.apply_service(&ns, &name, s));
+        self.namespaces
+            .values_mut()
+            .for_each(|n| n.services.clear());
+        all.into_iter()
+            .for_each(|(ns, name, s)| self.apply_service(&ns, &name, s));
         self.synced.services = true;
     }
     pub fn replace_pods(&mut self, all: Vec<(String, String, Pod)>) {
         self.namespaces.values_mut().for_each(|n| n.pods.clear());
-        all.into_iter().for_each(|(ns, name, p)| self.apply_pod(&ns, &name, p));
+        all.into_iter()
+            .for_each(|(ns, name, p)| self.apply_pod(&ns, &name, p));
         self.synced.pods = true;
     }
     pub fn replace_namespaces(&mut self, opted_in: Vec<String>) {
@@ -140,9 +147,11 @@ impl Index {
 
     /// Every pod, with its namespace and name.
     pub fn pods(&self) -> impl Iterator<Item = (&str, &str, &Pod)> {
-        self.namespaces
-            .iter()
-            .flat_map(|(ns, n)| n.pods.iter().map(move |(name, p)| (ns.as_str(), name.as_str(), p)))
+        self.namespaces.iter().flat_map(|(ns, n)| {
+            n.pods
+                .iter()
+                .map(move |(name, p)| (ns.as_str(), name.as_str(), p))
+        })
     }
 
     pub fn counts(&self) -> (usize, usize, usize) {
@@ -167,7 +176,10 @@ mod tests {
         }
     }
     fn s(app: &str) -> Service {
-        Service { selector: [("app".to_string(), app.to_string())].into(), ports: vec![] }
+        Service {
+            selector: [("app".to_string(), app.to_string())].into(),
+            ports: vec![],
+        }
     }
     fn labels(app: &str) -> BTreeMap<String, String> {
         [("app".to_string(), app.to_string())].into()
@@ -179,7 +191,10 @@ mod tests {
         ix.apply_service("shop", "web", s("web"));
         assert!(ix.gates_for("shop", &labels("web")).is_empty());
         ix.apply_binding("shop", b("web-tgb", "web"));
-        assert_eq!(ix.gates_for("shop", &labels("web")), ["target-health.elbv2.k8s.aws/web-tgb"]);
+        assert_eq!(
+            ix.gates_for("shop", &labels("web")),
+            ["target-health.elbv2.k8s.aws/web-tgb"]
+        );
         // Namespaces do not leak into each other.
         assert!(ix.gates_for("other", &labels("web")).is_empty());
         ix.delete_service("shop", "web");

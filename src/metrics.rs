@@ -40,14 +40,18 @@ impl Metrics {
         let mut registry = Registry::with_prefix("readygate");
         let admissions = Family::<OutcomeLabels, Counter>::default();
         let admission_seconds = Histogram::new(
-            [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25].into_iter(),
+            [
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25,
+            ]
+            .into_iter(),
         );
         let gates_injected = Counter::default();
         let tls_reloads = Family::<OutcomeLabels, Counter>::default();
         let pending_pods = Gauge::default();
         let pods_missing_gates = Gauge::default();
-        let gate_ready_seconds =
-            Histogram::new([1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0].into_iter());
+        let gate_ready_seconds = Histogram::new(
+            [1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0].into_iter(),
+        );
         let healthy_to_written_seconds =
             Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0].into_iter());
         let elbv2_calls = Family::<CallLabels, Counter>::default();
@@ -55,26 +59,66 @@ impl Metrics {
         let status_writes = Family::<OutcomeLabels, Counter>::default();
         let is_leader = Gauge::default();
 
-        registry.register("admissions", "Admission requests by outcome", admissions.clone());
-        registry.register("admission_duration_seconds", "Time to answer an admission request", admission_seconds.clone());
-        registry.register("gates_injected", "Readiness gates added to pods", gates_injected.clone());
-        registry.register("tls_reloads", "Serving certificate reloads by outcome", tls_reloads.clone());
-        registry.register("gated_pods_pending", "Gated pods with a gate not yet True", pending_pods.clone());
+        registry.register(
+            "admissions",
+            "Admission requests by outcome",
+            admissions.clone(),
+        );
+        registry.register(
+            "admission_duration_seconds",
+            "Time to answer an admission request",
+            admission_seconds.clone(),
+        );
+        registry.register(
+            "gates_injected",
+            "Readiness gates added to pods",
+            gates_injected.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Serving certificate reloads by outcome",
+            tls_reloads.clone(),
+        );
+        registry.register(
+            "gated_pods_pending",
+            "Gated pods with a gate not yet True",
+            pending_pods.clone(),
+        );
         registry.register(
             "pods_missing_gates",
             "Pods that should carry a readiness gate but do not (created before their binding or while the webhook was down)",
             pods_missing_gates.clone(),
         );
-        registry.register("gate_ready_seconds", "Time from pod creation to its gate condition True", gate_ready_seconds.clone());
+        registry.register(
+            "gate_ready_seconds",
+            "Time from pod creation to its gate condition True",
+            gate_ready_seconds.clone(),
+        );
         registry.register(
             "healthy_to_written_seconds",
             "Time from the first healthy observation of a target to its condition written",
             healthy_to_written_seconds.clone(),
         );
-        registry.register("elbv2_calls", "ELBv2 API calls by operation and outcome", elbv2_calls.clone());
-        registry.register("elbv2_throttles", "ELBv2 calls answered with Throttling", elbv2_throttles.clone());
-        registry.register("status_writes", "Pod status condition writes by outcome", status_writes.clone());
-        registry.register("leader", "1 while this replica holds the leader lease", is_leader.clone());
+        registry.register(
+            "elbv2_calls",
+            "ELBv2 API calls by operation and outcome",
+            elbv2_calls.clone(),
+        );
+        registry.register(
+            "elbv2_throttles",
+            "ELBv2 calls answered with Throttling",
+            elbv2_throttles.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "Pod status condition writes by outcome",
+            status_writes.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            is_leader.clone(),
+        );
 
         Self {
             registry,
@@ -95,7 +139,8 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
         out
     }
 

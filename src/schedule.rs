@@ -22,14 +22,25 @@ pub struct GroupTimes {
 
 /// When the group should be polled next, or `None` when no pending target can be healthy
 /// (nothing pending, or no pod's containers ready yet).
-pub fn next_poll(pending: &[Pending], healthy_after_ms: i64, poll_interval_ms: i64, times: GroupTimes) -> Option<i64> {
+pub fn next_poll(
+    pending: &[Pending],
+    healthy_after_ms: i64,
+    poll_interval_ms: i64,
+    times: GroupTimes,
+) -> Option<i64> {
     let earliest = pending
         .iter()
         .filter_map(|p| p.ready_since_ms)
         .map(|t| t + healthy_after_ms)
         .min()?;
-    let after_last = times.last_poll_ms.map_or(i64::MIN, |t| t + poll_interval_ms);
-    Some(earliest.max(after_last).max(times.not_before_ms.unwrap_or(i64::MIN)))
+    let after_last = times
+        .last_poll_ms
+        .map_or(i64::MIN, |t| t + poll_interval_ms);
+    Some(
+        earliest
+            .max(after_last)
+            .max(times.not_before_ms.unwrap_or(i64::MIN)),
+    )
 }
 
 #[cfg(test)]
@@ -40,43 +51,89 @@ mod tests {
     const SHORT: i64 = 2_000;
 
     fn ready(at: i64) -> Pending {
-        Pending { ready_since_ms: Some(at) }
+        Pending {
+            ready_since_ms: Some(at),
+        }
     }
 
     #[test]
     fn nothing_pending_means_no_poll() {
-        assert_eq!(next_poll(&[], HEALTHY_AFTER, SHORT, GroupTimes::default()), None);
-        let not_ready = Pending { ready_since_ms: None };
-        assert_eq!(next_poll(&[not_ready], HEALTHY_AFTER, SHORT, GroupTimes::default()), None);
+        assert_eq!(
+            next_poll(&[], HEALTHY_AFTER, SHORT, GroupTimes::default()),
+            None
+        );
+        let not_ready = Pending {
+            ready_since_ms: None,
+        };
+        assert_eq!(
+            next_poll(&[not_ready], HEALTHY_AFTER, SHORT, GroupTimes::default()),
+            None
+        );
     }
 
     #[test]
     fn first_poll_when_the_target_can_first_be_healthy() {
-        assert_eq!(next_poll(&[ready(1_000)], HEALTHY_AFTER, SHORT, GroupTimes::default()), Some(31_000));
+        assert_eq!(
+            next_poll(&[ready(1_000)], HEALTHY_AFTER, SHORT, GroupTimes::default()),
+            Some(31_000)
+        );
         // The earliest pending target decides.
-        let p = [ready(5_000), ready(1_000), Pending { ready_since_ms: None }];
-        assert_eq!(next_poll(&p, HEALTHY_AFTER, SHORT, GroupTimes::default()), Some(31_000));
+        let p = [
+            ready(5_000),
+            ready(1_000),
+            Pending {
+                ready_since_ms: None,
+            },
+        ];
+        assert_eq!(
+            next_poll(&p, HEALTHY_AFTER, SHORT, GroupTimes::default()),
+            Some(31_000)
+        );
     }
 
     #[test]
     fn then_short_polls_until_healthy() {
-        let times = GroupTimes { last_poll_ms: Some(31_000), not_before_ms: None };
-        assert_eq!(next_poll(&[ready(1_000)], HEALTHY_AFTER, SHORT, times), Some(33_000));
+        let times = GroupTimes {
+            last_poll_ms: Some(31_000),
+            not_before_ms: None,
+        };
+        assert_eq!(
+            next_poll(&[ready(1_000)], HEALTHY_AFTER, SHORT, times),
+            Some(33_000)
+        );
     }
 
     #[test]
     fn a_new_pod_does_not_pull_polls_forward_past_the_interval() {
         // Polled at 31 s for an old target; a target ready long ago appears: still 2 s apart.
-        let times = GroupTimes { last_poll_ms: Some(31_000), not_before_ms: None };
-        assert_eq!(next_poll(&[ready(-100_000)], HEALTHY_AFTER, SHORT, times), Some(33_000));
+        let times = GroupTimes {
+            last_poll_ms: Some(31_000),
+            not_before_ms: None,
+        };
+        assert_eq!(
+            next_poll(&[ready(-100_000)], HEALTHY_AFTER, SHORT, times),
+            Some(33_000)
+        );
         // A fresh target after an old poll waits for its own earliest time.
-        let times = GroupTimes { last_poll_ms: Some(0), not_before_ms: None };
-        assert_eq!(next_poll(&[ready(50_000)], HEALTHY_AFTER, SHORT, times), Some(80_000));
+        let times = GroupTimes {
+            last_poll_ms: Some(0),
+            not_before_ms: None,
+        };
+        assert_eq!(
+            next_poll(&[ready(50_000)], HEALTHY_AFTER, SHORT, times),
+            Some(80_000)
+        );
     }
 
     #[test]
     fn backoff_delays_the_poll() {
-        let times = GroupTimes { last_poll_ms: Some(31_000), not_before_ms: Some(47_000) };
-        assert_eq!(next_poll(&[ready(1_000)], HEALTHY_AFTER, SHORT, times), Some(47_000));
+        let times = GroupTimes {
+            last_poll_ms: Some(31_000),
+            not_before_ms: Some(47_000),
+        };
+        assert_eq!(
+            next_poll(&[ready(1_000)], HEALTHY_AFTER, SHORT, times),
+            Some(47_000)
+        );
     }
 }

@@ -39,7 +39,9 @@ pub async fn serve_https(
 ) {
     let graceful = Arc::new(GracefulShutdown::new());
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -54,13 +56,19 @@ pub async fn serve_https(
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, router, http, graceful) = (acceptor.clone(), router.clone(), http.clone(), graceful.clone());
+        let (acceptor, router, http, graceful) = (
+            acceptor.clone(),
+            router.clone(),
+            http.clone(),
+            graceful.clone(),
+        );
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-            };
+            let tls =
+                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                };
             let conn = http.serve_connection(TokioIo::new(tls), TowerToHyperService::new(router));
             if let Err(e) = graceful.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -69,7 +77,10 @@ pub async fn serve_https(
     }
     drop(listener);
     let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("connections still open after the drain timeout");
     }
 }
@@ -93,13 +104,21 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     let ix = state.cache.read();
     let s = ix.synced();
     let mut missing = Vec::new();
-    for (synced, kind) in [(s.bindings, "targetgroupbindings"), (s.services, "services"), (s.pods, "pods"), (s.namespaces, "namespaces")] {
+    for (synced, kind) in [
+        (s.bindings, "targetgroupbindings"),
+        (s.services, "services"),
+        (s.pods, "pods"),
+        (s.namespaces, "namespaces"),
+    ] {
         if !synced {
             missing.push(kind);
         }
     }
     if !missing.is_empty() {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: caches not synced: {}\n", missing.join(", ")));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: caches not synced: {}\n", missing.join(", ")),
+        );
     }
     if ix.bindings_crd_missing {
         return (
@@ -112,7 +131,10 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
 }

@@ -55,7 +55,10 @@ pub fn resolve_port(pod: &Pod, binding: &Binding, service: &Service) -> Result<i
 /// The pod's target for the binding.
 pub fn resolve(pod: &Pod, binding: &Binding, service: &Service) -> Result<Target, TargetError> {
     let ip = pod.ip.clone().ok_or(TargetError::NoPodIp)?;
-    Ok(Target { ip, port: resolve_port(pod, binding, service)? })
+    Ok(Target {
+        ip,
+        port: resolve_port(pod, binding, service)?,
+    })
 }
 
 #[cfg(test)]
@@ -77,9 +80,21 @@ mod tests {
         Service {
             selector: [("app".to_string(), "web".to_string())].into(),
             ports: vec![
-                ServicePort { name: Some("http".into()), port: 80, target_port: Some(PortRef::Number(8080)) },
-                ServicePort { name: Some("admin".into()), port: 9000, target_port: Some(PortRef::Name("admin-port".into())) },
-                ServicePort { name: Some("plain".into()), port: 7000, target_port: None },
+                ServicePort {
+                    name: Some("http".into()),
+                    port: 80,
+                    target_port: Some(PortRef::Number(8080)),
+                },
+                ServicePort {
+                    name: Some("admin".into()),
+                    port: 9000,
+                    target_port: Some(PortRef::Name("admin-port".into())),
+                },
+                ServicePort {
+                    name: Some("plain".into()),
+                    port: 7000,
+                    target_port: None,
+                },
             ],
         }
     }
@@ -87,24 +102,39 @@ mod tests {
     fn pod() -> Pod {
         Pod {
             ip: Some("127.0.3.4".into()),
-            container_ports: vec![ContainerPort { name: "admin-port".into(), port: 9901 }],
+            container_ports: vec![ContainerPort {
+                name: "admin-port".into(),
+                port: 9901,
+            }],
             ..Pod::default()
         }
     }
 
     #[test]
     fn service_port_by_number_to_numeric_target_port() {
-        assert_eq!(resolve(&pod(), &binding(PortRef::Number(80)), &svc()), Ok(Target { ip: "127.0.3.4".into(), port: 8080 }));
+        assert_eq!(
+            resolve(&pod(), &binding(PortRef::Number(80)), &svc()),
+            Ok(Target {
+                ip: "127.0.3.4".into(),
+                port: 8080
+            })
+        );
     }
 
     #[test]
     fn service_port_by_name_to_named_container_port() {
-        assert_eq!(resolve_port(&pod(), &binding(PortRef::Name("admin".into())), &svc()), Ok(9901));
+        assert_eq!(
+            resolve_port(&pod(), &binding(PortRef::Name("admin".into())), &svc()),
+            Ok(9901)
+        );
     }
 
     #[test]
     fn absent_target_port_means_the_service_port() {
-        assert_eq!(resolve_port(&pod(), &binding(PortRef::Name("plain".into())), &svc()), Ok(7000));
+        assert_eq!(
+            resolve_port(&pod(), &binding(PortRef::Name("plain".into())), &svc()),
+            Ok(7000)
+        );
     }
 
     #[test]
@@ -113,7 +143,10 @@ mod tests {
             resolve_port(&pod(), &binding(PortRef::Name("grpc".into())), &svc()),
             Err(TargetError::NoServicePort("\"grpc\"".into()))
         );
-        assert_eq!(resolve_port(&pod(), &binding(PortRef::Number(81)), &svc()), Err(TargetError::NoServicePort("81".into())));
+        assert_eq!(
+            resolve_port(&pod(), &binding(PortRef::Number(81)), &svc()),
+            Err(TargetError::NoServicePort("81".into()))
+        );
         let mut p = pod();
         p.container_ports.clear();
         assert_eq!(
@@ -126,6 +159,9 @@ mod tests {
     fn no_ip_no_target() {
         let mut p = pod();
         p.ip = None;
-        assert_eq!(resolve(&p, &binding(PortRef::Number(80)), &svc()), Err(TargetError::NoPodIp));
+        assert_eq!(
+            resolve(&p, &binding(PortRef::Number(80)), &svc()),
+            Err(TargetError::NoPodIp)
+        );
     }
 }

@@ -19,7 +19,10 @@ use crate::metrics::Metrics;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("no certificate found in the PEM")]
     NoCertificate,
     #[error("invalid certificate PEM: {0}")]
@@ -65,7 +68,12 @@ pub struct KeyPairPaths {
 
 impl KeyPairPaths {
     fn read(&self) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
-        let read = |p: &PathBuf| std::fs::read(p).map_err(|source| TlsError::Read { path: p.clone(), source });
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|source| TlsError::Read {
+                path: p.clone(),
+                source,
+            })
+        };
         Ok((read(&self.cert)?, read(&self.key)?))
     }
 }
@@ -84,7 +92,11 @@ impl ReloadingResolver {
     pub fn load(paths: KeyPairPaths) -> Result<Self, TlsError> {
         let (cert, key) = paths.read()?;
         let ck = certified_key(&cert, &key)?;
-        Ok(Self { paths, current: RwLock::new(Arc::new(ck)), seen: std::sync::Mutex::new((cert, key)) })
+        Ok(Self {
+            paths,
+            current: RwLock::new(Arc::new(ck)),
+            seen: std::sync::Mutex::new((cert, key)),
+        })
     }
 
     /// Re-reads the files; swaps in a changed, valid pair. Returns whether it swapped.
@@ -125,7 +137,12 @@ impl ReloadingResolver {
 
 impl ResolvesServerCert for ReloadingResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
     }
 }
 

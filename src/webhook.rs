@@ -15,8 +15,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
 use crate::cache::Cache;
 use crate::gates;
@@ -62,24 +62,41 @@ impl Failure {
     }
 }
 
-async fn mutate(State(state): State<WebhookState>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn mutate(
+    State(state): State<WebhookState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let started = Instant::now();
-    let (outcome, response) = match body.map_err(|e| Failure::Body(e.body_text())).and_then(|b| review(&state, &b)) {
+    let (outcome, response) = match body
+        .map_err(|e| Failure::Body(e.body_text()))
+        .and_then(|b| review(&state, &b))
+    {
         Ok((outcome, review)) => (outcome, Json(review).into_response()),
         Err(failure) => {
             tracing::warn!(error = %failure, "admission request failed");
-            ("error", (failure.status(), failure.to_string()).into_response())
+            (
+                "error",
+                (failure.status(), failure.to_string()).into_response(),
+            )
         }
     };
     Metrics::outcome(&state.metrics.admissions, outcome);
-    state.metrics.admission_seconds.observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .admission_seconds
+        .observe(started.elapsed().as_secs_f64());
     response
 }
 
-fn review(state: &WebhookState, body: &[u8]) -> Result<(&'static str, AdmissionReview<DynamicObject>), Failure> {
+fn review(
+    state: &WebhookState,
+    body: &[u8],
+) -> Result<(&'static str, AdmissionReview<DynamicObject>), Failure> {
     let review: AdmissionReview<DynamicObject> =
         serde_json::from_slice(body).map_err(|e| Failure::Invalid(e.to_string()))?;
-    let req: AdmissionRequest<DynamicObject> = review.try_into().map_err(|_| Failure::Invalid("no request".into()))?;
+    let req: AdmissionRequest<DynamicObject> = review
+        .try_into()
+        .map_err(|_| Failure::Invalid("no request".into()))?;
     let allowed = AdmissionResponse::from(&req);
 
     let is_pod = req.kind.group.is_empty() && req.kind.kind == "Pod" && req.sub_resource.is_none();
@@ -89,7 +106,11 @@ fn review(state: &WebhookState, body: &[u8]) -> Result<(&'static str, AdmissionR
     let Some(pod) = req.object.as_ref() else {
         return Err(Failure::Invalid("pod CREATE without an object".into()));
     };
-    let namespace = req.namespace.as_deref().or(pod.metadata.namespace.as_deref()).unwrap_or("default");
+    let namespace = req
+        .namespace
+        .as_deref()
+        .or(pod.metadata.namespace.as_deref())
+        .unwrap_or("default");
     let no_labels = BTreeMap::new();
     let labels = pod.metadata.labels.as_ref().unwrap_or(&no_labels);
 
@@ -103,7 +124,12 @@ fn review(state: &WebhookState, body: &[u8]) -> Result<(&'static str, AdmissionR
     };
     // `data` holds the raw JSON of everything but apiVersion, kind and metadata.
     let patch = gates::gate_patch(&pod.data, &wanted);
-    let pod_name = pod.metadata.name.as_deref().or(pod.metadata.generate_name.as_deref()).unwrap_or("");
+    let pod_name = pod
+        .metadata
+        .name
+        .as_deref()
+        .or(pod.metadata.generate_name.as_deref())
+        .unwrap_or("");
     let Some(patch) = patch else {
         tracing::debug!(namespace, pod = pod_name, uid = %req.uid, "admitted without change");
         return Ok(("allowed", allowed.into_review()));
@@ -116,13 +142,19 @@ fn review(state: &WebhookState, body: &[u8]) -> Result<(&'static str, AdmissionR
             json_patch::PatchOperation::Replace(r) => Some(&r.value),
             _ => None,
         })
-        .flat_map(|v| v.as_array().map(|a| a.iter().collect::<Vec<_>>()).unwrap_or_else(|| vec![v]))
+        .flat_map(|v| {
+            v.as_array()
+                .map(|a| a.iter().collect::<Vec<_>>())
+                .unwrap_or_else(|| vec![v])
+        })
         .filter_map(|g| g.get("conditionType").and_then(|t| t.as_str()))
         .filter(|t| wanted.iter().any(|w| w == t))
         .collect();
     tracing::info!(namespace, pod = pod_name, uid = %req.uid, dry_run = req.dry_run, gates = ?added, "readiness gates injected");
     state.metrics.gates_injected.inc_by(added.len() as u64);
-    let response = allowed.with_patch(patch).map_err(|e| Failure::Encode(e.to_string()))?;
+    let response = allowed
+        .with_patch(patch)
+        .map_err(|e| Failure::Encode(e.to_string()))?;
     Ok(("patched", response.into_review()))
 }
 
@@ -143,7 +175,10 @@ mod tests {
             ix.replace_services(vec![(
                 "shop".into(),
                 "web".into(),
-                Service { selector: [("app".to_string(), "web".to_string())].into(), ports: vec![] },
+                Service {
+                    selector: [("app".to_string(), "web".to_string())].into(),
+                    ports: vec![],
+                },
             )]);
             ix.replace_bindings(vec![(
                 "shop".into(),
@@ -156,7 +191,10 @@ mod tests {
                 },
             )]);
         }
-        WebhookState { cache, metrics: Arc::new(Metrics::new()) }
+        WebhookState {
+            cache,
+            metrics: Arc::new(Metrics::new()),
+        }
     }
 
     pub fn review_json(kind: &str, operation: &str, pod: Value) -> Value {
@@ -190,11 +228,19 @@ mod tests {
 
     async fn call(state: WebhookState, body: impl Into<Body>) -> (StatusCode, Vec<u8>) {
         let res = router(state, 64 * 1024)
-            .oneshot(Request::post(PATH).header("content-type", "application/json").body(body.into()).unwrap())
+            .oneshot(
+                Request::post(PATH)
+                    .header("content-type", "application/json")
+                    .body(body.into())
+                    .unwrap(),
+            )
             .await
             .unwrap();
         let status = res.status();
-        (status, res.into_body().collect().await.unwrap().to_bytes().to_vec())
+        (
+            status,
+            res.into_body().collect().await.unwrap().to_bytes().to_vec(),
+        )
     }
 
     /// Applies the response's patch (base64 string or byte array) to `pod`.
@@ -202,7 +248,9 @@ mod tests {
         let raw = &response["response"]["patch"];
         let bytes: Vec<u8> = match raw {
             Value::Array(a) => a.iter().map(|b| b.as_u64().unwrap() as u8).collect(),
-            Value::String(s) => base64::Engine::decode(&base64::engine::general_purpose::STANDARD, s).unwrap(),
+            Value::String(s) => {
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, s).unwrap()
+            }
             _ => panic!("no patch in {response}"),
         };
         let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
@@ -214,15 +262,26 @@ mod tests {
     #[tokio::test]
     async fn pod_create_gets_the_gate() {
         let st = state(true);
-        let (status, body) = call(st.clone(), review_json("Pod", "CREATE", web_pod()).to_string()).await;
+        let (status, body) = call(
+            st.clone(),
+            review_json("Pod", "CREATE", web_pod()).to_string(),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK);
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
         assert_eq!(v["response"]["allowed"], true);
         assert_eq!(v["response"]["patchType"], "JSONPatch");
         let out = patched(&v, &web_pod());
-        assert_eq!(out["spec"]["readinessGates"], json!([{ "conditionType": "target-health.elbv2.k8s.aws/web-tgb" }]));
-        assert!(st.metrics.encode().contains("readygate_gates_injected_total 1"));
+        assert_eq!(
+            out["spec"]["readinessGates"],
+            json!([{ "conditionType": "target-health.elbv2.k8s.aws/web-tgb" }])
+        );
+        assert!(
+            st.metrics
+                .encode()
+                .contains("readygate_gates_injected_total 1")
+        );
     }
 
     #[tokio::test]
@@ -232,17 +291,28 @@ mod tests {
         let (status, body) = call(state(true), r.to_string()).await;
         assert_eq!(status, StatusCode::OK);
         let v: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(patched(&v, &web_pod())["spec"]["readinessGates"][0]["conditionType"], "target-health.elbv2.k8s.aws/web-tgb");
+        assert_eq!(
+            patched(&v, &web_pod())["spec"]["readinessGates"][0]["conditionType"],
+            "target-health.elbv2.k8s.aws/web-tgb"
+        );
     }
 
     #[tokio::test]
     async fn other_operations_and_kinds_pass_unchanged() {
-        for (kind, op) in [("Pod", "UPDATE"), ("Pod", "DELETE"), ("Deployment", "CREATE")] {
-            let (status, body) = call(state(true), review_json(kind, op, web_pod()).to_string()).await;
+        for (kind, op) in [
+            ("Pod", "UPDATE"),
+            ("Pod", "DELETE"),
+            ("Deployment", "CREATE"),
+        ] {
+            let (status, body) =
+                call(state(true), review_json(kind, op, web_pod()).to_string()).await;
             assert_eq!(status, StatusCode::OK, "{kind} {op}");
             let v: Value = serde_json::from_slice(&body).unwrap();
             assert_eq!(v["response"]["allowed"], true);
-            assert!(v["response"].get("patch").is_none_or(Value::is_null), "{kind} {op}: {v}");
+            assert!(
+                v["response"].get("patch").is_none_or(Value::is_null),
+                "{kind} {op}: {v}"
+            );
         }
     }
 
@@ -261,7 +331,11 @@ mod tests {
         let (status, body) = call(state(true), "{not json").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(String::from_utf8_lossy(&body).contains("invalid AdmissionReview"));
-        let (status, _) = call(state(true), json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}).to_string()).await;
+        let (status, _) = call(
+            state(true),
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}).to_string(),
+        )
+        .await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 
@@ -271,15 +345,27 @@ mod tests {
         pod["metadata"]["annotations"] = json!({ "big": "x".repeat(100 * 1024) });
         let (status, body) = call(state(true), review_json("Pod", "CREATE", pod).to_string()).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-        assert!(String::from_utf8_lossy(&body).contains("too large"), "{}", String::from_utf8_lossy(&body));
+        assert!(
+            String::from_utf8_lossy(&body).contains("too large"),
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
     }
 
     #[tokio::test]
     async fn unsynced_caches_are_a_503_not_an_allow() {
         let st = state(false);
-        let (status, body) = call(st.clone(), review_json("Pod", "CREATE", web_pod()).to_string()).await;
+        let (status, body) = call(
+            st.clone(),
+            review_json("Pod", "CREATE", web_pod()).to_string(),
+        )
+        .await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(String::from_utf8_lossy(&body).contains("not synced"));
-        assert!(st.metrics.encode().contains("readygate_admissions_total{outcome=\"error\"} 1"));
+        assert!(
+            st.metrics
+                .encode()
+                .contains("readygate_admissions_total{outcome=\"error\"} 1")
+        );
     }
 }

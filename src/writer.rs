@@ -89,9 +89,24 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new(client: Client, leader: watch::Receiver<bool>, metrics: Arc<Metrics>, timeout: Duration, identity: String) -> Self {
-        let reporter = Reporter { controller: "readygate".into(), instance: Some(identity) };
-        Self { recorder: Recorder::new(client.clone(), reporter), client, leader, metrics, timeout }
+    pub fn new(
+        client: Client,
+        leader: watch::Receiver<bool>,
+        metrics: Arc<Metrics>,
+        timeout: Duration,
+        identity: String,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "readygate".into(),
+            instance: Some(identity),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            leader,
+            metrics,
+            timeout,
+        }
     }
 
     fn is_leader(&self) -> bool {
@@ -104,7 +119,12 @@ impl Writer {
         } else {
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &w.namespace);
             let patch = status_patch(w);
-            match tokio::time::timeout(self.timeout, api.patch_status(&w.pod, &PatchParams::default(), &Patch::Strategic(&patch))).await {
+            match tokio::time::timeout(
+                self.timeout,
+                api.patch_status(&w.pod, &PatchParams::default(), &Patch::Strategic(&patch)),
+            )
+            .await
+            {
                 Err(_) => Outcome::Timeout,
                 Ok(Ok(_)) => Outcome::Written,
                 Ok(Err(kube::Error::Api(s))) if s.code == 404 => Outcome::Gone,
@@ -138,15 +158,20 @@ impl Writer {
             ..Default::default()
         };
         let event = Event {
-            type_: if e.warning { EventType::Warning } else { EventType::Normal },
+            type_: if e.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: e.reason.into(),
             note: Some(e.note.clone()),
             action: "ReadinessGate".into(),
             secondary: None,
         };
-        if let Err(err) = tokio::time::timeout(self.timeout, self.recorder.publish(&event, &reference))
-            .await
-            .unwrap_or_else(|_| Err(kube::Error::Service("event publish timed out".into())))
+        if let Err(err) =
+            tokio::time::timeout(self.timeout, self.recorder.publish(&event, &reference))
+                .await
+                .unwrap_or_else(|_| Err(kube::Error::Service("event publish timed out".into())))
         {
             tracing::warn!(namespace = %e.namespace, pod = %e.pod, error = %err, "event not published");
         }
@@ -169,10 +194,17 @@ pub struct Done {
 }
 
 /// Runs `writer` over `jobs`, at most `concurrency` at a time, reporting condition outcomes.
-pub async fn run(writer: Arc<Writer>, mut jobs: mpsc::Receiver<Job>, done: mpsc::Sender<Done>, concurrency: usize) {
+pub async fn run(
+    writer: Arc<Writer>,
+    mut jobs: mpsc::Receiver<Job>,
+    done: mpsc::Sender<Done>,
+    concurrency: usize,
+) {
     let permits = Arc::new(Semaphore::new(concurrency));
     while let Some(job) = jobs.recv().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
         let (writer, done) = (writer.clone(), done.clone());
         tokio::spawn(async move {
             match job {

@@ -10,7 +10,10 @@ use clap::Parser;
 use readygate::budget::Budget;
 use readygate::cache::Cache;
 use readygate::cli::{Cli, Command, ControllerArgs};
-use readygate::domain::{Binding, Condition, ConditionStatus, ContainerPort, Pod, PortRef, Service, ServicePort, TargetType};
+use readygate::domain::{
+    Binding, Condition, ConditionStatus, ContainerPort, Pod, PortRef, Service, ServicePort,
+    TargetType,
+};
 use readygate::elbv2::Elbv2;
 use readygate::metrics::Metrics;
 use readygate::writer::{ConditionWrite, Done, Job, Outcome};
@@ -30,7 +33,9 @@ async fn target_group(moto: &Moto, name: &str, registered: &[&str]) -> String {
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(&moto.url)
         .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_elasticloadbalancingv2::config::Credentials::new("t", "t", None, None, "static"))
+        .credentials_provider(aws_sdk_elasticloadbalancingv2::config::Credentials::new(
+            "t", "t", None, None, "static",
+        ))
         .load()
         .await;
     let admin = aws_sdk_elasticloadbalancingv2::Client::new(&config);
@@ -45,7 +50,10 @@ async fn target_group(moto: &Moto, name: &str, registered: &[&str]) -> String {
         .send()
         .await
         .unwrap();
-    let arn = tg.target_groups()[0].target_group_arn().unwrap().to_string();
+    let arn = tg.target_groups()[0]
+        .target_group_arn()
+        .unwrap()
+        .to_string();
     for ip in registered {
         admin
             .register_targets()
@@ -64,7 +72,10 @@ fn pod(uid: &str, ip: &str, ready_since: i64) -> Pod {
         labels: [("app".to_string(), "web".to_string())].into(),
         created: Some(ready_since - 5),
         ip: Some(ip.into()),
-        container_ports: vec![ContainerPort { name: "http".into(), port: 8080 }],
+        container_ports: vec![ContainerPort {
+            name: "http".into(),
+            port: 8080,
+        }],
         gates: vec!["web-tgb".into()],
         containers_ready_since: Some(ready_since),
         ..Pod::default()
@@ -89,7 +100,11 @@ async fn start(moto: &Moto, arn: &str, pods: Vec<(&str, Pod)>, extra: &[&str]) -
             "web".into(),
             Service {
                 selector: [("app".to_string(), "web".to_string())].into(),
-                ports: vec![ServicePort { name: Some("http".into()), port: 80, target_port: Some(PortRef::Name("http".into())) }],
+                ports: vec![ServicePort {
+                    name: Some("http".into()),
+                    port: 80,
+                    target_port: Some(PortRef::Name("http".into())),
+                }],
             },
         )]);
         ix.replace_bindings(vec![(
@@ -102,40 +117,72 @@ async fn start(moto: &Moto, arn: &str, pods: Vec<(&str, Pod)>, extra: &[&str]) -
                 service_port: PortRef::Number(80),
             },
         )]);
-        ix.replace_pods(pods.into_iter().map(|(n, p)| ("shop".to_string(), n.to_string(), p)).collect());
+        ix.replace_pods(
+            pods.into_iter()
+                .map(|(n, p)| ("shop".to_string(), n.to_string(), p))
+                .collect(),
+        );
         ix.replace_namespaces(vec!["shop".into()]);
     }
     let metrics = Arc::new(Metrics::new());
-    let elb = Elbv2::with_endpoint(&moto.url, "us-east-1", Arc::new(Budget::new(5.0, 10)), metrics.clone()).await;
+    let elb = Elbv2::with_endpoint(
+        &moto.url,
+        "us-east-1",
+        Arc::new(Budget::new(5.0, 10)),
+        metrics.clone(),
+    )
+    .await;
     let (leader_tx, leader) = watch::channel(true);
     let (jobs_tx, jobs) = mpsc::channel(64);
     let (done, done_rx) = mpsc::channel(64);
     let args = args(extra);
     let (c, m) = (cache.clone(), metrics.clone());
-    tokio::spawn(async move { readygate::controller::run_loop(c, elb, m, &args, leader, jobs_tx, done_rx).await });
-    Rig { cache, metrics, jobs, done, _leader: leader_tx }
+    tokio::spawn(async move {
+        readygate::controller::run_loop(c, elb, m, &args, leader, jobs_tx, done_rx).await
+    });
+    Rig {
+        cache,
+        metrics,
+        jobs,
+        done,
+        _leader: leader_tx,
+    }
 }
 
 impl Rig {
     /// The next condition write, applied to the cache as the API server and watch would.
     async fn next_write(&mut self) -> ConditionWrite {
         loop {
-            let job = tokio::time::timeout(Duration::from_secs(20), self.jobs.recv()).await.expect("a write within 20 s").unwrap();
+            let job = tokio::time::timeout(Duration::from_secs(20), self.jobs.recv())
+                .await
+                .expect("a write within 20 s")
+                .unwrap();
             if let Job::Condition(w, _) = job {
                 let mut ix = self.cache.write();
-                let mut p = ix.pods().find(|(_, n, _)| *n == w.pod).map(|(_, _, p)| p.clone()).unwrap();
+                let mut p = ix
+                    .pods()
+                    .find(|(_, n, _)| *n == w.pod)
+                    .map(|(_, _, p)| p.clone())
+                    .unwrap();
                 p.conditions.insert(w.binding.clone(), w.condition.clone());
                 ix.apply_pod(&w.namespace, &w.pod, p);
                 drop(ix);
                 self.cache.notify();
-                self.done.send(Done { write: w.clone(), outcome: Outcome::Written }).await.unwrap();
+                self.done
+                    .send(Done {
+                        write: w.clone(),
+                        outcome: Outcome::Written,
+                    })
+                    .await
+                    .unwrap();
                 return w;
             }
         }
     }
 
     async fn no_more_writes(&mut self, within: Duration) {
-        if let Ok(Some(Job::Condition(w, _))) = tokio::time::timeout(within, self.jobs.recv()).await {
+        if let Ok(Some(Job::Condition(w, _))) = tokio::time::timeout(within, self.jobs.recv()).await
+        {
             panic!("unexpected write: {w:?}");
         }
     }
@@ -151,17 +198,34 @@ async fn registered_target_turns_true_unregistered_stays_false_and_nothing_is_re
     let arn = target_group(&moto, "web", &["127.0.1.1"]).await;
     // Containers ready long ago: the first poll is due at once (moto: 30 s × 5).
     let ready = now_s() - 600;
-    let mut rig = start(&moto, &arn, vec![("web-a", pod("a", "127.0.1.1", ready)), ("web-b", pod("b", "127.0.1.2", ready))], &[]).await;
+    let mut rig = start(
+        &moto,
+        &arn,
+        vec![
+            ("web-a", pod("a", "127.0.1.1", ready)),
+            ("web-b", pod("b", "127.0.1.2", ready)),
+        ],
+        &[],
+    )
+    .await;
 
     let mut writes = Vec::new();
     for _ in 0..3 {
         writes.push(rig.next_write().await);
     }
-    let by = |pod: &str, status| writes.iter().find(|w| w.pod == pod && w.condition.status == status).cloned();
+    let by = |pod: &str, status| {
+        writes
+            .iter()
+            .find(|w| w.pod == pod && w.condition.status == status)
+            .cloned()
+    };
     // Both got a prompt initial False before any answer; then a got True from ELB's answer.
     let initial = by("web-b", ConditionStatus::False).expect("initial False for b");
     assert_eq!(initial.condition.reason, "Elb.RegistrationInProgress");
-    assert_eq!(initial.condition.message, "Target registration is in progress");
+    assert_eq!(
+        initial.condition.message,
+        "Target registration is in progress"
+    );
     let healthy = by("web-a", ConditionStatus::True).expect("a turned True");
     assert_eq!(healthy.condition.reason, "Elb.Healthy");
     assert_eq!(healthy.uid, "a");
@@ -175,7 +239,10 @@ async fn registered_target_turns_true_unregistered_stays_false_and_nothing_is_re
         .filter(|l| l.starts_with("readygate_elbv2_calls_total{operation=\"DescribeTargetHealth\""))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum();
-    assert!((2..=5).contains(&calls), "{calls} DescribeTargetHealth calls in ~5 s\n{text}");
+    assert!(
+        (2..=5).contains(&calls),
+        "{calls} DescribeTargetHealth calls in ~5 s\n{text}"
+    );
 }
 
 #[tokio::test]
@@ -199,9 +266,15 @@ async fn deleted_binding_releases_its_gates_and_idle_makes_no_calls() {
     assert_eq!(w.condition.status, ConditionStatus::True);
     assert_eq!(w.condition.reason, "Readygate.BindingNotFound");
     // The status changed, so the transition time moved.
-    assert_ne!(w.condition.last_transition_time.as_deref(), Some("2026-11-21T10:00:00Z"));
+    assert_ne!(
+        w.condition.last_transition_time.as_deref(),
+        Some("2026-11-21T10:00:00Z")
+    );
     rig.no_more_writes(Duration::from_secs(3)).await;
-    assert!(!rig.metrics.encode().contains("DescribeTargetHealth"), "an idle controller called ELBv2");
+    assert!(
+        !rig.metrics.encode().contains("DescribeTargetHealth"),
+        "an idle controller called ELBv2"
+    );
 }
 
 #[tokio::test]
@@ -209,11 +282,23 @@ async fn first_poll_waits_until_the_target_can_be_healthy() {
     let moto = Moto::start();
     let arn = target_group(&moto, "web3", &["127.0.1.1"]).await;
     // Ready now; moto's group needs 30 s × 5 before a target can be healthy.
-    let mut rig = start(&moto, &arn, vec![("web-a", pod("a", "127.0.1.1", now_s()))], &[]).await;
+    let mut rig = start(
+        &moto,
+        &arn,
+        vec![("web-a", pod("a", "127.0.1.1", now_s()))],
+        &[],
+    )
+    .await;
     let w = rig.next_write().await;
     assert_eq!(w.condition.reason, "Elb.RegistrationInProgress");
     rig.no_more_writes(Duration::from_secs(3)).await;
     let text = rig.metrics.encode();
-    assert!(text.contains(r#"operation="DescribeTargetGroups",outcome="ok"} 1"#), "{text}");
-    assert!(!text.contains("DescribeTargetHealth"), "polled before the target could be healthy\n{text}");
+    assert!(
+        text.contains(r#"operation="DescribeTargetGroups",outcome="ok"} 1"#),
+        "{text}"
+    );
+    assert!(
+        !text.contains("DescribeTargetHealth"),
+        "polled before the target could be healthy\n{text}"
+    );
 }

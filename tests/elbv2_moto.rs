@@ -16,7 +16,9 @@ async fn sdk(url: &str) -> aws_sdk_elasticloadbalancingv2::Client {
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(url)
         .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_elasticloadbalancingv2::config::Credentials::new("testing", "testing", None, None, "static"))
+        .credentials_provider(aws_sdk_elasticloadbalancingv2::config::Credentials::new(
+            "testing", "testing", None, None, "static",
+        ))
         .load()
         .await;
     aws_sdk_elasticloadbalancingv2::Client::new(&config)
@@ -40,42 +42,84 @@ async fn target_health_from_moto() {
         .send()
         .await
         .unwrap();
-    let arn = tg.target_groups()[0].target_group_arn().unwrap().to_string();
+    let arn = tg.target_groups()[0]
+        .target_group_arn()
+        .unwrap()
+        .to_string();
     admin
         .register_targets()
         .target_group_arn(&arn)
-        .targets(TargetDescription::builder().id("127.0.1.1").port(8080).build())
+        .targets(
+            TargetDescription::builder()
+                .id("127.0.1.1")
+                .port(8080)
+                .build(),
+        )
         .send()
         .await
         .unwrap();
 
     let metrics = Arc::new(Metrics::new());
-    let elb = Elbv2::with_endpoint(&moto.url, "us-east-1", Arc::new(Budget::new(50.0, 10)), metrics.clone()).await;
+    let elb = Elbv2::with_endpoint(
+        &moto.url,
+        "us-east-1",
+        Arc::new(Budget::new(50.0, 10)),
+        metrics.clone(),
+    )
+    .await;
 
     // Registered → healthy → the gate turns True.
     let health = elb.target_health(&arn).await.unwrap();
-    let registered = Target { ip: "127.0.1.1".into(), port: 8080 };
+    let registered = Target {
+        ip: "127.0.1.1".into(),
+        port: 8080,
+    };
     assert_eq!(health[&registered].state, "healthy");
-    assert_eq!(condition::from_health(&health[&registered], Policy::default()).status, ConditionStatus::True);
+    assert_eq!(
+        condition::from_health(&health[&registered], Policy::default()).status,
+        ConditionStatus::True
+    );
 
     // Unregistered → absent from the group's answer → "registration in progress".
-    let unregistered = Target { ip: "127.0.1.2".into(), port: 8080 };
+    let unregistered = Target {
+        ip: "127.0.1.2".into(),
+        port: 8080,
+    };
     assert!(!health.contains_key(&unregistered));
     assert_eq!(health.len(), 1);
 
     // Settings read once for the first poll's timing.
     let settings = elb.group_settings(&arn).await.unwrap();
-    assert_eq!((settings.interval_seconds, settings.healthy_threshold), (10, 3));
+    assert_eq!(
+        (settings.interval_seconds, settings.healthy_threshold),
+        (10, 3)
+    );
     assert_eq!(settings.healthy_after().as_secs(), 30);
 
     // A wrong ARN maps to TargetGroupNotFound, for both calls.
     let wrong = format!("{arn}0");
-    assert!(matches!(elb.target_health(&wrong).await, Err(ElbError::TargetGroupNotFound(_))));
-    assert!(matches!(elb.group_settings(&wrong).await, Err(ElbError::TargetGroupNotFound(_))));
+    assert!(matches!(
+        elb.target_health(&wrong).await,
+        Err(ElbError::TargetGroupNotFound(_))
+    ));
+    assert!(matches!(
+        elb.group_settings(&wrong).await,
+        Err(ElbError::TargetGroupNotFound(_))
+    ));
 
     let text = metrics.encode();
-    assert!(text.contains(r#"readygate_elbv2_calls_total{operation="DescribeTargetHealth",outcome="ok"} 1"#), "{text}");
-    assert!(text.contains(r#"readygate_elbv2_calls_total{operation="DescribeTargetHealth",outcome="not_found"} 1"#), "{text}");
+    assert!(
+        text.contains(
+            r#"readygate_elbv2_calls_total{operation="DescribeTargetHealth",outcome="ok"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"readygate_elbv2_calls_total{operation="DescribeTargetHealth",outcome="not_found"} 1"#
+        ),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -83,8 +127,18 @@ async fn unreachable_endpoint_is_an_error_not_a_hang() {
     readygate::install_crypto_provider();
     // A closed loopback port: the call fails fast and is classified for backoff.
     let url = format!("http://127.0.0.1:{}", support::free_port());
-    let elb = Elbv2::with_endpoint(&url, "us-east-1", Arc::new(Budget::new(50.0, 10)), Arc::new(Metrics::new())).await;
-    let r = tokio::time::timeout(std::time::Duration::from_secs(30), elb.target_health("arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/x/1")).await;
+    let elb = Elbv2::with_endpoint(
+        &url,
+        "us-east-1",
+        Arc::new(Budget::new(50.0, 10)),
+        Arc::new(Metrics::new()),
+    )
+    .await;
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        elb.target_health("arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/x/1"),
+    )
+    .await;
     assert!(matches!(r, Ok(Err(ElbError::Other(_)))), "{r:?}");
 }
 

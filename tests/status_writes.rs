@@ -38,24 +38,45 @@ fn write() -> ConditionWrite {
 fn status(code: u16, reason: &str) -> Response<Body> {
     let body = json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                        "message": format!("scripted {reason}"), "reason": reason, "code": code });
-    Response::builder().status(code).body(Body::from(serde_json::to_vec(&body).unwrap())).unwrap()
+    Response::builder()
+        .status(code)
+        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+        .unwrap()
 }
 
 /// Runs one write against the scripted server; returns the outcome and the request it saw.
-async fn exchange(leader: bool, answer: impl FnOnce(&Value) -> Response<Body> + Send + 'static) -> (Outcome, Option<(String, String, String, Value)>) {
+async fn exchange(
+    leader: bool,
+    answer: impl FnOnce(&Value) -> Response<Body> + Send + 'static,
+) -> (Outcome, Option<(String, String, String, Value)>) {
     let (client, mut handle) = client();
     let (_tx, rx) = watch::channel(leader);
-    let writer = Writer::new(client, rx, Arc::new(Metrics::new()), Duration::from_secs(5), "test".into());
+    let writer = Writer::new(
+        client,
+        rx,
+        Arc::new(Metrics::new()),
+        Duration::from_secs(5),
+        "test".into(),
+    );
     let server = tokio::spawn(async move {
-        let (req, send) = tokio::time::timeout(Duration::from_secs(2), handle.next_request()).await.ok()??;
+        let (req, send) = tokio::time::timeout(Duration::from_secs(2), handle.next_request())
+            .await
+            .ok()??;
         let method = req.method().to_string();
         let uri = req.uri().to_string();
-        let ctype = req.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
-        let body: Value = serde_json::from_slice(&req.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        let ctype = req
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let body: Value =
+            serde_json::from_slice(&req.into_body().collect().await.unwrap().to_bytes()).unwrap();
         send.send_response(answer(&body));
         Some((method, uri, ctype, body))
     });
-    let outcome = tokio::time::timeout(Duration::from_secs(10), writer.write(&write())).await.expect("write finished");
+    let outcome = tokio::time::timeout(Duration::from_secs(10), writer.write(&write()))
+        .await
+        .expect("write finished");
     (outcome, server.await.unwrap())
 }
 
@@ -72,7 +93,10 @@ async fn condition_is_one_strategic_merge_patch_of_pods_status() {
     assert_eq!(outcome, Outcome::Written);
     let (method, uri, ctype, body) = seen.expect("one request");
     assert_eq!(method, "PATCH");
-    assert_eq!(uri.split('?').next().unwrap(), "/api/v1/namespaces/shop/pods/web-6d9f-x2x7k/status");
+    assert_eq!(
+        uri.split('?').next().unwrap(),
+        "/api/v1/namespaces/shop/pods/web-6d9f-x2x7k/status"
+    );
     assert_eq!(ctype, "application/strategic-merge-patch+json");
     assert_eq!(
         body,

@@ -59,13 +59,17 @@ async fn start(dir: &Path, header_read_timeout: Duration) -> Server {
         ix.replace_services(vec![(
             "shop".into(),
             "web".into(),
-            Service { selector: [("app".to_string(), "web".to_string())].into(), ports: vec![] },
+            Service {
+                selector: [("app".to_string(), "web".to_string())].into(),
+                ports: vec![],
+            },
         )]);
         ix.replace_bindings(vec![(
             "shop".into(),
             Binding {
                 name: "web-tgb".into(),
-                target_group_arn: "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/1".into(),
+                target_group_arn:
+                    "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/1".into(),
                 target_type: TargetType::Ip,
                 service_name: "web".into(),
                 service_port: PortRef::Number(80),
@@ -74,23 +78,48 @@ async fn start(dir: &Path, header_read_timeout: Duration) -> Server {
     }
     let metrics = Arc::new(Metrics::new());
     let resolver = Arc::new(
-        ReloadingResolver::load(KeyPairPaths { cert: dir.join("tls.crt"), key: dir.join("tls.key") }).unwrap(),
+        ReloadingResolver::load(KeyPairPaths {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+        })
+        .unwrap(),
     );
-    tokio::spawn(resolver.clone().watch(Duration::from_millis(100), metrics.clone()));
+    tokio::spawn(
+        resolver
+            .clone()
+            .watch(Duration::from_millis(100), metrics.clone()),
+    );
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(resolver).unwrap()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let router = webhook::router(WebhookState { cache, metrics: metrics.clone() }, 256 * 1024);
+    let router = webhook::router(
+        WebhookState {
+            cache,
+            metrics: metrics.clone(),
+        },
+        256 * 1024,
+    );
     let limits = HttpsLimits {
         handshake_timeout: Duration::from_secs(5),
         header_read_timeout,
         drain_timeout: Duration::from_secs(2),
     };
-    let task = tokio::spawn(server::serve_https(listener, acceptor, router, limits, async {
-        let _ = stopped.await;
-    }));
-    Server { addr, metrics, stop, task }
+    let task = tokio::spawn(server::serve_https(
+        listener,
+        acceptor,
+        router,
+        limits,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Server {
+        addr,
+        metrics,
+        stop,
+        task,
+    }
 }
 
 fn connector(ca_pem: &str) -> TlsConnector {
@@ -98,7 +127,9 @@ fn connector(ca_pem: &str) -> TlsConnector {
     for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let config = tokio_rustls::rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let config = tokio_rustls::rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     TlsConnector::from(Arc::new(config))
 }
 
@@ -110,8 +141,12 @@ struct Client {
 impl Client {
     async fn connect(addr: std::net::SocketAddr, ca_pem: &str) -> std::io::Result<Client> {
         let tcp = TcpStream::connect(addr).await?;
-        let tls = connector(ca_pem).connect(ServerName::try_from("localhost").unwrap(), tcp).await?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(std::io::Error::other)?;
+        let tls = connector(ca_pem)
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(std::io::Error::other)?;
         tokio::spawn(conn);
         Ok(Client { sender })
     }
@@ -124,7 +159,10 @@ impl Client {
             .unwrap();
         let res = self.sender.send_request(req).await.unwrap();
         let status = res.status().as_u16();
-        (status, res.into_body().collect().await.unwrap().to_bytes().to_vec())
+        (
+            status,
+            res.into_body().collect().await.unwrap().to_bytes().to_vec(),
+        )
     }
 }
 
@@ -163,7 +201,9 @@ fn pod() -> Value {
 fn apply_patch(response: &Value, pod: &Value) -> Value {
     let bytes: Vec<u8> = match &response["response"]["patch"] {
         Value::Array(a) => a.iter().map(|b| b.as_u64().unwrap() as u8).collect(),
-        Value::String(s) => base64::Engine::decode(&base64::engine::general_purpose::STANDARD, s).unwrap(),
+        Value::String(s) => {
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, s).unwrap()
+        }
         other => panic!("no patch: {other}"),
     };
     let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
@@ -190,11 +230,15 @@ async fn admission_over_tls_keep_alive() {
     let (status, body) = client.post(review("Pod", &pod())).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let answer: Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(answer["response"]["uid"], "e911857d-c318-11e8-bbad-025000000001");
+    assert_eq!(
+        answer["response"]["uid"],
+        "e911857d-c318-11e8-bbad-025000000001"
+    );
     assert_eq!(answer["response"]["allowed"], true);
     let patched = apply_patch(&answer, &pod());
     let mut expected = pod();
-    expected["spec"]["readinessGates"] = json!([{ "conditionType": "target-health.elbv2.k8s.aws/web-tgb" }]);
+    expected["spec"]["readinessGates"] =
+        json!([{ "conditionType": "target-health.elbv2.k8s.aws/web-tgb" }]);
     assert_eq!(patched, expected);
 
     // Same connection: malformed JSON gets a 400 with a reason, and the server keeps serving.
@@ -203,7 +247,9 @@ async fn admission_over_tls_keep_alive() {
     assert!(String::from_utf8_lossy(&body).contains("invalid AdmissionReview"));
 
     // Wrong kind: allowed, untouched.
-    let (status, body) = client.post(review("ConfigMap", &json!({"metadata": {"name": "x"}}))).await;
+    let (status, body) = client
+        .post(review("ConfigMap", &json!({"metadata": {"name": "x"}})))
+        .await;
     assert_eq!(status, 200);
     let answer: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(answer["response"]["allowed"], true);
@@ -212,14 +258,27 @@ async fn admission_over_tls_keep_alive() {
     // Oversized body: 413, never a panic.
     let mut big = pod();
     big["metadata"]["annotations"] = json!({ "blob": "x".repeat(300 * 1024) });
-    let (status, _) = Client::connect(server.addr, &b.ca_pem).await.unwrap().post(review("Pod", &big)).await;
+    let (status, _) = Client::connect(server.addr, &b.ca_pem)
+        .await
+        .unwrap()
+        .post(review("Pod", &big))
+        .await;
     assert_eq!(status, 413);
 
     let text = server.metrics.encode();
-    assert!(text.contains(r#"readygate_admissions_total{outcome="patched"} 1"#), "{text}");
-    assert!(text.contains(r#"readygate_admissions_total{outcome="error"} 2"#), "{text}");
+    assert!(
+        text.contains(r#"readygate_admissions_total{outcome="patched"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"readygate_admissions_total{outcome="error"} 2"#),
+        "{text}"
+    );
     let _ = server.stop.send(());
-    tokio::time::timeout(Duration::from_secs(10), server.task).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server.task)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
@@ -228,7 +287,9 @@ async fn rotated_certificate_is_served_without_restart() {
     let first = bundle();
     publish(&dir, &first, 1);
     let server = start(&dir, Duration::from_secs(10)).await;
-    Client::connect(server.addr, &first.ca_pem).await.expect("first certificate served");
+    Client::connect(server.addr, &first.ca_pem)
+        .await
+        .expect("first certificate served");
 
     // A Secret update: new CA and key pair behind a swapped symlink.
     let second = bundle();
@@ -238,21 +299,33 @@ async fn rotated_certificate_is_served_without_restart() {
         if Client::connect(server.addr, &second.ca_pem).await.is_ok() {
             break;
         }
-        assert!(Instant::now() < deadline, "rotated certificate not served within 10 s");
+        assert!(
+            Instant::now() < deadline,
+            "rotated certificate not served within 10 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(Client::connect(server.addr, &first.ca_pem).await.is_err(), "old certificate still served");
+    assert!(
+        Client::connect(server.addr, &first.ca_pem).await.is_err(),
+        "old certificate still served"
+    );
 
     // A broken update keeps the last good pair serving, and is counted.
     let mut broken = bundle();
     broken.key_pem = first.key_pem.clone(); // key of another certificate
     publish(&dir, &broken, 3);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !server.metrics.encode().contains(r#"readygate_tls_reloads_total{outcome="error"} 1"#) {
+    while !server
+        .metrics
+        .encode()
+        .contains(r#"readygate_tls_reloads_total{outcome="error"} 1"#)
+    {
         assert!(Instant::now() < deadline, "bad key pair not reported");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut c = Client::connect(server.addr, &second.ca_pem).await.expect("last good certificate still served");
+    let mut c = Client::connect(server.addr, &second.ca_pem)
+        .await
+        .expect("last good certificate still served");
     assert_eq!(c.post(review("Pod", &pod())).await.0, 200);
     let _ = server.stop.send(());
 }
@@ -264,7 +337,10 @@ async fn idle_connections_are_closed_by_the_header_read_timeout() {
     publish(&dir, &b, 1);
     let server = start(&dir, Duration::from_millis(300)).await;
     let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let mut tls = connector(&b.ca_pem).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let mut tls = connector(&b.ca_pem)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
     // Send nothing: the server must hang up on its own.
     let started = Instant::now();
     let mut buf = [0u8; 64];
@@ -277,8 +353,16 @@ async fn idle_connections_are_closed_by_the_header_read_timeout() {
 #[tokio::test]
 async fn missing_or_bad_key_pair_fails_at_start() {
     let (_guard, dir) = tempdir();
-    let paths = KeyPairPaths { cert: dir.join("tls.crt"), key: dir.join("tls.key") };
-    assert!(ReloadingResolver::load(paths.clone()).unwrap_err().to_string().contains("tls.crt"));
+    let paths = KeyPairPaths {
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+    };
+    assert!(
+        ReloadingResolver::load(paths.clone())
+            .unwrap_err()
+            .to_string()
+            .contains("tls.crt")
+    );
     std::fs::write(&paths.cert, "not a certificate").unwrap();
     std::fs::write(&paths.key, "nor a key").unwrap();
     assert!(ReloadingResolver::load(paths).is_err());

@@ -7,7 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A moto server on 127.0.0.1, stopped (by PID) when dropped.
@@ -21,7 +25,9 @@ impl Moto {
     pub fn start() -> Moto {
         let bin = std::env::var_os("MOTO_SERVER")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server"));
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server")
+            });
         assert!(
             bin.exists(),
             "moto_server not found at {} — run the tests through scripts/test (it installs moto) or set MOTO_SERVER",
@@ -34,10 +40,16 @@ impl Moto {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting moto_server");
-        let moto = Moto { child, url: format!("http://127.0.0.1:{port}") };
+        let moto = Moto {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not start within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         moto
@@ -64,7 +76,10 @@ impl Moto {
 
     /// Creates a VPC and returns its id (moto checks that target groups name a real VPC).
     pub fn create_vpc(&self) -> String {
-        let out = self.query("ec2", "Action=CreateVpc&Version=2016-11-15&CidrBlock=10.0.0.0%2F16");
+        let out = self.query(
+            "ec2",
+            "Action=CreateVpc&Version=2016-11-15&CidrBlock=10.0.0.0%2F16",
+        );
         let start = out.find("<vpcId>").expect("CreateVpc answered") + "<vpcId>".len();
         let end = out[start..].find("</vpcId>").unwrap() + start;
         out[start..end].to_string()

@@ -125,16 +125,16 @@ fn need(
             ),
         ));
     };
-    if let (Some(limit), Some(created)) = (failsafe, pod.created) {
-        if now_ms >= created * 1000 + limit.as_millis() as i64 {
-            return Need::Release(Desired::released(
-                condition::REASON_FAILSAFE,
-                &format!(
-                    "target not healthy {}s after pod creation; gate released by the failsafe timeout",
-                    limit.as_secs()
-                ),
-            ));
-        }
+    if let (Some(limit), Some(created)) = (failsafe, pod.created)
+        && now_ms >= created * 1000 + limit.as_millis() as i64
+    {
+        return Need::Release(Desired::released(
+            condition::REASON_FAILSAFE,
+            &format!(
+                "target not healthy {}s after pod creation; gate released by the failsafe timeout",
+                limit.as_secs()
+            ),
+        ));
     }
     if binding.target_group_arn.is_empty() {
         return Need::Hold(Desired::new(
@@ -323,10 +323,11 @@ impl Controller {
             return;
         };
         let key = (w.uid.clone(), w.binding.clone());
-        if let Some((d, at)) = self.sent.get(&key) {
-            if d == desired && now - at < RESEND_AFTER_MS {
-                return;
-            }
+        if let Some((d, at)) = self.sent.get(&key)
+            && d == desired
+            && now - at < RESEND_AFTER_MS
+        {
+            return;
         }
         self.sent.insert(key, (desired.clone(), now));
         let event = (desired.status == ConditionStatus::True).then(|| PodEvent {

@@ -39,21 +39,17 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("readygate");
         let admissions = Family::<OutcomeLabels, Counter>::default();
-        let admission_seconds = Histogram::new(
-            [
-                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25,
-            ]
-            .into_iter(),
-        );
+        let admission_seconds = Histogram::new([
+            0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25,
+        ]);
         let gates_injected = Counter::default();
         let tls_reloads = Family::<OutcomeLabels, Counter>::default();
         let pending_pods = Gauge::default();
         let pods_missing_gates = Gauge::default();
-        let gate_ready_seconds = Histogram::new(
-            [1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0].into_iter(),
-        );
+        let gate_ready_seconds =
+            Histogram::new([1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0]);
         let healthy_to_written_seconds =
-            Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0].into_iter());
+            Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0]);
         let elbv2_calls = Family::<CallLabels, Counter>::default();
         let elbv2_throttles = Counter::default();
         let status_writes = Family::<OutcomeLabels, Counter>::default();

@@ -210,10 +210,8 @@ pub async fn run(
             match job {
                 Job::Condition(w, event) => {
                     let outcome = writer.write(&w).await;
-                    if outcome == Outcome::Written {
-                        if let Some(e) = event {
-                            writer.event(&e).await;
-                        }
+                    if let (Outcome::Written, Some(e)) = (outcome, event) {
+                        writer.event(&e).await;
                     }
                     let _ = done.send(Done { write: w, outcome }).await;
                 }

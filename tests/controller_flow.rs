@@ -158,15 +158,16 @@ impl Rig {
                 .expect("a write within 20 s")
                 .unwrap();
             if let Job::Condition(w, _) = job {
-                let mut ix = self.cache.write();
-                let mut p = ix
-                    .pods()
-                    .find(|(_, n, _)| *n == w.pod)
-                    .map(|(_, _, p)| p.clone())
-                    .unwrap();
-                p.conditions.insert(w.binding.clone(), w.condition.clone());
-                ix.apply_pod(&w.namespace, &w.pod, p);
-                drop(ix);
+                {
+                    let mut ix = self.cache.write();
+                    let mut p = ix
+                        .pods()
+                        .find(|(_, n, _)| *n == w.pod)
+                        .map(|(_, _, p)| p.clone())
+                        .unwrap();
+                    p.conditions.insert(w.binding.clone(), w.condition.clone());
+                    ix.apply_pod(&w.namespace, &w.pod, p);
+                }
                 self.cache.notify();
                 self.done
                     .send(Done {

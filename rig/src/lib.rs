@@ -2,4 +2,5 @@
 //! real `readygate serve` binary through rolling updates and counts lost requests.
 
 pub mod apiserver;
+pub mod certs;
 pub mod time;

@@ -7,3 +7,4 @@ pub mod selector;
 pub mod status;
 pub mod store;
 pub mod http;
+pub mod admission;

@@ -3,4 +3,5 @@
 
 pub mod apiserver;
 pub mod certs;
+pub mod kubelet;
 pub mod time;

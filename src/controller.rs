@@ -176,6 +176,13 @@ enum Reply {
 
 type Key = (String, String);
 
+/// A condition handed to the writer.
+struct Sent {
+    desired: Desired,
+    at_ms: i64,
+    pod_created: Option<i64>,
+}
+
 struct Controller {
     cache: Arc<Cache>,
     elb: Elbv2,
@@ -186,8 +193,8 @@ struct Controller {
     groups: HashMap<String, Group>,
     replies_tx: mpsc::Sender<Reply>,
     jobs: mpsc::Sender<Job>,
-    /// Conditions handed to the writer and not yet seen in the cache: (uid, binding) → (desired, when).
-    sent: HashMap<Key, (Desired, i64)>,
+    /// Conditions handed to the writer and not yet seen in the cache, by (uid, binding).
+    sent: HashMap<Key, Sent>,
     /// When a target was first seen healthy, for the lag metric.
     healthy_seen: HashMap<Key, i64>,
     warned_missing: HashSet<String>,
@@ -323,13 +330,20 @@ impl Controller {
             return;
         };
         let key = (w.uid.clone(), w.binding.clone());
-        if let Some((d, at)) = self.sent.get(&key)
-            && d == desired
-            && now - at < RESEND_AFTER_MS
+        if let Some(sent) = self.sent.get(&key)
+            && sent.desired == *desired
+            && now - sent.at_ms < RESEND_AFTER_MS
         {
             return;
         }
-        self.sent.insert(key, (desired.clone(), now));
+        self.sent.insert(
+            key,
+            Sent {
+                desired: desired.clone(),
+                at_ms: now,
+                pod_created: w.created,
+            },
+        );
         let event = (desired.status == ConditionStatus::True).then(|| PodEvent {
             namespace: w.namespace.clone(),
             pod: w.pod.clone(),
@@ -366,12 +380,16 @@ impl Controller {
                         .healthy_to_written_seconds
                         .observe((now - seen).max(0) as f64 / 1000.0);
                 }
-                let created = self
-                    .cache
-                    .read()
-                    .pods()
-                    .find(|(_, _, p)| p.uid == done.write.uid)
-                    .and_then(|(_, _, p)| p.created);
+                // The pass that saw the pod's new condition may already have dropped the entry.
+                let created = match self.sent.get(&key) {
+                    Some(sent) => sent.pod_created,
+                    None => self
+                        .cache
+                        .read()
+                        .pods()
+                        .find(|(_, _, p)| p.uid == done.write.uid)
+                        .and_then(|(_, _, p)| p.created),
+                };
                 if let Some(c) = created {
                     self.metrics
                         .gate_ready_seconds

@@ -3,5 +3,6 @@
 
 pub mod apiserver;
 pub mod certs;
+pub mod elb;
 pub mod kubelet;
 pub mod time;

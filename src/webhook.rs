@@ -131,7 +131,7 @@ fn review(
         .or(pod.metadata.generate_name.as_deref())
         .unwrap_or("");
     let Some(patch) = patch else {
-        tracing::debug!(namespace, pod = pod_name, uid = %req.uid, "admitted without change");
+        tracing::info!(namespace, pod = pod_name, uid = %req.uid, dry_run = req.dry_run, "admitted; no readiness gate needed");
         return Ok(("allowed", allowed.into_review()));
     };
     let added: Vec<&str> = patch

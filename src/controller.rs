@@ -160,7 +160,6 @@ fn need(
 /// What ELB last said about a group.
 #[derive(Debug, Default)]
 struct Group {
-    settings: Option<GroupSettings>,
     times: GroupTimes,
     backoff: Option<Backoff>,
     in_flight: bool,
@@ -191,6 +190,8 @@ struct Controller {
     poll_interval_ms: i64,
     failsafe: Option<Duration>,
     groups: HashMap<String, Group>,
+    /// Health-check settings, read once per group and kept (they rarely change).
+    settings: HashMap<String, GroupSettings>,
     replies_tx: mpsc::Sender<Reply>,
     jobs: mpsc::Sender<Job>,
     /// Conditions handed to the writer and not yet seen in the cache, by (uid, binding).
@@ -244,7 +245,7 @@ impl Controller {
         let mut pending: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
         for w in &work {
             let desired = match &w.need {
-                Need::Release(d) | Need::Hold(d) => d.clone(),
+                Need::Release(d) | Need::Hold(d) => Some(d.clone()),
                 Need::Health(wait) => {
                     pending.entry(wait.arn.clone()).or_default().push(Pending {
                         ready_since_ms: wait.ready_since_ms,
@@ -252,7 +253,9 @@ impl Controller {
                     self.health_condition(w, wait, now)
                 }
             };
-            self.write(w, &desired, now);
+            if let Some(desired) = desired {
+                self.write(w, &desired, now);
+            }
         }
 
         // Forget groups nothing waits on; poll the ones that are due.
@@ -261,11 +264,12 @@ impl Controller {
         let mut next: Option<i64> = None;
         for (arn, targets) in pending {
             let poll_interval = self.poll_interval_ms;
+            let settings = self.settings.get(&arn).copied();
             let g = self.group(&arn);
             if g.in_flight {
                 continue;
             }
-            let Some(settings) = g.settings else {
+            let Some(settings) = settings else {
                 if g.times.not_before_ms.is_none_or(|t| t <= now) {
                     g.in_flight = true;
                     self.spawn_settings(arn);
@@ -297,10 +301,16 @@ impl Controller {
     }
 
     /// The condition ELB's last answer implies for a waiting gate.
-    fn health_condition(&mut self, w: &GateWork, wait: &Waiting, now: i64) -> Desired {
+    /// `None` when there is nothing new to say: no answer yet, and the pod already has a
+    /// condition (after a restart, say, its last reason stands until the next answer).
+    fn health_condition(&mut self, w: &GateWork, wait: &Waiting, now: i64) -> Option<Desired> {
         let g = self.groups.get(&wait.arn);
         if let Some(msg) = g.and_then(|g| g.not_found.as_ref()) {
-            return Desired::new(ConditionStatus::False, "Readygate.TargetGroupNotFound", msg);
+            return Some(Desired::new(
+                ConditionStatus::False,
+                "Readygate.TargetGroupNotFound",
+                msg,
+            ));
         }
         // Only an answer given after the containers were ready speaks for this pod's target
         // (an earlier one may describe a previous pod with the same IP).
@@ -308,8 +318,8 @@ impl Controller {
             .and_then(|g| g.health.as_ref())
             .filter(|(_, at)| wait.ready_since_ms.is_some_and(|r| *at >= r));
         match answer {
-            None => condition::not_registered(),
-            Some((targets, at)) => match targets.get(&wait.target) {
+            None => w.current.is_none().then(condition::not_registered),
+            Some((targets, at)) => Some(match targets.get(&wait.target) {
                 None => condition::not_registered(),
                 Some(h) => {
                     let d = condition::from_health(h, self.policy);
@@ -320,7 +330,7 @@ impl Controller {
                     }
                     d
                 }
-            },
+            }),
         }
     }
 
@@ -461,9 +471,9 @@ impl Controller {
         let now = now_ms();
         let (arn, error) = match reply {
             Reply::Settings(arn, Ok(s)) => {
+                self.settings.insert(arn.clone(), s);
                 let g = self.group(&arn);
                 g.in_flight = false;
-                g.settings = Some(s);
                 g.not_found = None;
                 tracing::info!(%arn, interval = s.interval_seconds, healthy_threshold = s.healthy_threshold, "target group settings read");
                 (arn, None)
@@ -578,6 +588,7 @@ pub async fn run_loop(
         poll_interval_ms: args.poll_interval.as_millis() as i64,
         failsafe: args.failsafe_timeout,
         groups: HashMap::new(),
+        settings: HashMap::new(),
         replies_tx,
         jobs,
         sent: HashMap::new(),

@@ -22,6 +22,9 @@ pub const START_DELAY_ANNOTATION: &str = "rig.readygate.io/start-delay-ms";
 /// Pod annotation: `fail` makes the pod answer its load balancer health check path with 503
 /// (its readiness probe still passes): a target that never turns healthy.
 pub const LB_HEALTH_ANNOTATION: &str = "rig.readygate.io/lb-health";
+/// Pod annotation: readiness probe period in milliseconds, overriding `periodSeconds` (whose
+/// minimum is 1 s) when the rig compresses time.
+pub const PROBE_PERIOD_ANNOTATION: &str = "rig.readygate.io/probe-period-ms";
 /// Path the pod answers for load balancer health checks.
 pub const LB_HEALTH_PATH: &str = "/lb-health";
 
@@ -103,6 +106,8 @@ impl PodPlan {
             }
         };
         let secs = |v: Option<&Value>, default: u64| Duration::from_secs(v.and_then(Value::as_u64).unwrap_or(default));
+        let annotation = |k: &str| pod.pointer("/metadata/annotations").and_then(|a| a.get(k)).and_then(Value::as_str).map(String::from);
+        let probe_period = annotation(PROBE_PERIOD_ANNOTATION).and_then(|p| p.parse::<u64>().ok()).map(Duration::from_millis);
         let probe = match c.get("readinessProbe") {
             Some(p) => {
                 let http = p.get("httpGet").ok_or("the rig runs httpGet readiness probes only")?;
@@ -110,7 +115,7 @@ impl PodPlan {
                     path: http.get("path").and_then(Value::as_str).unwrap_or("/").to_string(),
                     port: port_of(http.get("port"))?,
                     initial_delay: secs(p.get("initialDelaySeconds"), 0),
-                    period: secs(p.get("periodSeconds"), 10).max(Duration::from_secs(1)),
+                    period: probe_period.unwrap_or(secs(p.get("periodSeconds"), 10).max(Duration::from_secs(1))).max(Duration::from_millis(10)),
                     timeout: secs(p.get("timeoutSeconds"), 1).max(Duration::from_secs(1)),
                     success_threshold: p.get("successThreshold").and_then(Value::as_u64).unwrap_or(1) as u32,
                     failure_threshold: p.get("failureThreshold").and_then(Value::as_u64).unwrap_or(3) as u32,
@@ -118,7 +123,6 @@ impl PodPlan {
             }
             None => None,
         };
-        let annotation = |k: &str| pod.pointer("/metadata/annotations").and_then(|a| a.get(k)).and_then(Value::as_str).map(String::from);
         Ok(Self {
             container: str_at(c, "/name"),
             image: str_at(c, "/image"),

@@ -4,5 +4,12 @@
 pub mod apiserver;
 pub mod certs;
 pub mod elb;
+pub mod demo;
+pub mod deploy;
 pub mod kubelet;
+pub mod lbc;
+pub mod load;
+pub mod readygate;
+pub mod rig;
+pub mod timeline;
 pub mod time;

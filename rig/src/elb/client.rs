@@ -20,12 +20,14 @@ impl QueryClient {
     /// HTTP status and body. The Authorization header carries a SigV4-shaped credential scope so
     /// that moto routes the call to the right service; neither endpoint checks signatures.
     pub async fn call_service(&self, service: &str, version: &str, action: &str, params: &[(&str, String)]) -> anyhow::Result<(u16, String)> {
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        form.append_pair("Action", action).append_pair("Version", version);
-        for (k, v) in params {
-            form.append_pair(k, v);
-        }
-        let body = form.finish();
+        let body = {
+            let mut form = form_urlencoded::Serializer::new(String::new());
+            form.append_pair("Action", action).append_pair("Version", version);
+            for (k, v) in params {
+                form.append_pair(k, v);
+            }
+            form.finish()
+        };
         let exchange = async {
             let tcp = tokio::net::TcpStream::connect(self.addr).await?;
             let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;

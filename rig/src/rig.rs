@@ -1,0 +1,169 @@
+//! The whole rig in one process on 127.0.0.1: API server, kubelet, load balancer controller,
+//! ELBv2 endpoint, listeners, timelines; and the demo application's objects.
+
+use crate::apiserver::admission::{Admission, find_webhook_configuration};
+use crate::apiserver::http::ApiServer;
+use crate::apiserver::resources;
+use crate::apiserver::store::{Store, WriteOpts, str_at};
+use crate::deploy::Deployment;
+use crate::elb::listener::Listener;
+use crate::elb::query::QueryServer;
+use crate::elb::{Elb, ElbConfig, GroupSpec};
+use crate::kubelet::{Kubelet, LB_HEALTH_PATH, PROBE_PERIOD_ANNOTATION, START_DELAY_ANNOTATION};
+use crate::lbc::Lbc;
+use crate::timeline::Timeline;
+use anyhow::Context;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const GATE_LABEL: &str = "elbv2.k8s.aws/pod-readiness-gate-inject";
+pub const APP_PORT: u16 = 8080;
+
+#[derive(Debug, Clone)]
+pub struct RigConfig {
+    /// Target group health checks: interval and thresholds.
+    pub interval: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    pub deregistration_delay: Duration,
+    pub elb: ElbConfig,
+}
+
+impl Default for RigConfig {
+    /// Time compressed: checks every second, healthy after two.
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(1),
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+            deregistration_delay: Duration::from_secs(5),
+            elb: ElbConfig { deregistration_lag: Duration::from_millis(500), ..ElbConfig::default() },
+        }
+    }
+}
+
+pub struct Rig {
+    pub config: RigConfig,
+    pub store: Arc<Store>,
+    pub api: ApiServer,
+    pub elb: Arc<Elb>,
+    pub elb_api: QueryServer,
+    pub timeline: Timeline,
+    _kubelet: Kubelet,
+    _lbc: Lbc,
+    pub dir: tempfile::TempDir,
+}
+
+/// One application behind the load balancer: Service, target group, TargetGroupBinding, listener.
+pub struct App {
+    pub namespace: String,
+    pub name: String,
+    pub arn: String,
+    pub listener: Listener,
+}
+
+impl Rig {
+    pub async fn start(config: RigConfig) -> anyhow::Result<Self> {
+        let store = Arc::new(Store::new());
+        let api = ApiServer::start(store.clone(), "127.0.0.1:0".parse()?).await?;
+        let elb = Elb::new(config.elb.clone());
+        let elb_api = QueryServer::start(elb.clone(), "127.0.0.1:0".parse()?).await?;
+        let timeline = Timeline::start(&store, &elb);
+        let kubelet = Kubelet::start(store.clone());
+        let lbc = Lbc::start(store.clone(), elb.clone());
+        let dir = tempfile::Builder::new().prefix("rig-").tempdir()?;
+        std::fs::write(dir.path().join("kubeconfig"), api.kubeconfig())?;
+        Ok(Self { config, store, api, elb, elb_api, timeline, _kubelet: kubelet, _lbc: lbc, dir })
+    }
+
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    pub async fn create(&self, res: &'static resources::ResourceType, ns: &str, obj: Value) -> anyhow::Result<Value> {
+        Ok(self.store.create(res, ns, obj, &WriteOpts::default()).await?)
+    }
+
+    pub async fn namespace(&self, name: &str, gated: bool) -> anyhow::Result<()> {
+        let labels = if gated { json!({GATE_LABEL: "enabled"}) } else { json!({}) };
+        self.create(resources::namespaces(), "", json!({"metadata": {"name": name, "labels": labels}})).await?;
+        Ok(())
+    }
+
+    /// Installs the MutatingWebhookConfiguration found under `manifests`, with its service
+    /// resolved to `webhook` and `ca_pem` as caBundle. Returns the service name and namespace
+    /// the serving certificate must carry.
+    pub fn install_webhook(&self, manifests: &Path, webhook: SocketAddr, ca_pem: &str) -> anyhow::Result<Arc<Admission>> {
+        let admission = Arc::new(Admission::from_manifests(manifests, ca_pem, &|_, _, _| Some(webhook))?);
+        self.store.set_admission(Some(admission.clone()));
+        Ok(admission)
+    }
+
+    /// Creates the application `name` in `namespace`: a Service selecting `app: name` with port
+    /// 80 → targetPort `http`, a target group with the rig's health check settings, an IP-mode
+    /// TargetGroupBinding, and a listener in front of the group.
+    pub async fn app(&self, namespace: &str, name: &str) -> anyhow::Result<App> {
+        self.create(
+            resources::services(),
+            namespace,
+            json!({"metadata": {"name": name}, "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]}}),
+        )
+        .await?;
+        let mut spec = GroupSpec::new(&format!("{namespace}-{name}"), APP_PORT);
+        spec.interval = self.config.interval;
+        spec.timeout = self.config.interval.min(Duration::from_secs(5));
+        spec.healthy_threshold = self.config.healthy_threshold;
+        spec.unhealthy_threshold = self.config.unhealthy_threshold;
+        spec.health_check_path = LB_HEALTH_PATH.into();
+        spec.deregistration_delay = self.config.deregistration_delay;
+        let arn = self.elb.create_target_group(spec).map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.create(
+            resources::target_group_bindings(),
+            namespace,
+            json!({"apiVersion": "elbv2.k8s.aws/v1beta1", "kind": "TargetGroupBinding", "metadata": {"name": name},
+                "spec": {"targetGroupARN": arn, "targetType": "ip", "serviceRef": {"name": name, "port": 80}}}),
+        )
+        .await?;
+        let listener = Listener::start(self.elb.clone(), &format!("{namespace}-{name}"), &arn, "127.0.0.1:0".parse()?).await?;
+        Ok(App { namespace: namespace.into(), name: name.into(), arn, listener })
+    }
+}
+
+/// The demo workload: `replicas` pods of a server that listens `start_delay` after its start,
+/// has a readiness probe (every 100 ms: time compressed like the health checks) and a preStop
+/// sleep covering the load balancer's propagation delay; rolled one pod at a time (maxSurge 1,
+/// maxUnavailable 0: Kubernetes' defaults for 3 replicas).
+pub fn web_deployment(app: &App, replicas: usize, start_delay: Duration, pre_stop_secs: u64) -> Deployment {
+    Deployment {
+        name: app.name.clone(),
+        namespace: app.namespace.clone(),
+        replicas,
+        max_surge: 1,
+        max_unavailable: 0,
+        template: json!({
+            "metadata": {"labels": {"app": app.name}, "annotations": {
+                START_DELAY_ANNOTATION: start_delay.as_millis().to_string(),
+                PROBE_PERIOD_ANNOTATION: "100"
+            }},
+            "spec": {
+                "terminationGracePeriodSeconds": pre_stop_secs + 10,
+                "containers": [{
+                    "name": "web", "image": "rig/web:1",
+                    "ports": [{"name": "http", "containerPort": APP_PORT}],
+                    "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 1},
+                    "lifecycle": {"preStop": {"sleep": {"seconds": pre_stop_secs}}}
+                }]
+            }
+        }),
+    }
+}
+
+/// The readygate service the webhook configuration names (`clientConfig.service`).
+pub fn webhook_service(manifests: &Path) -> anyhow::Result<(String, String)> {
+    let doc = find_webhook_configuration(manifests)?;
+    let svc = doc.pointer("/webhooks/0/clientConfig/service").context("the webhook has no clientConfig.service")?;
+    Ok((str_at(svc, "/name"), str_at(svc, "/namespace")))
+}

@@ -190,3 +190,100 @@ pub fn summary_line(r: &RolloutResult) -> String {
         if calls.is_empty() { String::new() } else { format!(" ({})", calls.join(", ")) }
     )
 }
+
+/// One mode of the demo: a namespace (gate label on or off), the app, the first deployment,
+/// then `rollouts` measured rolling updates.
+pub struct ModeReport {
+    pub gated: bool,
+    pub namespace: String,
+    pub rollouts: Vec<RolloutResult>,
+}
+
+impl ModeReport {
+    pub fn failed(&self) -> usize {
+        self.rollouts.iter().map(RolloutResult::failed).sum()
+    }
+
+    pub fn sent(&self) -> usize {
+        self.rollouts.iter().map(RolloutResult::sent).sum()
+    }
+
+    pub fn all_complete(&self) -> bool {
+        self.rollouts.iter().all(|r| r.rollout.complete())
+    }
+
+    /// New pods of every rollout that carry no readiness gate.
+    pub fn ungated_new_pods(&self) -> usize {
+        self.rollouts.iter().flat_map(|r| r.pods.iter().filter(move |p| p.revision == r.revision)).filter(|p| p.gates.is_empty()).count()
+    }
+}
+
+pub struct ModeOptions {
+    pub replicas: usize,
+    pub start_delay: Duration,
+    pub pre_stop_secs: u64,
+    pub rate: u32,
+    pub rollouts: usize,
+    pub timeout: Duration,
+}
+
+impl Default for ModeOptions {
+    fn default() -> Self {
+        Self { replicas: 3, start_delay: Duration::from_millis(200), pre_stop_secs: 1, rate: 50, rollouts: 1, timeout: Duration::from_secs(60) }
+    }
+}
+
+pub async fn run_mode(rig: &Rig, namespace: &str, gated: bool, o: &ModeOptions, mut on_rollout: impl FnMut(&RolloutResult)) -> anyhow::Result<ModeReport> {
+    rig.namespace(namespace, gated).await?;
+    let app = rig.app(namespace, "web").await?;
+    // readygate's caches see the binding and the Service before the first pod is admitted.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let dep = crate::rig::web_deployment(&app, o.replicas, o.start_delay, o.pre_stop_secs);
+    deploy(rig, &app, &dep, "v1").await?;
+    let mut rollouts = Vec::new();
+    for i in 0..o.rollouts {
+        let (prev, next) = (format!("v{}", i + 1), format!("v{}", i + 2));
+        let r = measured_rollout(rig, &app, &dep, &next, &prev, o.rate, o.timeout, None).await;
+        on_rollout(&r);
+        rollouts.push(r);
+    }
+    Ok(ModeReport { gated, namespace: namespace.into(), rollouts })
+}
+
+/// The side-by-side summary of the two modes, with the figures the README quotes.
+pub fn side_by_side(ungated: &ModeReport, gated: &ModeReport) -> String {
+    let mut out = String::new();
+    let durations = |m: &ModeReport| {
+        let d: Vec<f64> = m.rollouts.iter().filter_map(|r| r.rollout.duration()).map(|d| d.as_secs_f64()).collect();
+        if d.is_empty() { "-".to_string() } else { format!("{:.2} s", d.iter().sum::<f64>() / d.len() as f64) }
+    };
+    let ratio = |m: &ModeReport| {
+        let r: Vec<f64> = m
+            .rollouts
+            .iter()
+            .filter_map(|r| Some(r.rollout.duration()?.as_secs_f64() / r.physical_minimum.as_secs_f64()))
+            .collect();
+        if r.is_empty() { "-".to_string() } else { format!("{:.2}×", r.iter().sum::<f64>() / r.len() as f64) }
+    };
+    let calls = |m: &ModeReport| format!("{:.1}", m.rollouts.iter().map(RolloutResult::elb_calls_total).sum::<u64>() as f64 / m.rollouts.len().max(1) as f64);
+    let row = |out: &mut String, k: &str, a: String, b: String| {
+        let _ = writeln!(out, "  {k:<44} {a:>14} {b:>14}");
+    };
+    row(&mut out, "", "no gates".into(), "readygate".into());
+    row(&mut out, "rollouts", ungated.rollouts.len().to_string(), gated.rollouts.len().to_string());
+    row(&mut out, "requests sent", ungated.sent().to_string(), gated.sent().to_string());
+    row(&mut out, "requests failed", ungated.failed().to_string(), gated.failed().to_string());
+    row(&mut out, "mean rollout duration", durations(ungated), durations(gated));
+    row(&mut out, "rollout duration / physical minimum", ratio(ungated), ratio(gated));
+    row(&mut out, "ELBv2 calls per rollout (readygate's)", calls(ungated), calls(gated));
+    let mut lags: Vec<Duration> = gated.rollouts.iter().flat_map(RolloutResult::gate_lags).collect();
+    lags.sort();
+    let fmt = |d: Option<Duration>| d.map(|d| format!("{} ms", d.as_millis())).unwrap_or("-".into());
+    row(&mut out, "lag ELB healthy → gate True, p50", "-".into(), fmt(percentile(&lags, 50.0)));
+    row(&mut out, "lag ELB healthy → gate True, p99", "-".into(), fmt(percentile(&lags, 99.0)));
+    row(&mut out, "  (over gated pods)", "".into(), lags.len().to_string());
+    if let Some(r) = gated.rollouts.first() {
+        let _ = writeln!(out, "  physical minimum = batches × (start delay + interval × healthy threshold) = {} s", secs(r.physical_minimum));
+    }
+    out
+}

@@ -11,5 +11,6 @@ pub mod lbc;
 pub mod load;
 pub mod readygate;
 pub mod rig;
+pub mod stage;
 pub mod timeline;
 pub mod time;

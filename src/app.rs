@@ -91,23 +91,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     cache::spawn_watchers(client.clone(), cache.clone());
     tokio::spawn(resolver.watch(args.webhook.tls_reload_interval, metrics.clone()));
 
-    let controller = if args.controller.controller {
-        Some(tokio::spawn(crate::controller::run(
-            client,
-            cache.clone(),
-            metrics.clone(),
-            args.controller.clone(),
-        )))
-    } else {
-        None
-    };
-
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
             let _ = rx.wait_for(|s| *s).await;
         }
+    };
+    let mut controller = match args.controller.controller {
+        true => tokio::spawn(crate::controller::run(
+            client,
+            cache.clone(),
+            metrics.clone(),
+            args.controller.clone(),
+            stopped(),
+        )),
+        false => tokio::spawn(std::future::pending()),
     };
     let admin = axum::serve(
         admin_listener,
@@ -132,12 +131,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(webhook = %args.webhook.webhook_addr, admin = %args.admin.admin_addr, "readygate serving");
     let admin = tokio::spawn(async move { admin.await });
     let https = tokio::spawn(https);
-    shutdown_signal().await;
-    if let Some(c) = controller {
-        c.abort();
+    tokio::select! {
+        () = shutdown_signal() => {}
+        r = &mut controller => {
+            // The controller ends on its own only when leader election cannot start.
+            r.context("status controller panicked")?.context("status controller")?;
+        }
     }
     let _ = stop_tx.send(true);
     let _ = https.await;
     let _ = admin.await;
+    // The controller steps down (releases its lease) once its queued writes are done.
+    if !args.controller.controller {
+        controller.abort();
+    }
+    let _ = controller.await;
     Ok(())
 }

@@ -523,12 +523,14 @@ fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     }
 }
 
-/// Runs the controller until the process ends: leader election, writer, decision loop.
+/// Runs the controller — leader election, writer, decision loop — until `shutdown` resolves,
+/// then gives up the lease.
 pub async fn run(
     client: Client,
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     args: ControllerArgs,
+    shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let identity = args
         .identity
@@ -541,7 +543,7 @@ pub async fn run(
         .clone()
         .or_else(|| std::env::var("POD_NAMESPACE").ok())
         .unwrap_or_else(|| "readygate-system".into());
-    let (leader, _lease) = crate::leader::elect(
+    let leadership = crate::leader::elect(
         client.clone(),
         &args.lease_name,
         &namespace,
@@ -556,13 +558,19 @@ pub async fn run(
     let (done_tx, done_rx) = mpsc::channel(4096);
     let writer = Arc::new(Writer::new(
         client,
-        leader.clone(),
+        leadership.leading.clone(),
         metrics.clone(),
         args.write_timeout,
         identity,
     ));
-    tokio::spawn(writer::run(writer, jobs_rx, done_tx, 16));
-    run_loop(cache, elb, metrics, &args, leader, jobs_tx, done_rx).await;
+    let writer_task = tokio::spawn(writer::run(writer, jobs_rx, done_tx, 16));
+    tokio::select! {
+        () = run_loop(cache, elb, metrics, &args, leadership.leading.clone(), jobs_tx, done_rx) => {}
+        () = shutdown => {}
+    }
+    // The loop is gone, so the writer's queue is closed: let queued writes finish, then step down.
+    let _ = tokio::time::timeout(args.write_timeout * 2, writer_task).await;
+    leadership.release(Duration::from_secs(5)).await;
     Ok(())
 }
 

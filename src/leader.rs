@@ -1,6 +1,7 @@
 //! Leader election over a coordination.k8s.io Lease: only the leader writes pod status.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use kube::Client;
@@ -14,15 +15,41 @@ use crate::metrics::Metrics;
 const LEASE_SECONDS: u64 = 15;
 const GRACE_SECONDS: u64 = 5;
 
-/// Joins the election; the receiver says whether this replica leads right now. The lease is
-/// released when every receiver is dropped.
+/// This replica's place in the election.
+pub struct Leadership {
+    /// Whether this replica leads right now.
+    pub leading: watch::Receiver<bool>,
+    manager:
+        JoinHandle<Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>>,
+    reporter: JoinHandle<()>,
+}
+
+impl Leadership {
+    /// Gives the lease up so another replica takes over at once rather than after it expires.
+    /// Every other clone of `leading` must be dropped first.
+    pub async fn release(self, within: Duration) {
+        self.reporter.abort();
+        let _ = self.reporter.await;
+        drop(self.leading);
+        match tokio::time::timeout(within, self.manager).await {
+            Ok(Ok(Ok(_))) => tracing::info!("leader lease released"),
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "leader lease not released; it will expire")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "lease manager failed"),
+            Err(_) => tracing::warn!("leader lease not released in time; it will expire"),
+        }
+    }
+}
+
+/// Joins the election. The lease is released when every receiver of `leading` is dropped.
 pub async fn elect(
     client: Client,
     lease: &str,
     namespace: &str,
     identity: &str,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<(watch::Receiver<bool>, JoinHandle<()>)> {
+) -> anyhow::Result<Leadership> {
     let manager = LeaseManagerBuilder::new(client, lease)
         .with_namespace(namespace)
         .with_identity(identity)
@@ -32,7 +59,7 @@ pub async fn elect(
         .build()
         .await
         .with_context(|| format!("setting up leader election on Lease {namespace}/{lease}"))?;
-    let (rx, _task) = manager.watch().await;
+    let (rx, manager) = manager.watch().await;
     let mut observer = rx.clone();
     let identity = identity.to_string();
     let reporter = tokio::spawn(async move {
@@ -45,5 +72,9 @@ pub async fn elect(
             }
         }
     });
-    Ok((rx, reporter))
+    Ok(Leadership {
+        leading: rx,
+        manager,
+        reporter,
+    })
 }

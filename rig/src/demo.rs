@@ -43,7 +43,12 @@ impl RolloutResult {
         self.pods
             .iter()
             .filter(|p| p.revision == self.revision)
-            .filter_map(|p| Some(p.at.get(&Milestone::GateTrue)?.saturating_duration_since(*p.at.get(&Milestone::ElbHealthy)?)))
+            .filter_map(|p| {
+                Some(
+                    p.at.get(&Milestone::GateTrue)?
+                        .saturating_duration_since(*p.at.get(&Milestone::ElbHealthy)?),
+                )
+            })
             .collect()
     }
 
@@ -62,15 +67,25 @@ impl RolloutResult {
 }
 
 fn diff(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
-    after.iter().map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0))).filter(|(_, v)| *v > 0).collect()
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, v)| *v > 0)
+        .collect()
 }
 
 /// Waits until every registered target of the app's group is healthy and there are `n` of them.
 pub async fn wait_all_healthy(rig: &Rig, app: &App, n: usize, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        let health = rig.elb.describe_target_health(&app.arn, &[]).unwrap_or_default();
-        let live: Vec<_> = health.iter().filter(|h| h.state != TargetState::Draining).collect();
+        let health = rig
+            .elb
+            .describe_target_health(&app.arn, &[])
+            .unwrap_or_default();
+        let live: Vec<_> = health
+            .iter()
+            .filter(|h| h.state != TargetState::Draining)
+            .collect();
         if live.len() == n && live.iter().all(|h| h.state == TargetState::Healthy) {
             return true;
         }
@@ -81,9 +96,17 @@ pub async fn wait_all_healthy(rig: &Rig, app: &App, n: usize, timeout: Duration)
 
 /// Deploys the first revision and waits for it to be fully healthy behind the load balancer.
 pub async fn deploy(rig: &Rig, app: &App, dep: &Deployment, revision: &str) -> anyhow::Result<()> {
-    let r = dep.roll(&rig.store, revision, Duration::from_secs(60)).await;
-    anyhow::ensure!(r.complete(), "initial deployment of {revision} did not complete: {r:?}");
-    anyhow::ensure!(wait_all_healthy(rig, app, dep.replicas, Duration::from_secs(30)).await, "initial targets never all healthy");
+    let r = dep
+        .roll(&rig.store, revision, Duration::from_secs(60))
+        .await;
+    anyhow::ensure!(
+        r.complete(),
+        "initial deployment of {revision} did not complete: {r:?}"
+    );
+    anyhow::ensure!(
+        wait_all_healthy(rig, app, dep.replicas, Duration::from_secs(30)).await,
+        "initial targets never all healthy"
+    );
     Ok(())
 }
 
@@ -94,6 +117,7 @@ pub struct Interlude {
 }
 
 /// Rolls `dep` to `revision` under steady load through the app's listener and measures it.
+#[allow(clippy::too_many_arguments)]
 pub async fn measured_rollout(
     rig: &Rig,
     app: &App,
@@ -126,17 +150,34 @@ pub async fn measured_rollout(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let samples = load.stop().await;
     let calls = diff(&rig.elb.calls(), &calls_before);
-    let pods = rig.timeline.pods(&app.namespace).into_iter().filter(|p| p.revision == revision || p.revision == previous).collect();
+    let pods = rig
+        .timeline
+        .pods(&app.namespace)
+        .into_iter()
+        .filter(|p| p.revision == revision || p.revision == previous)
+        .collect();
     let start_delay = dep
         .template
-        .pointer(&format!("/metadata/annotations/{}", crate::kubelet::START_DELAY_ANNOTATION.replace('/', "~1")))
+        .pointer(&format!(
+            "/metadata/annotations/{}",
+            crate::kubelet::START_DELAY_ANNOTATION.replace('/', "~1")
+        ))
         .and_then(|v| v.as_str())
         .and_then(|v| v.parse::<u64>().ok())
         .map(Duration::from_millis)
         .unwrap_or_default();
     let batches = dep.replicas.div_ceil(dep.max_surge.max(1)) as u32;
-    let physical_minimum = batches * (start_delay + rig.config.interval * rig.config.healthy_threshold);
-    RolloutResult { revision: revision.into(), rollout, samples, pods, elb_calls: calls, load_started, physical_minimum }
+    let physical_minimum =
+        batches * (start_delay + rig.config.interval * rig.config.healthy_threshold);
+    RolloutResult {
+        revision: revision.into(),
+        rollout,
+        samples,
+        pods,
+        elb_calls: calls,
+        load_started,
+        physical_minimum,
+    }
 }
 
 pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
@@ -160,7 +201,12 @@ pub fn timeline_table(r: &RolloutResult) -> String {
     }
     out.push('\n');
     let mut pods = r.pods.clone();
-    pods.sort_by_key(|p| (p.revision != r.revision, p.at.get(&Milestone::Created).copied()));
+    pods.sort_by_key(|p| {
+        (
+            p.revision != r.revision,
+            p.at.get(&Milestone::Created).copied(),
+        )
+    });
     for p in pods {
         let _ = write!(out, "  {:<22}", p.name);
         for m in Milestone::ALL {
@@ -177,17 +223,39 @@ pub fn timeline_table(r: &RolloutResult) -> String {
 }
 
 pub fn summary_line(r: &RolloutResult) -> String {
-    let duration = r.rollout.duration().map(|d| format!("{} s ({:.2}× the physical minimum {} s)", secs(d), d.as_secs_f64() / r.physical_minimum.as_secs_f64(), secs(r.physical_minimum)));
-    let calls: Vec<String> = r.elb_calls.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let duration = r.rollout.duration().map(|d| {
+        format!(
+            "{} s ({:.2}× the physical minimum {} s)",
+            secs(d),
+            d.as_secs_f64() / r.physical_minimum.as_secs_f64(),
+            secs(r.physical_minimum)
+        )
+    });
+    let calls: Vec<String> = r
+        .elb_calls
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
     format!(
         "rollout to {}: {}; requests {} sent, {} failed{}; ELBv2 calls {}{}",
         r.revision,
-        duration.unwrap_or_else(|| format!("NOT COMPLETE (new ready {}/{}, old left {})", r.rollout.new_ready, r.rollout.new_pods, r.rollout.old_pods)),
+        duration.unwrap_or_else(|| format!(
+            "NOT COMPLETE (new ready {}/{}, old left {})",
+            r.rollout.new_ready, r.rollout.new_pods, r.rollout.old_pods
+        )),
         r.sent(),
         r.failed(),
-        if r.failed() > 0 { format!(" {:?}", r.failure_kinds()) } else { String::new() },
+        if r.failed() > 0 {
+            format!(" {:?}", r.failure_kinds())
+        } else {
+            String::new()
+        },
         r.elb_calls_total(),
-        if calls.is_empty() { String::new() } else { format!(" ({})", calls.join(", ")) }
+        if calls.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", calls.join(", "))
+        }
     )
 }
 
@@ -214,7 +282,11 @@ impl ModeReport {
 
     /// New pods of every rollout that carry no readiness gate.
     pub fn ungated_new_pods(&self) -> usize {
-        self.rollouts.iter().flat_map(|r| r.pods.iter().filter(move |p| p.revision == r.revision)).filter(|p| p.gates.is_empty()).count()
+        self.rollouts
+            .iter()
+            .flat_map(|r| r.pods.iter().filter(move |p| p.revision == r.revision))
+            .filter(|p| p.gates.is_empty())
+            .count()
     }
 }
 
@@ -229,11 +301,24 @@ pub struct ModeOptions {
 
 impl Default for ModeOptions {
     fn default() -> Self {
-        Self { replicas: 3, start_delay: Duration::from_millis(200), pre_stop_secs: 1, rate: 50, rollouts: 1, timeout: Duration::from_secs(60) }
+        Self {
+            replicas: 3,
+            start_delay: Duration::from_millis(200),
+            pre_stop_secs: 1,
+            rate: 50,
+            rollouts: 1,
+            timeout: Duration::from_secs(60),
+        }
     }
 }
 
-pub async fn run_mode(rig: &Rig, namespace: &str, gated: bool, o: &ModeOptions, mut on_rollout: impl FnMut(&RolloutResult)) -> anyhow::Result<ModeReport> {
+pub async fn run_mode(
+    rig: &Rig,
+    namespace: &str,
+    gated: bool,
+    o: &ModeOptions,
+    mut on_rollout: impl FnMut(&RolloutResult),
+) -> anyhow::Result<ModeReport> {
     rig.namespace(namespace, gated).await?;
     let app = rig.app(namespace, "web").await?;
     // readygate's caches see the binding and the Service before the first pod is admitted.
@@ -247,43 +332,189 @@ pub async fn run_mode(rig: &Rig, namespace: &str, gated: bool, o: &ModeOptions, 
         on_rollout(&r);
         rollouts.push(r);
     }
-    Ok(ModeReport { gated, namespace: namespace.into(), rollouts })
+    Ok(ModeReport {
+        gated,
+        namespace: namespace.into(),
+        rollouts,
+    })
 }
 
 /// The side-by-side summary of the two modes, with the figures the README quotes.
 pub fn side_by_side(ungated: &ModeReport, gated: &ModeReport) -> String {
     let mut out = String::new();
     let durations = |m: &ModeReport| {
-        let d: Vec<f64> = m.rollouts.iter().filter_map(|r| r.rollout.duration()).map(|d| d.as_secs_f64()).collect();
-        if d.is_empty() { "-".to_string() } else { format!("{:.2} s", d.iter().sum::<f64>() / d.len() as f64) }
+        let d: Vec<f64> = m
+            .rollouts
+            .iter()
+            .filter_map(|r| r.rollout.duration())
+            .map(|d| d.as_secs_f64())
+            .collect();
+        if d.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.2} s", d.iter().sum::<f64>() / d.len() as f64)
+        }
     };
     let ratio = |m: &ModeReport| {
         let r: Vec<f64> = m
             .rollouts
             .iter()
-            .filter_map(|r| Some(r.rollout.duration()?.as_secs_f64() / r.physical_minimum.as_secs_f64()))
+            .filter_map(|r| {
+                Some(r.rollout.duration()?.as_secs_f64() / r.physical_minimum.as_secs_f64())
+            })
             .collect();
-        if r.is_empty() { "-".to_string() } else { format!("{:.2}×", r.iter().sum::<f64>() / r.len() as f64) }
+        if r.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.2}×", r.iter().sum::<f64>() / r.len() as f64)
+        }
     };
-    let calls = |m: &ModeReport| format!("{:.1}", m.rollouts.iter().map(RolloutResult::elb_calls_total).sum::<u64>() as f64 / m.rollouts.len().max(1) as f64);
+    let calls = |m: &ModeReport| {
+        format!(
+            "{:.1}",
+            m.rollouts
+                .iter()
+                .map(RolloutResult::elb_calls_total)
+                .sum::<u64>() as f64
+                / m.rollouts.len().max(1) as f64
+        )
+    };
     let row = |out: &mut String, k: &str, a: String, b: String| {
         let _ = writeln!(out, "  {k:<44} {a:>14} {b:>14}");
     };
     row(&mut out, "", "no gates".into(), "readygate".into());
-    row(&mut out, "rollouts", ungated.rollouts.len().to_string(), gated.rollouts.len().to_string());
-    row(&mut out, "requests sent", ungated.sent().to_string(), gated.sent().to_string());
-    row(&mut out, "requests failed", ungated.failed().to_string(), gated.failed().to_string());
-    row(&mut out, "mean rollout duration", durations(ungated), durations(gated));
-    row(&mut out, "rollout duration / physical minimum", ratio(ungated), ratio(gated));
-    row(&mut out, "ELBv2 calls per rollout (readygate's)", calls(ungated), calls(gated));
-    let mut lags: Vec<Duration> = gated.rollouts.iter().flat_map(RolloutResult::gate_lags).collect();
+    row(
+        &mut out,
+        "rollouts",
+        ungated.rollouts.len().to_string(),
+        gated.rollouts.len().to_string(),
+    );
+    row(
+        &mut out,
+        "requests sent",
+        ungated.sent().to_string(),
+        gated.sent().to_string(),
+    );
+    row(
+        &mut out,
+        "requests failed",
+        ungated.failed().to_string(),
+        gated.failed().to_string(),
+    );
+    row(
+        &mut out,
+        "mean rollout duration",
+        durations(ungated),
+        durations(gated),
+    );
+    row(
+        &mut out,
+        "rollout duration / physical minimum",
+        ratio(ungated),
+        ratio(gated),
+    );
+    row(
+        &mut out,
+        "ELBv2 calls per rollout (readygate's)",
+        calls(ungated),
+        calls(gated),
+    );
+    let mut lags: Vec<Duration> = gated
+        .rollouts
+        .iter()
+        .flat_map(RolloutResult::gate_lags)
+        .collect();
     lags.sort();
-    let fmt = |d: Option<Duration>| d.map(|d| format!("{} ms", d.as_millis())).unwrap_or("-".into());
-    row(&mut out, "lag ELB healthy → gate True, p50", "-".into(), fmt(percentile(&lags, 50.0)));
-    row(&mut out, "lag ELB healthy → gate True, p99", "-".into(), fmt(percentile(&lags, 99.0)));
-    row(&mut out, "  (over gated pods)", "".into(), lags.len().to_string());
+    let fmt = |d: Option<Duration>| {
+        d.map(|d| format!("{} ms", d.as_millis()))
+            .unwrap_or("-".into())
+    };
+    row(
+        &mut out,
+        "lag ELB healthy → gate True, p50",
+        "-".into(),
+        fmt(percentile(&lags, 50.0)),
+    );
+    row(
+        &mut out,
+        "lag ELB healthy → gate True, p99",
+        "-".into(),
+        fmt(percentile(&lags, 99.0)),
+    );
+    row(
+        &mut out,
+        "  (over gated pods)",
+        "".into(),
+        lags.len().to_string(),
+    );
     if let Some(r) = gated.rollouts.first() {
-        let _ = writeln!(out, "  physical minimum = batches × (start delay + interval × healthy threshold) = {} s", secs(r.physical_minimum));
+        let _ = writeln!(
+            out,
+            "  physical minimum = batches × (start delay + interval × healthy threshold) = {} s",
+            secs(r.physical_minimum)
+        );
     }
     out
+}
+
+/// The Kubernetes API requests the rig's API server received, grouped by method, path shape,
+/// query parameters, content type and status: what readygate's kube-rs client sends.
+pub fn api_summary(requests: &[crate::apiserver::http::RecordedRequest]) -> String {
+    let plurals: Vec<&str> = crate::apiserver::resources::RESOURCES
+        .iter()
+        .map(|r| r.plural)
+        .collect();
+    let mut groups: BTreeMap<String, usize> = BTreeMap::new();
+    for r in requests {
+        let segs: Vec<&str> = r.path.split('/').collect();
+        let shape: Vec<String> = segs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let prev = if i > 0 { segs[i - 1] } else { "" };
+                if prev == "namespaces" && segs.len() > i + 1 {
+                    "{ns}".to_string()
+                } else if (plurals.contains(&prev) && *s != "status")
+                    || (prev == "namespaces" && segs.len() == i + 1)
+                {
+                    "{name}".to_string()
+                } else {
+                    s.to_string()
+                }
+            })
+            .collect();
+        let mut keys: Vec<String> = form_urlencoded::parse(r.query.as_bytes())
+            .map(|(k, v)| {
+                if k == "watch" || k == "sendInitialEvents" || k == "allowWatchBookmarks" {
+                    format!("{k}={v}")
+                } else {
+                    k.into_owned()
+                }
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let ct = if r.content_type.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", r.content_type)
+        };
+        let q = if keys.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", keys.join("&"))
+        };
+        *groups
+            .entry(format!(
+                "{} {}{q}{ct} → {}",
+                r.method,
+                shape.join("/"),
+                r.status
+            ))
+            .or_default() += 1;
+    }
+    groups
+        .into_iter()
+        .map(|(k, n)| format!("  {n:>5}  {k}\n"))
+        .collect()
 }

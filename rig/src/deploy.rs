@@ -48,15 +48,25 @@ impl Rollout {
 pub fn is_ready(pod: &Value) -> bool {
     pod.pointer("/status/conditions")
         .and_then(Value::as_array)
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
 }
 
 impl Deployment {
     fn pods(&self, store: &Store) -> Vec<Value> {
         let sel = LabelSelector::parse(&format!("app={}", self.name)).expect("selector");
-        let (pods, _) = store.list(resources::pods(), Some(&self.namespace), &sel, &FieldSelector::default());
+        let (pods, _) = store.list(
+            resources::pods(),
+            Some(&self.namespace),
+            &sel,
+            &FieldSelector::default(),
+        );
         // Terminating pods no longer count, as with ReplicaSets.
-        pods.into_iter().filter(|p| p.pointer("/metadata/deletionTimestamp").is_none()).collect()
+        pods.into_iter()
+            .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
+            .collect()
     }
 
     fn new_pod(&self, revision: &str) -> Value {
@@ -83,7 +93,9 @@ impl Deployment {
         let deadline = r.started + timeout;
         loop {
             let pods = self.pods(store);
-            let (new, old): (Vec<&Value>, Vec<&Value>) = pods.iter().partition(|p| str_at(p, &format!("/metadata/labels/{REVISION_LABEL}")) == revision);
+            let (new, old): (Vec<&Value>, Vec<&Value>) = pods.iter().partition(|p| {
+                str_at(p, &format!("/metadata/labels/{REVISION_LABEL}")) == revision
+            });
             let new_ready = new.iter().filter(|p| is_ready(p)).count();
             (r.new_pods, r.new_ready, r.old_pods) = (new.len(), new_ready, old.len());
             if new.len() == self.replicas && new_ready == self.replicas && old.is_empty() {
@@ -97,7 +109,15 @@ impl Deployment {
             let total = new.len() + old.len();
             let room = (self.replicas + self.max_surge).saturating_sub(total);
             for _ in 0..room.min(self.replicas.saturating_sub(new.len())) {
-                match store.create(resources::pods(), &self.namespace, self.new_pod(revision), &WriteOpts::default()).await {
+                match store
+                    .create(
+                        resources::pods(),
+                        &self.namespace,
+                        self.new_pod(revision),
+                        &WriteOpts::default(),
+                    )
+                    .await
+                {
                     Ok(p) => r.created.push(str_at(&p, "/metadata/name")),
                     Err(e) => tracing::warn!(error = %e, "creating pod"),
                 }
@@ -119,7 +139,10 @@ impl Deployment {
                     continue;
                 }
                 let name = str_at(p, "/metadata/name");
-                if store.delete(resources::pods(), &self.namespace, &name, None, None, false).is_ok() {
+                if store
+                    .delete(resources::pods(), &self.namespace, &name, None, None, false)
+                    .is_ok()
+                {
                     r.deleted.push(name);
                 }
             }

@@ -39,7 +39,9 @@ impl Default for IpPool {
         // Start at a place that depends on the process, so that two rigs on one machine
         // (a test run beside a demo) rarely meet; a bind check settles the rest.
         let start = (std::process::id() % 200) * 254;
-        Self { next: AtomicU32::new(start) }
+        Self {
+            next: AtomicU32::new(start),
+        }
     }
 }
 
@@ -50,7 +52,10 @@ impl IpPool {
         for _ in 0..64_516 {
             let n = self.next.fetch_add(1, Ordering::Relaxed) % 64_516;
             let ip = Ipv4Addr::new(127, 0, (n / 254 + 1) as u8, (n % 254 + 1) as u8);
-            if ports.iter().all(|p| std::net::TcpListener::bind((ip, *p)).is_ok()) {
+            if ports
+                .iter()
+                .all(|p| std::net::TcpListener::bind((ip, *p)).is_ok())
+            {
                 return ip;
             }
         }
@@ -84,19 +89,26 @@ pub struct Probe {
 
 impl PodPlan {
     pub fn from_pod(pod: &Value) -> Result<Self, String> {
-        let c = pod.pointer("/spec/containers/0").ok_or("pod has no container")?;
+        let c = pod
+            .pointer("/spec/containers/0")
+            .ok_or("pod has no container")?;
         let named_ports: Vec<(String, u16)> = c
             .get("ports")
             .and_then(Value::as_array)
             .map(|ps| {
                 ps.iter()
-                    .filter_map(|p| Some((str_at(p, "/name"), p.get("containerPort")?.as_u64()? as u16)))
+                    .filter_map(|p| {
+                        Some((str_at(p, "/name"), p.get("containerPort")?.as_u64()? as u16))
+                    })
                     .collect()
             })
             .unwrap_or_default();
         let port_of = |v: Option<&Value>| -> Result<u16, String> {
             match v {
-                Some(Value::Number(n)) => n.as_u64().map(|n| n as u16).ok_or_else(|| "bad port".to_string()),
+                Some(Value::Number(n)) => n
+                    .as_u64()
+                    .map(|n| n as u16)
+                    .ok_or_else(|| "bad port".to_string()),
                 Some(Value::String(name)) => named_ports
                     .iter()
                     .find(|(n, _)| n == name)
@@ -105,20 +117,43 @@ impl PodPlan {
                 _ => Err("probe without port".into()),
             }
         };
-        let secs = |v: Option<&Value>, default: u64| Duration::from_secs(v.and_then(Value::as_u64).unwrap_or(default));
-        let annotation = |k: &str| pod.pointer("/metadata/annotations").and_then(|a| a.get(k)).and_then(Value::as_str).map(String::from);
-        let probe_period = annotation(PROBE_PERIOD_ANNOTATION).and_then(|p| p.parse::<u64>().ok()).map(Duration::from_millis);
+        let secs = |v: Option<&Value>, default: u64| {
+            Duration::from_secs(v.and_then(Value::as_u64).unwrap_or(default))
+        };
+        let annotation = |k: &str| {
+            pod.pointer("/metadata/annotations")
+                .and_then(|a| a.get(k))
+                .and_then(Value::as_str)
+                .map(String::from)
+        };
+        let probe_period = annotation(PROBE_PERIOD_ANNOTATION)
+            .and_then(|p| p.parse::<u64>().ok())
+            .map(Duration::from_millis);
         let probe = match c.get("readinessProbe") {
             Some(p) => {
-                let http = p.get("httpGet").ok_or("the rig runs httpGet readiness probes only")?;
+                let http = p
+                    .get("httpGet")
+                    .ok_or("the rig runs httpGet readiness probes only")?;
                 Some(Probe {
-                    path: http.get("path").and_then(Value::as_str).unwrap_or("/").to_string(),
+                    path: http
+                        .get("path")
+                        .and_then(Value::as_str)
+                        .unwrap_or("/")
+                        .to_string(),
                     port: port_of(http.get("port"))?,
                     initial_delay: secs(p.get("initialDelaySeconds"), 0),
-                    period: probe_period.unwrap_or(secs(p.get("periodSeconds"), 10).max(Duration::from_secs(1))).max(Duration::from_millis(10)),
+                    period: probe_period
+                        .unwrap_or(secs(p.get("periodSeconds"), 10).max(Duration::from_secs(1)))
+                        .max(Duration::from_millis(10)),
                     timeout: secs(p.get("timeoutSeconds"), 1).max(Duration::from_secs(1)),
-                    success_threshold: p.get("successThreshold").and_then(Value::as_u64).unwrap_or(1) as u32,
-                    failure_threshold: p.get("failureThreshold").and_then(Value::as_u64).unwrap_or(3) as u32,
+                    success_threshold: p
+                        .get("successThreshold")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(1) as u32,
+                    failure_threshold: p
+                        .get("failureThreshold")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(3) as u32,
                 })
             }
             None => None,
@@ -127,7 +162,11 @@ impl PodPlan {
             container: str_at(c, "/name"),
             image: str_at(c, "/image"),
             ports: named_ports.iter().map(|(_, p)| *p).collect(),
-            start_delay: Duration::from_millis(annotation(START_DELAY_ANNOTATION).and_then(|d| d.parse().ok()).unwrap_or(0)),
+            start_delay: Duration::from_millis(
+                annotation(START_DELAY_ANNOTATION)
+                    .and_then(|d| d.parse().ok())
+                    .unwrap_or(0),
+            ),
             probe,
             pre_stop: secs(c.pointer("/lifecycle/preStop/sleep/seconds"), 0),
             grace: secs(pod.pointer("/spec/terminationGracePeriodSeconds"), 30),
@@ -177,13 +216,27 @@ impl Kubelet {
                     continue;
                 }
                 let uid = str_at(&change.object, "/metadata/uid");
-                let terminating = change.object.pointer("/metadata/deletionTimestamp").is_some();
+                let terminating = change
+                    .object
+                    .pointer("/metadata/deletionTimestamp")
+                    .is_some();
                 let mut pods = p2.lock().expect("pods lock");
                 match change.event {
                     EventType::Added => {
                         let (tx, rx) = watch::channel(terminating);
-                        let task = tokio::spawn(run_pod(store.clone(), ips2.clone(), change.object.clone(), rx));
-                        pods.insert(uid, PodHandle { terminate: tx, task });
+                        let task = tokio::spawn(run_pod(
+                            store.clone(),
+                            ips2.clone(),
+                            change.object.clone(),
+                            rx,
+                        ));
+                        pods.insert(
+                            uid,
+                            PodHandle {
+                                terminate: tx,
+                                task,
+                            },
+                        );
                     }
                     EventType::Modified if terminating => {
                         if let Some(p) = pods.get(&uid) {
@@ -206,11 +259,20 @@ impl Kubelet {
 
     /// Pods whose server task is still running.
     pub fn running(&self) -> usize {
-        self.pods.lock().expect("pods lock").values().filter(|p| !p.task.is_finished()).count()
+        self.pods
+            .lock()
+            .expect("pods lock")
+            .values()
+            .filter(|p| !p.task.is_finished())
+            .count()
     }
 }
 
-fn status_patch(store: &Store, pod: &Value, status: Value) -> Result<Value, crate::apiserver::status::ApiError> {
+fn status_patch(
+    store: &Store,
+    pod: &Value,
+    status: Value,
+) -> Result<Value, crate::apiserver::status::ApiError> {
     let patch = json!({"metadata": {"uid": str_at(pod, "/metadata/uid")}, "status": status});
     store.patch(
         resources::pods(),
@@ -219,7 +281,10 @@ fn status_patch(store: &Store, pod: &Value, status: Value) -> Result<Value, crat
         PatchKind::Strategic,
         &patch,
         Subresource::Status,
-        &WriteOpts { field_manager: Some("kubelet".into()), ..Default::default() },
+        &WriteOpts {
+            field_manager: Some("kubelet".into()),
+            ..Default::default()
+        },
     )
 }
 
@@ -246,7 +311,12 @@ fn ready_conditions(plan: &PodPlan, ready: bool) -> Value {
     }
 }
 
-async fn run_pod(store: Arc<Store>, ips: Arc<IpPool>, pod: Value, mut terminate: watch::Receiver<bool>) {
+async fn run_pod(
+    store: Arc<Store>,
+    ips: Arc<IpPool>,
+    pod: Value,
+    mut terminate: watch::Receiver<bool>,
+) {
     let name = str_at(&pod, "/metadata/name");
     let namespace = str_at(&pod, "/metadata/namespace");
     let plan = match PodPlan::from_pod(&pod) {
@@ -262,7 +332,12 @@ async fn run_pod(store: Arc<Store>, ips: Arc<IpPool>, pod: Value, mut terminate:
         json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": started_at}),
         json!({"type": "Initialized", "status": "True", "lastProbeTime": null, "lastTransitionTime": started_at}),
     ];
-    conditions.extend(ready_conditions(&plan, false).as_array().cloned().unwrap_or_default());
+    conditions.extend(
+        ready_conditions(&plan, false)
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+    );
     let status = json!({
         "phase": "Running", "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}],
         "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}], "startTime": started_at,
@@ -291,18 +366,36 @@ async fn run_pod(store: Arc<Store>, ips: Arc<IpPool>, pod: Value, mut terminate:
     let grace_deadline = tokio::time::Instant::now() + plan.grace;
     tokio::time::sleep_until(grace_deadline.min(tokio::time::Instant::now() + plan.pre_stop)).await;
     stop_tx.send_replace(true);
-    if tokio::time::timeout_at(grace_deadline, server).await.is_err() {
+    if tokio::time::timeout_at(grace_deadline, server)
+        .await
+        .is_err()
+    {
         tracing::warn!(pod = %name, "server did not stop within the grace period; killed");
     }
-    let mut stopped = json!({"containerStatuses": container_status(&plan, false, &started_at, false)});
+    let mut stopped =
+        json!({"containerStatuses": container_status(&plan, false, &started_at, false)});
     stopped["conditions"] = ready_conditions(&plan, false);
     let _ = status_patch(&store, &pod, stopped);
     let uid = str_at(&pod, "/metadata/uid");
-    let _ = store.delete(resources::pods(), &namespace, &name, Some(0), Some(&uid), false);
+    let _ = store.delete(
+        resources::pods(),
+        &namespace,
+        &name,
+        Some(0),
+        Some(&uid),
+        false,
+    );
 }
 
-async fn probe_until_terminated(store: &Store, pod: &Value, plan: &PodPlan, ip: Ipv4Addr, started_at: &str, terminate: &mut watch::Receiver<bool>) {
-    let client = reqwest_like::Client::default();
+async fn probe_until_terminated(
+    store: &Store,
+    pod: &Value,
+    plan: &PodPlan,
+    ip: Ipv4Addr,
+    started_at: &str,
+    terminate: &mut watch::Receiver<bool>,
+) {
+    let client = reqwest_like::Client;
     let mut ready = false;
     let (mut successes, mut failures) = (0u32, 0u32);
     let report = |ready: bool| {
@@ -340,7 +433,14 @@ async fn probe_until_terminated(store: &Store, pod: &Value, plan: &PodPlan, ip: 
                 continue;
             }
         }
-        let ok = client.get_ok(SocketAddr::new(IpAddr::V4(ip), probe.port), &probe.path, probe.timeout).await.is_ok();
+        let ok = client
+            .get_ok(
+                SocketAddr::new(IpAddr::V4(ip), probe.port),
+                &probe.path,
+                probe.timeout,
+            )
+            .await
+            .is_ok();
         if ok {
             successes += 1;
             failures = 0;
@@ -371,7 +471,13 @@ async fn serve_app(name: String, ip: Ipv4Addr, plan: PodPlan, mut stop: watch::R
     let router = Router::new()
         .route(
             LB_HEALTH_PATH,
-            axum::routing::get(move || async move { if lb_healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE } }),
+            axum::routing::get(move || async move {
+                if lb_healthy {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            }),
         )
         .fallback(move || {
             let h = h2.clone();
@@ -424,19 +530,30 @@ pub mod reqwest_like {
 
     impl Client {
         /// GET `path` from `addr`; Ok with the status code when it is 2xx or 3xx.
-        pub async fn get_ok(&self, addr: SocketAddr, path: &str, timeout: Duration) -> Result<u16, Failure> {
+        pub async fn get_ok(
+            &self,
+            addr: SocketAddr,
+            path: &str,
+            timeout: Duration,
+        ) -> Result<u16, Failure> {
             let exchange = async {
-                let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|_| Failure::Connect)?;
-                let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                let tcp = tokio::net::TcpStream::connect(addr)
                     .await
-                    .map_err(|e| Failure::Other(e.to_string()))?;
+                    .map_err(|_| Failure::Connect)?;
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                        .await
+                        .map_err(|e| Failure::Other(e.to_string()))?;
                 let conn = tokio::spawn(conn);
                 let req = hyper::Request::get(path)
                     .header("host", addr.to_string())
                     .header("user-agent", "rig-probe")
                     .body(Empty::<Bytes>::new())
                     .map_err(|e| Failure::Other(e.to_string()))?;
-                let resp = sender.send_request(req).await.map_err(|e| Failure::Other(e.to_string()))?;
+                let resp = sender
+                    .send_request(req)
+                    .await
+                    .map_err(|e| Failure::Other(e.to_string()))?;
                 let code = resp.status().as_u16();
                 let _ = resp.into_body().collect().await;
                 conn.abort();

@@ -31,7 +31,10 @@ impl Lbc {
                 match feed.recv().await {
                     Ok(c) => {
                         let r = c.resource;
-                        if !(std::ptr::eq(r, resources::pods()) || std::ptr::eq(r, resources::services()) || std::ptr::eq(r, resources::target_group_bindings())) {
+                        if !(std::ptr::eq(r, resources::pods())
+                            || std::ptr::eq(r, resources::services())
+                            || std::ptr::eq(r, resources::target_group_bindings()))
+                        {
                             continue;
                         }
                     }
@@ -49,7 +52,12 @@ impl Lbc {
 
 /// The targets each binding's target group should hold right now.
 pub fn desired_targets(store: &Store) -> Targets {
-    let (bindings, _) = store.list(resources::target_group_bindings(), None, &LabelSelector::default(), &FieldSelector::default());
+    let (bindings, _) = store.list(
+        resources::target_group_bindings(),
+        None,
+        &LabelSelector::default(),
+        &FieldSelector::default(),
+    );
     let mut out: Targets = BTreeMap::new();
     for tgb in bindings {
         if str_at(&tgb, "/spec/targetType") != "ip" {
@@ -58,21 +66,49 @@ pub fn desired_targets(store: &Store) -> Targets {
         let ns = str_at(&tgb, "/metadata/namespace");
         let arn = str_at(&tgb, "/spec/targetGroupARN");
         let entry = out.entry(arn).or_default();
-        let Ok(svc) = store.get(resources::services(), &ns, &str_at(&tgb, "/spec/serviceRef/name")) else { continue };
-        let Some(port) = service_port(&svc, tgb.pointer("/spec/serviceRef/port")) else { continue };
-        let Some(selector) = svc.pointer("/spec/selector").and_then(Value::as_object).filter(|s| !s.is_empty()) else { continue };
-        let (pods, _) = store.list(resources::pods(), Some(&ns), &LabelSelector::default(), &FieldSelector::default());
+        let Ok(svc) = store.get(
+            resources::services(),
+            &ns,
+            &str_at(&tgb, "/spec/serviceRef/name"),
+        ) else {
+            continue;
+        };
+        let Some(port) = service_port(&svc, tgb.pointer("/spec/serviceRef/port")) else {
+            continue;
+        };
+        let Some(selector) = svc
+            .pointer("/spec/selector")
+            .and_then(Value::as_object)
+            .filter(|s| !s.is_empty())
+        else {
+            continue;
+        };
+        let (pods, _) = store.list(
+            resources::pods(),
+            Some(&ns),
+            &LabelSelector::default(),
+            &FieldSelector::default(),
+        );
         for pod in pods {
             let labels = labels_of(&pod);
-            if !selector.iter().all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str()) {
+            if !selector
+                .iter()
+                .all(|(k, v)| labels.get(k).map(String::as_str) == v.as_str())
+            {
                 continue;
             }
             let ip = str_at(&pod, "/status/podIP");
             let containers_ready = pod
                 .pointer("/status/conditions")
                 .and_then(Value::as_array)
-                .is_some_and(|cs| cs.iter().any(|c| c["type"] == "ContainersReady" && c["status"] == "True"));
-            if ip.is_empty() || !containers_ready || pod.pointer("/metadata/deletionTimestamp").is_some() {
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "ContainersReady" && c["status"] == "True")
+                });
+            if ip.is_empty()
+                || !containers_ready
+                || pod.pointer("/metadata/deletionTimestamp").is_some()
+            {
                 continue;
             }
             if let Some(target_port) = target_port(&port, &pod) {
@@ -89,7 +125,10 @@ fn service_port(svc: &Value, wanted: Option<&Value>) -> Option<Value> {
         .iter()
         .find(|p| match wanted {
             Some(Value::Number(n)) => p.get("port") == Some(&Value::Number(n.clone())),
-            Some(Value::String(s)) => p.get("name").and_then(Value::as_str) == Some(s) || p.get("port").map(|x| x.to_string()) == Some(s.clone()),
+            Some(Value::String(s)) => {
+                p.get("name").and_then(Value::as_str) == Some(s)
+                    || p.get("port").map(|x| x.to_string()) == Some(s.clone())
+            }
             _ => false,
         })
         .cloned()
@@ -102,7 +141,12 @@ fn target_port(port: &Value, pod: &Value) -> Option<u16> {
             .pointer("/spec/containers")?
             .as_array()?
             .iter()
-            .flat_map(|c| c.get("ports").and_then(Value::as_array).cloned().unwrap_or_default())
+            .flat_map(|c| {
+                c.get("ports")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+            })
             .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
             .and_then(|p| p.get("containerPort")?.as_u64())
             .map(|n| n as u16),
@@ -114,8 +158,14 @@ fn reconcile(store: &Store, elb: &Arc<Elb>, registered: &mut Targets) {
     let desired = desired_targets(store);
     for (arn, want) in &desired {
         let have = registered.entry(arn.clone()).or_default();
-        let add: Vec<(String, Option<u16>)> = want.difference(have).map(|(ip, p)| (ip.clone(), Some(*p))).collect();
-        let remove: Vec<(String, Option<u16>)> = have.difference(want).map(|(ip, p)| (ip.clone(), Some(*p))).collect();
+        let add: Vec<(String, Option<u16>)> = want
+            .difference(have)
+            .map(|(ip, p)| (ip.clone(), Some(*p)))
+            .collect();
+        let remove: Vec<(String, Option<u16>)> = have
+            .difference(want)
+            .map(|(ip, p)| (ip.clone(), Some(*p)))
+            .collect();
         if !add.is_empty() && elb.register(arn, &add).is_ok() {
             have.extend(add.into_iter().map(|(ip, p)| (ip, p.unwrap_or(0))));
         }
@@ -127,7 +177,8 @@ fn reconcile(store: &Store, elb: &Arc<Elb>, registered: &mut Targets) {
     }
     for (arn, have) in registered.iter_mut() {
         if !desired.contains_key(arn) && !have.is_empty() {
-            let remove: Vec<(String, Option<u16>)> = have.iter().map(|(ip, p)| (ip.clone(), Some(*p))).collect();
+            let remove: Vec<(String, Option<u16>)> =
+                have.iter().map(|(ip, p)| (ip.clone(), Some(*p))).collect();
             let _ = elb.deregister(arn, &remove);
             have.clear();
         }

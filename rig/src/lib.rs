@@ -3,14 +3,14 @@
 
 pub mod apiserver;
 pub mod certs;
-pub mod elb;
 pub mod demo;
 pub mod deploy;
+pub mod elb;
 pub mod kubelet;
 pub mod lbc;
 pub mod load;
 pub mod readygate;
 pub mod rig;
 pub mod stage;
-pub mod timeline;
 pub mod time;
+pub mod timeline;

@@ -37,7 +37,8 @@ impl Load {
         let s2 = samples.clone();
         let started = Instant::now();
         let task = tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+            let mut ticker =
+                tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut inflight = tokio::task::JoinSet::new();
             while started.elapsed() < max {
@@ -51,12 +52,21 @@ impl Load {
                         Ok((status, pod)) => (Ok(status), pod),
                         Err(e) => (Err(e), None),
                     };
-                    s.lock().expect("samples lock").push(Sample { at, latency, outcome, pod });
+                    s.lock().expect("samples lock").push(Sample {
+                        at,
+                        latency,
+                        outcome,
+                        pod,
+                    });
                 });
                 while inflight.try_join_next().is_some() {}
             }
         });
-        Self { samples, task, started }
+        Self {
+            samples,
+            task,
+            started,
+        }
     }
 
     /// Stops sending, waits for requests in flight (bounded), and returns every sample in
@@ -74,16 +84,33 @@ impl Load {
 
 async fn get(addr: SocketAddr) -> Result<(u16, Option<String>), String> {
     let exchange = async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.map_err(|e| e.to_string())?;
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .map_err(|e| e.to_string())?;
         let conn = tokio::spawn(conn);
-        let req = hyper::Request::get("/").header("host", "web").body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+        let req = hyper::Request::get("/")
+            .header("host", "web")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
-        let pod = resp.headers().get("x-pod").and_then(|v| v.to_str().ok()).map(String::from);
-        resp.into_body().collect().await.map_err(|e| e.to_string())?;
+        let pod = resp
+            .headers()
+            .get("x-pod")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
+        resp.into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
         conn.abort();
         Ok((status, pod))
     };
-    tokio::time::timeout(Duration::from_secs(5), exchange).await.map_err(|_| "timeout".to_string())?
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| "timeout".to_string())?
 }

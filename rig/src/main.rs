@@ -9,7 +9,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "rig", about = "A local cluster and load balancer on loopback that proves readygate's zero-downtime rollouts")]
+#[command(
+    name = "rig",
+    about = "A local cluster and load balancer on loopback that proves readygate's zero-downtime rollouts"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -48,9 +51,13 @@ struct DemoArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    rustls::crypto::aws_lc_rs::default_provider().install_default().map_err(|_| anyhow::anyhow!("installing the rustls crypto provider"))?;
+    rustls::crypto::aws_lc_rs::default_provider()
+        .install_default()
+        .map_err(|_| anyhow::anyhow!("installing the rustls crypto provider"))?;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let Command::Demo(args) = Cli::parse().command;
@@ -59,8 +66,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
-    let bin = rig::readygate::find_binary(args.readygate_bin.as_deref())
-        .context("the readygate binary was not found: build it (cargo build) or pass --readygate-bin")?;
+    let bin = rig::readygate::find_binary(args.readygate_bin.as_deref()).context(
+        "the readygate binary was not found: build it (cargo build) or pass --readygate-bin",
+    )?;
     println!("readygate binary: {}", bin.display());
     let stage = Stage::start(&bin, &args.manifests, &args.readygate_args).await?;
     println!(
@@ -81,25 +89,45 @@ async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
     println!(
         "{} replicas, maxSurge 1, maxUnavailable 0; start delay {} ms; health checks every {:?}, healthy after {}; \
          the listener keeps routing to a deregistered target for {:?}, covered by a {} s preStop sleep; {} requests/s\n",
-        options.replicas, args.start_delay_ms, c.interval, c.healthy_threshold, c.elb.deregistration_lag, options.pre_stop_secs, options.rate
+        options.replicas,
+        args.start_delay_ms,
+        c.interval,
+        c.healthy_threshold,
+        c.elb.deregistration_lag,
+        options.pre_stop_secs,
+        options.rate
     );
     let print = |title: &str| {
         let title = title.to_string();
-        move |r: &rig::demo::RolloutResult| println!("[{title}] {}\n{}", summary_line(r), timeline_table(r))
+        move |r: &rig::demo::RolloutResult| {
+            println!("[{title}] {}\n{}", summary_line(r), timeline_table(r))
+        }
     };
     println!("== without readiness gates (namespace not labelled) ==");
     let ungated = run_mode(&stage.rig, "no-gates", false, &options, print("no gates")).await?;
-    println!("== with readygate (namespace labelled elbv2.k8s.aws/pod-readiness-gate-inject=enabled) ==");
+    println!(
+        "== with readygate (namespace labelled elbv2.k8s.aws/pod-readiness-gate-inject=enabled) =="
+    );
     let gated = run_mode(&stage.rig, "readygate", true, &options, print("readygate")).await?;
     stage.stop().await?;
+    println!(
+        "== Kubernetes API requests the rig received (all from readygate: the rig's own controllers use its store directly) ==\n{}",
+        rig::demo::api_summary(&stage.rig.api.requests())
+    );
     println!("== side by side ==\n{}", side_by_side(&ungated, &gated));
     let mut code = 0;
     if gated.ungated_new_pods() > 0 {
-        println!("FAIL: {} new pods in the labelled namespace got no readiness gate (is the webhook working?)", gated.ungated_new_pods());
+        println!(
+            "FAIL: {} new pods in the labelled namespace got no readiness gate (is the webhook working?)",
+            gated.ungated_new_pods()
+        );
         code = 1;
     }
     if !gated.all_complete() {
-        println!("FAIL: a gated rollout did not complete; readygate log tail:\n{}", stage.log_tail(30));
+        println!(
+            "FAIL: a gated rollout did not complete; readygate log tail:\n{}",
+            stage.log_tail(30)
+        );
         code = 1;
     }
     if gated.failed() > 0 {
@@ -107,7 +135,12 @@ async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
         code = 1;
     }
     if code == 0 {
-        println!("OK: readygate's rollouts lost no request ({} sent); without gates {} of {} failed", gated.sent(), ungated.failed(), ungated.sent());
+        println!(
+            "OK: readygate's rollouts lost no request ({} sent); without gates {} of {} failed",
+            gated.sent(),
+            ungated.failed(),
+            ungated.sent()
+        );
     }
     Ok(code)
 }

@@ -49,7 +49,11 @@ pub fn free_addr() -> SocketAddr {
 
 impl Readygate {
     pub async fn start(opts: ReadygateOpts) -> anyhow::Result<Self> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&opts.log).with_context(|| format!("opening {}", opts.log.display()))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&opts.log)
+            .with_context(|| format!("opening {}", opts.log.display()))?;
         let mut cmd = tokio::process::Command::new(&opts.bin);
         cmd.arg("serve")
             .arg("--webhook-addr")
@@ -79,7 +83,9 @@ impl Readygate {
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true);
-        let child = cmd.spawn().with_context(|| format!("starting {}", opts.bin.display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", opts.bin.display()))?;
         let mut rg = Self { child, opts };
         rg.wait_ready(Duration::from_secs(30)).await?;
         Ok(rg)
@@ -94,13 +100,23 @@ impl Readygate {
         let client = crate::kubelet::reqwest_like::Client;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!("readygate exited during start-up ({status}); log:\n{}", self.log_tail(40));
+                bail!(
+                    "readygate exited during start-up ({status}); log:\n{}",
+                    self.log_tail(40)
+                );
             }
-            if client.get_ok(self.opts.admin_addr, "/readyz", Duration::from_millis(500)).await.is_ok() {
+            if client
+                .get_ok(self.opts.admin_addr, "/readyz", Duration::from_millis(500))
+                .await
+                .is_ok()
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("readygate not ready after {timeout:?}; log:\n{}", self.log_tail(40));
+                bail!(
+                    "readygate not ready after {timeout:?}; log:\n{}",
+                    self.log_tail(40)
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -109,8 +125,14 @@ impl Readygate {
     /// SIGTERM by PID, then SIGKILL if it has not exited within 10 s.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
-            if tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_ok() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+            if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+                .await
+                .is_ok()
+            {
                 return Ok(());
             }
         }

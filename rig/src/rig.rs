@@ -40,7 +40,10 @@ impl Default for RigConfig {
             healthy_threshold: 2,
             unhealthy_threshold: 2,
             deregistration_delay: Duration::from_secs(5),
-            elb: ElbConfig { deregistration_lag: Duration::from_millis(500), ..ElbConfig::default() },
+            elb: ElbConfig {
+                deregistration_lag: Duration::from_millis(500),
+                ..ElbConfig::default()
+            },
         }
     }
 }
@@ -76,28 +79,62 @@ impl Rig {
         let lbc = Lbc::start(store.clone(), elb.clone());
         let dir = tempfile::Builder::new().prefix("rig-").tempdir()?;
         std::fs::write(dir.path().join("kubeconfig"), api.kubeconfig())?;
-        Ok(Self { config, store, api, elb, elb_api, timeline, _kubelet: kubelet, _lbc: lbc, dir })
+        Ok(Self {
+            config,
+            store,
+            api,
+            elb,
+            elb_api,
+            timeline,
+            _kubelet: kubelet,
+            _lbc: lbc,
+            dir,
+        })
     }
 
     pub fn kubeconfig_path(&self) -> PathBuf {
         self.dir.path().join("kubeconfig")
     }
 
-    pub async fn create(&self, res: &'static resources::ResourceType, ns: &str, obj: Value) -> anyhow::Result<Value> {
-        Ok(self.store.create(res, ns, obj, &WriteOpts::default()).await?)
+    pub async fn create(
+        &self,
+        res: &'static resources::ResourceType,
+        ns: &str,
+        obj: Value,
+    ) -> anyhow::Result<Value> {
+        Ok(self
+            .store
+            .create(res, ns, obj, &WriteOpts::default())
+            .await?)
     }
 
     pub async fn namespace(&self, name: &str, gated: bool) -> anyhow::Result<()> {
-        let labels = if gated { json!({GATE_LABEL: "enabled"}) } else { json!({}) };
-        self.create(resources::namespaces(), "", json!({"metadata": {"name": name, "labels": labels}})).await?;
+        let labels = if gated {
+            json!({GATE_LABEL: "enabled"})
+        } else {
+            json!({})
+        };
+        self.create(
+            resources::namespaces(),
+            "",
+            json!({"metadata": {"name": name, "labels": labels}}),
+        )
+        .await?;
         Ok(())
     }
 
     /// Installs the MutatingWebhookConfiguration found under `manifests`, with its service
     /// resolved to `webhook` and `ca_pem` as caBundle. Returns the service name and namespace
     /// the serving certificate must carry.
-    pub fn install_webhook(&self, manifests: &Path, webhook: SocketAddr, ca_pem: &str) -> anyhow::Result<Arc<Admission>> {
-        let admission = Arc::new(Admission::from_manifests(manifests, ca_pem, &|_, _, _| Some(webhook))?);
+    pub fn install_webhook(
+        &self,
+        manifests: &Path,
+        webhook: SocketAddr,
+        ca_pem: &str,
+    ) -> anyhow::Result<Arc<Admission>> {
+        let admission = Arc::new(Admission::from_manifests(manifests, ca_pem, &|_, _, _| {
+            Some(webhook)
+        })?);
         self.store.set_admission(Some(admission.clone()));
         Ok(admission)
     }
@@ -119,7 +156,10 @@ impl Rig {
         spec.unhealthy_threshold = self.config.unhealthy_threshold;
         spec.health_check_path = LB_HEALTH_PATH.into();
         spec.deregistration_delay = self.config.deregistration_delay;
-        let arn = self.elb.create_target_group(spec).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let arn = self
+            .elb
+            .create_target_group(spec)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         self.create(
             resources::target_group_bindings(),
             namespace,
@@ -127,8 +167,19 @@ impl Rig {
                 "spec": {"targetGroupARN": arn, "targetType": "ip", "serviceRef": {"name": name, "port": 80}}}),
         )
         .await?;
-        let listener = Listener::start(self.elb.clone(), &format!("{namespace}-{name}"), &arn, "127.0.0.1:0".parse()?).await?;
-        Ok(App { namespace: namespace.into(), name: name.into(), arn, listener })
+        let listener = Listener::start(
+            self.elb.clone(),
+            &format!("{namespace}-{name}"),
+            &arn,
+            "127.0.0.1:0".parse()?,
+        )
+        .await?;
+        Ok(App {
+            namespace: namespace.into(),
+            name: name.into(),
+            arn,
+            listener,
+        })
     }
 }
 
@@ -136,7 +187,12 @@ impl Rig {
 /// has a readiness probe (every 100 ms: time compressed like the health checks) and a preStop
 /// sleep covering the load balancer's propagation delay; rolled one pod at a time (maxSurge 1,
 /// maxUnavailable 0: Kubernetes' defaults for 3 replicas).
-pub fn web_deployment(app: &App, replicas: usize, start_delay: Duration, pre_stop_secs: u64) -> Deployment {
+pub fn web_deployment(
+    app: &App,
+    replicas: usize,
+    start_delay: Duration,
+    pre_stop_secs: u64,
+) -> Deployment {
     Deployment {
         name: app.name.clone(),
         namespace: app.namespace.clone(),
@@ -164,6 +220,8 @@ pub fn web_deployment(app: &App, replicas: usize, start_delay: Duration, pre_sto
 /// The readygate service the webhook configuration names (`clientConfig.service`).
 pub fn webhook_service(manifests: &Path) -> anyhow::Result<(String, String)> {
     let doc = find_webhook_configuration(manifests)?;
-    let svc = doc.pointer("/webhooks/0/clientConfig/service").context("the webhook has no clientConfig.service")?;
+    let svc = doc
+        .pointer("/webhooks/0/clientConfig/service")
+        .context("the webhook has no clientConfig.service")?;
     Ok((str_at(svc, "/name"), str_at(svc, "/namespace")))
 }

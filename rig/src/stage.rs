@@ -17,7 +17,11 @@ pub struct Stage {
 }
 
 impl Stage {
-    pub async fn start(bin: &Path, manifests: &Path, readygate_args: &[String]) -> anyhow::Result<Self> {
+    pub async fn start(
+        bin: &Path,
+        manifests: &Path,
+        readygate_args: &[String],
+    ) -> anyhow::Result<Self> {
         let rig = Rig::start(RigConfig::default()).await?;
         let (service, service_ns) = webhook_service(manifests)?;
         let certs = Certs::for_service(&service, &service_ns)?;
@@ -40,7 +44,11 @@ impl Stage {
             extra_args: readygate_args.to_vec(),
         };
         let readygate = Readygate::start(opts).await?;
-        Ok(Self { rig, readygate: Arc::new(Mutex::new(Some(readygate))), admission })
+        Ok(Self {
+            rig,
+            readygate: Arc::new(Mutex::new(Some(readygate))),
+            admission,
+        })
     }
 
     pub fn log_path(&self) -> PathBuf {

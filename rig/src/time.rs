@@ -2,17 +2,23 @@
 
 /// `metav1.Time`: RFC 3339, second precision.
 pub fn now_time() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// `metav1.MicroTime`: RFC 3339, microsecond precision.
 pub fn now_micro() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
+        .to_string()
 }
 
 /// `metav1.Time` `secs` seconds from now.
 pub fn time_in(secs: i64) -> String {
-    (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(secs)).strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(secs))
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// A random RFC 4122 version-4 UUID, as the API server assigns to `metadata.uid`.

@@ -79,7 +79,10 @@ impl Drop for Timeline {
 fn condition_true(pod: &Value, pred: impl Fn(&str) -> bool) -> bool {
     pod.pointer("/status/conditions")
         .and_then(Value::as_array)
-        .is_some_and(|cs| cs.iter().any(|c| c["status"] == "True" && c["type"].as_str().is_some_and(&pred)))
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["status"] == "True" && c["type"].as_str().is_some_and(&pred))
+        })
 }
 
 impl Timeline {
@@ -99,7 +102,9 @@ impl Timeline {
                 }
                 let now = Instant::now();
                 let mut pods = p.lock().expect("timeline lock");
-                let t = pods.entry((c.namespace.clone(), c.name.clone())).or_default();
+                let t = pods
+                    .entry((c.namespace.clone(), c.name.clone()))
+                    .or_default();
                 let o = &c.object;
                 t.namespace.clone_from(&c.namespace);
                 t.name.clone_from(&c.name);
@@ -156,10 +161,19 @@ impl Timeline {
                 }
             }
         });
-        Self { pods, tasks: vec![watch_pods, watch_targets] }
+        Self {
+            pods,
+            tasks: vec![watch_pods, watch_targets],
+        }
     }
 
     pub fn pods(&self, namespace: &str) -> Vec<PodTimeline> {
-        self.pods.lock().expect("timeline lock").values().filter(|t| t.namespace == namespace).cloned().collect()
+        self.pods
+            .lock()
+            .expect("timeline lock")
+            .values()
+            .filter(|t| t.namespace == namespace)
+            .cloned()
+            .collect()
     }
 }

@@ -15,12 +15,21 @@ use std::time::Duration;
 async fn start() -> (ApiServer, kube::Client, Arc<Store>) {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let store = Arc::new(Store::new());
-    let server = ApiServer::start(store.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let server = ApiServer::start(store.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let kubeconfig = kube::config::Kubeconfig::from_yaml(&server.kubeconfig()).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
     let client = kube::Client::try_from(config).unwrap();
     let ns: Api<Namespace> = Api::all(client.clone());
-    ns.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "app"}})).unwrap()).await.unwrap();
+    ns.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "app"}})).unwrap(),
+    )
+    .await
+    .unwrap();
     (server, client, store)
 }
 
@@ -39,66 +48,159 @@ fn pod(name: &str, labels: serde_json::Value) -> Pod {
 async fn crud_and_status_subresource_with_kube_rs() {
     let (_server, client, _store) = start().await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "app");
-    let created = pods.create(&PostParams::default(), &pod("web-1", json!({"app": "web"}))).await.unwrap();
+    let created = pods
+        .create(&PostParams::default(), &pod("web-1", json!({"app": "web"})))
+        .await
+        .unwrap();
     let uid = created.metadata.uid.clone().unwrap();
     assert!(created.metadata.creation_timestamp.is_some());
     assert_eq!(created.status.unwrap().phase.as_deref(), Some("Pending"));
 
-    let err = pods.create(&PostParams::default(), &pod("web-1", json!({}))).await.unwrap_err();
-    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 409 && s.reason == "AlreadyExists"), "{err:?}");
+    let err = pods
+        .create(&PostParams::default(), &pod("web-1", json!({})))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 409 && s.reason == "AlreadyExists"),
+        "{err:?}"
+    );
 
     // The status patch readygate sends: strategic merge, one condition, uid precondition.
     let patch = json!({"metadata": {"uid": uid}, "status": {"conditions": [{
         "type": "target-health.elbv2.k8s.aws/web", "status": "True", "reason": "Healthy", "message": "", "lastTransitionTime": "2025-01-01T00:00:00Z"
     }]}});
-    let patched = pods.patch_status("web-1", &PatchParams::default(), &Patch::Strategic(&patch)).await.unwrap();
+    let patched = pods
+        .patch_status("web-1", &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .unwrap();
     let conds = patched.status.unwrap().conditions.unwrap();
     assert_eq!(conds.len(), 1);
     assert_eq!(conds[0].status, "True");
 
     // A second condition merges by type; the first stays.
     let patch2 = json!({"status": {"conditions": [{"type": "Other", "status": "False"}]}});
-    let patched = pods.patch_status("web-1", &PatchParams::default(), &Patch::Strategic(&patch2)).await.unwrap();
+    let patched = pods
+        .patch_status("web-1", &PatchParams::default(), &Patch::Strategic(&patch2))
+        .await
+        .unwrap();
     assert_eq!(patched.status.unwrap().conditions.unwrap().len(), 2);
 
     // Status writes ignore spec; main-resource writes ignore status.
     let sneaky = json!({"spec": {"activeDeadlineSeconds": 5}, "status": {"phase": "Running"}});
-    let p = pods.patch_status("web-1", &PatchParams::default(), &Patch::Merge(&sneaky)).await.unwrap();
+    let p = pods
+        .patch_status("web-1", &PatchParams::default(), &Patch::Merge(&sneaky))
+        .await
+        .unwrap();
     assert_eq!(p.spec.as_ref().unwrap().active_deadline_seconds, None);
     assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Running"));
-    let p = pods.patch("web-1", &PatchParams::default(), &Patch::Merge(&json!({"status": {"phase": "Failed"}, "metadata": {"labels": {"x": "y"}}}))).await.unwrap();
+    let p = pods
+        .patch(
+            "web-1",
+            &PatchParams::default(),
+            &Patch::Merge(
+                &json!({"status": {"phase": "Failed"}, "metadata": {"labels": {"x": "y"}}}),
+            ),
+        )
+        .await
+        .unwrap();
     assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Running"));
     assert_eq!(p.metadata.labels.unwrap()["x"], "y");
 
     // A uid that is not the stored pod's is a 409, as with the real API server.
     let stale = json!({"metadata": {"uid": "00000000-0000-4000-8000-000000000000"}, "status": {"conditions": [{"type": "X", "status": "True"}]}});
-    let err = pods.patch_status("web-1", &PatchParams::default(), &Patch::Strategic(&stale)).await.unwrap_err();
-    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 409 && s.reason == "Conflict"), "{err:?}");
+    let err = pods
+        .patch_status("web-1", &PatchParams::default(), &Patch::Strategic(&stale))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 409 && s.reason == "Conflict"),
+        "{err:?}"
+    );
 
     // Missing pod: 404 Status.
-    let err = pods.patch_status("nope", &PatchParams::default(), &Patch::Strategic(&patch2)).await.unwrap_err();
-    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 404 && s.reason == "NotFound"), "{err:?}");
+    let err = pods
+        .patch_status("nope", &PatchParams::default(), &Patch::Strategic(&patch2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 404 && s.reason == "NotFound"),
+        "{err:?}"
+    );
 
     // Readiness gates are fixed at creation: 422.
     let gates = json!({"spec": {"readinessGates": [{"conditionType": "x"}]}});
-    let err = pods.patch("web-1", &PatchParams::default(), &Patch::Strategic(&gates)).await.unwrap_err();
-    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 422 && s.reason == "Invalid"), "{err:?}");
+    let err = pods
+        .patch("web-1", &PatchParams::default(), &Patch::Strategic(&gates))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 422 && s.reason == "Invalid"),
+        "{err:?}"
+    );
 
     // JSON patch, with a failing test op.
-    let jp: json_patch::Patch = serde_json::from_value(json!([{"op": "add", "path": "/metadata/labels/tier", "value": "front"}])).unwrap();
-    let p = pods.patch("web-1", &PatchParams::default(), &Patch::Json::<()>(jp)).await.unwrap();
+    let jp: json_patch::Patch = serde_json::from_value(
+        json!([{"op": "add", "path": "/metadata/labels/tier", "value": "front"}]),
+    )
+    .unwrap();
+    let p = pods
+        .patch("web-1", &PatchParams::default(), &Patch::Json::<()>(jp))
+        .await
+        .unwrap();
     assert_eq!(p.metadata.labels.unwrap()["tier"], "front");
 
     // Label selectors on list.
-    pods.create(&PostParams::default(), &pod("db-1", json!({"app": "db"}))).await.unwrap();
-    let names = |l: kube::core::ObjectList<Pod>| l.items.into_iter().map(|p| p.metadata.name.unwrap()).collect::<Vec<_>>();
-    assert_eq!(names(pods.list(&ListParams::default().labels("app=web")).await.unwrap()), ["web-1"]);
-    assert_eq!(names(pods.list(&ListParams::default().labels("app in (db,cache)")).await.unwrap()), ["db-1"]);
-    assert_eq!(names(pods.list(&ListParams::default().labels("app notin (db),tier")).await.unwrap()), ["web-1"]);
-    assert_eq!(names(pods.list(&ListParams::default().fields("metadata.name=db-1")).await.unwrap()), ["db-1"]);
+    pods.create(&PostParams::default(), &pod("db-1", json!({"app": "db"})))
+        .await
+        .unwrap();
+    let names = |l: kube::core::ObjectList<Pod>| {
+        l.items
+            .into_iter()
+            .map(|p| p.metadata.name.unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(
+            pods.list(&ListParams::default().labels("app=web"))
+                .await
+                .unwrap()
+        ),
+        ["web-1"]
+    );
+    assert_eq!(
+        names(
+            pods.list(&ListParams::default().labels("app in (db,cache)"))
+                .await
+                .unwrap()
+        ),
+        ["db-1"]
+    );
+    assert_eq!(
+        names(
+            pods.list(&ListParams::default().labels("app notin (db),tier"))
+                .await
+                .unwrap()
+        ),
+        ["web-1"]
+    );
+    assert_eq!(
+        names(
+            pods.list(&ListParams::default().fields("metadata.name=db-1"))
+                .await
+                .unwrap()
+        ),
+        ["db-1"]
+    );
     let page = pods.list(&ListParams::default().limit(1)).await.unwrap();
     assert_eq!(page.items.len(), 1);
-    let rest = pods.list(&ListParams::default().limit(1).continue_token(page.metadata.continue_.as_deref().unwrap())).await.unwrap();
+    let rest = pods
+        .list(
+            &ListParams::default()
+                .limit(1)
+                .continue_token(page.metadata.continue_.as_deref().unwrap()),
+        )
+        .await
+        .unwrap();
     assert_eq!(rest.items.len(), 1);
     assert_ne!(page.items[0].metadata.name, rest.items[0].metadata.name);
 
@@ -106,46 +208,103 @@ async fn crud_and_status_subresource_with_kube_rs() {
     pods.delete("db-1", &DeleteParams::default()).await.unwrap();
     let terminating = pods.get("db-1").await.unwrap();
     assert!(terminating.metadata.deletion_timestamp.is_some());
-    pods.delete("db-1", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.unwrap();
+    pods.delete(
+        "db-1",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let err = pods.get("db-1").await.unwrap_err();
-    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 404), "{err:?}");
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 404),
+        "{err:?}"
+    );
 
     // Pods in a namespace that does not exist: 404.
-    let err = Api::<Pod>::namespaced(client.clone(), "ghost").create(&PostParams::default(), &pod("p", json!({}))).await.unwrap_err();
-    assert!(matches!(err, kube::Error::Api(ref s) if s.code == 404), "{err:?}");
+    let err = Api::<Pod>::namespaced(client.clone(), "ghost")
+        .create(&PostParams::default(), &pod("p", json!({})))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kube::Error::Api(ref s) if s.code == 404),
+        "{err:?}"
+    );
 }
-
 
 #[tokio::test]
 async fn kube_runtime_watchers_see_every_change() {
     let (_server, client, _store) = start().await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "app");
-    pods.create(&PostParams::default(), &pod("before", json!({"app": "web"}))).await.unwrap();
+    pods.create(
+        &PostParams::default(),
+        &pod("before", json!({"app": "web"})),
+    )
+    .await
+    .unwrap();
 
     // An all-namespaces watcher, as readygate runs them, plus a reflector store.
     let (reader, writer) = kube::runtime::reflector::store::<Pod>();
     let all: Api<Pod> = Api::all(client.clone());
-    let stream = kube::runtime::reflector(writer, watcher(all, watcher::Config::default().labels("app=web")))
-        .applied_objects()
-        .map_ok(|p| p.metadata.name.unwrap());
+    let stream = kube::runtime::reflector(
+        writer,
+        watcher(all, watcher::Config::default().labels("app=web")),
+    )
+    .applied_objects()
+    .map_ok(|p| p.metadata.name.unwrap());
     let mut stream = Box::pin(stream);
-    let first = tokio::time::timeout(Duration::from_secs(5), stream.try_next()).await.unwrap().unwrap().unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(first, "before");
 
-    pods.create(&PostParams::default(), &pod("after", json!({"app": "web"}))).await.unwrap();
-    pods.create(&PostParams::default(), &pod("other", json!({"app": "db"}))).await.unwrap();
-    let next = tokio::time::timeout(Duration::from_secs(5), stream.try_next()).await.unwrap().unwrap().unwrap();
+    pods.create(&PostParams::default(), &pod("after", json!({"app": "web"})))
+        .await
+        .unwrap();
+    pods.create(&PostParams::default(), &pod("other", json!({"app": "db"})))
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(next, "after");
     let patch = json!({"status": {"conditions": [{"type": "target-health.elbv2.k8s.aws/web", "status": "True"}]}});
-    pods.patch_status("after", &PatchParams::default(), &Patch::Strategic(&patch)).await.unwrap();
-    let next = tokio::time::timeout(Duration::from_secs(5), stream.try_next()).await.unwrap().unwrap().unwrap();
+    pods.patch_status("after", &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(next, "after");
-    assert_eq!(reader.state().len(), 2, "the selector keeps db pods out of the cache");
-    let cached = reader.get(&kube::runtime::reflector::ObjectRef::new("after").within("app")).unwrap();
-    assert_eq!(cached.status.as_ref().unwrap().conditions.as_ref().unwrap()[0].status, "True");
+    assert_eq!(
+        reader.state().len(),
+        2,
+        "the selector keeps db pods out of the cache"
+    );
+    let cached = reader
+        .get(&kube::runtime::reflector::ObjectRef::new("after").within("app"))
+        .unwrap();
+    assert_eq!(
+        cached.status.as_ref().unwrap().conditions.as_ref().unwrap()[0].status,
+        "True"
+    );
 
     // Relabelled out of the selector: the watch says DELETED and the cache drops it.
-    pods.patch("before", &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"labels": {"app": "old"}}}))).await.unwrap();
+    pods.patch(
+        "before",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"labels": {"app": "old"}}})),
+    )
+    .await
+    .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let drain = tokio::spawn(async move { while stream.try_next().await.is_ok() {} });
     while reader.state().len() != 1 && tokio::time::Instant::now() < deadline {
@@ -155,10 +314,16 @@ async fn kube_runtime_watchers_see_every_change() {
     drain.abort();
 
     // Streaming lists (sendInitialEvents) work too.
-    let streaming = watcher(Api::<Pod>::namespaced(client, "app"), watcher::Config::default().streaming_lists());
+    let streaming = watcher(
+        Api::<Pod>::namespaced(client, "app"),
+        watcher::Config::default().streaming_lists(),
+    );
     let mut events = Box::pin(streaming);
     let mut seen = Vec::new();
-    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(5), events.try_next()).await.unwrap() {
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(5), events.try_next())
+        .await
+        .unwrap()
+    {
         match ev {
             watcher::Event::InitApply(p) => seen.push(p.metadata.name.unwrap()),
             watcher::Event::InitDone => break,
@@ -173,7 +338,10 @@ async fn kube_runtime_watchers_see_every_change() {
 async fn events_recorder_creates_then_patches_a_series() {
     let (server, client, _store) = start().await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "app");
-    let p = pods.create(&PostParams::default(), &pod("web-1", json!({}))).await.unwrap();
+    let p = pods
+        .create(&PostParams::default(), &pod("web-1", json!({})))
+        .await
+        .unwrap();
     let recorder = kube::runtime::events::Recorder::new(client.clone(), "readygate".into());
     let ev = kube::runtime::events::Event {
         type_: kube::runtime::events::EventType::Normal,
@@ -192,7 +360,10 @@ async fn events_recorder_creates_then_patches_a_series() {
     assert_eq!(list.items[0].series.as_ref().unwrap().count, 2);
     let reqs = server.requests();
     assert!(reqs.iter().any(|r| r.method == "POST" && r.path == "/apis/events.k8s.io/v1/namespaces/app/events"));
-    assert!(reqs.iter().any(|r| r.method == "PATCH" && r.content_type == "application/merge-patch+json"));
+    assert!(
+        reqs.iter()
+            .any(|r| r.method == "PATCH" && r.content_type == "application/merge-patch+json")
+    );
 }
 
 #[tokio::test]
@@ -223,9 +394,18 @@ async fn lease_manager_elects_one_leader_with_server_side_apply() {
     let (b_rx, b_task) = b.watch().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!*b_rx.borrow(), "b is not leader while a holds the lease");
-    let lease: Lease = Api::namespaced(client.clone(), "app").get("readygate").await.unwrap();
+    let lease: Lease = Api::namespaced(client.clone(), "app")
+        .get("readygate")
+        .await
+        .unwrap();
     assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("a"));
-    assert!(server.requests().iter().any(|r| r.content_type == "application/apply-patch+yaml"), "lease manager used server-side apply");
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|r| r.content_type == "application/apply-patch+yaml"),
+        "lease manager used server-side apply"
+    );
 
     // The leader steps down; b takes over.
     drop(a_rx);

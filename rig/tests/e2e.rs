@@ -4,7 +4,9 @@
 mod common;
 
 use rig::apiserver::resources;
-use rig::demo::{Interlude, ModeOptions, deploy, measured_rollout, run_mode, summary_line, timeline_table};
+use rig::demo::{
+    Interlude, ModeOptions, deploy, measured_rollout, run_mode, summary_line, timeline_table,
+};
 use rig::kubelet::LB_HEALTH_ANNOTATION;
 use rig::readygate::find_binary;
 use rig::stage::Stage;
@@ -12,16 +14,19 @@ use rig::timeline::Milestone;
 use serde_json::Value;
 use std::time::Duration;
 
-/// The scenarios share the machine's two cores with readygate and the pods: one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 async fn stage() -> Option<Stage> {
     common::crypto();
     let Some(bin) = find_binary(None) else {
-        println!("SKIPPED: the readygate binary is not built (run `cargo build` at the repository root, or set READYGATE_BIN)");
+        println!(
+            "SKIPPED: the readygate binary is not built (run `cargo build` at the repository root, or set READYGATE_BIN)"
+        );
         return None;
     };
-    Some(Stage::start(&bin, &common::manifests_dir(), &[]).await.expect("starting the rig and readygate"))
+    Some(
+        Stage::start(&bin, &common::manifests_dir(), &[])
+            .await
+            .expect("starting the rig and readygate"),
+    )
 }
 
 fn report(r: &rig::demo::RolloutResult) {
@@ -30,39 +35,81 @@ fn report(r: &rig::demo::RolloutResult) {
 
 #[tokio::test]
 async fn gated_rollouts_lose_no_request_three_times_in_a_row() {
-    let _serial = SERIAL.lock().await;
+    let _serial = common::exclusive().await; // one rollout scenario at a time on this machine
     let Some(stage) = stage().await else { return };
-    let options = ModeOptions { rollouts: 3, ..ModeOptions::default() };
-    let mode = run_mode(&stage.rig, "gated", true, &options, report).await.unwrap();
+    let options = ModeOptions {
+        rollouts: 3,
+        ..ModeOptions::default()
+    };
+    let mode = run_mode(&stage.rig, "gated", true, &options, report)
+        .await
+        .unwrap();
     stage.stop().await.unwrap();
-    assert_eq!(mode.ungated_new_pods(), 0, "the webhook gave every new pod its gate");
+    assert_eq!(
+        mode.ungated_new_pods(),
+        0,
+        "the webhook gave every new pod its gate"
+    );
     for r in &mode.rollouts {
-        assert!(r.rollout.complete(), "rollout to {} completed; readygate log:\n{}", r.revision, stage.log_tail(30));
-        assert_eq!(r.failed(), 0, "rollout to {} lost requests: {:?}", r.revision, r.failure_kinds());
+        assert!(
+            r.rollout.complete(),
+            "rollout to {} completed; readygate log:\n{}",
+            r.revision,
+            stage.log_tail(30)
+        );
+        assert_eq!(
+            r.failed(),
+            0,
+            "rollout to {} lost requests: {:?}",
+            r.revision,
+            r.failure_kinds()
+        );
         assert!(r.sent() > 200);
         for p in r.pods.iter().filter(|p| p.revision == r.revision) {
-            let (healthy, gate, ready) = (p.at[&Milestone::ElbHealthy], p.at[&Milestone::GateTrue], p.at[&Milestone::Ready]);
-            assert!(gate >= healthy, "{}: gate True only once the load balancer says healthy", p.name);
-            assert!(ready >= gate, "{}: Ready only once the gate is True", p.name);
+            let (healthy, gate, ready) = (
+                p.at[&Milestone::ElbHealthy],
+                p.at[&Milestone::GateTrue],
+                p.at[&Milestone::Ready],
+            );
+            assert!(
+                gate >= healthy,
+                "{}: gate True only once the load balancer says healthy",
+                p.name
+            );
+            assert!(
+                ready >= gate,
+                "{}: Ready only once the gate is True",
+                p.name
+            );
         }
     }
 }
 
 #[tokio::test]
 async fn an_ungated_rollout_loses_requests() {
-    let _serial = SERIAL.lock().await;
+    let _serial = common::exclusive().await; // one rollout scenario at a time on this machine
     let Some(stage) = stage().await else { return };
-    let mode = run_mode(&stage.rig, "plain", false, &ModeOptions::default(), report).await.unwrap();
+    let mode = run_mode(&stage.rig, "plain", false, &ModeOptions::default(), report)
+        .await
+        .unwrap();
     stage.stop().await.unwrap();
     let r = &mode.rollouts[0];
     assert!(r.rollout.complete());
     assert!(r.failed() > 0, "without gates the rig must see downtime");
-    assert_eq!(mode.rollouts[0].pods.iter().filter(|p| !p.gates.is_empty()).count(), 0, "no gates outside labelled namespaces");
+    assert_eq!(
+        mode.rollouts[0]
+            .pods
+            .iter()
+            .filter(|p| !p.gates.is_empty())
+            .count(),
+        0,
+        "no gates outside labelled namespaces"
+    );
 }
 
 #[tokio::test]
 async fn readygate_restarted_mid_rollout_still_loses_nothing() {
-    let _serial = SERIAL.lock().await;
+    let _serial = common::exclusive().await; // one rollout scenario at a time on this machine
     let Some(stage) = stage().await else { return };
     let rig = &stage.rig;
     rig.namespace("gated", true).await.unwrap();
@@ -81,18 +128,32 @@ async fn readygate_restarted_mid_rollout_still_loses_nothing() {
             *slot = Some(old.restart().await.expect("restarting readygate"));
         }),
     };
-    let r = measured_rollout(rig, &app, &dep, "v2", "v1", o.rate, o.timeout, Some(restart)).await;
+    let r = measured_rollout(
+        rig,
+        &app,
+        &dep,
+        "v2",
+        "v1",
+        o.rate,
+        o.timeout,
+        Some(restart),
+    )
+    .await;
     report(&r);
     let second_pid = stage.readygate.lock().await.as_ref().and_then(|r| r.pid());
     stage.stop().await.unwrap();
     assert_ne!(first_pid, second_pid, "readygate was restarted");
-    assert!(r.rollout.complete(), "readygate log:\n{}", stage.log_tail(30));
+    assert!(
+        r.rollout.complete(),
+        "readygate log:\n{}",
+        stage.log_tail(30)
+    );
     assert_eq!(r.failed(), 0, "{:?}", r.failure_kinds());
 }
 
 #[tokio::test]
 async fn a_pod_whose_target_never_turns_healthy_keeps_the_rollout_waiting() {
-    let _serial = SERIAL.lock().await;
+    let _serial = common::exclusive().await; // one rollout scenario at a time on this machine
     let Some(stage) = stage().await else { return };
     let rig = &stage.rig;
     rig.namespace("gated", true).await.unwrap();
@@ -103,15 +164,35 @@ async fn a_pod_whose_target_never_turns_healthy_keeps_the_rollout_waiting() {
     deploy(rig, &app, &dep, "v1").await.unwrap();
     // The new revision passes its readiness probe but fails the load balancer's health check.
     dep.template["metadata"]["annotations"][LB_HEALTH_ANNOTATION] = "fail".into();
-    let r = measured_rollout(rig, &app, &dep, "v2", "v1", o.rate, Duration::from_secs(10), None).await;
+    let r = measured_rollout(
+        rig,
+        &app,
+        &dep,
+        "v2",
+        "v1",
+        o.rate,
+        Duration::from_secs(10),
+        None,
+    )
+    .await;
     report(&r);
     stage.stop().await.unwrap();
     assert!(!r.rollout.complete(), "the rollout must wait");
-    assert_eq!((r.rollout.new_pods, r.rollout.new_ready, r.rollout.old_pods), (1, 0, 3), "one surge pod, not Ready; every old pod kept");
+    assert_eq!(
+        (r.rollout.new_pods, r.rollout.new_ready, r.rollout.old_pods),
+        (1, 0, 3),
+        "one surge pod, not Ready; every old pod kept"
+    );
     assert_eq!(r.failed(), 0, "{:?}", r.failure_kinds());
     let new_pod = r.pods.iter().find(|p| p.revision == "v2").unwrap();
-    assert!(new_pod.at.contains_key(&Milestone::ContainersReady) && !new_pod.at.contains_key(&Milestone::Ready));
-    let pod = rig.store.get(resources::pods(), "gated", &new_pod.name).unwrap();
+    assert!(
+        new_pod.at.contains_key(&Milestone::ContainersReady)
+            && !new_pod.at.contains_key(&Milestone::Ready)
+    );
+    let pod = rig
+        .store
+        .get(resources::pods(), "gated", &new_pod.name)
+        .unwrap();
     let gate = pod["status"]["conditions"]
         .as_array()
         .unwrap()
@@ -119,6 +200,12 @@ async fn a_pod_whose_target_never_turns_healthy_keeps_the_rollout_waiting() {
         .find(|c| c["type"] == "target-health.elbv2.k8s.aws/web")
         .cloned()
         .unwrap_or(Value::Null);
-    assert_eq!(gate["status"], "False", "the gate condition is written, and False: {gate}");
-    assert_eq!(gate["reason"], "Target.ResponseCodeMismatch", "with the load balancer's reason: {gate}");
+    assert_eq!(
+        gate["status"], "False",
+        "the gate condition is written, and False: {gate}"
+    );
+    assert_eq!(
+        gate["reason"], "Target.ResponseCodeMismatch",
+        "with the load balancer's reason: {gate}"
+    );
 }

@@ -27,14 +27,29 @@ async fn backend(ip: [u8; 4], name: &'static str) -> Backend {
     let healthy = Arc::new(AtomicBool::new(true));
     let h = healthy.clone();
     let app = axum::Router::new()
-        .route("/health", axum::routing::get(move || async move { if h.load(Ordering::SeqCst) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE } }))
+        .route(
+            "/health",
+            axum::routing::get(move || async move {
+                if h.load(Ordering::SeqCst) {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            }),
+        )
         .fallback(move || async move { name });
-    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::from(ip), 0)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::from(ip), 0))
+        .await
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    Backend { addr, healthy, _task: task }
+    Backend {
+        addr,
+        healthy,
+        _task: task,
+    }
 }
 
 fn spec(name: &str, port: u16) -> GroupSpec {
@@ -56,7 +71,10 @@ async fn health(q: &QueryClient, arn: &str, targets: &[(&str, u16)]) -> Answer {
 
 fn states(a: &Answer) -> Vec<(String, Option<String>)> {
     match a {
-        Answer::TargetHealth(t) => t.iter().map(|(_, _, s, r)| (s.clone(), r.clone())).collect(),
+        Answer::TargetHealth(t) => t
+            .iter()
+            .map(|(_, _, s, r)| (s.clone(), r.clone()))
+            .collect(),
         other => panic!("{other:?}"),
     }
 }
@@ -65,26 +83,44 @@ fn states(a: &Answer) -> Vec<(String, Option<String>)> {
 async fn health_checks_drive_initial_healthy_unhealthy_and_draining() {
     let b = backend([127, 0, 250, 1], "b").await;
     let elb = Elb::new(ElbConfig::default());
-    let server = QueryServer::start(elb.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let server = QueryServer::start(elb.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let q = QueryClient::new(server.addr);
     let arn = elb.create_target_group(spec("web", b.addr.port())).unwrap();
-    let _lb = Listener::start(elb.clone(), "web", &arn, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let _lb = Listener::start(elb.clone(), "web", &arn, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let ip = b.addr.ip().to_string();
     let t = [(ip.as_str(), b.addr.port())];
 
     let registered = Instant::now();
     let tp = targets_params(&t);
-    let params: Vec<(&str, String)> = std::iter::once(("TargetGroupArn", arn.clone())).chain(tp.iter().map(|(k, v)| (k.as_str(), v.clone()))).collect();
-    assert_eq!(q.answer("RegisterTargets", &params).await.unwrap(), Answer::Done("RegisterTargets".into()));
-    assert_eq!(states(&health(&q, &arn, &[]).await), [("initial".into(), Some("Elb.RegistrationInProgress".into()))]);
+    let params: Vec<(&str, String)> = std::iter::once(("TargetGroupArn", arn.clone()))
+        .chain(tp.iter().map(|(k, v)| (k.as_str(), v.clone())))
+        .collect();
+    assert_eq!(
+        q.answer("RegisterTargets", &params).await.unwrap(),
+        Answer::Done("RegisterTargets".into())
+    );
+    assert_eq!(
+        states(&health(&q, &arn, &[]).await),
+        [("initial".into(), Some("Elb.RegistrationInProgress".into()))]
+    );
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    assert_eq!(states(&health(&q, &arn, &[]).await), [("initial".into(), Some("Elb.InitialHealthChecking".into()))]);
+    assert_eq!(
+        states(&health(&q, &arn, &[]).await),
+        [("initial".into(), Some("Elb.InitialHealthChecking".into()))]
+    );
     while states(&health(&q, &arn, &[]).await)[0].0 != "healthy" {
         assert!(registered.elapsed() < Duration::from_secs(4));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let took = registered.elapsed();
-    assert!(took >= Duration::from_secs(2), "healthy after interval × healthy threshold, not before: {took:?}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "healthy after interval × healthy threshold, not before: {took:?}"
+    );
 
     b.healthy.store(false, Ordering::SeqCst);
     let failing = Instant::now();
@@ -92,22 +128,49 @@ async fn health_checks_drive_initial_healthy_unhealthy_and_draining() {
         assert!(failing.elapsed() < Duration::from_secs(4));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(states(&health(&q, &arn, &[]).await), [("unhealthy".into(), Some("Target.ResponseCodeMismatch".into()))]);
+    assert_eq!(
+        states(&health(&q, &arn, &[]).await),
+        [(
+            "unhealthy".into(),
+            Some("Target.ResponseCodeMismatch".into())
+        )]
+    );
 
     // Explicitly asked, not registered: unused / Target.NotRegistered.
-    assert_eq!(states(&health(&q, &arn, &[("127.0.250.99", 80)]).await), [("unused".into(), Some("Target.NotRegistered".into()))]);
+    assert_eq!(
+        states(&health(&q, &arn, &[("127.0.250.99", 80)]).await),
+        [("unused".into(), Some("Target.NotRegistered".into()))]
+    );
 
     // Deregistered: draining for the deregistration delay, then gone.
     q.answer("DeregisterTargets", &params).await.unwrap();
-    assert_eq!(states(&health(&q, &arn, &[]).await), [("draining".into(), Some("Target.DeregistrationInProgress".into()))]);
+    assert_eq!(
+        states(&health(&q, &arn, &[]).await),
+        [(
+            "draining".into(),
+            Some("Target.DeregistrationInProgress".into())
+        )]
+    );
     tokio::time::sleep(Duration::from_millis(2300)).await;
     assert_eq!(states(&health(&q, &arn, &[]).await), []);
 
     // Wrong ARN: TargetGroupNotFound, HTTP 400, Type Sender.
     let wrong = format!("{arn}0");
-    assert_eq!(health(&q, &wrong, &[]).await, Answer::Error(400, "Sender".into(), "TargetGroupNotFound".into()));
-    match q.answer("DescribeTargetGroups", &[("TargetGroupArns.member.1", arn.clone())]).await.unwrap() {
-        Answer::TargetGroups(g) => assert_eq!(g, [("web".into(), b.addr.port(), "ip".into(), 1, 2)]),
+    assert_eq!(
+        health(&q, &wrong, &[]).await,
+        Answer::Error(400, "Sender".into(), "TargetGroupNotFound".into())
+    );
+    match q
+        .answer(
+            "DescribeTargetGroups",
+            &[("TargetGroupArns.member.1", arn.clone())],
+        )
+        .await
+        .unwrap()
+    {
+        Answer::TargetGroups(g) => {
+            assert_eq!(g, [("web".into(), b.addr.port(), "ip".into(), 1, 2)])
+        }
         other => panic!("{other:?}"),
     }
     let calls = elb.calls();
@@ -118,47 +181,84 @@ async fn health_checks_drive_initial_healthy_unhealthy_and_draining() {
 #[tokio::test]
 async fn a_group_without_a_load_balancer_reports_unused_and_describes_are_throttled() {
     let b = backend([127, 0, 250, 2], "b").await;
-    let elb = Elb::new(ElbConfig { describe_budget: Some((3.0, 0.5)), ..Default::default() });
-    let server = QueryServer::start(elb.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let elb = Elb::new(ElbConfig {
+        describe_budget: Some((3.0, 0.5)),
+        ..Default::default()
+    });
+    let server = QueryServer::start(elb.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let q = QueryClient::new(server.addr);
-    let arn = elb.create_target_group(spec("lonely", b.addr.port())).unwrap();
-    elb.register(&arn, &[(b.addr.ip().to_string(), None)]).unwrap();
-    assert_eq!(states(&health(&q, &arn, &[]).await), [("unused".into(), Some("Target.NotInUse".into()))]);
-    assert!(matches!(health(&q, &arn, &[]).await, Answer::TargetHealth(_)));
-    assert!(matches!(health(&q, &arn, &[]).await, Answer::TargetHealth(_)));
-    assert_eq!(health(&q, &arn, &[]).await, Answer::Error(400, "Sender".into(), "Throttling".into()));
+    let arn = elb
+        .create_target_group(spec("lonely", b.addr.port()))
+        .unwrap();
+    elb.register(&arn, &[(b.addr.ip().to_string(), None)])
+        .unwrap();
+    assert_eq!(
+        states(&health(&q, &arn, &[]).await),
+        [("unused".into(), Some("Target.NotInUse".into()))]
+    );
+    assert!(matches!(
+        health(&q, &arn, &[]).await,
+        Answer::TargetHealth(_)
+    ));
+    assert!(matches!(
+        health(&q, &arn, &[]).await,
+        Answer::TargetHealth(_)
+    ));
+    assert_eq!(
+        health(&q, &arn, &[]).await,
+        Answer::Error(400, "Sender".into(), "Throttling".into())
+    );
 }
 
 async fn get(client: &str) -> (u16, String) {
     let addr: SocketAddr = client.trim_start_matches("http://").parse().unwrap();
     let exchange = async {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
         tokio::spawn(conn);
-        let req = hyper::Request::get("/").header("host", "lb").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
+        let req = hyper::Request::get("/")
+            .header("host", "lb")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
         let resp = sender.send_request(req).await.unwrap();
         let status = resp.status().as_u16();
         use http_body_util::BodyExt;
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned())
     };
-    tokio::time::timeout(Duration::from_secs(5), exchange).await.unwrap()
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
 async fn the_listener_routes_only_to_healthy_targets_fails_open_and_drains() {
     let a = backend([127, 0, 250, 3], "a").await;
     let b = backend([127, 0, 250, 4], "b").await;
-    let elb = Elb::new(ElbConfig { deregistration_lag: Duration::from_millis(800), ..Default::default() });
+    let elb = Elb::new(ElbConfig {
+        deregistration_lag: Duration::from_millis(800),
+        ..Default::default()
+    });
     let mut s = spec("route", a.addr.port());
     s.interval = Duration::from_millis(1000);
     let arn = elb.create_target_group(s).unwrap();
-    let lb = Listener::start(elb.clone(), "route", &arn, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let lb = Listener::start(elb.clone(), "route", &arn, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     assert_eq!(get(&lb.url()).await.0, 503, "nothing registered");
 
     let target = |b: &Backend| (b.addr.ip().to_string(), Some(b.addr.port()));
     elb.register(&arn, &[target(&a)]).unwrap();
-    assert_eq!(get(&lb.url()).await.0, 503, "an initial target gets no traffic");
+    assert_eq!(
+        get(&lb.url()).await.0,
+        503,
+        "an initial target gets no traffic"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while get(&lb.url()).await.0 != 200 {
         assert!(Instant::now() < deadline);
@@ -183,7 +283,10 @@ async fn the_listener_routes_only_to_healthy_targets_fails_open_and_drains() {
     for _ in 0..4 {
         seen_a |= get(&lb.url()).await.1 == "a";
     }
-    assert!(seen_a, "a deregistered target still gets requests for a moment");
+    assert!(
+        seen_a,
+        "a deregistered target still gets requests for a moment"
+    );
     tokio::time::sleep(Duration::from_millis(900)).await;
     for _ in 0..6 {
         assert_eq!(get(&lb.url()).await, (200, "b".into()));
@@ -192,11 +295,17 @@ async fn the_listener_routes_only_to_healthy_targets_fails_open_and_drains() {
     // Every registered target unhealthy: fail open.
     b.healthy.store(false, Ordering::SeqCst);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while elb.describe_target_health(&arn, &[target(&b)]).unwrap()[0].state != rig::elb::TargetState::Unhealthy {
+    while elb.describe_target_health(&arn, &[target(&b)]).unwrap()[0].state
+        != rig::elb::TargetState::Unhealthy
+    {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(get(&lb.url()).await, (200, "b".into()), "fails open to unhealthy targets");
+    assert_eq!(
+        get(&lb.url()).await,
+        (200, "b".into()),
+        "fails open to unhealthy targets"
+    );
 }
 
 /// moto_server, started from $MOTO_SERVER, the repository's .venv (scripts/test makes it) or
@@ -224,8 +333,17 @@ fn moto() -> Moto {
         .flatten()
         .find(|p| std::path::Path::new(p).exists())
         .expect("moto_server not found: set MOTO_SERVER or run ../scripts/test, which installs it into ../.venv");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(bin).args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(addr).is_err() {
@@ -236,7 +354,12 @@ fn moto() -> Moto {
 }
 
 fn first_arn(body: &str) -> String {
-    rig::elb::xml::parse(body).unwrap().members("CreateTargetGroupResult/TargetGroups")[0].text_at("TargetGroupArn").unwrap().to_string()
+    rig::elb::xml::parse(body)
+        .unwrap()
+        .members("CreateTargetGroupResult/TargetGroups")[0]
+        .text_at("TargetGroupArn")
+        .unwrap()
+        .to_string()
 }
 
 /// The same ELBv2 call sequence against moto and against the rig; the parsed answers must
@@ -250,13 +373,27 @@ async fn the_same_call_sequence_gives_the_same_answers_from_moto_and_the_rig() {
     let pod = backend([127, 0, 250, 5], "pod").await;
     let moto = moto();
     let elb = Elb::new(ElbConfig::default());
-    let rig_server = QueryServer::start(elb.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let rig_server = QueryServer::start(elb.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let moto_q = QueryClient::new(moto.addr);
     let rig_q = QueryClient::new(rig_server.addr);
 
     // Set-up differs only in moto needing a VPC.
-    let (_, vpc) = moto_q.call_service("ec2", "2016-11-15", "CreateVpc", &[("CidrBlock", "10.0.0.0/16".into())]).await.unwrap();
-    let vpc_id = rig::elb::xml::parse(&vpc).unwrap().text_at("vpc/vpcId").unwrap().to_string();
+    let (_, vpc) = moto_q
+        .call_service(
+            "ec2",
+            "2016-11-15",
+            "CreateVpc",
+            &[("CidrBlock", "10.0.0.0/16".into())],
+        )
+        .await
+        .unwrap();
+    let vpc_id = rig::elb::xml::parse(&vpc)
+        .unwrap()
+        .text_at("vpc/vpcId")
+        .unwrap()
+        .to_string();
     let create = |vpc: String| {
         vec![
             ("Name", "web".to_string()),
@@ -269,15 +406,27 @@ async fn the_same_call_sequence_gives_the_same_answers_from_moto_and_the_rig() {
             ("HealthyThresholdCount", "2".into()),
         ]
     };
-    let (s1, moto_created) = moto_q.call("CreateTargetGroup", &create(vpc_id)).await.unwrap();
-    let (s2, rig_created) = rig_q.call("CreateTargetGroup", &create("vpc-rig".into())).await.unwrap();
+    let (s1, moto_created) = moto_q
+        .call("CreateTargetGroup", &create(vpc_id))
+        .await
+        .unwrap();
+    let (s2, rig_created) = rig_q
+        .call("CreateTargetGroup", &create("vpc-rig".into()))
+        .await
+        .unwrap();
     assert_eq!(
         rig::elb::xml::parse_answer(s1, &moto_created).unwrap(),
         rig::elb::xml::parse_answer(s2, &rig_created).unwrap()
     );
     let (moto_arn, rig_arn) = (first_arn(&moto_created), first_arn(&rig_created));
-    let _lb = Listener::start(elb.clone(), "web", &rig_arn, "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    elb.attach(&rig_arn, "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/web/0").unwrap();
+    let _lb = Listener::start(elb.clone(), "web", &rig_arn, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    elb.attach(
+        &rig_arn,
+        "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/web/0",
+    )
+    .unwrap();
 
     let ip = pod.addr.ip().to_string();
     let target = targets_params(&[(ip.as_str(), pod.addr.port())]);
@@ -286,33 +435,66 @@ async fn the_same_call_sequence_gives_the_same_answers_from_moto_and_the_rig() {
         p.extend(extra.iter().cloned());
         p
     };
-    let both = |action: &'static str, moto_params: Vec<(String, String)>, rig_params: Vec<(String, String)>| {
+    let both = |action: &'static str,
+                moto_params: Vec<(String, String)>,
+                rig_params: Vec<(String, String)>| {
         let (mq, rq) = (moto_q.clone(), rig_q.clone());
         async move {
-            let m: Vec<(&str, String)> = moto_params.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-            let r: Vec<(&str, String)> = rig_params.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-            (mq.answer(action, &m).await.unwrap(), rq.answer(action, &r).await.unwrap())
+            let m: Vec<(&str, String)> = moto_params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone()))
+                .collect();
+            let r: Vec<(&str, String)> = rig_params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone()))
+                .collect();
+            (
+                mq.answer(action, &m).await.unwrap(),
+                rq.answer(action, &r).await.unwrap(),
+            )
         }
     };
 
     // Registered → healthy (the rig after its real checks pass: 2 × 5 s).
-    let (m, r) = both("RegisterTargets", with_arn(&moto_arn, &target), with_arn(&rig_arn, &target)).await;
+    let (m, r) = both(
+        "RegisterTargets",
+        with_arn(&moto_arn, &target),
+        with_arn(&rig_arn, &target),
+    )
+    .await;
     assert_eq!(m, r);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let (m, r) = both("DescribeTargetHealth", with_arn(&moto_arn, &[]), with_arn(&rig_arn, &[])).await;
+        let (m, r) = both(
+            "DescribeTargetHealth",
+            with_arn(&moto_arn, &[]),
+            with_arn(&rig_arn, &[]),
+        )
+        .await;
         if m == r {
-            assert_eq!(r, Answer::TargetHealth(vec![(ip.clone(), pod.addr.port(), "healthy".into(), None)]));
+            assert_eq!(
+                r,
+                Answer::TargetHealth(vec![(ip.clone(), pod.addr.port(), "healthy".into(), None)])
+            );
             break;
         }
-        assert_eq!(states(&r)[0].0, "initial", "before its checks pass, the rig's target is initial");
+        assert_eq!(
+            states(&r)[0].0,
+            "initial",
+            "before its checks pass, the rig's target is initial"
+        );
         assert!(Instant::now() < deadline, "rig target healthy in time");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
     // Asked about an unregistered target: the same reason.
     let other = targets_params(&[("10.9.9.9", 8080)]);
-    let (m, r) = both("DescribeTargetHealth", with_arn(&moto_arn, &other), with_arn(&rig_arn, &other)).await;
+    let (m, r) = both(
+        "DescribeTargetHealth",
+        with_arn(&moto_arn, &other),
+        with_arn(&rig_arn, &other),
+    )
+    .await;
     let reason = |a: &Answer| states(a)[0].1.clone();
     assert_eq!(reason(&m), Some("Target.NotRegistered".into()));
     assert_eq!(reason(&m), reason(&r));
@@ -320,8 +502,16 @@ async fn the_same_call_sequence_gives_the_same_answers_from_moto_and_the_rig() {
     assert_eq!(states(&r)[0].0, "unused", "AWS's documented word");
 
     // Wrong ARN: the same error, status and type.
-    let (m, r) = both("DescribeTargetHealth", with_arn(&format!("{moto_arn}0"), &[]), with_arn(&format!("{rig_arn}0"), &[])).await;
-    assert_eq!(m, Answer::Error(400, "Sender".into(), "TargetGroupNotFound".into()));
+    let (m, r) = both(
+        "DescribeTargetHealth",
+        with_arn(&format!("{moto_arn}0"), &[]),
+        with_arn(&format!("{rig_arn}0"), &[]),
+    )
+    .await;
+    assert_eq!(
+        m,
+        Answer::Error(400, "Sender".into(), "TargetGroupNotFound".into())
+    );
     assert_eq!(m, r);
     let (m, r) = both(
         "DescribeTargetGroups",
@@ -332,11 +522,24 @@ async fn the_same_call_sequence_gives_the_same_answers_from_moto_and_the_rig() {
     assert_eq!(m, r);
 
     // DescribeTargetGroups: the same settings readygate reads.
-    let (m, r) = both("DescribeTargetGroups", vec![("TargetGroupArns.member.1".into(), moto_arn.clone())], vec![("TargetGroupArns.member.1".into(), rig_arn.clone())]).await;
+    let (m, r) = both(
+        "DescribeTargetGroups",
+        vec![("TargetGroupArns.member.1".into(), moto_arn.clone())],
+        vec![("TargetGroupArns.member.1".into(), rig_arn.clone())],
+    )
+    .await;
     assert_eq!(m, r);
-    assert_eq!(r, Answer::TargetGroups(vec![("web".into(), pod.addr.port(), "ip".into(), 5, 2)]));
+    assert_eq!(
+        r,
+        Answer::TargetGroups(vec![("web".into(), pod.addr.port(), "ip".into(), 5, 2)])
+    );
 
     // Deregistered: both answer the call the same way.
-    let (m, r) = both("DeregisterTargets", with_arn(&moto_arn, &target), with_arn(&rig_arn, &target)).await;
+    let (m, r) = both(
+        "DeregisterTargets",
+        with_arn(&moto_arn, &target),
+        with_arn(&rig_arn, &target),
+    )
+    .await;
     assert_eq!(m, r);
 }

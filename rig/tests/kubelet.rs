@@ -30,7 +30,13 @@ fn pod(name: &str, gates: bool) -> Pod {
 }
 
 fn condition(p: &Pod, t: &str) -> Option<String> {
-    p.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == t).map(|c| c.status.clone())
+    p.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == t)
+        .map(|c| c.status.clone())
 }
 
 async fn wait_for(pods: &Api<Pod>, name: &str, what: &str, f: impl Fn(&Pod) -> bool) -> Pod {
@@ -41,7 +47,10 @@ async fn wait_for(pods: &Api<Pod>, name: &str, what: &str, f: impl Fn(&Pod) -> b
         {
             return p;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {name}: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {name}: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -51,46 +60,133 @@ async fn a_pod_serves_becomes_ready_by_the_kubelet_rule_and_terminates_gracefull
     let (_server, client, store) = common::api().await;
     let _kubelet = Kubelet::start(store.clone());
     Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "app"}})).unwrap())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "app"}})).unwrap(),
+        )
         .await
         .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "app");
     let created_at = Instant::now();
-    pods.create(&PostParams::default(), &pod("plain", false)).await.unwrap();
-    pods.create(&PostParams::default(), &pod("gated", true)).await.unwrap();
+    pods.create(&PostParams::default(), &pod("plain", false))
+        .await
+        .unwrap();
+    pods.create(&PostParams::default(), &pod("gated", true))
+        .await
+        .unwrap();
 
-    let plain = wait_for(&pods, "plain", "Ready", |p| condition(p, "Ready").as_deref() == Some("True")).await;
+    let plain = wait_for(&pods, "plain", "Ready", |p| {
+        condition(p, "Ready").as_deref() == Some("True")
+    })
+    .await;
     let took = created_at.elapsed();
-    assert!(took >= Duration::from_millis(300), "not ready before the start delay: {took:?}");
+    assert!(
+        took >= Duration::from_millis(300),
+        "not ready before the start delay: {took:?}"
+    );
     let ip = plain.status.as_ref().unwrap().pod_ip.clone().unwrap();
     assert!(ip.starts_with("127.0.") && !ip.ends_with(".0"), "{ip}");
-    assert_eq!(plain.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0].ready, true);
+    assert!(
+        plain
+            .status
+            .as_ref()
+            .unwrap()
+            .container_statuses
+            .as_ref()
+            .unwrap()[0]
+            .ready
+    );
     let addr: SocketAddr = format!("{ip}:8080").parse().unwrap();
-    assert!(Client.get_ok(addr, "/", Duration::from_secs(1)).await.is_ok(), "the pod serves on its own address");
+    assert!(
+        Client
+            .get_ok(addr, "/", Duration::from_secs(1))
+            .await
+            .is_ok(),
+        "the pod serves on its own address"
+    );
 
     // Containers ready but the gate is missing: not Ready.
-    let gated = wait_for(&pods, "gated", "ContainersReady", |p| condition(p, "ContainersReady").as_deref() == Some("True")).await;
+    let gated = wait_for(&pods, "gated", "ContainersReady", |p| {
+        condition(p, "ContainersReady").as_deref() == Some("True")
+    })
+    .await;
     assert_eq!(condition(&gated, "Ready").as_deref(), Some("False"));
-    let ready = gated.status.as_ref().unwrap().conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Ready").unwrap().clone();
+    let ready = gated
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap()
+        .clone();
     assert_eq!(ready.reason.as_deref(), Some("ReadinessGatesNotReady"));
     assert!(ready.message.unwrap().contains("corresponding condition of pod readiness gate \"target-health.elbv2.k8s.aws/web\" does not exist"));
     let set = |status: &str| json!({"status": {"conditions": [{"type": "target-health.elbv2.k8s.aws/web", "status": status}]}});
-    pods.patch_status("gated", &PatchParams::default(), &Patch::Strategic(set("False"))).await.unwrap();
-    assert_eq!(condition(&pods.get("gated").await.unwrap(), "Ready").as_deref(), Some("False"));
-    pods.patch_status("gated", &PatchParams::default(), &Patch::Strategic(set("True"))).await.unwrap();
-    assert_eq!(condition(&pods.get("gated").await.unwrap(), "Ready").as_deref(), Some("True"), "Ready as soon as the gate is True");
+    pods.patch_status(
+        "gated",
+        &PatchParams::default(),
+        &Patch::Strategic(set("False")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        condition(&pods.get("gated").await.unwrap(), "Ready").as_deref(),
+        Some("False")
+    );
+    pods.patch_status(
+        "gated",
+        &PatchParams::default(),
+        &Patch::Strategic(set("True")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        condition(&pods.get("gated").await.unwrap(), "Ready").as_deref(),
+        Some("True"),
+        "Ready as soon as the gate is True"
+    );
 
     // Deletion: the pod keeps serving through its preStop sleep, then stops and is removed.
     let deleted_at = Instant::now();
-    pods.delete("plain", &DeleteParams::default()).await.unwrap();
-    assert!(pods.get("plain").await.unwrap().metadata.deletion_timestamp.is_some());
+    pods.delete("plain", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(
+        pods.get("plain")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(Client.get_ok(addr, "/", Duration::from_secs(1)).await.is_ok(), "still serving during preStop");
+    assert!(
+        Client
+            .get_ok(addr, "/", Duration::from_secs(1))
+            .await
+            .is_ok(),
+        "still serving during preStop"
+    );
     let deadline = Instant::now() + Duration::from_secs(6);
     while pods.get("plain").await.is_ok() {
-        assert!(Instant::now() < deadline, "pod removed within its grace period");
+        assert!(
+            Instant::now() < deadline,
+            "pod removed within its grace period"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(deleted_at.elapsed() >= Duration::from_secs(1), "not before the preStop sleep ended");
-    assert!(Client.get_ok(addr, "/", Duration::from_secs(1)).await.is_err(), "the server stopped");
+    assert!(
+        deleted_at.elapsed() >= Duration::from_secs(1),
+        "not before the preStop sleep ended"
+    );
+    assert!(
+        Client
+            .get_ok(addr, "/", Duration::from_secs(1))
+            .await
+            .is_err(),
+        "the server stopped"
+    );
 }

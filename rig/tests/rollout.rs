@@ -18,6 +18,7 @@ use std::time::Duration;
 #[tokio::test]
 async fn ungated_rollout_loses_requests_and_a_gated_one_with_a_stand_in_controller_does_not() {
     common::crypto();
+    let _serial = common::exclusive().await; // one rollout scenario at a time on this machine
     let rig = Rig::start(RigConfig::default()).await.unwrap();
 
     // Ungated: pods count as available as soon as their containers are ready.
@@ -25,11 +26,28 @@ async fn ungated_rollout_loses_requests_and_a_gated_one_with_a_stand_in_controll
     let app = rig.app("plain", "web").await.unwrap();
     let dep = web_deployment(&app, 3, Duration::from_millis(200), 1);
     deploy(&rig, &app, &dep, "v1").await.unwrap();
-    let r = measured_rollout(&rig, &app, &dep, "v2", "v1", 50, Duration::from_secs(60), None).await;
+    let r = measured_rollout(
+        &rig,
+        &app,
+        &dep,
+        "v2",
+        "v1",
+        50,
+        Duration::from_secs(60),
+        None,
+    )
+    .await;
     println!("ungated {}\n{}", summary_line(&r), timeline_table(&r));
     assert!(r.rollout.complete());
-    assert!(r.failed() > 0, "the rig must see the downtime of an ungated rollout");
-    assert!(r.failure_kinds().contains_key("HTTP 503"), "{:?}", r.failure_kinds());
+    assert!(
+        r.failed() > 0,
+        "the rig must see the downtime of an ungated rollout"
+    );
+    assert!(
+        r.failure_kinds().contains_key("HTTP 503"),
+        "{:?}",
+        r.failure_kinds()
+    );
 
     // Gated, with a stand-in for readygate: the fake webhook injects the gate, a kube-rs
     // loop sets it True once the rig's ELBv2 endpoint says healthy.
@@ -37,19 +55,42 @@ async fn ungated_rollout_loses_requests_and_a_gated_one_with_a_stand_in_controll
     let certs = Certs::for_service(&svc, &svc_ns).unwrap();
     let hook = FakeWebhook::new(PatchEncoding::ByteArray);
     let (hook_addr, _hook_task) = hook.serve(&certs).await;
-    rig.install_webhook(&common::manifests_dir(), hook_addr, &certs.ca_pem).unwrap();
+    rig.install_webhook(&common::manifests_dir(), hook_addr, &certs.ca_pem)
+        .unwrap();
     rig.namespace("gated", true).await.unwrap();
     let app = rig.app("gated", "web").await.unwrap();
     let client = common::client_for(&rig.api).await;
-    let controller = tokio::spawn(stand_in_controller(client, QueryClient::new(rig.elb_api.addr), app.arn.clone()));
+    let controller = tokio::spawn(stand_in_controller(
+        client,
+        QueryClient::new(rig.elb_api.addr),
+        app.arn.clone(),
+    ));
     let dep = web_deployment(&app, 3, Duration::from_millis(200), 1);
     deploy(&rig, &app, &dep, "v1").await.unwrap();
-    let r = measured_rollout(&rig, &app, &dep, "v2", "v1", 50, Duration::from_secs(60), None).await;
-    println!("gated (stand-in) {}\n{}", summary_line(&r), timeline_table(&r));
+    let r = measured_rollout(
+        &rig,
+        &app,
+        &dep,
+        "v2",
+        "v1",
+        50,
+        Duration::from_secs(60),
+        None,
+    )
+    .await;
+    println!(
+        "gated (stand-in) {}\n{}",
+        summary_line(&r),
+        timeline_table(&r)
+    );
     controller.abort();
     assert!(r.rollout.complete());
     assert_eq!(r.failed(), 0, "{:?}", r.failure_kinds());
-    assert_eq!(r.gate_lags().len(), 3, "every new pod had its gate set after it was healthy");
+    assert_eq!(
+        r.gate_lags().len(),
+        3,
+        "every new pod had its gate set after it was healthy"
+    );
     assert!(r.sent() > 100);
 }
 
@@ -57,18 +98,43 @@ async fn stand_in_controller(client: kube::Client, elb: QueryClient, arn: String
     let pods: Api<Pod> = Api::all(client.clone());
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let Ok(list) = pods.list(&ListParams::default()).await else { continue };
-        let Ok(Answer::TargetHealth(health)) = elb.answer("DescribeTargetHealth", &[("TargetGroupArn", arn.clone())]).await else { continue };
+        let Ok(list) = pods.list(&ListParams::default()).await else {
+            continue;
+        };
+        let Ok(Answer::TargetHealth(health)) = elb
+            .answer("DescribeTargetHealth", &[("TargetGroupArn", arn.clone())])
+            .await
+        else {
+            continue;
+        };
         for p in list.items {
-            let gated = p.spec.as_ref().and_then(|s| s.readiness_gates.as_ref()).is_some_and(|g| !g.is_empty());
-            let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();
+            let gated = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.readiness_gates.as_ref())
+                .is_some_and(|g| !g.is_empty());
+            let ip = p
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.clone())
+                .unwrap_or_default();
             if !gated || ip.is_empty() {
                 continue;
             }
-            if health.iter().any(|(id, _, state, _)| *id == ip && state == "healthy") {
-                let api: Api<Pod> = Api::namespaced(client.clone(), p.metadata.namespace.as_deref().unwrap());
+            if health
+                .iter()
+                .any(|(id, _, state, _)| *id == ip && state == "healthy")
+            {
+                let api: Api<Pod> =
+                    Api::namespaced(client.clone(), p.metadata.namespace.as_deref().unwrap());
                 let patch = json!({"metadata": {"uid": p.metadata.uid}, "status": {"conditions": [{"type": "target-health.elbv2.k8s.aws/web", "status": "True"}]}});
-                let _ = api.patch_status(p.metadata.name.as_deref().unwrap(), &PatchParams::default(), &Patch::Strategic(&patch)).await;
+                let _ = api
+                    .patch_status(
+                        p.metadata.name.as_deref().unwrap(),
+                        &PatchParams::default(),
+                        &Patch::Strategic(&patch),
+                    )
+                    .await;
             }
         }
     }

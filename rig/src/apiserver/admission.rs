@@ -80,56 +80,108 @@ impl Admission {
     /// Reads the MutatingWebhookConfiguration from the YAML files under `dir` (the top level
     /// first, then sub-folders such as overlays), sets every webhook's caBundle to `ca_pem`
     /// and resolves services with `resolve`.
-    pub fn from_manifests(dir: &Path, ca_pem: &str, resolve: ServiceResolver<'_>) -> anyhow::Result<Self> {
+    pub fn from_manifests(
+        dir: &Path,
+        ca_pem: &str,
+        resolve: ServiceResolver<'_>,
+    ) -> anyhow::Result<Self> {
         let doc = find_webhook_configuration(dir)?;
         Self::from_configuration(&doc, Some(ca_pem), resolve)
     }
 
-    pub fn from_configuration(doc: &Value, ca_override: Option<&str>, resolve: ServiceResolver<'_>) -> anyhow::Result<Self> {
+    pub fn from_configuration(
+        doc: &Value,
+        ca_override: Option<&str>,
+        resolve: ServiceResolver<'_>,
+    ) -> anyhow::Result<Self> {
         if doc.get("kind").and_then(Value::as_str) != Some("MutatingWebhookConfiguration") {
             bail!("not a MutatingWebhookConfiguration");
         }
         let mut webhooks = Vec::new();
-        for w in doc.get("webhooks").and_then(Value::as_array).context("no webhooks")? {
+        for w in doc
+            .get("webhooks")
+            .and_then(Value::as_array)
+            .context("no webhooks")?
+        {
             let name = str_at(w, "/name");
-            let cc = w.get("clientConfig").context("webhook without clientConfig")?;
+            let cc = w
+                .get("clientConfig")
+                .context("webhook without clientConfig")?;
             let ca_pem = match ca_override {
                 Some(ca) => ca.to_string(),
                 None => {
-                    let b = base64::engine::general_purpose::STANDARD.decode(str_at(cc, "/caBundle")).context("caBundle is not base64")?;
+                    let b = base64::engine::general_purpose::STANDARD
+                        .decode(str_at(cc, "/caBundle"))
+                        .context("caBundle is not base64")?;
                     String::from_utf8(b).context("caBundle is not PEM")?
                 }
             };
             let endpoint = if let Some(svc) = cc.get("service") {
                 let (sname, sns) = (str_at(svc, "/name"), str_at(svc, "/namespace"));
                 let port = svc.get("port").and_then(Value::as_u64).unwrap_or(443) as u16;
-                let path = svc.get("path").and_then(Value::as_str).unwrap_or("/").to_string();
-                let addr = resolve(&sns, &sname, port).with_context(|| format!("service {sns}/{sname}:{port} has no endpoint in the rig"))?;
+                let path = svc
+                    .get("path")
+                    .and_then(Value::as_str)
+                    .unwrap_or("/")
+                    .to_string();
+                let addr = resolve(&sns, &sname, port).with_context(|| {
+                    format!("service {sns}/{sname}:{port} has no endpoint in the rig")
+                })?;
                 let server_name = format!("{sname}.{sns}.svc");
-                Endpoint { addr, display_url: format!("https://{server_name}:{port}{path}"), server_name, path }
+                Endpoint {
+                    addr,
+                    display_url: format!("https://{server_name}:{port}{path}"),
+                    server_name,
+                    path,
+                }
             } else {
                 let url = str_at(cc, "/url");
-                let rest = url.strip_prefix("https://").context("webhook url must be https")?;
-                let (hostport, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
-                let addr: SocketAddr = hostport.parse().with_context(|| format!("the rig only calls IP:port URLs, got {hostport}"))?;
-                Endpoint { addr, server_name: addr.ip().to_string(), path, display_url: url.clone() }
+                let rest = url
+                    .strip_prefix("https://")
+                    .context("webhook url must be https")?;
+                let (hostport, path) = rest
+                    .split_once('/')
+                    .map(|(h, p)| (h, format!("/{p}")))
+                    .unwrap_or((rest, "/".into()));
+                let addr: SocketAddr = hostport
+                    .parse()
+                    .with_context(|| format!("the rig only calls IP:port URLs, got {hostport}"))?;
+                Endpoint {
+                    addr,
+                    server_name: addr.ip().to_string(),
+                    path,
+                    display_url: url.clone(),
+                }
             };
             let mut roots = rustls::RootCertStore::empty();
             for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
                 roots.add(cert.context("caBundle certificate")?)?;
             }
-            let mut tls = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+            let mut tls = rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
             tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-            let policy = match w.get("failurePolicy").and_then(Value::as_str).unwrap_or("Fail") {
+            let policy = match w
+                .get("failurePolicy")
+                .and_then(Value::as_str)
+                .unwrap_or("Fail")
+            {
                 "Ignore" => FailurePolicy::Ignore,
                 "Fail" => FailurePolicy::Fail,
                 other => bail!("unknown failurePolicy {other}"),
             };
-            let secs = w.get("timeoutSeconds").and_then(Value::as_u64).unwrap_or(10);
+            let secs = w
+                .get("timeoutSeconds")
+                .and_then(Value::as_u64)
+                .unwrap_or(10);
             if !(1..=30).contains(&secs) {
                 bail!("timeoutSeconds must be between 1 and 30, got {secs}");
             }
-            let versions = w.get("admissionReviewVersions").and_then(Value::as_array).cloned().unwrap_or_default();
+            let versions = w
+                .get("admissionReviewVersions")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             if !versions.iter().any(|v| v == "v1") {
                 bail!("webhook {name}: admissionReviewVersions must include v1");
             }
@@ -137,14 +189,23 @@ impl Admission {
                 name,
                 endpoint,
                 tls: Arc::new(tls),
-                namespace_selector: LabelSelector::from_object(w.get("namespaceSelector")).map_err(anyhow::Error::msg)?,
-                object_selector: LabelSelector::from_object(w.get("objectSelector")).map_err(anyhow::Error::msg)?,
+                namespace_selector: LabelSelector::from_object(w.get("namespaceSelector"))
+                    .map_err(anyhow::Error::msg)?,
+                object_selector: LabelSelector::from_object(w.get("objectSelector"))
+                    .map_err(anyhow::Error::msg)?,
                 timeout: Duration::from_secs(secs),
                 failure_policy: policy,
-                rules: w.get("rules").and_then(Value::as_array).cloned().unwrap_or_default(),
+                rules: w
+                    .get("rules")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default(),
             });
         }
-        Ok(Self { webhooks, records: Mutex::new(Vec::new()) })
+        Ok(Self {
+            webhooks,
+            records: Mutex::new(Vec::new()),
+        })
     }
 
     pub fn records(&self) -> Vec<Record> {
@@ -153,21 +214,36 @@ impl Admission {
 
     fn rules_match(rules: &[Value]) -> bool {
         let has = |r: &Value, field: &str, want: &str| {
-            r.get(field).and_then(Value::as_array).is_some_and(|a| a.iter().any(|x| x == want || x == "*"))
+            r.get(field)
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(|x| x == want || x == "*"))
         };
         rules.iter().any(|r| {
-            (has(r, "operations", "CREATE")) && has(r, "apiGroups", "") && has(r, "apiVersions", "v1") && (has(r, "resources", "pods") || has(r, "resources", "*/*"))
+            (has(r, "operations", "CREATE"))
+                && has(r, "apiGroups", "")
+                && has(r, "apiVersions", "v1")
+                && (has(r, "resources", "pods") || has(r, "resources", "*/*"))
         })
     }
 
-    async fn admit_pod(&self, store: &Store, namespace: &str, mut pod: Value, dry_run: bool) -> Result<Value, ApiError> {
+    async fn admit_pod(
+        &self,
+        store: &Store,
+        namespace: &str,
+        mut pod: Value,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
         let ns = store.get(resources::namespaces(), "", namespace)?;
         let ns_labels = labels_of(&ns);
         for w in &self.webhooks {
             let started = Instant::now();
             let pod_name = {
                 let n = str_at(&pod, "/metadata/name");
-                if n.is_empty() { str_at(&pod, "/metadata/generateName") } else { n }
+                if n.is_empty() {
+                    str_at(&pod, "/metadata/generateName")
+                } else {
+                    n
+                }
             };
             let outcome = if !Self::rules_match(&w.rules) {
                 Outcome::NotCalled("rules do not match pod CREATE".into())
@@ -179,20 +255,42 @@ impl Admission {
                 match call(w, namespace, &pod, dry_run).await {
                     Ok(CallResult::Allowed(patch)) => match apply(&mut pod, &patch) {
                         Ok(()) => Outcome::Patched(patch),
-                        Err(e) => Outcome::Failed { error: e, ignored: w.failure_policy == FailurePolicy::Ignore },
+                        Err(e) => Outcome::Failed {
+                            error: e,
+                            ignored: w.failure_policy == FailurePolicy::Ignore,
+                        },
                     },
                     Ok(CallResult::Denied(code, msg)) => {
-                        self.record(w, namespace, &pod_name, Outcome::Denied(msg.clone()), started);
-                        let mut e = ApiError::forbidden(format!("admission webhook \"{}\" denied the request: {msg}", w.name));
+                        self.record(
+                            w,
+                            namespace,
+                            &pod_name,
+                            Outcome::Denied(msg.clone()),
+                            started,
+                        );
+                        let mut e = ApiError::forbidden(format!(
+                            "admission webhook \"{}\" denied the request: {msg}",
+                            w.name
+                        ));
                         e.code = code;
                         return Err(e);
                     }
-                    Err(error) => Outcome::Failed { error, ignored: w.failure_policy == FailurePolicy::Ignore },
+                    Err(error) => Outcome::Failed {
+                        error,
+                        ignored: w.failure_policy == FailurePolicy::Ignore,
+                    },
                 }
             };
-            if let Outcome::Failed { error, ignored: false } = &outcome {
+            if let Outcome::Failed {
+                error,
+                ignored: false,
+            } = &outcome
+            {
                 self.record(w, namespace, &pod_name, outcome.clone(), started);
-                return Err(ApiError::internal(format!("failed calling webhook \"{}\": {error}", w.name)));
+                return Err(ApiError::internal(format!(
+                    "failed calling webhook \"{}\": {error}",
+                    w.name
+                )));
             }
             if let Outcome::Failed { error, .. } = &outcome {
                 tracing::warn!(webhook = %w.name, %error, "webhook call failed; failurePolicy Ignore admits the pod unchanged");
@@ -215,7 +313,13 @@ impl Admission {
 }
 
 impl PodAdmission for Admission {
-    fn admit<'a>(&'a self, store: &'a Store, namespace: &'a str, pod: Value, dry_run: bool) -> BoxFuture<'a, Result<Value, ApiError>> {
+    fn admit<'a>(
+        &'a self,
+        store: &'a Store,
+        namespace: &'a str,
+        pod: Value,
+        dry_run: bool,
+    ) -> BoxFuture<'a, Result<Value, ApiError>> {
         Box::pin(self.admit_pod(store, namespace, pod, dry_run))
     }
 }
@@ -247,19 +351,30 @@ pub fn review_request(uid: &str, namespace: &str, pod: &Value, dry_run: bool) ->
     })
 }
 
-async fn call(w: &Webhook, namespace: &str, pod: &Value, dry_run: bool) -> Result<CallResult, String> {
+async fn call(
+    w: &Webhook,
+    namespace: &str,
+    pod: &Value,
+    dry_run: bool,
+) -> Result<CallResult, String> {
     let uid = crate::time::uuid();
     let body = review_request(&uid, namespace, pod, dry_run).to_string();
     let secs = w.timeout.as_secs();
     let url = format!("{}?timeout={secs}s", w.endpoint.display_url);
     let exchange = async {
-        let tcp = tokio::net::TcpStream::connect(w.endpoint.addr).await.map_err(|e| format!("dial tcp {}: {e}", w.endpoint.addr))?;
-        let name = rustls::pki_types::ServerName::try_from(w.endpoint.server_name.clone()).map_err(|e| e.to_string())?;
+        let tcp = tokio::net::TcpStream::connect(w.endpoint.addr)
+            .await
+            .map_err(|e| format!("dial tcp {}: {e}", w.endpoint.addr))?;
+        let name = rustls::pki_types::ServerName::try_from(w.endpoint.server_name.clone())
+            .map_err(|e| e.to_string())?;
         let tls = tokio_rustls::TlsConnector::from(w.tls.clone())
             .connect(name, tcp)
             .await
             .map_err(|e| format!("tls: failed to verify certificate: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
         let conn = tokio::spawn(conn);
         let req = hyper::Request::post(format!("{}?timeout={secs}s", w.endpoint.path))
             .header("host", &w.endpoint.server_name)
@@ -269,7 +384,11 @@ async fn call(w: &Webhook, namespace: &str, pod: &Value, dry_run: bool) -> Resul
             .map_err(|e| e.to_string())?;
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
-        let bytes = Limited::new(resp.into_body(), 3 * 1024 * 1024).collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let bytes = Limited::new(resp.into_body(), 3 * 1024 * 1024)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
         conn.abort();
         Ok::<_, String>((status, bytes))
     };
@@ -278,23 +397,48 @@ async fn call(w: &Webhook, namespace: &str, pod: &Value, dry_run: bool) -> Resul
         .map_err(|_| format!("failed to call webhook: Post \"{url}\": context deadline exceeded"))?
         .map_err(|e| format!("failed to call webhook: Post \"{url}\": {e}"))?;
     if !status.is_success() {
-        return Err(format!("received invalid webhook response: expected status 200, got {status}: {}", String::from_utf8_lossy(&bytes)));
+        return Err(format!(
+            "received invalid webhook response: expected status 200, got {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        ));
     }
-    let review: Value = serde_json::from_slice(&bytes).map_err(|e| format!("received invalid webhook response: {e}"))?;
-    let response = review.get("response").ok_or("received invalid webhook response: missing response")?;
+    let review: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("received invalid webhook response: {e}"))?;
+    let response = review
+        .get("response")
+        .ok_or("received invalid webhook response: missing response")?;
     if str_at(response, "/uid") != uid {
-        return Err(format!("expected response.uid={uid}, got {}", str_at(response, "/uid")));
+        return Err(format!(
+            "expected response.uid={uid}, got {}",
+            str_at(response, "/uid")
+        ));
     }
     if response.get("allowed").and_then(Value::as_bool) != Some(true) {
-        let code = response.pointer("/status/code").and_then(Value::as_u64).unwrap_or(403) as u16;
-        return Ok(CallResult::Denied(code, str_at(response, "/status/message")));
+        let code = response
+            .pointer("/status/code")
+            .and_then(Value::as_u64)
+            .unwrap_or(403) as u16;
+        return Ok(CallResult::Denied(
+            code,
+            str_at(response, "/status/message"),
+        ));
     }
     let patch = match response.get("patch") {
         None | Some(Value::Null) => return Ok(CallResult::Allowed(json!([]))),
         // The wire format is a base64 string; kube-rs's AdmissionResponse serialises its
         // Vec<u8> as an array of numbers. The API server takes both (JSON bytes are []byte).
-        Some(Value::String(b64)) => base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| format!("patch is not base64: {e}"))?,
-        Some(Value::Array(nums)) => nums.iter().map(|n| n.as_u64().filter(|n| *n < 256).map(|n| n as u8).ok_or("patch byte out of range")).collect::<Result<_, _>>()?,
+        Some(Value::String(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|e| format!("patch is not base64: {e}"))?,
+        Some(Value::Array(nums)) => nums
+            .iter()
+            .map(|n| {
+                n.as_u64()
+                    .filter(|n| *n < 256)
+                    .map(|n| n as u8)
+                    .ok_or("patch byte out of range")
+            })
+            .collect::<Result<_, _>>()?,
         Some(other) => return Err(format!("unexpected patch {other}")),
     };
     if let Some(t) = response.get("patchType").and_then(Value::as_str)
@@ -302,7 +446,8 @@ async fn call(w: &Webhook, namespace: &str, pod: &Value, dry_run: bool) -> Resul
     {
         return Err(format!("unsupported patch type {t}"));
     }
-    let patch: Value = serde_json::from_slice(&patch).map_err(|e| format!("patch is not JSON: {e}"))?;
+    let patch: Value =
+        serde_json::from_slice(&patch).map_err(|e| format!("patch is not JSON: {e}"))?;
     Ok(CallResult::Allowed(patch))
 }
 
@@ -310,9 +455,17 @@ fn apply(pod: &mut Value, patch: &Value) -> Result<(), String> {
     if patch.as_array().is_some_and(Vec::is_empty) {
         return Ok(());
     }
-    let before_name = (str_at(pod, "/metadata/name"), str_at(pod, "/metadata/namespace"));
-    super::patch::json_patch(pod, patch).map_err(|e| format!("JSON patch from webhook could not be applied: {e}"))?;
-    if (str_at(pod, "/metadata/name"), str_at(pod, "/metadata/namespace")) != before_name {
+    let before_name = (
+        str_at(pod, "/metadata/name"),
+        str_at(pod, "/metadata/namespace"),
+    );
+    super::patch::json_patch(pod, patch)
+        .map_err(|e| format!("JSON patch from webhook could not be applied: {e}"))?;
+    if (
+        str_at(pod, "/metadata/name"),
+        str_at(pod, "/metadata/namespace"),
+    ) != before_name
+    {
         return Err("a webhook may not change the object's name or namespace".into());
     }
     Ok(())
@@ -327,9 +480,15 @@ pub fn find_webhook_configuration(dir: &Path) -> anyhow::Result<Value> {
     for f in files {
         let text = std::fs::read_to_string(&f)?;
         for doc in serde_yaml::Deserializer::from_str(&text) {
-            let Ok(v) = serde_yaml::Value::deserialize(doc) else { continue };
-            let Ok(v) = serde_json::to_value(v) else { continue };
-            if v.get("kind").and_then(Value::as_str) == Some("MutatingWebhookConfiguration") && v.get("webhooks").is_some() {
+            let Ok(v) = serde_yaml::Value::deserialize(doc) else {
+                continue;
+            };
+            let Ok(v) = serde_json::to_value(v) else {
+                continue;
+            };
+            if v.get("kind").and_then(Value::as_str) == Some("MutatingWebhookConfiguration")
+                && v.get("webhooks").is_some()
+            {
                 return Ok(v);
             }
         }

@@ -4,7 +4,9 @@
 use super::resources::{self, RESOURCES, ResourceType};
 use super::selector::{FieldSelector, LabelSelector, labels_of};
 use super::status::ApiError;
-use super::store::{Change, EventType, PatchKind, Store, Subresource, WatchFrom, WriteOpts, str_at};
+use super::store::{
+    Change, EventType, PatchKind, Store, Subresource, WatchFrom, WriteOpts, str_at,
+};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -57,7 +59,10 @@ impl ApiServer {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let log = Arc::new(Mutex::new(Vec::new()));
-        let state = AppState { store, log: log.clone() };
+        let state = AppState {
+            store,
+            log: log.clone(),
+        };
         let app = axum::Router::new().fallback(handle).with_state(state);
         let task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
@@ -98,8 +103,18 @@ fn error_response(e: &ApiError) -> Response {
     json_response(e.code, &e.to_status())
 }
 
-async fn handle(axum::extract::State(state): axum::extract::State<AppState>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+async fn handle(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     let response = route(&state, &method, &uri, &headers, &content_type, &body).await;
     let mut log = state.log.lock().expect("log lock");
     if log.len() < REQUEST_LOG_CAPACITY {
@@ -128,21 +143,40 @@ enum Route {
 }
 
 fn parse_path(path: &str, headers: &HeaderMap) -> Result<Route, ApiError> {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let aggregated = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("apidiscovery.k8s.io") && a.contains("APIGroupDiscoveryList"));
-    let not_found = || ApiError { code: 404, reason: "NotFound", message: "the server could not find the requested resource".into(), details: Value::Null };
+    let not_found = || ApiError {
+        code: 404,
+        reason: "NotFound",
+        message: "the server could not find the requested resource".into(),
+        details: Value::Null,
+    };
     let (group, version, rest): (&str, &str, &[&str]) = match segs.as_slice() {
         ["version"] => return Ok(Route::Discovery(json_response(200, &version_info()))),
-        ["healthz" | "readyz" | "livez"] => return Ok(Route::Discovery((StatusCode::OK, "ok").into_response())),
+        ["healthz" | "readyz" | "livez"] => {
+            return Ok(Route::Discovery((StatusCode::OK, "ok").into_response()));
+        }
         ["api"] if aggregated => return Ok(Route::Discovery(aggregated_response(true))),
-        ["api"] => return Ok(Route::Discovery(json_response(200, &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})))),
+        ["api"] => {
+            return Ok(Route::Discovery(json_response(
+                200,
+                &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
+            )));
+        }
         ["apis"] if aggregated => return Ok(Route::Discovery(aggregated_response(false))),
         ["apis"] => return Ok(Route::Discovery(json_response(200, &api_group_list()))),
         ["apis", group] => {
-            let g = api_groups().into_iter().find(|g| g["name"] == *group).ok_or_else(not_found)?;
+            let g = api_groups()
+                .into_iter()
+                .find(|g| g["name"] == *group)
+                .ok_or_else(not_found)?;
             let mut g = g;
             g["kind"] = json!("APIGroup");
             g["apiVersion"] = json!("v1");
@@ -153,10 +187,16 @@ fn parse_path(path: &str, headers: &HeaderMap) -> Result<Route, ApiError> {
         _ => return Err(not_found()),
     };
     if rest.is_empty() {
-        if !RESOURCES.iter().any(|r| r.group == group && r.version == version) {
+        if !RESOURCES
+            .iter()
+            .any(|r| r.group == group && r.version == version)
+        {
             return Err(not_found());
         }
-        return Ok(Route::Discovery(json_response(200, &resource_list(group, version))));
+        return Ok(Route::Discovery(json_response(
+            200,
+            &resource_list(group, version),
+        )));
     }
     let find = |plural: &str| resources::find(group, version, plural).ok_or_else(not_found);
     let (res, namespace, tail) = match rest {
@@ -179,16 +219,31 @@ fn parse_path(path: &str, headers: &HeaderMap) -> Result<Route, ApiError> {
     if res.namespaced && namespace.is_none() && name.is_some() {
         return Err(not_found());
     }
-    Ok(Route::Resource(Target { res, namespace, name, sub }))
+    Ok(Route::Resource(Target {
+        res,
+        namespace,
+        name,
+        sub,
+    }))
 }
 
-async fn route(state: &AppState, method: &Method, uri: &Uri, headers: &HeaderMap, content_type: &str, body: &Bytes) -> Response {
+async fn route(
+    state: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    content_type: &str,
+    body: &Bytes,
+) -> Response {
     let target = match parse_path(uri.path(), headers) {
         Ok(Route::Discovery(r)) => return r,
         Ok(Route::Resource(t)) => t,
         Err(e) => return error_response(&e),
     };
-    let query: HashMap<String, String> = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
+    let query: HashMap<String, String> =
+        form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
     match serve_resource(state, method, &target, &query, content_type, body).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
@@ -196,7 +251,9 @@ async fn route(state: &AppState, method: &Method, uri: &Uri, headers: &HeaderMap
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the body of the request could not be decoded: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!("the body of the request could not be decoded: {e}"))
+    })
 }
 
 async fn serve_resource(
@@ -216,8 +273,20 @@ async fn serve_resource(
     };
     match (method.clone(), &t.name) {
         (Method::GET, None) => {
-            let labels = LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or_default()).map_err(ApiError::bad_request)?;
-            let fields = FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or_default()).map_err(ApiError::bad_request)?;
+            let labels = LabelSelector::parse(
+                query
+                    .get("labelSelector")
+                    .map(String::as_str)
+                    .unwrap_or_default(),
+            )
+            .map_err(ApiError::bad_request)?;
+            let fields = FieldSelector::parse(
+                query
+                    .get("fieldSelector")
+                    .map(String::as_str)
+                    .unwrap_or_default(),
+            )
+            .map_err(ApiError::bad_request)?;
             if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
                 return watch(store, t, query, labels, fields);
             }
@@ -225,7 +294,10 @@ async fn serve_resource(
         }
         (Method::POST, None) => {
             if t.res.namespaced && t.namespace.is_none() {
-                return Err(ApiError::method_not_allowed(format!("POST on all-namespaces {} is not allowed", t.res.plural)));
+                return Err(ApiError::method_not_allowed(format!(
+                    "POST on all-namespaces {} is not allowed",
+                    t.res.plural
+                )));
             }
             let obj = parse_body(body)?;
             let created = store.create(t.res, ns, obj, &opts).await?;
@@ -234,7 +306,10 @@ async fn serve_resource(
         (Method::GET, Some(name)) => Ok(json_response(200, &store.get(t.res, ns, name)?)),
         (Method::PUT, Some(name)) => {
             let obj = parse_body(body)?;
-            Ok(json_response(200, &store.update(t.res, ns, name, obj, t.sub, &opts)?))
+            Ok(json_response(
+                200,
+                &store.update(t.res, ns, name, obj, t.sub, &opts)?,
+            ))
         }
         (Method::PATCH, Some(name)) => {
             let kind = match content_type.split(';').next().unwrap_or_default().trim() {
@@ -249,7 +324,8 @@ async fn serve_resource(
                 }
             };
             let patch: Value = if kind == PatchKind::Apply {
-                serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
+                serde_yaml::from_slice(body)
+                    .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
             } else {
                 parse_body(body)?
             };
@@ -258,21 +334,39 @@ async fn serve_resource(
             Ok(json_response(if existed { 200 } else { 201 }, &obj))
         }
         (Method::DELETE, Some(name)) => {
-            let options: Value = if body.is_empty() { json!({}) } else { parse_body(body)? };
+            let options: Value = if body.is_empty() {
+                json!({})
+            } else {
+                parse_body(body)?
+            };
             let grace = query
                 .get("gracePeriodSeconds")
                 .and_then(|g| g.parse::<i64>().ok())
                 .or_else(|| options.get("gracePeriodSeconds").and_then(Value::as_i64));
-            let uid = options.pointer("/preconditions/uid").and_then(Value::as_str);
-            let dry_run = opts.dry_run || options.get("dryRun").and_then(Value::as_array).is_some_and(|d| !d.is_empty());
+            let uid = options
+                .pointer("/preconditions/uid")
+                .and_then(Value::as_str);
+            let dry_run = opts.dry_run
+                || options
+                    .get("dryRun")
+                    .and_then(Value::as_array)
+                    .is_some_and(|d| !d.is_empty());
             let obj = store.delete(t.res, ns, name, grace, uid, dry_run)?;
             Ok(json_response(200, &obj))
         }
-        (m, _) => Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource: {m}"))),
+        (m, _) => Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource: {m}"
+        ))),
     }
 }
 
-fn list(store: &Store, t: &Target, query: &HashMap<String, String>, labels: &LabelSelector, fields: &FieldSelector) -> Result<Response, ApiError> {
+fn list(
+    store: &Store,
+    t: &Target,
+    query: &HashMap<String, String>,
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+) -> Result<Response, ApiError> {
     let (mut items, rv) = store.list(t.res, t.namespace.as_deref(), labels, fields);
     let offset = match query.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => {
@@ -280,20 +374,29 @@ fn list(store: &Store, t: &Target, query: &HashMap<String, String>, labels: &Lab
                 .decode(token)
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|s| s.strip_prefix("offset:").and_then(|o| o.parse::<usize>().ok()));
-            decoded.ok_or_else(|| ApiError::bad_request("continue key is not valid: illegal base64 data"))?
+                .and_then(|s| {
+                    s.strip_prefix("offset:")
+                        .and_then(|o| o.parse::<usize>().ok())
+                });
+            decoded.ok_or_else(|| {
+                ApiError::bad_request("continue key is not valid: illegal base64 data")
+            })?
         }
         None => 0,
     };
     let total = items.len();
     items = items.into_iter().skip(offset).collect();
     let mut metadata = json!({"resourceVersion": rv.to_string()});
-    if let Some(limit) = query.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0)
+    if let Some(limit) = query
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0)
         && items.len() > limit
     {
         items.truncate(limit);
         let next = offset + limit;
-        metadata["continue"] = json!(base64::engine::general_purpose::STANDARD.encode(format!("offset:{next}")));
+        metadata["continue"] =
+            json!(base64::engine::general_purpose::STANDARD.encode(format!("offset:{next}")));
         metadata["remainingItemCount"] = json!(total - next);
     }
     if t.res.builtin {
@@ -305,11 +408,19 @@ fn list(store: &Store, t: &Target, query: &HashMap<String, String>, labels: &Lab
             }
         }
     }
-    Ok(json_response(200, &json!({"kind": t.res.list_kind(), "apiVersion": t.res.api_version(), "metadata": metadata, "items": items})))
+    Ok(json_response(
+        200,
+        &json!({"kind": t.res.list_kind(), "apiVersion": t.res.api_version(), "metadata": metadata, "items": items}),
+    ))
 }
 
 /// Whether a change is visible to a watch with this scope and selectors, before and after.
-fn visibility(c: &Change, t: &Target, labels: &LabelSelector, fields: &FieldSelector) -> Option<(&'static str, Value)> {
+fn visibility(
+    c: &Change,
+    t: &Target,
+    labels: &LabelSelector,
+    fields: &FieldSelector,
+) -> Option<(&'static str, Value)> {
     if !std::ptr::eq(c.resource, t.res) {
         return None;
     }
@@ -334,18 +445,42 @@ fn visibility(c: &Change, t: &Target, labels: &LabelSelector, fields: &FieldSele
     }
 }
 
-fn watch(store: &Store, t: &Target, query: &HashMap<String, String>, labels: LabelSelector, fields: FieldSelector) -> Result<Response, ApiError> {
-    let rv = query.get("resourceVersion").map(String::as_str).unwrap_or_default();
+fn watch(
+    store: &Store,
+    t: &Target,
+    query: &HashMap<String, String>,
+    labels: LabelSelector,
+    fields: FieldSelector,
+) -> Result<Response, ApiError> {
+    let rv = query
+        .get("resourceVersion")
+        .map(String::as_str)
+        .unwrap_or_default();
     let initial_events = query.get("sendInitialEvents").is_some_and(|s| s == "true");
     let from = if rv.is_empty() || rv == "0" || initial_events {
         WatchFrom::Now
     } else {
-        WatchFrom::After(rv.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?)
+        WatchFrom::After(
+            rv.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?,
+        )
     };
-    let bookmarks = query.get("allowWatchBookmarks").is_some_and(|b| b == "true");
-    let timeout = Duration::from_secs(query.get("timeoutSeconds").and_then(|s| s.parse().ok()).unwrap_or(1800));
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|b| b == "true");
+    let timeout = Duration::from_secs(
+        query
+            .get("timeoutSeconds")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1800),
+    );
     let (tx, rx) = mpsc::channel::<Bytes>(1024);
-    let target = Target { res: t.res, namespace: t.namespace.clone(), name: None, sub: Subresource::Main };
+    let target = Target {
+        res: t.res,
+        namespace: t.namespace.clone(),
+        name: None,
+        sub: Subresource::Main,
+    };
     let start = store.watch(from);
     tokio::spawn(async move {
         let line = |v: Value| Bytes::from(format!("{v}\n"));
@@ -359,14 +494,19 @@ fn watch(store: &Store, t: &Target, query: &HashMap<String, String>, labels: Lab
         let start = match start {
             Ok(s) => s,
             Err(e) => {
-                let _ = tx.send(line(json!({"type": "ERROR", "object": e.to_status()}))).await;
+                let _ = tx
+                    .send(line(json!({"type": "ERROR", "object": e.to_status()})))
+                    .await;
                 return;
             }
         };
         let mut last_rv = start.start_rv;
         for c in &start.replay {
             if let Some((ty, obj)) = visibility(c, &target, &labels, &fields)
-                && tx.send(line(json!({"type": ty, "object": obj}))).await.is_err()
+                && tx
+                    .send(line(json!({"type": ty, "object": obj})))
+                    .await
+                    .is_err()
             {
                 return;
             }
@@ -407,7 +547,9 @@ fn watch(store: &Store, t: &Target, query: &HashMap<String, String>, labels: Lab
             }
         }
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx)) });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    });
     Ok(Response::builder()
         .status(200)
         .header(header::CONTENT_TYPE, "application/json")
@@ -425,13 +567,22 @@ fn version_info() -> Value {
 
 fn verbs(r: &ResourceType) -> Value {
     let _ = r;
-    json!(["create", "delete", "get", "list", "patch", "update", "watch"])
+    json!([
+        "create", "delete", "get", "list", "patch", "update", "watch"
+    ])
 }
 
 fn resource_list(group: &str, version: &str) -> Value {
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     let mut list = Vec::new();
-    for r in RESOURCES.iter().filter(|r| r.group == group && r.version == version) {
+    for r in RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
         list.push(json!({"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced, "kind": r.kind, "verbs": verbs(r)}));
         if r.status_subresource {
             list.push(json!({"name": format!("{}/status", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]}));
@@ -441,7 +592,11 @@ fn resource_list(group: &str, version: &str) -> Value {
 }
 
 fn api_groups() -> Vec<Value> {
-    let mut groups: Vec<(&str, &str)> = RESOURCES.iter().filter(|r| !r.group.is_empty()).map(|r| r.group_version()).collect();
+    let mut groups: Vec<(&str, &str)> = RESOURCES
+        .iter()
+        .filter(|r| !r.group.is_empty())
+        .map(|r| r.group_version())
+        .collect();
     groups.dedup();
     groups
         .into_iter()
@@ -457,7 +612,11 @@ fn api_group_list() -> Value {
 }
 
 fn aggregated_response(core: bool) -> Response {
-    let mut groups: Vec<(&str, &str)> = RESOURCES.iter().filter(|r| r.group.is_empty() == core).map(|r| r.group_version()).collect();
+    let mut groups: Vec<(&str, &str)> = RESOURCES
+        .iter()
+        .filter(|r| r.group.is_empty() == core)
+        .map(|r| r.group_version())
+        .collect();
     groups.dedup();
     let items: Vec<Value> = groups
         .into_iter()
@@ -482,7 +641,10 @@ fn aggregated_response(core: bool) -> Response {
     let body = json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items});
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList")],
+        [(
+            header::CONTENT_TYPE,
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList",
+        )],
         body.to_string(),
     )
         .into_response()

@@ -27,8 +27,21 @@ pub fn list_strategy(plural: &str, path: &[&str]) -> Option<ListStrategy> {
     match (plural, path) {
         (_, ["metadata", "ownerReferences"]) => Some(MergeByKey("uid")),
         (_, ["metadata", "finalizers"]) => Some(MergePrimitives),
-        ("pods", ["spec", "containers" | "initContainers" | "ephemeralContainers"]) => Some(MergeByKey("name")),
-        ("pods", ["spec", "containers" | "initContainers" | "ephemeralContainers", rest @ ..]) => container(rest),
+        (
+            "pods",
+            [
+                "spec",
+                "containers" | "initContainers" | "ephemeralContainers",
+            ],
+        ) => Some(MergeByKey("name")),
+        (
+            "pods",
+            [
+                "spec",
+                "containers" | "initContainers" | "ephemeralContainers",
+                rest @ ..,
+            ],
+        ) => container(rest),
         ("pods", ["spec", "readinessGates"]) => Some(MergeByKey("conditionType")),
         ("pods", ["spec", "volumes"]) => Some(MergeByKey("name")),
         ("pods", ["spec", "imagePullSecrets"]) => Some(MergeByKey("name")),
@@ -51,16 +64,28 @@ pub enum PatchError {
 /// Applies a strategic merge patch to `doc` (a built-in object of resource `plural`).
 pub fn strategic_merge(plural: &str, doc: &mut Value, patch: &Value) -> Result<(), PatchError> {
     let Some(patch) = patch.as_object() else {
-        return Err(PatchError::Invalid("strategic merge patch must be a JSON object".into()));
+        return Err(PatchError::Invalid(
+            "strategic merge patch must be a JSON object".into(),
+        ));
     };
     if !doc.is_object() {
         *doc = Value::Object(Map::new());
     }
     let mut path = Vec::new();
-    merge_map(plural, doc.as_object_mut().expect("object"), patch, &mut path)
+    merge_map(
+        plural,
+        doc.as_object_mut().expect("object"),
+        patch,
+        &mut path,
+    )
 }
 
-fn merge_map(plural: &str, orig: &mut Map<String, Value>, patch: &Map<String, Value>, path: &mut Vec<String>) -> Result<(), PatchError> {
+fn merge_map(
+    plural: &str,
+    orig: &mut Map<String, Value>,
+    patch: &Map<String, Value>,
+    path: &mut Vec<String>,
+) -> Result<(), PatchError> {
     match patch.get("$patch").and_then(Value::as_str) {
         Some("replace") => {
             *orig = clean_map(patch);
@@ -110,7 +135,9 @@ fn merge_map(plural: &str, orig: &mut Map<String, Value>, patch: &Map<String, Va
             }
             _ => {
                 let cleaned = clean(value);
-                if matches!(&cleaned, Value::Object(m) if m.is_empty()) && value.get("$patch").is_some() {
+                if matches!(&cleaned, Value::Object(m) if m.is_empty())
+                    && value.get("$patch").is_some()
+                {
                     orig.remove(key);
                 } else {
                     orig.insert(key.clone(), cleaned);
@@ -122,10 +149,23 @@ fn merge_map(plural: &str, orig: &mut Map<String, Value>, patch: &Map<String, Va
     Ok(())
 }
 
-fn merge_list(plural: &str, orig: &mut Vec<Value>, patch: &[Value], strategy: ListStrategy, path: &mut Vec<String>) -> Result<(), PatchError> {
+fn merge_list(
+    plural: &str,
+    orig: &mut Vec<Value>,
+    patch: &[Value],
+    strategy: ListStrategy,
+    path: &mut Vec<String>,
+) -> Result<(), PatchError> {
     // A `{"$patch": "replace"}` element replaces the whole list with the other elements.
-    if patch.iter().any(|e| e.get("$patch").and_then(Value::as_str) == Some("replace")) {
-        *orig = patch.iter().filter(|e| e.get("$patch").is_none()).map(clean).collect();
+    if patch
+        .iter()
+        .any(|e| e.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
+        *orig = patch
+            .iter()
+            .filter(|e| e.get("$patch").is_none())
+            .map(clean)
+            .collect();
         return Ok(());
     }
     match strategy {
@@ -139,14 +179,19 @@ fn merge_list(plural: &str, orig: &mut Vec<Value>, patch: &[Value], strategy: Li
         ListStrategy::MergeByKey(merge_key) => {
             for item in patch {
                 let Some(obj) = item.as_object() else {
-                    return Err(PatchError::Invalid(format!("{}: list item is not an object", path.join("."))));
+                    return Err(PatchError::Invalid(format!(
+                        "{}: list item is not an object",
+                        path.join(".")
+                    )));
                 };
                 let Some(key_value) = obj.get(merge_key) else {
                     return Err(PatchError::Invalid(format!(
                         "map: {item} does not contain declared merge key: {merge_key}"
                     )));
                 };
-                let pos = orig.iter().position(|o| o.get(merge_key) == Some(key_value));
+                let pos = orig
+                    .iter()
+                    .position(|o| o.get(merge_key) == Some(key_value));
                 let delete = obj.get("$patch").and_then(Value::as_str) == Some("delete");
                 match (pos, delete) {
                     (Some(i), true) => {
@@ -170,7 +215,12 @@ fn merge_list(plural: &str, orig: &mut Vec<Value>, patch: &[Value], strategy: Li
 fn clean(v: &Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(clean_map(m)),
-        Value::Array(a) => Value::Array(a.iter().filter(|e| e.get("$patch").is_none()).map(clean).collect()),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .filter(|e| e.get("$patch").is_none())
+                .map(clean)
+                .collect(),
+        ),
         other => other.clone(),
     }
 }
@@ -189,9 +239,13 @@ pub fn merge_patch(doc: &mut Value, patch: &Value) {
 
 /// RFC 6902 JSON patch.
 pub fn json_patch(doc: &mut Value, patch: &Value) -> Result<(), PatchError> {
-    let ops: json_patch::Patch =
-        serde_json::from_value(patch.clone()).map_err(|e| PatchError::Invalid(format!("invalid JSON patch: {e}")))?;
-    json_patch::patch(doc, &ops).map_err(|e| PatchError::Invalid(format!("the server rejected our request due to an error in our request: {e}")))
+    let ops: json_patch::Patch = serde_json::from_value(patch.clone())
+        .map_err(|e| PatchError::Invalid(format!("invalid JSON patch: {e}")))?;
+    json_patch::patch(doc, &ops).map_err(|e| {
+        PatchError::Invalid(format!(
+            "the server rejected our request due to an error in our request: {e}"
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -225,7 +279,10 @@ mod tests {
         assert_eq!(conds.len(), 3);
         assert_eq!(conds[0], json!({"type": "Ready", "status": "False"}));
         // Merged into the existing element: the null removed reason, lastTransitionTime kept.
-        assert_eq!(conds[1], json!({"type": "target-health.elbv2.k8s.aws/a", "status": "True", "message": "ok", "lastTransitionTime": "2024-01-01T00:00:00Z"}));
+        assert_eq!(
+            conds[1],
+            json!({"type": "target-health.elbv2.k8s.aws/a", "status": "True", "message": "ok", "lastTransitionTime": "2024-01-01T00:00:00Z"})
+        );
         assert_eq!(conds[2]["type"], "target-health.elbv2.k8s.aws/b");
     }
 
@@ -237,15 +294,28 @@ mod tests {
             "containers": [{"name": "app", "image": "v2"}]
         }});
         strategic_merge("pods", &mut doc, &patch).unwrap();
-        assert_eq!(doc["spec"]["readinessGates"], json!([{"conditionType": "target-health.elbv2.k8s.aws/a"}, {"conditionType": "target-health.elbv2.k8s.aws/b"}]));
+        assert_eq!(
+            doc["spec"]["readinessGates"],
+            json!([{"conditionType": "target-health.elbv2.k8s.aws/a"}, {"conditionType": "target-health.elbv2.k8s.aws/b"}])
+        );
         assert_eq!(doc["spec"]["containers"][0]["image"], "v2");
-        assert_eq!(doc["spec"]["containers"][0]["ports"][0]["containerPort"], 8080);
+        assert_eq!(
+            doc["spec"]["containers"][0]["ports"][0]["containerPort"],
+            8080
+        );
     }
 
     #[test]
     fn directives_delete_replace_and_primitive_sets() {
         let mut doc = pod();
-        assert!(strategic_merge("pods", &mut doc.clone(), &json!({"metadata": {"$patch": "bogus"}})).is_err());
+        assert!(
+            strategic_merge(
+                "pods",
+                &mut doc.clone(),
+                &json!({"metadata": {"$patch": "bogus"}})
+            )
+            .is_err()
+        );
         let patch = json!({
             "metadata": {"finalizers": ["b", "a"], "labels": {"app": null, "$patch": "merge"}},
             "spec": {"readinessGates": [{"conditionType": "target-health.elbv2.k8s.aws/a", "$patch": "delete"}]},
@@ -256,16 +326,31 @@ mod tests {
         assert_eq!(doc["metadata"]["finalizers"], json!(["a", "b"]));
         assert_eq!(doc["metadata"]["labels"], json!({}));
         assert_eq!(doc["spec"]["readinessGates"], json!([]));
-        assert_eq!(doc["status"]["conditions"], json!([{"type": "X", "status": "True"}]));
+        assert_eq!(
+            doc["status"]["conditions"],
+            json!([{"type": "X", "status": "True"}])
+        );
     }
 
     #[test]
     fn atomic_lists_are_replaced_and_missing_merge_key_is_an_error() {
         let mut doc = json!({"spec": {"ports": [{"port": 80, "targetPort": "http"}], "selector": {"app": "web"}, "externalIPs": ["1.2.3.4"]}});
-        strategic_merge("services", &mut doc, &json!({"spec": {"ports": [{"port": 80, "name": "web"}], "externalIPs": ["5.6.7.8"]}})).unwrap();
-        assert_eq!(doc["spec"]["ports"], json!([{"port": 80, "targetPort": "http", "name": "web"}]));
+        strategic_merge(
+            "services",
+            &mut doc,
+            &json!({"spec": {"ports": [{"port": 80, "name": "web"}], "externalIPs": ["5.6.7.8"]}}),
+        )
+        .unwrap();
+        assert_eq!(
+            doc["spec"]["ports"],
+            json!([{"port": 80, "targetPort": "http", "name": "web"}])
+        );
         assert_eq!(doc["spec"]["externalIPs"], json!(["5.6.7.8"]));
-        let err = strategic_merge("pods", &mut pod(), &json!({"status": {"conditions": [{"status": "True"}]}}));
+        let err = strategic_merge(
+            "pods",
+            &mut pod(),
+            &json!({"status": {"conditions": [{"status": "True"}]}}),
+        );
         assert!(err.is_err());
     }
 
@@ -274,7 +359,13 @@ mod tests {
         let mut doc = pod();
         json_patch(&mut doc, &json!([{"op": "add", "path": "/spec/readinessGates/-", "value": {"conditionType": "x"}}])).unwrap();
         assert_eq!(doc["spec"]["readinessGates"][1]["conditionType"], "x");
-        assert!(json_patch(&mut doc, &json!([{"op": "test", "path": "/metadata/name", "value": "q"}])).is_err());
+        assert!(
+            json_patch(
+                &mut doc,
+                &json!([{"op": "test", "path": "/metadata/name", "value": "q"}])
+            )
+            .is_err()
+        );
         merge_patch(&mut doc, &json!({"spec": {"readinessGates": null}}));
         assert!(doc["spec"].get("readinessGates").is_none());
     }

@@ -17,7 +17,11 @@ pub struct ResourceType {
 
 impl ResourceType {
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
 
     pub fn list_kind(&self) -> String {
@@ -29,6 +33,7 @@ impl ResourceType {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // a row of the table below
 const fn rt(
     group: &'static str,
     version: &'static str,
@@ -39,25 +44,75 @@ const fn rt(
     status_subresource: bool,
     builtin: bool,
 ) -> ResourceType {
-    ResourceType { group, version, plural, singular, kind, namespaced, status_subresource, builtin }
+    ResourceType {
+        group,
+        version,
+        plural,
+        singular,
+        kind,
+        namespaced,
+        status_subresource,
+        builtin,
+    }
 }
 
 pub static RESOURCES: &[ResourceType] = &[
-    rt("", "v1", "namespaces", "namespace", "Namespace", false, true, true),
+    rt(
+        "",
+        "v1",
+        "namespaces",
+        "namespace",
+        "Namespace",
+        false,
+        true,
+        true,
+    ),
     rt("", "v1", "pods", "pod", "Pod", true, true, true),
     rt("", "v1", "services", "service", "Service", true, true, true),
     rt("", "v1", "events", "event", "Event", true, false, true),
-    rt("events.k8s.io", "v1", "events", "event", "Event", true, false, true),
-    rt("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, false, true),
-    rt("elbv2.k8s.aws", "v1beta1", "targetgroupbindings", "targetgroupbinding", "TargetGroupBinding", true, true, false),
+    rt(
+        "events.k8s.io",
+        "v1",
+        "events",
+        "event",
+        "Event",
+        true,
+        false,
+        true,
+    ),
+    rt(
+        "coordination.k8s.io",
+        "v1",
+        "leases",
+        "lease",
+        "Lease",
+        true,
+        false,
+        true,
+    ),
+    rt(
+        "elbv2.k8s.aws",
+        "v1beta1",
+        "targetgroupbindings",
+        "targetgroupbinding",
+        "TargetGroupBinding",
+        true,
+        true,
+        false,
+    ),
 ];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
-    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 pub fn index_of(r: &ResourceType) -> usize {
-    RESOURCES.iter().position(|x| std::ptr::eq(x, r)).expect("a resource of RESOURCES")
+    RESOURCES
+        .iter()
+        .position(|x| std::ptr::eq(x, r))
+        .expect("a resource of RESOURCES")
 }
 
 pub fn pods() -> &'static ResourceType {

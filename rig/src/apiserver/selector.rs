@@ -49,19 +49,32 @@ impl LabelSelector {
         let Some(v) = v else { return Ok(Self(reqs)) };
         if let Some(ml) = v.get("matchLabels").and_then(Value::as_object) {
             for (k, val) in ml {
-                let val = val.as_str().ok_or_else(|| format!("matchLabels {k}: not a string"))?;
+                let val = val
+                    .as_str()
+                    .ok_or_else(|| format!("matchLabels {k}: not a string"))?;
                 reqs.push(Requirement::Eq(k.clone(), val.to_string()));
             }
         }
         if let Some(exprs) = v.get("matchExpressions").and_then(Value::as_array) {
             for e in exprs {
-                let key = e.get("key").and_then(Value::as_str).ok_or("matchExpressions: key missing")?.to_string();
+                let key = e
+                    .get("key")
+                    .and_then(Value::as_str)
+                    .ok_or("matchExpressions: key missing")?
+                    .to_string();
                 let values: Vec<String> = e
                     .get("values")
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(String::from))
+                            .collect()
+                    })
                     .unwrap_or_default();
-                let op = e.get("operator").and_then(Value::as_str).unwrap_or_default();
+                let op = e
+                    .get("operator")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 reqs.push(match op {
                     "In" => Requirement::In(key, values),
                     "NotIn" => Requirement::NotIn(key, values),
@@ -99,7 +112,10 @@ fn parse_requirement(term: &str) -> Result<Requirement, String> {
         return Ok(Requirement::NotExists(valid_key(k.trim())?));
     }
     if let Some((k, v)) = term.split_once("!=") {
-        return Ok(Requirement::NotEq(valid_key(k.trim())?, v.trim().to_string()));
+        return Ok(Requirement::NotEq(
+            valid_key(k.trim())?,
+            v.trim().to_string(),
+        ));
     }
     if let Some((k, v)) = term.split_once("==") {
         return Ok(Requirement::Eq(valid_key(k.trim())?, v.trim().to_string()));
@@ -114,9 +130,19 @@ fn parse_requirement(term: &str) -> Result<Requirement, String> {
             let inner = set
                 .strip_prefix('(')
                 .and_then(|s| s.strip_suffix(')'))
-                .ok_or_else(|| format!("unable to parse requirement: {term:?}: expected a (value, ...) set"))?;
-            let values = inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect();
-            return Ok(if notin { Requirement::NotIn(key, values) } else { Requirement::In(key, values) });
+                .ok_or_else(|| {
+                    format!("unable to parse requirement: {term:?}: expected a (value, ...) set")
+                })?;
+            let values = inner
+                .split(',')
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .collect();
+            return Ok(if notin {
+                Requirement::NotIn(key, values)
+            } else {
+                Requirement::In(key, values)
+            });
         }
     }
     Ok(Requirement::Exists(valid_key(term)?))
@@ -124,7 +150,9 @@ fn parse_requirement(term: &str) -> Result<Requirement, String> {
 
 fn valid_key(k: &str) -> Result<String, String> {
     if k.is_empty() || k.contains(char::is_whitespace) || k.contains(['(', ')', '=', '!']) {
-        return Err(format!("unable to parse requirement: invalid label key {k:?}"));
+        return Err(format!(
+            "unable to parse requirement: invalid label key {k:?}"
+        ));
     }
     Ok(k.to_string())
 }
@@ -144,7 +172,9 @@ impl FieldSelector {
             } else if let Some((k, v)) = term.split_once('=') {
                 (k, true, v)
             } else {
-                return Err(format!("invalid selector: '{term}'; can't understand '{term}'"));
+                return Err(format!(
+                    "invalid selector: '{term}'; can't understand '{term}'"
+                ));
             };
             reqs.push((path.trim().to_string(), eq, value.trim().to_string()));
         }
@@ -167,7 +197,11 @@ impl FieldSelector {
 pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
     obj.pointer("/metadata/labels")
         .and_then(Value::as_object)
-        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))).collect())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -177,16 +211,37 @@ mod tests {
     use serde_json::json;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn every_operator_of_the_label_selector_grammar() {
-        let sel = LabelSelector::parse("app=web,tier!=db,env in (prod, staging),zone notin (a),team,!legacy").unwrap();
-        assert!(sel.matches(&labels(&[("app", "web"), ("env", "prod"), ("zone", "b"), ("team", "x")])));
+        let sel = LabelSelector::parse(
+            "app=web,tier!=db,env in (prod, staging),zone notin (a),team,!legacy",
+        )
+        .unwrap();
+        assert!(sel.matches(&labels(&[
+            ("app", "web"),
+            ("env", "prod"),
+            ("zone", "b"),
+            ("team", "x")
+        ])));
         assert!(!sel.matches(&labels(&[("app", "web"), ("env", "dev"), ("team", "x")])));
-        assert!(!sel.matches(&labels(&[("app", "web"), ("env", "prod"), ("team", "x"), ("legacy", "1")])));
-        assert!(!sel.matches(&labels(&[("app", "web"), ("env", "prod"), ("zone", "a"), ("team", "x")])));
+        assert!(!sel.matches(&labels(&[
+            ("app", "web"),
+            ("env", "prod"),
+            ("team", "x"),
+            ("legacy", "1")
+        ])));
+        assert!(!sel.matches(&labels(&[
+            ("app", "web"),
+            ("env", "prod"),
+            ("zone", "a"),
+            ("team", "x")
+        ])));
         assert!(!sel.matches(&labels(&[("app", "web"), ("env", "prod")])));
         assert!(LabelSelector::parse("").unwrap().matches(&labels(&[])));
         assert!(LabelSelector::parse("a in b").is_err());
@@ -201,14 +256,29 @@ mod tests {
         let ns = json!({"matchLabels": {"elbv2.k8s.aws/pod-readiness-gate-inject": "enabled"}});
         let sel = LabelSelector::from_object(Some(&ns)).unwrap();
         assert!(!sel.matches(&labels(&[])));
-        assert!(sel.matches(&labels(&[("elbv2.k8s.aws/pod-readiness-gate-inject", "enabled")])));
+        assert!(sel.matches(&labels(&[(
+            "elbv2.k8s.aws/pod-readiness-gate-inject",
+            "enabled"
+        )])));
     }
 
     #[test]
     fn field_selector_on_dotted_paths() {
         let pod = json!({"metadata": {"name": "p", "namespace": "n"}, "spec": {"nodeName": "rig-node"}, "status": {"phase": "Running"}});
-        assert!(FieldSelector::parse("metadata.name=p,status.phase!=Failed").unwrap().matches(&pod));
-        assert!(!FieldSelector::parse("spec.nodeName=other").unwrap().matches(&pod));
-        assert!(FieldSelector::parse("spec.schedulerName=").unwrap().matches(&pod));
+        assert!(
+            FieldSelector::parse("metadata.name=p,status.phase!=Failed")
+                .unwrap()
+                .matches(&pod)
+        );
+        assert!(
+            !FieldSelector::parse("spec.nodeName=other")
+                .unwrap()
+                .matches(&pod)
+        );
+        assert!(
+            FieldSelector::parse("spec.schedulerName=")
+                .unwrap()
+                .matches(&pod)
+        );
     }
 }

@@ -15,7 +15,12 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(code: u16, reason: &'static str, message: String, details: Value) -> Self {
-        Self { code, reason, message, details }
+        Self {
+            code,
+            reason,
+            message,
+            details,
+        }
     }
 
     pub fn not_found(resource: &str, group: &str, name: &str) -> Self {
@@ -49,8 +54,16 @@ impl ApiError {
     }
 
     /// 409 for a server-side apply that would take fields another manager owns.
-    pub fn apply_conflict(resource: &str, group: &str, name: &str, causes: Vec<(String, String)>) -> Self {
-        let list: Vec<String> = causes.iter().map(|(m, f)| format!("conflict with \"{m}\": {f}")).collect();
+    pub fn apply_conflict(
+        resource: &str,
+        group: &str,
+        name: &str,
+        causes: Vec<(String, String)>,
+    ) -> Self {
+        let list: Vec<String> = causes
+            .iter()
+            .map(|(m, f)| format!("conflict with \"{m}\": {f}"))
+            .collect();
         let n = list.len();
         let causes: Vec<Value> = causes
             .into_iter()
@@ -59,13 +72,21 @@ impl ApiError {
         Self::new(
             409,
             "Conflict",
-            format!("Apply failed with {n} conflict{}: {}", if n == 1 { "" } else { "s" }, list.join(", ")),
+            format!(
+                "Apply failed with {n} conflict{}: {}",
+                if n == 1 { "" } else { "s" },
+                list.join(", ")
+            ),
             json!({"name": name, "group": group, "kind": qualified(resource, group), "causes": causes}),
         )
     }
 
     pub fn invalid(kind: &str, group: &str, name: &str, field: &str, why: &str) -> Self {
-        let gk = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
+        let gk = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
         Self::new(
             422,
             "Invalid",
@@ -95,7 +116,12 @@ impl ApiError {
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(500, "InternalError", format!("Internal error occurred: {}", message.into()), Value::Null)
+        Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {}", message.into()),
+            Value::Null,
+        )
     }
 
     pub fn to_status(&self) -> Value {
@@ -116,7 +142,11 @@ impl ApiError {
 }
 
 fn qualified(resource: &str, group: &str) -> String {
-    if group.is_empty() { resource.to_string() } else { format!("{resource}.{group}") }
+    if group.is_empty() {
+        resource.to_string()
+    } else {
+        format!("{resource}.{group}")
+    }
 }
 
 #[cfg(test)]
@@ -136,7 +166,10 @@ mod tests {
     #[test]
     fn group_is_part_of_the_qualified_resource() {
         let e = ApiError::already_exists("targetgroupbindings", "elbv2.k8s.aws", "tgb");
-        assert_eq!(e.message, "targetgroupbindings.elbv2.k8s.aws \"tgb\" already exists");
+        assert_eq!(
+            e.message,
+            "targetgroupbindings.elbv2.k8s.aws \"tgb\" already exists"
+        );
         assert_eq!(e.code, 409);
     }
 }

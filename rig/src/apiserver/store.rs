@@ -71,7 +71,13 @@ pub struct WriteOpts {
 
 /// Mutating admission of pods on CREATE, called before the object is named and stored.
 pub trait PodAdmission: Send + Sync {
-    fn admit<'a>(&'a self, store: &'a Store, namespace: &'a str, pod: Value, dry_run: bool) -> BoxFuture<'a, Result<Value, ApiError>>;
+    fn admit<'a>(
+        &'a self,
+        store: &'a Store,
+        namespace: &'a str,
+        pod: Value,
+        dry_run: bool,
+    ) -> BoxFuture<'a, Result<Value, ApiError>>;
 }
 
 type Key = (usize, String, String);
@@ -116,7 +122,12 @@ impl Store {
     pub fn new() -> Self {
         let (tx, _) = broadcast::channel(1 << 16);
         Self {
-            inner: Mutex::new(Inner { rv: 1, objects: BTreeMap::new(), log: VecDeque::new(), owners: HashMap::new() }),
+            inner: Mutex::new(Inner {
+                rv: 1,
+                objects: BTreeMap::new(),
+                log: VecDeque::new(),
+                owners: HashMap::new(),
+            }),
             tx,
             admission: RwLock::new(None),
         }
@@ -136,7 +147,15 @@ impl Store {
     }
 
     fn key(res: &'static ResourceType, ns: &str, name: &str) -> Key {
-        (resources::index_of(res), if res.namespaced { ns.to_string() } else { String::new() }, name.to_string())
+        (
+            resources::index_of(res),
+            if res.namespaced {
+                ns.to_string()
+            } else {
+                String::new()
+            },
+            name.to_string(),
+        )
     }
 
     pub fn get(&self, res: &'static ResourceType, ns: &str, name: &str) -> Result<Value, ApiError> {
@@ -150,7 +169,13 @@ impl Store {
 
     /// Objects of `res` in `ns` (all namespaces for `None`) matching the selectors, and the
     /// resourceVersion of the snapshot.
-    pub fn list(&self, res: &'static ResourceType, ns: Option<&str>, labels: &LabelSelector, fields: &FieldSelector) -> (Vec<Value>, u64) {
+    pub fn list(
+        &self,
+        res: &'static ResourceType,
+        ns: Option<&str>,
+        labels: &LabelSelector,
+        fields: &FieldSelector,
+    ) -> (Vec<Value>, u64) {
         let inner = self.inner.lock().expect("store lock");
         let idx = resources::index_of(res);
         let items = inner
@@ -183,7 +208,11 @@ impl Store {
                         })
                     })
                     .collect();
-                Ok(WatchStart { replay, start_rv: inner.rv, live })
+                Ok(WatchStart {
+                    replay,
+                    start_rv: inner.rv,
+                    live,
+                })
             }
             WatchFrom::After(rv) => {
                 let oldest = inner.log.front().map(|c| c.rv);
@@ -191,10 +220,17 @@ impl Store {
                     && rv + 1 < oldest
                     && inner.log.len() >= LOG_CAPACITY
                 {
-                    return Err(ApiError::gone(format!("too old resource version: {rv} ({})", oldest - 1)));
+                    return Err(ApiError::gone(format!(
+                        "too old resource version: {rv} ({})",
+                        oldest - 1
+                    )));
                 }
                 let replay = inner.log.iter().filter(|c| c.rv > rv).cloned().collect();
-                Ok(WatchStart { replay, start_rv: rv.max(inner.rv), live })
+                Ok(WatchStart {
+                    replay,
+                    start_rv: rv.max(inner.rv),
+                    live,
+                })
             }
         }
     }
@@ -209,7 +245,13 @@ impl Store {
         let _ = self.tx.send(change);
     }
 
-    pub async fn create(&self, res: &'static ResourceType, ns: &str, obj: Value, opts: &WriteOpts) -> Result<Value, ApiError> {
+    pub async fn create(
+        &self,
+        res: &'static ResourceType,
+        ns: &str,
+        obj: Value,
+        opts: &WriteOpts,
+    ) -> Result<Value, ApiError> {
         let mut obj = self.prepare_create(res, ns, obj)?;
         if res.kind == "Pod" && res.group.is_empty() {
             let admission = self.admission.read().expect("admission lock").clone();
@@ -223,9 +265,16 @@ impl Store {
     }
 
     /// Validation and defaulting of a new object, before admission.
-    fn prepare_create(&self, res: &'static ResourceType, ns: &str, mut obj: Value) -> Result<Value, ApiError> {
+    fn prepare_create(
+        &self,
+        res: &'static ResourceType,
+        ns: &str,
+        mut obj: Value,
+    ) -> Result<Value, ApiError> {
         if !obj.is_object() {
-            return Err(ApiError::bad_request("the body of the request was in an unknown format"));
+            return Err(ApiError::bad_request(
+                "the body of the request was in an unknown format",
+            ));
         }
         check_type_meta(res, &obj)?;
         obj["apiVersion"] = json!(res.api_version());
@@ -238,13 +287,23 @@ impl Store {
                 && !given.is_empty()
                 && given != ns
             {
-                return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
             }
             obj["metadata"]["namespace"] = json!(ns);
             self.get(resources::namespaces(), "", ns)?;
         }
-        if str_at(&obj, "/metadata/name").is_empty() && str_at(&obj, "/metadata/generateName").is_empty() {
-            return Err(ApiError::invalid(res.kind, res.group, "", "metadata.name", "Required value: name or generateName is required"));
+        if str_at(&obj, "/metadata/name").is_empty()
+            && str_at(&obj, "/metadata/generateName").is_empty()
+        {
+            return Err(ApiError::invalid(
+                res.kind,
+                res.group,
+                "",
+                "metadata.name",
+                "Required value: name or generateName is required",
+            ));
         }
         if res.status_subresource {
             // Status is not settable on create: the API server resets it.
@@ -263,11 +322,21 @@ impl Store {
     }
 
     /// Names (from generateName), stamps and stores a new object.
-    fn insert(&self, res: &'static ResourceType, ns: &str, mut obj: Value, opts: &WriteOpts) -> Result<Value, ApiError> {
+    fn insert(
+        &self,
+        res: &'static ResourceType,
+        ns: &str,
+        mut obj: Value,
+        opts: &WriteOpts,
+    ) -> Result<Value, ApiError> {
         let name = str_at(&obj, "/metadata/name");
         let generate = str_at(&obj, "/metadata/generateName");
         let mut inner = self.inner.lock().expect("store lock");
-        let name = if name.is_empty() { format!("{generate}{}", random_suffix()) } else { name };
+        let name = if name.is_empty() {
+            format!("{generate}{}", random_suffix())
+        } else {
+            name
+        };
         let key = Self::key(res, ns, &name);
         if inner.objects.contains_key(&key) {
             return Err(ApiError::already_exists(res.plural, res.group, &name));
@@ -292,27 +361,52 @@ impl Store {
         record_owners(&mut inner, &key, None, &obj, opts.field_manager.as_deref());
         self.commit(
             &mut inner,
-            Change { rv, resource: res, namespace: key.1.clone(), name, event: EventType::Added, object: obj.clone(), old: None },
+            Change {
+                rv,
+                resource: res,
+                namespace: key.1.clone(),
+                name,
+                event: EventType::Added,
+                object: obj.clone(),
+                old: None,
+            },
         );
         Ok(obj)
     }
 
     /// PUT: replace the object (or its status).
-    pub fn update(&self, res: &'static ResourceType, ns: &str, name: &str, obj: Value, sub: Subresource, opts: &WriteOpts) -> Result<Value, ApiError> {
+    pub fn update(
+        &self,
+        res: &'static ResourceType,
+        ns: &str,
+        name: &str,
+        obj: Value,
+        sub: Subresource,
+        opts: &WriteOpts,
+    ) -> Result<Value, ApiError> {
         if !obj.is_object() {
-            return Err(ApiError::bad_request("the body of the request was in an unknown format"));
+            return Err(ApiError::bad_request(
+                "the body of the request was in an unknown format",
+            ));
         }
         check_type_meta(res, &obj)?;
         let given = str_at(&obj, "/metadata/name");
         if given != name {
-            return Err(ApiError::bad_request(format!("the name of the object ({given}) does not match the name on the URL ({name})")));
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({given}) does not match the name on the URL ({name})"
+            )));
         }
         let mut inner = self.inner.lock().expect("store lock");
         let key = Self::key(res, ns, name);
-        let old = inner.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(res.plural, res.group, name))?;
+        let old = inner
+            .objects
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(res.plural, res.group, name))?;
         self.write(&mut inner, res, key, old, obj, sub, opts)
     }
 
+    #[allow(clippy::too_many_arguments)] // the PATCH verb's own parameters
     pub fn patch(
         &self,
         res: &'static ResourceType,
@@ -338,7 +432,9 @@ impl Store {
             return Err(ApiError::not_found(res.plural, res.group, name));
         };
         let mut doc = old.clone();
-        let patch_err = |e: patch::PatchError| ApiError::invalid(res.kind, res.group, name, "patch", &e.to_string());
+        let patch_err = |e: patch::PatchError| {
+            ApiError::invalid(res.kind, res.group, name, "patch", &e.to_string())
+        };
         match kind {
             PatchKind::Json => patch::json_patch(&mut doc, body).map_err(|e| {
                 let mut err = ApiError::internal(e.to_string());
@@ -352,7 +448,9 @@ impl Store {
                 }
                 patch::merge_patch(&mut doc, body)
             }
-            PatchKind::Strategic => patch::strategic_merge(res.plural, &mut doc, body).map_err(patch_err)?,
+            PatchKind::Strategic => {
+                patch::strategic_merge(res.plural, &mut doc, body).map_err(patch_err)?
+            }
             PatchKind::Apply => {
                 let manager = opts
                     .field_manager
@@ -362,7 +460,9 @@ impl Store {
                 if !opts.force {
                     let conflicts = apply_conflicts(inner.owners.get(&key), &old, body, &manager);
                     if !conflicts.is_empty() {
-                        return Err(ApiError::apply_conflict(res.plural, res.group, name, conflicts));
+                        return Err(ApiError::apply_conflict(
+                            res.plural, res.group, name, conflicts,
+                        ));
                     }
                 }
                 if res.builtin {
@@ -379,14 +479,23 @@ impl Store {
         self.write(&mut inner, res, key, old, doc, sub, opts)
     }
 
-    fn apply_create(&self, res: &'static ResourceType, ns: &str, name: &str, body: &Value, opts: &WriteOpts) -> Result<Value, ApiError> {
+    fn apply_create(
+        &self,
+        res: &'static ResourceType,
+        ns: &str,
+        name: &str,
+        body: &Value,
+        opts: &WriteOpts,
+    ) -> Result<Value, ApiError> {
         let mut obj = body.clone();
         if !obj.get("metadata").is_some_and(Value::is_object) {
             obj["metadata"] = json!({});
         }
         obj["metadata"]["name"] = json!(name);
         if res.kind == "Pod" {
-            return Err(ApiError::method_not_allowed("the rig creates pods through POST only"));
+            return Err(ApiError::method_not_allowed(
+                "the rig creates pods through POST only",
+            ));
         }
         let obj = self.prepare_create(res, ns, obj)?;
         self.insert(res, ns, obj, opts)
@@ -412,7 +521,9 @@ impl Store {
                 res.plural,
                 res.group,
                 &name,
-                &format!("Precondition failed: UID in precondition: {cand_uid}, UID in object meta: {old_uid}"),
+                &format!(
+                    "Precondition failed: UID in precondition: {cand_uid}, UID in object meta: {old_uid}"
+                ),
             ));
         }
         let cand_rv = str_at(&candidate, "/metadata/resourceVersion");
@@ -440,15 +551,29 @@ impl Store {
                 if !new.get("metadata").is_some_and(Value::is_object) {
                     new["metadata"] = json!({});
                 }
-                for field in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+                for field in [
+                    "name",
+                    "namespace",
+                    "uid",
+                    "creationTimestamp",
+                    "deletionTimestamp",
+                    "deletionGracePeriodSeconds",
+                    "generation",
+                ] {
                     match old["metadata"].get(field) {
                         Some(v) => new["metadata"][field] = v.clone(),
                         None => {
-                            new["metadata"].as_object_mut().expect("metadata").remove(field);
+                            new["metadata"]
+                                .as_object_mut()
+                                .expect("metadata")
+                                .remove(field);
                         }
                     }
                 }
-                new["metadata"].as_object_mut().expect("metadata").remove("managedFields");
+                new["metadata"]
+                    .as_object_mut()
+                    .expect("metadata")
+                    .remove("managedFields");
                 if res.status_subresource {
                     match old.get("status") {
                         Some(s) => new["status"] = s.clone(),
@@ -473,7 +598,10 @@ impl Store {
             return Ok(old); // no-op writes do not bump the resourceVersion
         }
         if new.get("spec") != old.get("spec") && sub == Subresource::Main {
-            let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+            let generation = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
             new["metadata"]["generation"] = json!(generation + 1);
         }
         if opts.dry_run {
@@ -486,17 +614,37 @@ impl Store {
         record_owners(inner, &key, Some(&old), &new, opts.field_manager.as_deref());
         self.commit(
             inner,
-            Change { rv, resource: res, namespace: key.1.clone(), name, event: EventType::Modified, object: new.clone(), old: Some(old) },
+            Change {
+                rv,
+                resource: res,
+                namespace: key.1.clone(),
+                name,
+                event: EventType::Modified,
+                object: new.clone(),
+                old: Some(old),
+            },
         );
         Ok(new)
     }
 
     /// DELETE. Pods on a node terminate gracefully: they get a deletionTimestamp and the rig's
     /// kubelet removes them (a delete with grace 0) once their containers stopped.
-    pub fn delete(&self, res: &'static ResourceType, ns: &str, name: &str, grace: Option<i64>, uid_precondition: Option<&str>, dry_run: bool) -> Result<Value, ApiError> {
+    pub fn delete(
+        &self,
+        res: &'static ResourceType,
+        ns: &str,
+        name: &str,
+        grace: Option<i64>,
+        uid_precondition: Option<&str>,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
         let mut inner = self.inner.lock().expect("store lock");
         let key = Self::key(res, ns, name);
-        let old = inner.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(res.plural, res.group, name))?;
+        let old = inner
+            .objects
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(res.plural, res.group, name))?;
         if let Some(uid) = uid_precondition
             && uid != str_at(&old, "/metadata/uid")
         {
@@ -504,15 +652,23 @@ impl Store {
                 res.plural,
                 res.group,
                 name,
-                &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", str_at(&old, "/metadata/uid")),
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    str_at(&old, "/metadata/uid")
+                ),
             ));
         }
         if res.kind == "Pod" && res.group.is_empty() {
             let grace = grace
-                .or_else(|| old.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+                .or_else(|| {
+                    old.pointer("/spec/terminationGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                })
                 .unwrap_or(30)
                 .max(0);
-            let current = old.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64);
+            let current = old
+                .pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_i64);
             if grace > 0 && current.is_none_or(|c| grace < c) {
                 let mut new = old.clone();
                 new["metadata"]["deletionTimestamp"] = json!(time_in(grace));
@@ -526,7 +682,15 @@ impl Store {
                 inner.objects.insert(key.clone(), new.clone());
                 self.commit(
                     &mut inner,
-                    Change { rv, resource: res, namespace: key.1.clone(), name: name.into(), event: EventType::Modified, object: new.clone(), old: Some(old) },
+                    Change {
+                        rv,
+                        resource: res,
+                        namespace: key.1.clone(),
+                        name: name.into(),
+                        event: EventType::Modified,
+                        object: new.clone(),
+                        old: Some(old),
+                    },
                 );
                 return Ok(new);
             }
@@ -540,7 +704,12 @@ impl Store {
         let removed = self.remove(&mut inner, res, key);
         if res.kind == "Namespace" {
             // The namespace controller deletes everything inside it.
-            let inside: Vec<Key> = inner.objects.keys().filter(|(i, n, _)| resources::RESOURCES[*i].namespaced && n == name).cloned().collect();
+            let inside: Vec<Key> = inner
+                .objects
+                .keys()
+                .filter(|(i, n, _)| resources::RESOURCES[*i].namespaced && n == name)
+                .cloned()
+                .collect();
             for k in inside {
                 let r = &resources::RESOURCES[k.0];
                 self.remove(&mut inner, r, k);
@@ -557,7 +726,15 @@ impl Store {
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
         self.commit(
             inner,
-            Change { rv, resource: res, namespace: key.1.clone(), name: key.2.clone(), event: EventType::Deleted, object: obj.clone(), old: None },
+            Change {
+                rv,
+                resource: res,
+                namespace: key.1.clone(),
+                name: key.2.clone(),
+                event: EventType::Deleted,
+                object: obj.clone(),
+                old: None,
+            },
         );
         obj
     }
@@ -573,19 +750,27 @@ fn check_type_meta(res: &ResourceType, obj: &Value) -> Result<(), ApiError> {
     }
     let kind = str_at(obj, "/kind");
     if !kind.is_empty() && kind != res.kind {
-        return Err(ApiError::bad_request(format!("the kind in the data ({kind}) does not match the expected kind ({})", res.kind)));
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({kind}) does not match the expected kind ({})",
+            res.kind
+        )));
     }
     Ok(())
 }
 
 pub fn str_at(v: &Value, pointer: &str) -> String {
-    v.pointer(pointer).and_then(Value::as_str).unwrap_or_default().to_string()
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn random_suffix() -> String {
     // The API server's alphabet for generated names: no vowels, no confusable digits.
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    (0..5).map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char).collect()
+    (0..5)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 fn default_pod(pod: &mut Value) {
@@ -593,10 +778,12 @@ fn default_pod(pod: &mut Value) {
         pod["spec"] = json!({});
     }
     let spec = pod["spec"].as_object_mut().expect("spec");
-    spec.entry("terminationGracePeriodSeconds").or_insert(json!(30));
+    spec.entry("terminationGracePeriodSeconds")
+        .or_insert(json!(30));
     spec.entry("restartPolicy").or_insert(json!("Always"));
     spec.entry("dnsPolicy").or_insert(json!("ClusterFirst"));
-    spec.entry("schedulerName").or_insert(json!("default-scheduler"));
+    spec.entry("schedulerName")
+        .or_insert(json!("default-scheduler"));
     spec.entry("enableServiceLinks").or_insert(json!(true));
     spec.entry("containers").or_insert(json!([]));
 }
@@ -638,33 +825,72 @@ fn check_pod_spec_update(old: &Value, new: &Value, name: &str) -> Result<(), Api
 /// readiness gate is True. Applied on every pod status change once the kubelet reported
 /// `ContainersReady`.
 pub fn apply_ready_rule(pod: &mut Value) {
-    let conditions = pod.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
-    let cond = |t: &str| conditions.iter().find(|c| c.get("type").and_then(Value::as_str) == Some(t));
-    let Some(containers) = cond("ContainersReady") else { return };
+    let conditions = pod
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let cond = |t: &str| {
+        conditions
+            .iter()
+            .find(|c| c.get("type").and_then(Value::as_str) == Some(t))
+    };
+    let Some(containers) = cond("ContainersReady") else {
+        return;
+    };
     let containers_ready = containers.get("status").and_then(Value::as_str) == Some("True");
     let gates: Vec<String> = pod
         .pointer("/spec/readinessGates")
         .and_then(Value::as_array)
-        .map(|g| g.iter().filter_map(|g| g.get("conditionType").and_then(Value::as_str).map(String::from)).collect())
+        .map(|g| {
+            g.iter()
+                .filter_map(|g| {
+                    g.get("conditionType")
+                        .and_then(Value::as_str)
+                        .map(String::from)
+                })
+                .collect()
+        })
         .unwrap_or_default();
     let mut gate_problems = Vec::new();
     for gate in &gates {
-        match cond(gate).and_then(|c| c.get("status")).and_then(Value::as_str) {
+        match cond(gate)
+            .and_then(|c| c.get("status"))
+            .and_then(Value::as_str)
+        {
             Some("True") => {}
-            Some(other) => gate_problems.push(format!("the status of pod readiness gate \"{gate}\" is not \"True\", but {other}")),
-            None => gate_problems.push(format!("corresponding condition of pod readiness gate \"{gate}\" does not exist.")),
+            Some(other) => gate_problems.push(format!(
+                "the status of pod readiness gate \"{gate}\" is not \"True\", but {other}"
+            )),
+            None => gate_problems.push(format!(
+                "corresponding condition of pod readiness gate \"{gate}\" does not exist."
+            )),
         }
     }
     let (status, reason, message) = if !containers_ready {
-        ("False", Some("ContainersNotReady"), containers.get("message").and_then(Value::as_str).map(String::from))
+        (
+            "False",
+            Some("ContainersNotReady"),
+            containers
+                .get("message")
+                .and_then(Value::as_str)
+                .map(String::from),
+        )
     } else if !gate_problems.is_empty() {
-        ("False", Some("ReadinessGatesNotReady"), Some(gate_problems.join(", ")))
+        (
+            "False",
+            Some("ReadinessGatesNotReady"),
+            Some(gate_problems.join(", ")),
+        )
     } else {
         ("True", None, None)
     };
     let previous = cond("Ready").cloned();
     let transition = match &previous {
-        Some(p) if p.get("status").and_then(Value::as_str) == Some(status) => p.get("lastTransitionTime").cloned().unwrap_or(json!(now_time())),
+        Some(p) if p.get("status").and_then(Value::as_str) == Some(status) => p
+            .get("lastTransitionTime")
+            .cloned()
+            .unwrap_or(json!(now_time())),
         _ => json!(now_time()),
     };
     let mut ready = Map::new();
@@ -678,8 +904,13 @@ pub fn apply_ready_rule(pod: &mut Value) {
     if let Some(m) = message {
         ready.insert("message".into(), json!(m));
     }
-    let list = pod["status"]["conditions"].as_array_mut().expect("conditions");
-    match list.iter_mut().find(|c| c.get("type").and_then(Value::as_str) == Some("Ready")) {
+    let list = pod["status"]["conditions"]
+        .as_array_mut()
+        .expect("conditions");
+    match list
+        .iter_mut()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
+    {
         Some(c) => *c = Value::Object(ready),
         None => list.push(Value::Object(ready)),
     }
@@ -697,7 +928,9 @@ fn leaves(v: &Value, prefix: &str, out: &mut Vec<(String, Value)>) {
 }
 
 fn value_at<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
-    path.trim_start_matches('.').split('.').try_fold(v, |v, seg| v.get(seg))
+    path.trim_start_matches('.')
+        .split('.')
+        .try_fold(v, |v, seg| v.get(seg))
 }
 
 fn owned_leaves(obj: &Value) -> Vec<(String, Value)> {
@@ -715,7 +948,13 @@ fn owned_leaves(obj: &Value) -> Vec<(String, Value)> {
     out
 }
 
-fn record_owners(inner: &mut Inner, key: &Key, old: Option<&Value>, new: &Value, manager: Option<&str>) {
+fn record_owners(
+    inner: &mut Inner,
+    key: &Key,
+    old: Option<&Value>,
+    new: &Value,
+    manager: Option<&str>,
+) {
     let manager = manager.unwrap_or("unknown").to_string();
     let owners = inner.owners.entry(key.clone()).or_default();
     let new_leaves = owned_leaves(new);
@@ -730,11 +969,25 @@ fn record_owners(inner: &mut Inner, key: &Key, old: Option<&Value>, new: &Value,
 
 /// Server-side apply conflicts: fields the applied configuration sets to a different value
 /// than the stored one while another manager owns them.
-fn apply_conflicts(owners: Option<&BTreeMap<String, String>>, stored: &Value, applied: &Value, manager: &str) -> Vec<(String, String)> {
-    let Some(owners) = owners else { return Vec::new() };
+fn apply_conflicts(
+    owners: Option<&BTreeMap<String, String>>,
+    stored: &Value,
+    applied: &Value,
+    manager: &str,
+) -> Vec<(String, String)> {
+    let Some(owners) = owners else {
+        return Vec::new();
+    };
     owned_leaves(applied)
         .into_iter()
-        .filter(|(path, value)| !value.is_null() && value_at(stored, path).is_some_and(|s| s != value))
-        .filter_map(|(path, _)| owners.get(&path).filter(|m| m.as_str() != manager).map(|m| (m.clone(), path)))
+        .filter(|(path, value)| {
+            !value.is_null() && value_at(stored, path).is_some_and(|s| s != value)
+        })
+        .filter_map(|(path, _)| {
+            owners
+                .get(&path)
+                .filter(|m| m.as_str() != manager)
+                .map(|m| (m.clone(), path))
+        })
         .collect()
 }

@@ -19,10 +19,17 @@ impl QueryClient {
     /// Sends `Action` with `Version=2015-12-01` (or `version`) and the parameters; returns the
     /// HTTP status and body. The Authorization header carries a SigV4-shaped credential scope so
     /// that moto routes the call to the right service; neither endpoint checks signatures.
-    pub async fn call_service(&self, service: &str, version: &str, action: &str, params: &[(&str, String)]) -> anyhow::Result<(u16, String)> {
+    pub async fn call_service(
+        &self,
+        service: &str,
+        version: &str,
+        action: &str,
+        params: &[(&str, String)],
+    ) -> anyhow::Result<(u16, String)> {
         let body = {
             let mut form = form_urlencoded::Serializer::new(String::new());
-            form.append_pair("Action", action).append_pair("Version", version);
+            form.append_pair("Action", action)
+                .append_pair("Version", version);
             for (k, v) in params {
                 form.append_pair(k, v);
             }
@@ -30,7 +37,8 @@ impl QueryClient {
         };
         let exchange = async {
             let tcp = tokio::net::TcpStream::connect(self.addr).await?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
             let conn = tokio::spawn(conn);
             let req = hyper::Request::post("/")
                 .header("host", self.addr.to_string())
@@ -49,11 +57,20 @@ impl QueryClient {
         tokio::time::timeout(Duration::from_secs(10), exchange).await?
     }
 
-    pub async fn call(&self, action: &str, params: &[(&str, String)]) -> anyhow::Result<(u16, String)> {
-        self.call_service("elasticloadbalancing", "2015-12-01", action, params).await
+    pub async fn call(
+        &self,
+        action: &str,
+        params: &[(&str, String)],
+    ) -> anyhow::Result<(u16, String)> {
+        self.call_service("elasticloadbalancing", "2015-12-01", action, params)
+            .await
     }
 
-    pub async fn answer(&self, action: &str, params: &[(&str, String)]) -> anyhow::Result<super::xml::Answer> {
+    pub async fn answer(
+        &self,
+        action: &str,
+        params: &[(&str, String)],
+    ) -> anyhow::Result<super::xml::Answer> {
         let (status, body) = self.call(action, params).await?;
         super::xml::parse_answer(status, &body).map_err(|e| anyhow::anyhow!("{e}: {body}"))
     }

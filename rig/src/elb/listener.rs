@@ -30,17 +30,34 @@ struct State {
 
 impl Listener {
     /// Starts a load balancer named `name` whose listener forwards to the target group `arn`.
-    pub async fn start(elb: Arc<Elb>, name: &str, arn: &str, addr: SocketAddr) -> anyhow::Result<Self> {
-        let lb_arn = format!("arn:aws:elasticloadbalancing:{}:{}:loadbalancer/app/{name}/{:016x}", super::REGION, super::ACCOUNT, rand::random::<u64>());
+    pub async fn start(
+        elb: Arc<Elb>,
+        name: &str,
+        arn: &str,
+        addr: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let lb_arn = format!(
+            "arn:aws:elasticloadbalancing:{}:{}:loadbalancer/app/{name}/{:016x}",
+            super::REGION,
+            super::ACCOUNT,
+            rand::random::<u64>()
+        );
         elb.attach(arn, &lb_arn)?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let state = State { elb, arn: arn.to_string() };
+        let state = State {
+            elb,
+            arn: arn.to_string(),
+        };
         let app = axum::Router::new().fallback(forward).with_state(state);
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self { addr, load_balancer_arn: lb_arn, task })
+        Ok(Self {
+            addr,
+            load_balancer_arn: lb_arn,
+            task,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -49,13 +66,25 @@ impl Listener {
 }
 
 fn plain(status: StatusCode, text: &str) -> Response<Body> {
-    Response::builder().status(status).header("content-type", "text/plain").body(Body::from(text.to_string())).expect("response")
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(Body::from(text.to_string()))
+        .expect("response")
 }
 
-async fn forward(axum::extract::State(state): axum::extract::State<State>, req: Request<Body>) -> Response<Body> {
+async fn forward(
+    axum::extract::State(state): axum::extract::State<State>,
+    req: Request<Body>,
+) -> Response<Body> {
     let target = match state.elb.pick(&state.arn) {
         Pick::Target(t) => t,
-        Pick::Nothing => return plain(StatusCode::SERVICE_UNAVAILABLE, "503 Service Temporarily Unavailable\n"),
+        Pick::Nothing => {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "503 Service Temporarily Unavailable\n",
+            );
+        }
     };
     let (parts, body) = req.into_parts();
     let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
@@ -63,15 +92,24 @@ async fn forward(axum::extract::State(state): axum::extract::State<State>, req: 
     };
     let exchange = async {
         let tcp = tokio::net::TcpStream::connect(target).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
         let conn = tokio::spawn(conn);
-        let mut out = Request::builder().method(parts.method.clone()).uri(parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+        let mut out = Request::builder().method(parts.method.clone()).uri(
+            parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/"),
+        );
         for (k, v) in &parts.headers {
             if k != "connection" {
                 out = out.header(k, v);
             }
         }
-        let out = out.header("x-forwarded-for", "127.0.0.1").body(http_body_util::Full::new(body))?;
+        let out = out
+            .header("x-forwarded-for", "127.0.0.1")
+            .body(http_body_util::Full::new(body))?;
         let resp = sender.send_request(out).await?;
         let (rparts, rbody) = resp.into_parts();
         let bytes = rbody.collect().await?.to_bytes();

@@ -133,7 +133,10 @@ pub struct ElbConfig {
 
 impl Default for ElbConfig {
     fn default() -> Self {
-        Self { deregistration_lag: Duration::from_millis(1000), describe_budget: Some((40.0, 10.0)) }
+        Self {
+            deregistration_lag: Duration::from_millis(1000),
+            describe_budget: Some((40.0, 10.0)),
+        }
     }
 }
 
@@ -190,7 +193,10 @@ impl Elb {
             groups: Mutex::new(BTreeMap::new()),
             config,
             calls: Mutex::new(BTreeMap::new()),
-            bucket: Mutex::new(Bucket { tokens: burst, last: Instant::now() }),
+            bucket: Mutex::new(Bucket {
+                tokens: burst,
+                last: Instant::now(),
+            }),
             events,
             checks: Client,
         })
@@ -201,12 +207,23 @@ impl Elb {
     }
 
     fn emit(&self, arn: &str, id: &str, port: u16, kind: TargetEventKind) {
-        let _ = self.events.send(TargetEvent { at: Instant::now(), arn: arn.into(), id: id.into(), port, kind });
+        let _ = self.events.send(TargetEvent {
+            at: Instant::now(),
+            arn: arn.into(),
+            id: id.into(),
+            port,
+            kind,
+        });
     }
 
     /// Counts one API call (as received on the Query endpoint).
     pub fn count_call(&self, action: &str) {
-        *self.calls.lock().expect("calls lock").entry(action.into()).or_default() += 1;
+        *self
+            .calls
+            .lock()
+            .expect("calls lock")
+            .entry(action.into())
+            .or_default() += 1;
     }
 
     pub fn calls(&self) -> BTreeMap<String, u64> {
@@ -215,7 +232,9 @@ impl Elb {
 
     /// Takes a token from the Describe* bucket, or says Throttling.
     pub fn take_describe_token(&self) -> Result<(), ElbError> {
-        let Some((burst, rate)) = self.config.describe_budget else { return Ok(()) };
+        let Some((burst, rate)) = self.config.describe_budget else {
+            return Ok(());
+        };
         let mut b = self.bucket.lock().expect("bucket lock");
         let now = Instant::now();
         b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(burst);
@@ -229,7 +248,9 @@ impl Elb {
 
     pub fn create_target_group(&self, spec: GroupSpec) -> Result<String, ElbError> {
         if spec.name.is_empty() || spec.name.len() > 32 {
-            return Err(ElbError::Validation("Target group name must be 1 to 32 characters".into()));
+            return Err(ElbError::Validation(
+                "Target group name must be 1 to 32 characters".into(),
+            ));
         }
         let mut groups = self.groups.lock().expect("groups lock");
         if let Some(g) = groups.values().find(|g| g.spec.name == spec.name) {
@@ -239,8 +260,20 @@ impl Elb {
             return Err(ElbError::DuplicateTargetGroupName(spec.name));
         }
         let id: u64 = rand::random();
-        let arn = format!("arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:targetgroup/{}/{:016x}", spec.name, id);
-        groups.insert(arn.clone(), Group { arn: arn.clone(), spec, load_balancers: Vec::new(), targets: BTreeMap::new(), next: 0 });
+        let arn = format!(
+            "arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:targetgroup/{}/{:016x}",
+            spec.name, id
+        );
+        groups.insert(
+            arn.clone(),
+            Group {
+                arn: arn.clone(),
+                spec,
+                load_balancers: Vec::new(),
+                targets: BTreeMap::new(),
+                next: 0,
+            },
+        );
         Ok(arn)
     }
 
@@ -254,28 +287,45 @@ impl Elb {
         Ok(())
     }
 
-    pub fn describe_target_groups(&self, arns: &[String], names: &[String]) -> Result<Vec<(String, GroupSpec, Vec<String>)>, ElbError> {
+    pub fn describe_target_groups(
+        &self,
+        arns: &[String],
+        names: &[String],
+    ) -> Result<Vec<(String, GroupSpec, Vec<String>)>, ElbError> {
         let groups = self.groups.lock().expect("groups lock");
         let mut out = Vec::new();
         if arns.is_empty() && names.is_empty() {
-            out.extend(groups.values().map(|g| (g.arn.clone(), g.spec.clone(), g.load_balancers.clone())));
+            out.extend(
+                groups
+                    .values()
+                    .map(|g| (g.arn.clone(), g.spec.clone(), g.load_balancers.clone())),
+            );
         }
         for arn in arns {
             let g = groups.get(arn).ok_or(ElbError::TargetGroupNotFound)?;
             out.push((g.arn.clone(), g.spec.clone(), g.load_balancers.clone()));
         }
         for name in names {
-            let g = groups.values().find(|g| &g.spec.name == name).ok_or(ElbError::TargetGroupNotFound)?;
+            let g = groups
+                .values()
+                .find(|g| &g.spec.name == name)
+                .ok_or(ElbError::TargetGroupNotFound)?;
             out.push((g.arn.clone(), g.spec.clone(), g.load_balancers.clone()));
         }
         Ok(out)
     }
 
-    pub fn register(self: &Arc<Self>, arn: &str, targets: &[(String, Option<u16>)]) -> Result<(), ElbError> {
+    pub fn register(
+        self: &Arc<Self>,
+        arn: &str,
+        targets: &[(String, Option<u16>)],
+    ) -> Result<(), ElbError> {
         let mut groups = self.groups.lock().expect("groups lock");
         let g = groups.get_mut(arn).ok_or(ElbError::TargetGroupNotFound)?;
         for (id, port) in targets {
-            let ip: IpAddr = id.parse().map_err(|_| ElbError::Validation(format!("The IP address '{id}' is not a valid IPv4 address")))?;
+            let ip: IpAddr = id.parse().map_err(|_| {
+                ElbError::Validation(format!("The IP address '{id}' is not a valid IPv4 address"))
+            })?;
             let port = port.unwrap_or(g.spec.port);
             let key = (id.clone(), port);
             if let Some(t) = g.targets.get(&key)
@@ -287,7 +337,12 @@ impl Elb {
             if let Some(old) = g.targets.get(&key).and_then(|t| t.checker.clone()) {
                 old.abort();
             }
-            let checker = tokio::spawn(self.clone().health_checks(arn.to_string(), key.clone(), generation, SocketAddr::new(ip, port)));
+            let checker = tokio::spawn(self.clone().health_checks(
+                arn.to_string(),
+                key.clone(),
+                generation,
+                SocketAddr::new(ip, port),
+            ));
             g.targets.insert(
                 key,
                 Target {
@@ -306,13 +361,19 @@ impl Elb {
         Ok(())
     }
 
-    pub fn deregister(self: &Arc<Self>, arn: &str, targets: &[(String, Option<u16>)]) -> Result<(), ElbError> {
+    pub fn deregister(
+        self: &Arc<Self>,
+        arn: &str,
+        targets: &[(String, Option<u16>)],
+    ) -> Result<(), ElbError> {
         let mut groups = self.groups.lock().expect("groups lock");
         let g = groups.get_mut(arn).ok_or(ElbError::TargetGroupNotFound)?;
         let delay = g.spec.deregistration_delay;
         for (id, port) in targets {
             let key = (id.clone(), port.unwrap_or(g.spec.port));
-            let Some(t) = g.targets.get_mut(&key) else { continue };
+            let Some(t) = g.targets.get_mut(&key) else {
+                continue;
+            };
             if t.state == TargetState::Draining {
                 continue;
             }
@@ -333,7 +394,9 @@ impl Elb {
                 tokio::time::sleep(delay).await;
                 let mut groups = elb.groups.lock().expect("groups lock");
                 if let Some(g) = groups.get_mut(&arn)
-                    && g.targets.get(&key).is_some_and(|t| t.generation == generation && t.state == TargetState::Draining)
+                    && g.targets.get(&key).is_some_and(|t| {
+                        t.generation == generation && t.state == TargetState::Draining
+                    })
                 {
                     g.targets.remove(&key);
                     elb.emit(&arn, &key.0, key.1, TargetEventKind::Removed);
@@ -345,7 +408,11 @@ impl Elb {
 
     /// DescribeTargetHealth: every registered target, or the ones asked for (`unused` /
     /// `Target.NotRegistered` for those that are not registered).
-    pub fn describe_target_health(&self, arn: &str, targets: &[(String, Option<u16>)]) -> Result<Vec<TargetHealth>, ElbError> {
+    pub fn describe_target_health(
+        &self,
+        arn: &str,
+        targets: &[(String, Option<u16>)],
+    ) -> Result<Vec<TargetHealth>, ElbError> {
         let groups = self.groups.lock().expect("groups lock");
         let g = groups.get(arn).ok_or(ElbError::TargetGroupNotFound)?;
         let describe = |(id, port): &(String, u16), t: &Target| {
@@ -355,10 +422,19 @@ impl Elb {
                     port: *port,
                     state: TargetState::Unused,
                     reason: Some("Target.NotInUse"),
-                    description: Some("Target group is not configured to receive traffic from the load balancer".into()),
+                    description: Some(
+                        "Target group is not configured to receive traffic from the load balancer"
+                            .into(),
+                    ),
                 };
             }
-            TargetHealth { id: id.clone(), port: *port, state: t.state, reason: t.reason, description: t.description.clone() }
+            TargetHealth {
+                id: id.clone(),
+                port: *port,
+                state: t.state,
+                reason: t.reason,
+                description: t.description.clone(),
+            }
         };
         if targets.is_empty() {
             return Ok(g.targets.iter().map(|(k, t)| describe(k, t)).collect());
@@ -381,11 +457,21 @@ impl Elb {
             .collect())
     }
 
-    async fn health_checks(self: Arc<Self>, arn: String, key: (String, u16), generation: u64, addr: SocketAddr) {
+    async fn health_checks(
+        self: Arc<Self>,
+        arn: String,
+        key: (String, u16),
+        generation: u64,
+        addr: SocketAddr,
+    ) {
         let (interval, timeout, path) = {
             let groups = self.groups.lock().expect("groups lock");
             let Some(g) = groups.get(&arn) else { return };
-            (g.spec.interval, g.spec.timeout.min(g.spec.interval), g.spec.health_check_path.clone())
+            (
+                g.spec.interval,
+                g.spec.timeout.min(g.spec.interval),
+                g.spec.health_check_path.clone(),
+            )
         };
         // The first check comes one interval after registration, so a target is healthy no
         // sooner than interval × healthy threshold.
@@ -394,9 +480,14 @@ impl Elb {
             ticker.tick().await;
             let result = self.checks.get_ok(addr, &path, timeout).await;
             let mut groups = self.groups.lock().expect("groups lock");
-            let Some(g) = groups.get_mut(&arn) else { return };
-            let (healthy_threshold, unhealthy_threshold) = (g.spec.healthy_threshold, g.spec.unhealthy_threshold);
-            let Some(t) = g.targets.get_mut(&key) else { return };
+            let Some(g) = groups.get_mut(&arn) else {
+                return;
+            };
+            let (healthy_threshold, unhealthy_threshold) =
+                (g.spec.healthy_threshold, g.spec.unhealthy_threshold);
+            let Some(t) = g.targets.get_mut(&key) else {
+                return;
+            };
             if t.generation != generation || t.state == TargetState::Draining {
                 return;
             }
@@ -416,9 +507,15 @@ impl Elb {
                     t.successes = 0;
                     if t.failures >= unhealthy_threshold {
                         let (reason, description) = match failure {
-                            Failure::Status(code) => ("Target.ResponseCodeMismatch", format!("Health checks failed with these codes: [{code}]")),
+                            Failure::Status(code) => (
+                                "Target.ResponseCodeMismatch",
+                                format!("Health checks failed with these codes: [{code}]"),
+                            ),
                             Failure::Timeout => ("Target.Timeout", "Request timed out".to_string()),
-                            _ => ("Target.FailedHealthChecks", "Health checks failed".to_string()),
+                            _ => (
+                                "Target.FailedHealthChecks",
+                                "Health checks failed".to_string(),
+                            ),
                         };
                         t.state = TargetState::Unhealthy;
                         t.reason = Some(reason);
@@ -431,7 +528,11 @@ impl Elb {
                 t.description = Some("Initial health checks in progress".into());
             }
             if t.state != before {
-                let kind = if t.state == TargetState::Healthy { TargetEventKind::Healthy } else { TargetEventKind::Unhealthy };
+                let kind = if t.state == TargetState::Healthy {
+                    TargetEventKind::Healthy
+                } else {
+                    TargetEventKind::Unhealthy
+                };
                 self.emit(&arn, &key.0, key.1, kind);
             }
         }
@@ -442,18 +543,34 @@ impl Elb {
     /// unhealthy, all of them (fail open); otherwise nothing.
     pub fn pick(&self, arn: &str) -> Pick {
         let mut groups = self.groups.lock().expect("groups lock");
-        let Some(g) = groups.get_mut(arn) else { return Pick::Nothing };
+        let Some(g) = groups.get_mut(arn) else {
+            return Pick::Nothing;
+        };
         let now = Instant::now();
-        let addr = |(id, port): &(String, u16)| id.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, *port));
+        let addr = |(id, port): &(String, u16)| {
+            id.parse::<IpAddr>()
+                .ok()
+                .map(|ip| SocketAddr::new(ip, *port))
+        };
         let mut routable: Vec<SocketAddr> = g
             .targets
             .iter()
-            .filter(|(_, t)| t.state == TargetState::Healthy || t.routable_until.is_some_and(|u| u > now))
+            .filter(|(_, t)| {
+                t.state == TargetState::Healthy || t.routable_until.is_some_and(|u| u > now)
+            })
             .filter_map(|(k, _)| addr(k))
             .collect();
         if routable.is_empty() {
-            let registered: Vec<_> = g.targets.iter().filter(|(_, t)| t.state != TargetState::Draining).collect();
-            if !registered.is_empty() && registered.iter().all(|(_, t)| t.state == TargetState::Unhealthy) {
+            let registered: Vec<_> = g
+                .targets
+                .iter()
+                .filter(|(_, t)| t.state != TargetState::Draining)
+                .collect();
+            if !registered.is_empty()
+                && registered
+                    .iter()
+                    .all(|(_, t)| t.state == TargetState::Unhealthy)
+            {
                 routable = registered.iter().filter_map(|(k, _)| addr(k)).collect();
             }
         }

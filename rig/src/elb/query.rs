@@ -50,10 +50,17 @@ fn xml(status: StatusCode, body: String) -> Response {
 }
 
 fn ok(action: &str, result: &str) -> Response {
-    let result = if result.is_empty() { format!("<{action}Result/>") } else { format!("<{action}Result>{result}</{action}Result>") };
+    let result = if result.is_empty() {
+        format!("<{action}Result/>")
+    } else {
+        format!("<{action}Result>{result}</{action}Result>")
+    };
     xml(
         StatusCode::OK,
-        format!("<{action}Response xmlns=\"{NS}\">{result}<ResponseMetadata><RequestId>{}</RequestId></ResponseMetadata></{action}Response>", request_id()),
+        format!(
+            "<{action}Response xmlns=\"{NS}\">{result}<ResponseMetadata><RequestId>{}</RequestId></ResponseMetadata></{action}Response>",
+            request_id()
+        ),
     )
 }
 
@@ -66,11 +73,21 @@ pub fn error_body(code: &str, message: &str) -> String {
 }
 
 fn error(e: &ElbError) -> Response {
-    xml(StatusCode::BAD_REQUEST, error_body(e.code(), &e.to_string()))
+    xml(
+        StatusCode::BAD_REQUEST,
+        error_body(e.code(), &e.to_string()),
+    )
 }
 
-async fn handle(axum::extract::State(elb): axum::extract::State<Arc<Elb>>, uri: Uri, body: Bytes) -> Response {
-    let mut params: HashMap<String, String> = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
+async fn handle(
+    axum::extract::State(elb): axum::extract::State<Arc<Elb>>,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    let mut params: HashMap<String, String> =
+        form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
     params.extend(form_urlencoded::parse(&body).into_owned());
     let action = params.get("Action").cloned().unwrap_or_default();
     elb.count_call(&action);
@@ -81,15 +98,22 @@ async fn handle(axum::extract::State(elb): axum::extract::State<Arc<Elb>>, uri: 
 }
 
 fn members(params: &HashMap<String, String>, prefix: &str) -> Vec<String> {
-    (1..=1000).map_while(|i| params.get(&format!("{prefix}.member.{i}")).cloned()).collect()
+    (1..=1000)
+        .map_while(|i| params.get(&format!("{prefix}.member.{i}")).cloned())
+        .collect()
 }
 
 fn targets(params: &HashMap<String, String>) -> Result<Vec<(String, Option<u16>)>, ElbError> {
     let mut out = Vec::new();
     for i in 1..=1000 {
-        let Some(id) = params.get(&format!("Targets.member.{i}.Id")) else { break };
+        let Some(id) = params.get(&format!("Targets.member.{i}.Id")) else {
+            break;
+        };
         let port = match params.get(&format!("Targets.member.{i}.Port")) {
-            Some(p) => Some(p.parse().map_err(|_| ElbError::Validation(format!("Invalid port {p}")))?),
+            Some(p) => Some(
+                p.parse()
+                    .map_err(|_| ElbError::Validation(format!("Invalid port {p}")))?,
+            ),
             None => None,
         };
         out.push((id.clone(), port));
@@ -101,7 +125,11 @@ fn arn_param(params: &HashMap<String, String>) -> Result<String, ElbError> {
     params.get("TargetGroupArn").cloned().ok_or_else(|| ElbError::Validation("1 validation error detected: Value null at 'targetGroupArn' failed to satisfy constraint: Member must not be null".into()))
 }
 
-fn dispatch(elb: &Arc<Elb>, action: &str, params: &HashMap<String, String>) -> Result<Response, ElbError> {
+fn dispatch(
+    elb: &Arc<Elb>,
+    action: &str,
+    params: &HashMap<String, String>,
+) -> Result<Response, ElbError> {
     if action.starts_with("Describe") {
         elb.take_describe_token()?;
     }
@@ -109,12 +137,24 @@ fn dispatch(elb: &Arc<Elb>, action: &str, params: &HashMap<String, String>) -> R
         "DescribeTargetHealth" => {
             let health = elb.describe_target_health(&arn_param(params)?, &targets(params)?)?;
             let members: String = health.iter().map(health_member).collect();
-            Ok(ok(action, &format!("<TargetHealthDescriptions>{members}</TargetHealthDescriptions>")))
+            Ok(ok(
+                action,
+                &format!("<TargetHealthDescriptions>{members}</TargetHealthDescriptions>"),
+            ))
         }
         "DescribeTargetGroups" => {
-            let groups = elb.describe_target_groups(&members(params, "TargetGroupArns"), &members(params, "Names"))?;
-            let members: String = groups.iter().map(|(arn, spec, lbs)| group_member(arn, spec, lbs)).collect();
-            Ok(ok(action, &format!("<TargetGroups>{members}</TargetGroups>")))
+            let groups = elb.describe_target_groups(
+                &members(params, "TargetGroupArns"),
+                &members(params, "Names"),
+            )?;
+            let members: String = groups
+                .iter()
+                .map(|(arn, spec, lbs)| group_member(arn, spec, lbs))
+                .collect();
+            Ok(ok(
+                action,
+                &format!("<TargetGroups>{members}</TargetGroups>"),
+            ))
         }
         "RegisterTargets" => {
             elb.register(&arn_param(params)?, &targets(params)?)?;
@@ -126,9 +166,17 @@ fn dispatch(elb: &Arc<Elb>, action: &str, params: &HashMap<String, String>) -> R
         }
         "CreateTargetGroup" => {
             let name = params.get("Name").cloned().unwrap_or_default();
-            let port = params.get("Port").and_then(|p| p.parse().ok()).unwrap_or(80);
+            let port = params
+                .get("Port")
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(80);
             let mut spec = GroupSpec::new(&name, port);
-            let secs = |k: &str| params.get(k).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_secs);
+            let secs = |k: &str| {
+                params
+                    .get(k)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(Duration::from_secs)
+            };
             let num = |k: &str| params.get(k).and_then(|v| v.parse::<u32>().ok());
             if let Some(p) = params.get("Protocol") {
                 spec.protocol = p.clone();
@@ -145,13 +193,22 @@ fn dispatch(elb: &Arc<Elb>, action: &str, params: &HashMap<String, String>) -> R
             spec.interval = secs("HealthCheckIntervalSeconds").unwrap_or(spec.interval);
             spec.timeout = secs("HealthCheckTimeoutSeconds").unwrap_or(spec.timeout);
             spec.healthy_threshold = num("HealthyThresholdCount").unwrap_or(spec.healthy_threshold);
-            spec.unhealthy_threshold = num("UnhealthyThresholdCount").unwrap_or(spec.unhealthy_threshold);
+            spec.unhealthy_threshold =
+                num("UnhealthyThresholdCount").unwrap_or(spec.unhealthy_threshold);
             let arn = elb.create_target_group(spec)?;
             let groups = elb.describe_target_groups(&[arn], &[])?;
-            let members: String = groups.iter().map(|(arn, spec, lbs)| group_member(arn, spec, lbs)).collect();
-            Ok(ok(action, &format!("<TargetGroups>{members}</TargetGroups>")))
+            let members: String = groups
+                .iter()
+                .map(|(arn, spec, lbs)| group_member(arn, spec, lbs))
+                .collect();
+            Ok(ok(
+                action,
+                &format!("<TargetGroups>{members}</TargetGroups>"),
+            ))
         }
-        other => Err(ElbError::Validation(format!("Could not find operation {other} for version 2015-12-01"))),
+        other => Err(ElbError::Validation(format!(
+            "Could not find operation {other} for version 2015-12-01"
+        ))),
     }
 }
 
@@ -172,7 +229,10 @@ fn health_member(h: &TargetHealth) -> String {
 }
 
 fn group_member(arn: &str, s: &GroupSpec, lbs: &[String]) -> String {
-    let lbs: String = lbs.iter().map(|l| format!("<member>{}</member>", escape(l))).collect();
+    let lbs: String = lbs
+        .iter()
+        .map(|l| format!("<member>{}</member>", escape(l)))
+        .collect();
     format!(
         "<member><TargetGroupArn>{}</TargetGroupArn><TargetGroupName>{}</TargetGroupName><Protocol>{}</Protocol><Port>{}</Port><VpcId>{}</VpcId>\
 <HealthCheckProtocol>HTTP</HealthCheckProtocol><HealthCheckPort>traffic-port</HealthCheckPort><HealthCheckEnabled>true</HealthCheckEnabled>\

@@ -15,7 +15,9 @@ impl Element {
 
     /// The text of the descendant at `path` (element names separated by `/`).
     pub fn text_at(&self, path: &str) -> Option<&str> {
-        path.split('/').try_fold(self, |e, n| e.child(n)).map(|e| e.text.as_str())
+        path.split('/')
+            .try_fold(self, |e, n| e.child(n))
+            .map(|e| e.text.as_str())
     }
 
     pub fn members<'a>(&'a self, path: &str) -> Vec<&'a Element> {
@@ -29,7 +31,10 @@ impl Element {
 /// Parses a document (declaration, elements, attributes ignored, text with the five predefined
 /// entities). Enough for AWS Query answers, which use nothing else.
 pub fn parse(doc: &str) -> Result<Element, String> {
-    let mut p = Parser { s: doc.as_bytes(), i: 0 };
+    let mut p = Parser {
+        s: doc.as_bytes(),
+        i: 0,
+    };
     p.skip_prolog();
     let e = p.element()?;
     Ok(e)
@@ -77,7 +82,10 @@ impl Parser<'_> {
 
     fn name(&mut self) -> String {
         let start = self.i;
-        while self.i < self.s.len() && !self.s[self.i].is_ascii_whitespace() && !matches!(self.s[self.i], b'>' | b'/') {
+        while self.i < self.s.len()
+            && !self.s[self.i].is_ascii_whitespace()
+            && !matches!(self.s[self.i], b'>' | b'/')
+        {
             self.i += 1;
         }
         String::from_utf8_lossy(&self.s[start..self.i]).into_owned()
@@ -104,10 +112,16 @@ impl Parser<'_> {
         }
         if self.starts("/>") {
             self.i += 2;
-            return Ok(Element { name, ..Default::default() });
+            return Ok(Element {
+                name,
+                ..Default::default()
+            });
         }
         self.i += 1;
-        let mut e = Element { name, ..Default::default() };
+        let mut e = Element {
+            name,
+            ..Default::default()
+        };
         loop {
             if self.i >= self.s.len() {
                 return Err(format!("unterminated element {}", e.name));
@@ -135,11 +149,19 @@ impl Parser<'_> {
 }
 
 fn unescape(s: &str) -> String {
-    s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&apos;", "'").replace("&amp;", "&")
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
 }
 
 pub fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
 }
 
 /// A Query API answer reduced to what a client acts on.
@@ -164,8 +186,13 @@ pub fn parse_answer(status: u16, body: &str) -> Result<Answer, String> {
             root.text_at("Error/Code").unwrap_or_default().to_string(),
         ));
     }
-    let action = root.name.strip_suffix("Response").ok_or_else(|| format!("unexpected root {}", root.name))?;
-    let result = root.child(&format!("{action}Result")).ok_or_else(|| format!("no {action}Result"))?;
+    let action = root
+        .name
+        .strip_suffix("Response")
+        .ok_or_else(|| format!("unexpected root {}", root.name))?;
+    let result = root
+        .child(&format!("{action}Result"))
+        .ok_or_else(|| format!("no {action}Result"))?;
     match action {
         "DescribeTargetHealth" => {
             let mut targets: Vec<_> = result
@@ -174,8 +201,12 @@ pub fn parse_answer(status: u16, body: &str) -> Result<Answer, String> {
                 .map(|m| {
                     (
                         m.text_at("Target/Id").unwrap_or_default().to_string(),
-                        m.text_at("Target/Port").and_then(|p| p.parse().ok()).unwrap_or(0),
-                        m.text_at("TargetHealth/State").unwrap_or_default().to_string(),
+                        m.text_at("Target/Port")
+                            .and_then(|p| p.parse().ok())
+                            .unwrap_or(0),
+                        m.text_at("TargetHealth/State")
+                            .unwrap_or_default()
+                            .to_string(),
                         m.text_at("TargetHealth/Reason").map(String::from),
                     )
                 })
@@ -212,16 +243,27 @@ mod tests {
         let body = r#"<DescribeTargetHealthResponse xmlns="http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/"><DescribeTargetHealthResult><TargetHealthDescriptions><member><Target><Id>10.0.0.9</Id><Port>8080</Port></Target><HealthCheckPort>traffic-port</HealthCheckPort><TargetHealth><State>unavailable</State><Reason>Target.NotRegistered</Reason><Description>Target is not registered</Description></TargetHealth></member></TargetHealthDescriptions></DescribeTargetHealthResult><ResponseMetadata><RequestId>wuqE</RequestId></ResponseMetadata></DescribeTargetHealthResponse>"#;
         assert_eq!(
             parse_answer(200, body).unwrap(),
-            Answer::TargetHealth(vec![("10.0.0.9".into(), 8080, "unavailable".into(), Some("Target.NotRegistered".into()))])
+            Answer::TargetHealth(vec![(
+                "10.0.0.9".into(),
+                8080,
+                "unavailable".into(),
+                Some("Target.NotRegistered".into())
+            )])
         );
         let empty = r#"<?xml version="1.0"?><DescribeTargetHealthResponse><DescribeTargetHealthResult><TargetHealthDescriptions/></DescribeTargetHealthResult></DescribeTargetHealthResponse>"#;
-        assert_eq!(parse_answer(200, empty).unwrap(), Answer::TargetHealth(vec![]));
+        assert_eq!(
+            parse_answer(200, empty).unwrap(),
+            Answer::TargetHealth(vec![])
+        );
     }
 
     #[test]
     fn parses_errors_and_entities() {
         let body = r#"<ErrorResponse xmlns="x"><Error><Type>Sender</Type><Code>TargetGroupNotFound</Code><Message>a &amp; b</Message></Error><RequestId>r</RequestId></ErrorResponse>"#;
-        assert_eq!(parse_answer(400, body).unwrap(), Answer::Error(400, "Sender".into(), "TargetGroupNotFound".into()));
+        assert_eq!(
+            parse_answer(400, body).unwrap(),
+            Answer::Error(400, "Sender".into(), "TargetGroupNotFound".into())
+        );
         assert_eq!(parse(body).unwrap().text_at("Error/Message"), Some("a & b"));
         assert!(parse("<a><b></a>").is_err());
     }

@@ -21,14 +21,18 @@ pub fn crypto() {
 pub async fn api() -> (ApiServer, kube::Client, Arc<Store>) {
     crypto();
     let store = Arc::new(Store::new());
-    let server = ApiServer::start(store.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let server = ApiServer::start(store.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let client = client_for(&server).await;
     (server, client, store)
 }
 
 pub async fn client_for(server: &ApiServer) -> kube::Client {
     let kubeconfig = kube::config::Kubeconfig::from_yaml(&server.kubeconfig()).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
     kube::Client::try_from(config).unwrap()
 }
 
@@ -50,14 +54,27 @@ pub struct FakeWebhook {
 
 impl FakeWebhook {
     pub fn new(encoding: PatchEncoding) -> Self {
-        Self { reviews: Arc::default(), delay: Arc::default(), encoding, deny: false }
+        Self {
+            reviews: Arc::default(),
+            delay: Arc::default(),
+            encoding,
+            deny: false,
+        }
     }
 
     /// Serves `/mutate-v1-pod` over TLS with `certs`; adds the gate
     /// `target-health.elbv2.k8s.aws/web` to every pod.
     pub async fn serve(&self, certs: &Certs) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-        let router = Router::new().route("/mutate-v1-pod", post(review)).with_state(self.clone());
-        rig::certs::serve_tls(router, certs.server_config().unwrap(), "127.0.0.1:0".parse().unwrap()).await.unwrap()
+        let router = Router::new()
+            .route("/mutate-v1-pod", post(review))
+            .with_state(self.clone());
+        rig::certs::serve_tls(
+            router,
+            certs.server_config().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap()
     }
 }
 
@@ -67,10 +84,14 @@ async fn review(State(hook): State<FakeWebhook>, Json(review): Json<Value>) -> J
     tokio::time::sleep(delay).await;
     let uid = review["request"]["uid"].clone();
     if hook.deny {
-        return Json(json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {
-            "uid": uid, "allowed": false, "status": {"code": 403, "message": "no pods today"}}}));
+        return Json(
+            json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {
+            "uid": uid, "allowed": false, "status": {"code": 403, "message": "no pods today"}}}),
+        );
     }
-    let has_gates = review["request"]["object"]["spec"].get("readinessGates").is_some();
+    let has_gates = review["request"]["object"]["spec"]
+        .get("readinessGates")
+        .is_some();
     let patch = if has_gates {
         json!([{"op": "add", "path": "/spec/readinessGates/-", "value": {"conditionType": "target-health.elbv2.k8s.aws/web"}}])
     } else {
@@ -81,10 +102,34 @@ async fn review(State(hook): State<FakeWebhook>, Json(review): Json<Value>) -> J
         PatchEncoding::ByteArray => json!(bytes),
         PatchEncoding::Base64 => json!(base64::engine::general_purpose::STANDARD.encode(&bytes)),
     };
-    Json(json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {
-        "uid": uid, "allowed": true, "patchType": "JSONPatch", "patch": encoded}}))
+    Json(
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {
+        "uid": uid, "allowed": true, "patchType": "JSONPatch", "patch": encoded}}),
+    )
 }
 
 pub fn manifests_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")
+}
+
+/// Holds an exclusive lock on a file shared by every test process, so that timing-sensitive
+/// rollout scenarios run one at a time even under a runner that runs tests in parallel
+/// processes (cargo-nextest). Released when dropped.
+pub struct Exclusive(std::fs::File);
+
+pub async fn exclusive() -> Exclusive {
+    let path = std::env::temp_dir().join("readygate-rig-rollouts.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let file = tokio::task::spawn_blocking(move || {
+        file.lock().unwrap();
+        file
+    })
+    .await
+    .unwrap();
+    Exclusive(file)
 }

@@ -81,6 +81,7 @@ fn states(a: &Answer) -> Vec<(String, Option<String>)> {
 
 #[tokio::test]
 async fn health_checks_drive_initial_healthy_unhealthy_and_draining() {
+    common::crypto();
     let b = backend([127, 0, 250, 1], "b").await;
     let elb = Elb::new(ElbConfig::default());
     let server = QueryServer::start(elb.clone(), "127.0.0.1:0".parse().unwrap())
@@ -180,6 +181,7 @@ async fn health_checks_drive_initial_healthy_unhealthy_and_draining() {
 
 #[tokio::test]
 async fn a_group_without_a_load_balancer_reports_unused_and_describes_are_throttled() {
+    common::crypto();
     let b = backend([127, 0, 250, 2], "b").await;
     let elb = Elb::new(ElbConfig {
         describe_budget: Some((3.0, 0.5)),
@@ -238,6 +240,7 @@ async fn get(client: &str) -> (u16, String) {
 
 #[tokio::test]
 async fn the_listener_routes_only_to_healthy_targets_fails_open_and_drains() {
+    common::crypto();
     let a = backend([127, 0, 250, 3], "a").await;
     let b = backend([127, 0, 250, 4], "b").await;
     let elb = Elb::new(ElbConfig {
@@ -370,6 +373,7 @@ fn first_arn(body: &str) -> String {
 /// reason `Target.NotRegistered`, which is what readygate acts on.
 #[tokio::test]
 async fn the_same_call_sequence_gives_the_same_answers_from_moto_and_the_rig() {
+    common::crypto();
     let pod = backend([127, 0, 250, 5], "pod").await;
     let moto = moto();
     let elb = Elb::new(ElbConfig::default());

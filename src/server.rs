@@ -37,7 +37,7 @@ pub async fn serve_https(
     limits: HttpsLimits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = Arc::new(GracefulShutdown::new());
+    let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -56,11 +56,12 @@ pub async fn serve_https(
             () = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, router, http, graceful) = (
+        // Each connection is registered with the drain before its handshake.
+        let (acceptor, router, http, watcher) = (
             acceptor.clone(),
             router.clone(),
             http.clone(),
-            graceful.clone(),
+            graceful.watcher(),
         );
         tokio::spawn(async move {
             let tls =
@@ -70,13 +71,12 @@ pub async fn serve_https(
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                 };
             let conn = http.serve_connection(TokioIo::new(tls), TowerToHyperService::new(router));
-            if let Err(e) = graceful.watch(conn).await {
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
     if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
         .await
         .is_err()

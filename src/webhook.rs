@@ -41,8 +41,8 @@ pub fn router(state: WebhookState, max_body_bytes: usize) -> Router {
 /// Why a request got no AdmissionReview answer.
 #[derive(Debug, thiserror::Error)]
 enum Failure {
-    #[error("request body too large or unreadable: {0}")]
-    Body(String),
+    #[error("request body rejected: {1}")]
+    Body(StatusCode, String),
     #[error("invalid AdmissionReview: {0}")]
     Invalid(String),
     #[error("readygate caches are not synced yet")]
@@ -54,7 +54,7 @@ enum Failure {
 impl Failure {
     fn status(&self) -> StatusCode {
         match self {
-            Failure::Body(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Failure::Body(status, _) => *status,
             Failure::Invalid(_) => StatusCode::BAD_REQUEST,
             Failure::NotSynced => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -68,7 +68,7 @@ async fn mutate(
 ) -> Response {
     let started = Instant::now();
     let (outcome, response) = match body
-        .map_err(|e| Failure::Body(e.body_text()))
+        .map_err(|e| Failure::Body(e.status(), e.body_text()))
         .and_then(|b| review(&state, &b))
     {
         Ok((outcome, review)) => (outcome, Json(review).into_response()),
@@ -346,7 +346,7 @@ mod tests {
         let (status, body) = call(state(true), review_json("Pod", "CREATE", pod).to_string()).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert!(
-            String::from_utf8_lossy(&body).contains("too large"),
+            String::from_utf8_lossy(&body).contains("length limit exceeded"),
             "{}",
             String::from_utf8_lossy(&body)
         );

@@ -367,3 +367,67 @@ async fn missing_or_bad_key_pair_fails_at_start() {
     std::fs::write(&paths.key, "nor a key").unwrap();
     assert!(ReloadingResolver::load(paths).is_err());
 }
+
+#[tokio::test]
+async fn shutdown_drains_requests_in_flight() {
+    let (_guard, dir) = tempdir();
+    let b = bundle();
+    publish(&dir, &b, 1);
+    readygate::install_crypto_provider();
+    let resolver = Arc::new(
+        ReloadingResolver::load(KeyPairPaths {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+        })
+        .unwrap(),
+    );
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(resolver).unwrap()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // A handler slower than the moment shutdown starts.
+    let router = axum::Router::new().route(
+        webhook::PATH,
+        axum::routing::post(|| async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            "done"
+        }),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let limits = HttpsLimits {
+        handshake_timeout: Duration::from_secs(5),
+        header_read_timeout: Duration::from_secs(10),
+        drain_timeout: Duration::from_secs(5),
+    };
+    let server = tokio::spawn(server::serve_https(
+        listener,
+        acceptor,
+        router,
+        limits,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut client = Client::connect(addr, &b.ca_pem).await.unwrap();
+    let request = tokio::spawn(async move { client.post(b"{}".to_vec()).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopping = Instant::now();
+    stop.send(()).unwrap();
+    // The server returns only once the answer in flight is out (about 300 ms later)...
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        stopping.elapsed() >= Duration::from_millis(200),
+        "serve_https returned {:?} after shutdown, before the request in flight was answered",
+        stopping.elapsed()
+    );
+    // ...and the answer arrives whole.
+    let (status, body) = tokio::time::timeout(Duration::from_secs(5), request)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((status, body.as_slice()), (200, b"done".as_slice()));
+    // And it no longer accepts connections.
+    assert!(Client::connect(addr, &b.ca_pem).await.is_err());
+}

@@ -311,8 +311,8 @@ async fn the_listener_routes_only_to_healthy_targets_fails_open_and_drains() {
     );
 }
 
-/// moto_server, started from $MOTO_SERVER, the repository's .venv (scripts/test makes it) or
-/// this machine's /tmp/venvtest; stopped by PID on drop.
+/// moto_server, started from $MOTO_SERVER or the repository's .venv (scripts/test makes it);
+/// stopped by PID on drop.
 struct Moto {
     child: Child,
     addr: SocketAddr,
@@ -329,7 +329,6 @@ fn moto() -> Moto {
     let candidates = [
         std::env::var("MOTO_SERVER").ok(),
         Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/moto_server").to_string()),
-        Some("/tmp/venvtest/bin/moto_server".to_string()),
     ];
     let bin = candidates
         .into_iter()

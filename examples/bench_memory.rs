@@ -1,0 +1,1613 @@
+//! Memory of readygate's caches with 10,000 pods, 1,000 Services and 1,000 TargetGroupBindings,
+//! against a kube-runtime reflector store of the same objects, measured in the same run.
+//!
+//!     cargo build --bin readygate && cargo run --example bench_memory
+//!     (options: --pods 10000 --services 1000 --bindings 1000 --namespaces 50 --only real)
+//!
+//! (dev profile; the heap figures are the same in release, only the time and the binary's own
+//! pages differ.) The parent generates realistic objects once — labels, annotations, owner
+//! references, managedFields as an API server returns them, 2–3 containers with ports, probes,
+//! env and mounts, a readiness gate and its condition, container statuses — as JSON lines.
+//! Each variant then runs in a child process of its own (this example re-executing itself) so
+//! that allocator state does not carry over, and reads them as list-response pages (the body of
+//! one `GET …?limit=500` call at a time, kube-runtime's watcher page size). readygate's path is
+//! the watchers' one (`cache::drive`): each page deserialised as `ObjectList<K>`, each object
+//! converted with `Cached::convert` (`pod_view` for pods), and `Cached::replace` (the index's
+//! `replace_*`) at the end of the list. The baseline feeds the same pages to
+//! `kube::runtime::reflector::store::Writer`, which keeps every object whole.
+//!
+//! A child reports VmRSS / VmHWM from /proc/self/status and the live heap bytes counted by a
+//! global-allocator wrapper, at start, with every page body held ("held" variants), after the
+//! load (JSON dropped), and after glibc's `malloc_trim(0)`. Two variants try fixes the figures
+//! point to: pod pages of 100, and a slim pod deserialiser that never materialises what
+//! `pod_view` does not read.
+//!
+//! Last, the real `target/debug/readygate serve --controller false` is started against a small
+//! in-process API server (127.0.0.1) that serves the same objects as paged lists and holds
+//! watches open, and its VmRSS / VmHWM are read once `/readyz` says the caches are synced.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::core::ObjectList;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher::Event;
+use kube::{Resource, ResourceExt};
+use readygate::cache::{Cache, Cached};
+use readygate::crd::TargetGroupBinding;
+use serde_json::{Value, json};
+
+// ---------------------------------------------------------------------------------------------
+// Heap accounting: bytes requested and not yet freed (malloc's own overhead not included).
+
+struct Counting;
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn grew(n: usize) {
+    let now = LIVE.fetch_add(n, Ordering::Relaxed) + n;
+    PEAK.fetch_max(now, Ordering::Relaxed);
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(l) };
+        if !p.is_null() {
+            grew(l.size());
+        }
+        p
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc_zeroed(l) };
+        if !p.is_null() {
+            grew(l.size());
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        unsafe { System.dealloc(p, l) };
+        LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new_size: usize) -> *mut u8 {
+        let q = unsafe { System.realloc(p, l, new_size) };
+        if !q.is_null() {
+            LIVE.fetch_sub(l.size(), Ordering::Relaxed);
+            grew(new_size);
+        }
+        q
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+unsafe extern "C" {
+    /// glibc: return free heap memory to the OS.
+    fn malloc_trim(pad: usize) -> i32;
+}
+
+fn trim() {
+    // SAFETY: glibc's malloc_trim has no preconditions.
+    unsafe {
+        malloc_trim(0);
+    }
+}
+
+/// (VmRSS, VmHWM) in KiB.
+fn rss() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn stage(name: &str) {
+    let (rss, hwm) = rss();
+    println!(
+        "STAGE {name} {rss} {hwm} {} {}",
+        LIVE.load(Ordering::Relaxed),
+        PEAK.load(Ordering::Relaxed)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Realistic objects. Everything derives from the index, so runs are reproducible.
+
+fn mix(mut x: u64) -> u64 {
+    // splitmix64
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+fn hex(seed: u64, len: usize) -> String {
+    let mut s = String::with_capacity(len);
+    let mut i = 0u64;
+    while s.len() < len {
+        s.push_str(&format!(
+            "{:016x}",
+            mix(seed.wrapping_mul(31).wrapping_add(i))
+        ));
+        i += 1;
+    }
+    s.truncate(len);
+    s
+}
+
+fn alnum(seed: u64, len: usize) -> String {
+    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..len)
+        .map(|i| CHARS[(mix(seed ^ ((i as u64) << 40)) % CHARS.len() as u64) as usize] as char)
+        .collect()
+}
+
+fn uuid(seed: u64) -> String {
+    let h = hex(seed, 32);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+fn ts(seed: u64) -> String {
+    let s = 1_763_600_000 + (mix(seed) % 2_000_000) as i64;
+    jiff::Timestamp::from_second(s).unwrap().to_string()
+}
+
+const APPS: &[&str] = &[
+    "checkout",
+    "orders",
+    "payments",
+    "catalog",
+    "search",
+    "cart",
+    "users",
+    "inventory",
+    "shipping",
+    "reviews",
+];
+
+struct Shape {
+    namespaces: usize,
+    services: usize,
+    bindings: usize,
+    pods: usize,
+}
+
+impl Shape {
+    fn ns_of_service(&self, s: usize) -> String {
+        format!("team-{:02}", s % self.namespaces)
+    }
+    fn app(&self, s: usize) -> String {
+        format!("{}-{:04}", APPS[s % APPS.len()], s)
+    }
+    /// Pods are spread evenly over the Services.
+    fn service_of_pod(&self, p: usize) -> usize {
+        p % self.services
+    }
+    fn has_binding(&self, s: usize) -> bool {
+        s < self.bindings
+    }
+}
+
+fn managed_field(
+    manager: &str,
+    op: &str,
+    subresource: Option<&str>,
+    api: &str,
+    time: &str,
+    fields: Value,
+) -> Value {
+    let mut m = json!({
+        "manager": manager, "operation": op, "apiVersion": api, "time": time,
+        "fieldsType": "FieldsV1", "fieldsV1": fields
+    });
+    if let Some(s) = subresource {
+        m["subresource"] = json!(s);
+    }
+    m
+}
+
+fn container(name: &str, image: &str, ports: &[(&str, i32)], api_vol: &str) -> Value {
+    let mut c = json!({
+        "name": name,
+        "image": image,
+        "env": [
+            { "name": "LOG_LEVEL", "value": "info" },
+            { "name": "POD_NAME", "valueFrom": { "fieldRef": { "apiVersion": "v1", "fieldPath": "metadata.name" } } },
+            { "name": "POD_IP", "valueFrom": { "fieldRef": { "apiVersion": "v1", "fieldPath": "status.podIP" } } },
+            { "name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://otel-collector.observability.svc:4317" }
+        ],
+        "resources": { "limits": { "memory": "512Mi" }, "requests": { "cpu": "250m", "memory": "256Mi" } },
+        "volumeMounts": [
+            { "name": "config", "readOnly": true, "mountPath": format!("/etc/{name}") },
+            { "name": api_vol, "readOnly": true, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount" }
+        ],
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
+        "imagePullPolicy": "IfNotPresent",
+        "securityContext": {
+            "capabilities": { "drop": ["ALL"] }, "runAsNonRoot": true, "readOnlyRootFilesystem": true,
+            "allowPrivilegeEscalation": false
+        }
+    });
+    if !ports.is_empty() {
+        c["ports"] = ports
+            .iter()
+            .map(|(n, p)| json!({ "name": n, "containerPort": p, "protocol": "TCP" }))
+            .collect();
+        let probe_port = ports[0].0;
+        c["readinessProbe"] = json!({ "httpGet": { "path": "/ready", "port": probe_port, "scheme": "HTTP" },
+            "timeoutSeconds": 1, "periodSeconds": 5, "successThreshold": 1, "failureThreshold": 3 });
+        c["livenessProbe"] = json!({ "httpGet": { "path": "/healthz", "port": probe_port, "scheme": "HTTP" },
+            "initialDelaySeconds": 10, "timeoutSeconds": 1, "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3 });
+    }
+    c
+}
+
+fn container_fields(name: &str, ports: &[(&str, i32)]) -> (String, Value) {
+    let mut f = json!({
+        ".": {}, "f:env": {
+            ".": {},
+            "k:{\"name\":\"LOG_LEVEL\"}": { ".": {}, "f:name": {}, "f:value": {} },
+            "k:{\"name\":\"POD_NAME\"}": { ".": {}, "f:name": {}, "f:valueFrom": { ".": {}, "f:fieldRef": {} } },
+            "k:{\"name\":\"POD_IP\"}": { ".": {}, "f:name": {}, "f:valueFrom": { ".": {}, "f:fieldRef": {} } },
+            "k:{\"name\":\"OTEL_EXPORTER_OTLP_ENDPOINT\"}": { ".": {}, "f:name": {}, "f:value": {} }
+        },
+        "f:image": {}, "f:imagePullPolicy": {}, "f:name": {},
+        "f:resources": { ".": {}, "f:limits": { ".": {}, "f:memory": {} }, "f:requests": { ".": {}, "f:cpu": {}, "f:memory": {} } },
+        "f:securityContext": { ".": {}, "f:allowPrivilegeEscalation": {}, "f:capabilities": { ".": {}, "f:drop": {} },
+                               "f:readOnlyRootFilesystem": {}, "f:runAsNonRoot": {} },
+        "f:terminationMessagePath": {}, "f:terminationMessagePolicy": {},
+        "f:volumeMounts": { ".": {}, format!("k:{{\"mountPath\":\"/etc/{name}\"}}"): { ".": {}, "f:mountPath": {}, "f:name": {}, "f:readOnly": {} } }
+    });
+    if !ports.is_empty() {
+        let mut pf = serde_json::Map::new();
+        pf.insert(".".into(), json!({}));
+        for (_, p) in ports {
+            pf.insert(
+                format!("k:{{\"containerPort\":{p},\"protocol\":\"TCP\"}}"),
+                json!({ ".": {}, "f:containerPort": {}, "f:name": {}, "f:protocol": {} }),
+            );
+        }
+        f["f:ports"] = Value::Object(pf);
+        let probe = json!({ ".": {}, "f:failureThreshold": {}, "f:httpGet": { ".": {}, "f:path": {}, "f:port": {}, "f:scheme": {} },
+                            "f:periodSeconds": {}, "f:successThreshold": {}, "f:timeoutSeconds": {} });
+        f["f:readinessProbe"] = probe.clone();
+        f["f:livenessProbe"] = probe;
+    }
+    (format!("k:{{\"name\":\"{name}\"}}"), f)
+}
+
+fn pod_json(l: &Shape, p: usize) -> Value {
+    let s = l.service_of_pod(p);
+    let (ns, app) = (l.ns_of_service(s), l.app(s));
+    let seed = p as u64 * 1_000_003;
+    let rs_hash = alnum(s as u64 + 7, 10);
+    let rs_uid = uuid(s as u64 + 99);
+    let name = format!("{app}-{rs_hash}-{}", alnum(seed, 5));
+    let created = ts(seed);
+    let started = ts(seed + 1);
+    let node_ip = format!("10.0.{}.{}", mix(seed + 2) % 64, 1 + mix(seed + 3) % 254);
+    let pod_ip = format!("10.{}.{}.{}", 1 + p / 65_000, (p / 254) % 256, 1 + p % 254);
+    let node = format!(
+        "ip-{}.us-west-2.compute.internal",
+        node_ip.replace('.', "-")
+    );
+    let api_vol = format!("kube-api-access-{}", alnum(seed + 4, 5));
+    let image = format!(
+        "123456789012.dkr.ecr.us-west-2.amazonaws.com/{app}:1.{}.{}",
+        s % 7,
+        p % 13
+    );
+    let sidecar = "public.ecr.aws/appmesh/aws-appmesh-envoy:v1.29.6.0-prod";
+    let shipper = "public.ecr.aws/aws-observability/aws-for-fluent-bit:2.32.2";
+    let third = p.is_multiple_of(3);
+
+    let mut containers = vec![
+        container(
+            "app",
+            &image,
+            &[("http", 8080), ("metrics", 9090)],
+            &api_vol,
+        ),
+        container("envoy", sidecar, &[("envoy-admin", 9901)], &api_vol),
+    ];
+    let mut names = vec![
+        (
+            "app",
+            image.clone(),
+            vec![("http", 8080), ("metrics", 9090)],
+        ),
+        ("envoy", sidecar.to_string(), vec![("envoy-admin", 9901)]),
+    ];
+    if third {
+        containers.push(container("log-shipper", shipper, &[], &api_vol));
+        names.push(("log-shipper", shipper.to_string(), vec![]));
+    }
+
+    let gate = l
+        .has_binding(s)
+        .then(|| format!("target-health.elbv2.k8s.aws/{app}-tgb"));
+    let mut conditions = vec![
+        json!({ "type": "PodReadyToStartContainers", "status": "True", "lastTransitionTime": started }),
+        json!({ "type": "Initialized", "status": "True", "lastTransitionTime": created }),
+        json!({ "type": "Ready", "status": "True", "lastTransitionTime": started }),
+        json!({ "type": "ContainersReady", "status": "True", "lastTransitionTime": started }),
+        json!({ "type": "PodScheduled", "status": "True", "lastTransitionTime": created }),
+    ];
+    if let Some(g) = &gate {
+        conditions.push(json!({ "type": g, "status": "True", "reason": "Elb.Healthy", "message": "Target is healthy", "lastTransitionTime": started }));
+    }
+    let statuses: Vec<Value> = names
+        .iter()
+        .enumerate()
+        .map(|(i, (n, img, _))| {
+            json!({
+                "name": n, "state": { "running": { "startedAt": started } }, "lastState": {}, "ready": true,
+                "restartCount": 0, "image": img, "imageID": format!("{}@sha256:{}", img.split(':').next().unwrap_or(img), hex(seed + 10 + i as u64, 64)),
+                "containerID": format!("containerd://{}", hex(seed + 20 + i as u64, 64)), "started": true,
+                "user": { "linux": { "uid": 1000, "gid": 1000, "supplementalGroups": [1000, 2000] } },
+                "volumeMounts": [
+                    { "name": "config", "mountPath": format!("/etc/{n}"), "readOnly": true, "recursiveReadOnly": "Disabled" },
+                    { "name": api_vol, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": true, "recursiveReadOnly": "Disabled" }
+                ]
+            })
+        })
+        .collect();
+
+    // managedFields as the API server returns them: the ReplicaSet controller's create, the
+    // kubelet's status updates, and the gate condition's writer.
+    let mut cfields = serde_json::Map::new();
+    cfields.insert(".".into(), json!({}));
+    for (n, _, ports) in &names {
+        let (k, v) = container_fields(n, ports);
+        cfields.insert(k, v);
+    }
+    let mut spec_fields = json!({
+        "f:containers": Value::Object(cfields),
+        "f:dnsPolicy": {}, "f:enableServiceLinks": {}, "f:restartPolicy": {}, "f:schedulerName": {},
+        "f:securityContext": { ".": {}, "f:fsGroup": {} }, "f:serviceAccount": {}, "f:serviceAccountName": {},
+        "f:terminationGracePeriodSeconds": {},
+        "f:volumes": { ".": {}, "k:{\"name\":\"config\"}": { ".": {}, "f:configMap": { ".": {}, "f:defaultMode": {}, "f:name": {} }, "f:name": {} } }
+    });
+    if let Some(g) = &gate {
+        spec_fields["f:readinessGates"] = json!({ ".": {}, format!("k:{{\"conditionType\":\"{g}\"}}"): { ".": {}, "f:conditionType": {} } });
+    }
+    let cond_fields = |t: &str| {
+        (
+            format!("k:{{\"type\":\"{t}\"}}"),
+            json!({ ".": {}, "f:lastProbeTime": {}, "f:lastTransitionTime": {}, "f:status": {}, "f:type": {} }),
+        )
+    };
+    let mut kubelet_conds = serde_json::Map::new();
+    for t in [
+        "ContainersReady",
+        "Initialized",
+        "PodReadyToStartContainers",
+        "Ready",
+    ] {
+        let (k, v) = cond_fields(t);
+        kubelet_conds.insert(k, v);
+    }
+    let mut managed = vec![
+        managed_field(
+            "kube-controller-manager",
+            "Update",
+            None,
+            "v1",
+            &created,
+            json!({
+                "f:metadata": {
+                    "f:generateName": {},
+                    "f:labels": { ".": {}, "f:app": {}, "f:app.kubernetes.io/instance": {}, "f:app.kubernetes.io/name": {}, "f:app.kubernetes.io/version": {}, "f:pod-template-hash": {} },
+                    "f:annotations": { ".": {}, "f:kubectl.kubernetes.io/restartedAt": {}, "f:prometheus.io/port": {}, "f:prometheus.io/scrape": {} },
+                    "f:ownerReferences": { ".": {}, format!("k:{{\"uid\":\"{rs_uid}\"}}"): {} }
+                },
+                "f:spec": spec_fields
+            }),
+        ),
+        managed_field(
+            "kubelet",
+            "Update",
+            Some("status"),
+            "v1",
+            &started,
+            json!({ "f:status": {
+                "f:conditions": Value::Object(kubelet_conds),
+                "f:containerStatuses": {}, "f:hostIP": {}, "f:hostIPs": {}, "f:phase": {}, "f:podIP": {},
+                "f:podIPs": { ".": {}, format!("k:{{\"ip\":\"{pod_ip}\"}}"): { ".": {}, "f:ip": {} } }, "f:startTime": {}
+            } }),
+        ),
+    ];
+    if let Some(g) = &gate {
+        let (k, v) = cond_fields(g);
+        let mut m = serde_json::Map::new();
+        m.insert(k, v);
+        managed.push(managed_field(
+            "readygate",
+            "Update",
+            Some("status"),
+            "v1",
+            &started,
+            json!({ "f:status": { "f:conditions": Value::Object(m) } }),
+        ));
+    }
+
+    let mut pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name, "generateName": format!("{app}-{rs_hash}-"), "namespace": ns, "uid": uuid(seed),
+            "resourceVersion": format!("{}", 480_000_000 + p), "creationTimestamp": created,
+            "labels": {
+                "app": app, "app.kubernetes.io/name": app, "app.kubernetes.io/instance": app,
+                "app.kubernetes.io/version": format!("1.{}.0", s % 7), "pod-template-hash": rs_hash
+            },
+            "annotations": {
+                "kubectl.kubernetes.io/restartedAt": ts(s as u64), "prometheus.io/scrape": "true", "prometheus.io/port": "9090"
+            },
+            "ownerReferences": [{ "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{app}-{rs_hash}"), "uid": rs_uid,
+                                  "controller": true, "blockOwnerDeletion": true }],
+            "managedFields": managed
+        },
+        "spec": {
+            "volumes": [
+                { "name": "config", "configMap": { "name": format!("{app}-config"), "defaultMode": 420 } },
+                { "name": api_vol, "projected": { "sources": [
+                    { "serviceAccountToken": { "expirationSeconds": 3607, "path": "token" } },
+                    { "configMap": { "name": "kube-root-ca.crt", "items": [{ "key": "ca.crt", "path": "ca.crt" }] } },
+                    { "downwardAPI": { "items": [{ "path": "namespace", "fieldRef": { "apiVersion": "v1", "fieldPath": "metadata.namespace" } }] } }
+                ], "defaultMode": 420 } }
+            ],
+            "containers": containers,
+            "restartPolicy": "Always", "terminationGracePeriodSeconds": 30, "dnsPolicy": "ClusterFirst",
+            "serviceAccountName": app, "serviceAccount": app, "nodeName": node,
+            "securityContext": { "fsGroup": 2000 }, "schedulerName": "default-scheduler",
+            "tolerations": [
+                { "key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300 },
+                { "key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300 }
+            ],
+            "priority": 0, "enableServiceLinks": true, "preemptionPolicy": "PreemptLowerPriority"
+        },
+        "status": {
+            "phase": "Running", "conditions": conditions, "hostIP": node_ip, "hostIPs": [{ "ip": node_ip }],
+            "podIP": pod_ip, "podIPs": [{ "ip": pod_ip }], "startTime": created,
+            "containerStatuses": statuses, "qosClass": "Burstable"
+        }
+    });
+    if let Some(g) = gate {
+        pod["spec"]["readinessGates"] = json!([{ "conditionType": g }]);
+    }
+    pod
+}
+
+fn service_json(l: &Shape, s: usize) -> Value {
+    let (ns, app) = (l.ns_of_service(s), l.app(s));
+    let seed = 7_000_000 + s as u64;
+    let ip = format!("172.20.{}.{}", (s / 250) % 256, 1 + s % 250);
+    let created = ts(seed);
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {
+            "name": app, "namespace": ns, "uid": uuid(seed), "resourceVersion": format!("{}", 470_000_000 + s),
+            "creationTimestamp": created,
+            "labels": { "app.kubernetes.io/name": app, "app.kubernetes.io/instance": app, "app.kubernetes.io/managed-by": "Helm", "helm.sh/chart": "service-1.4.2" },
+            "annotations": { "meta.helm.sh/release-name": app, "meta.helm.sh/release-namespace": ns },
+            "managedFields": [managed_field("helm", "Update", None, "v1", &created, json!({
+                "f:metadata": {
+                    "f:annotations": { ".": {}, "f:meta.helm.sh/release-name": {}, "f:meta.helm.sh/release-namespace": {} },
+                    "f:labels": { ".": {}, "f:app.kubernetes.io/instance": {}, "f:app.kubernetes.io/managed-by": {}, "f:app.kubernetes.io/name": {}, "f:helm.sh/chart": {} }
+                },
+                "f:spec": {
+                    "f:internalTrafficPolicy": {},
+                    "f:ports": { ".": {},
+                        "k:{\"port\":80,\"protocol\":\"TCP\"}": { ".": {}, "f:name": {}, "f:port": {}, "f:protocol": {}, "f:targetPort": {} },
+                        "k:{\"port\":9090,\"protocol\":\"TCP\"}": { ".": {}, "f:name": {}, "f:port": {}, "f:protocol": {}, "f:targetPort": {} } },
+                    "f:selector": {}, "f:sessionAffinity": {}, "f:type": {}
+                }
+            }))]
+        },
+        "spec": {
+            "ports": [
+                { "name": "http", "protocol": "TCP", "port": 80, "targetPort": "http" },
+                { "name": "metrics", "protocol": "TCP", "port": 9090, "targetPort": "metrics" }
+            ],
+            "selector": { "app.kubernetes.io/name": app, "app.kubernetes.io/instance": app },
+            "clusterIP": ip, "clusterIPs": [ip], "type": "ClusterIP", "sessionAffinity": "None",
+            "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack", "internalTrafficPolicy": "Cluster"
+        },
+        "status": { "loadBalancer": {} }
+    })
+}
+
+/// A TargetGroupBinding as the API server returns it, with the fields readygate does not read.
+fn binding_json(l: &Shape, b: usize) -> Value {
+    let (ns, app) = (l.ns_of_service(b), l.app(b));
+    let seed = 9_000_000 + b as u64;
+    let created = ts(seed);
+    json!({
+        "apiVersion": "elbv2.k8s.aws/v1beta1", "kind": "TargetGroupBinding",
+        "metadata": {
+            "name": format!("{app}-tgb"), "namespace": ns, "uid": uuid(seed), "resourceVersion": format!("{}", 460_000_000 + b),
+            "generation": 1, "creationTimestamp": created, "finalizers": ["elbv2.k8s.aws/resources"],
+            "labels": { "ingress.k8s.aws/stack-name": app, "ingress.k8s.aws/stack-namespace": ns, "ingress.k8s.aws/resource": format!("{ns}/{app}-http:80") },
+            "managedFields": [
+                managed_field("controller", "Update", None, "elbv2.k8s.aws/v1beta1", &created, json!({
+                    "f:metadata": { "f:finalizers": { ".": {}, "v:\"elbv2.k8s.aws/resources\"": {} },
+                                    "f:labels": { ".": {}, "f:ingress.k8s.aws/resource": {}, "f:ingress.k8s.aws/stack-name": {}, "f:ingress.k8s.aws/stack-namespace": {} } },
+                    "f:spec": { ".": {}, "f:ipAddressType": {}, "f:networking": { ".": {}, "f:ingress": {} },
+                                "f:serviceRef": { ".": {}, "f:name": {}, "f:port": {} }, "f:targetGroupARN": {}, "f:targetType": {}, "f:vpcID": {} }
+                })),
+                managed_field("controller", "Update", Some("status"), "elbv2.k8s.aws/v1beta1", &created, json!({
+                    "f:status": { ".": {}, "f:observedGeneration": {} }
+                }))
+            ]
+        },
+        "spec": {
+            "targetGroupARN": format!("arn:aws:elasticloadbalancing:us-west-2:123456789012:targetgroup/k8s-{}-{}/{}", &ns[..7.min(ns.len())], alnum(seed, 10), hex(seed, 16)),
+            "targetType": "ip",
+            "serviceRef": { "name": app, "port": 80 },
+            "ipAddressType": "ipv4",
+            "vpcID": format!("vpc-{}", hex(1, 17)),
+            "networking": { "ingress": [{
+                "from": [{ "securityGroup": { "groupID": format!("sg-{}", hex(seed + 1, 17)) } }],
+                "ports": [{ "port": 8080, "protocol": "TCP" }]
+            }] }
+        },
+        "status": { "observedGeneration": 1 }
+    })
+}
+
+fn through<K: serde::de::DeserializeOwned + serde::Serialize>(v: Value) -> Value {
+    let typed: K = serde_json::from_value(v).expect("object matches its API type");
+    serde_json::to_value(&typed).expect("serialise")
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Kind {
+    Binding,
+    Service,
+    Pod,
+}
+
+const KINDS: [Kind; 3] = [Kind::Binding, Kind::Service, Kind::Pod];
+
+impl Kind {
+    fn file(self) -> &'static str {
+        match self {
+            Kind::Binding => "bindings.jsonl",
+            Kind::Service => "services.jsonl",
+            Kind::Pod => "pods.jsonl",
+        }
+    }
+    fn list_kind(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Binding => ("elbv2.k8s.aws/v1beta1", "TargetGroupBindingList"),
+            Kind::Service => ("v1", "ServiceList"),
+            Kind::Pod => ("v1", "PodList"),
+        }
+    }
+}
+
+/// Writes every object as one JSON line per kind (core kinds serialised from their k8s-openapi
+/// type, so the JSON holds exactly what the type keeps; bindings verbatim, with the fields
+/// readygate does not type). Returns (objects, bytes) per kind.
+fn generate(shape: &Shape, dir: &Path) -> Vec<(Kind, usize, usize)> {
+    KINDS
+        .iter()
+        .map(|&kind| {
+            let mut out = BufWriter::new(File::create(dir.join(kind.file())).expect("create"));
+            let n = match kind {
+                Kind::Binding => shape.bindings,
+                Kind::Service => shape.services,
+                Kind::Pod => shape.pods,
+            };
+            let mut bytes = 0;
+            for i in 0..n {
+                let v = match kind {
+                    Kind::Binding => binding_json(shape, i),
+                    Kind::Service => through::<Service>(service_json(shape, i)),
+                    Kind::Pod => through::<Pod>(pod_json(shape, i)),
+                };
+                let line = serde_json::to_string(&v).expect("serialise");
+                bytes += line.len();
+                writeln!(out, "{line}").expect("write");
+            }
+            out.flush().expect("flush");
+            (kind, n, bytes)
+        })
+        .collect()
+}
+
+/// A list response: `items` (JSON objects) with a continue token when more pages follow.
+fn list_body(
+    (api_version, list_kind): (&str, &str),
+    items: &[String],
+    next: Option<usize>,
+) -> Vec<u8> {
+    let mut body = Vec::with_capacity(items.iter().map(|i| i.len() + 1).sum::<usize>() + 256);
+    let cont = next.map_or(String::new(), |n| format!(r#","continue":"page-{n}""#));
+    write!(
+        body,
+        r#"{{"apiVersion":"{api_version}","kind":"{list_kind}","metadata":{{"resourceVersion":"490000000"{cont}}},"items":["#
+    )
+    .expect("write");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item.as_bytes());
+    }
+    body.extend_from_slice(b"]}");
+    body
+}
+
+/// The list-response pages of one kind, as the API server sends them with `limit` = `page`.
+struct Pages {
+    kind: Kind,
+    lines: std::iter::Peekable<std::io::Lines<BufReader<File>>>,
+    page: usize,
+    index: usize,
+}
+
+impl Pages {
+    fn open(dir: &Path, kind: Kind, page: usize) -> Self {
+        let f = File::open(dir.join(kind.file())).expect("open");
+        Self {
+            kind,
+            lines: BufReader::new(f).lines().peekable(),
+            page,
+            index: 0,
+        }
+    }
+}
+
+impl Iterator for Pages {
+    type Item = Vec<u8>;
+    fn next(&mut self) -> Option<Vec<u8>> {
+        let items: Vec<String> = self
+            .lines
+            .by_ref()
+            .take(self.page)
+            .map(|l| l.expect("read"))
+            .collect();
+        if items.is_empty() {
+            return None;
+        }
+        self.index += 1;
+        let more = self.lines.peek().is_some();
+        Some(list_body(
+            self.kind.list_kind(),
+            &items,
+            more.then_some(self.index),
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The consumers.
+
+/// readygate's watcher path (`cache::drive`): each object of each page converted with
+/// `Cached::convert` and collected; `Cached::replace` once the list is complete.
+struct Readygate {
+    cache: Arc<Cache>,
+    /// Prototype of a fix: pods deserialised into a slim type that skips what `pod_view` never reads.
+    slim: bool,
+    pods: Vec<(String, String, <Pod as Cached>::Item)>,
+    services: Vec<(String, String, <Service as Cached>::Item)>,
+    bindings: Vec<(String, String, <TargetGroupBinding as Cached>::Item)>,
+}
+
+fn convert_page<K: Cached>(body: &[u8], into: &mut Vec<(String, String, K::Item)>) {
+    let list: ObjectList<K> = serde_json::from_slice(body).expect("list page");
+    for o in list.items {
+        if let Some(item) = o.convert() {
+            into.push((o.namespace().unwrap_or_default(), o.name_any(), item));
+        }
+    }
+}
+
+impl Readygate {
+    fn feed(&mut self, kind: Kind, body: &[u8]) {
+        match kind {
+            Kind::Pod if self.slim => slim::convert_page(body, &mut self.pods),
+            Kind::Pod => convert_page::<Pod>(body, &mut self.pods),
+            Kind::Service => convert_page::<Service>(body, &mut self.services),
+            Kind::Binding => convert_page::<TargetGroupBinding>(body, &mut self.bindings),
+        }
+    }
+    fn done(&mut self, kind: Kind) {
+        let mut ix = self.cache.write();
+        match kind {
+            Kind::Pod => Pod::replace(&mut ix, std::mem::take(&mut self.pods)),
+            Kind::Service => Service::replace(&mut ix, std::mem::take(&mut self.services)),
+            Kind::Binding => {
+                TargetGroupBinding::replace(&mut ix, std::mem::take(&mut self.bindings))
+            }
+        }
+        ix.compact();
+    }
+}
+
+/// The slim-pod prototype: serde skips managedFields, annotations, env, volumes, statuses… without
+/// allocating them; the pod is then rebuilt with only the fields `pod_view` reads and converted
+/// by the same function.
+mod slim {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::{
+        Container, ContainerPort, Pod, PodCondition, PodReadinessGate, PodSpec, PodStatus,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    struct List {
+        items: Vec<SlimPod>,
+    }
+    #[derive(Deserialize)]
+    struct SlimPod {
+        metadata: Meta,
+        spec: Option<Spec>,
+        status: Option<Status>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Meta {
+        name: Option<String>,
+        namespace: Option<String>,
+        uid: Option<String>,
+        labels: Option<BTreeMap<String, String>>,
+        creation_timestamp: Option<Time>,
+        deletion_timestamp: Option<Time>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Spec {
+        #[serde(default)]
+        containers: Vec<Ports>,
+        init_containers: Option<Vec<Ports>>,
+        readiness_gates: Option<Vec<PodReadinessGate>>,
+    }
+    #[derive(Deserialize)]
+    struct Ports {
+        ports: Option<Vec<ContainerPort>>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Status {
+        phase: Option<String>,
+        #[serde(rename = "podIP")]
+        pod_ip: Option<String>,
+        conditions: Option<Vec<PodCondition>>,
+    }
+
+    fn container(p: Ports) -> Container {
+        Container {
+            ports: p.ports,
+            ..Container::default()
+        }
+    }
+
+    pub fn convert_page(body: &[u8], into: &mut Vec<(String, String, readygate::domain::Pod)>) {
+        let list: List = serde_json::from_slice(body).expect("list page");
+        for p in list.items {
+            let (ns, name) = (
+                p.metadata.namespace.clone().unwrap_or_default(),
+                p.metadata.name.clone().unwrap_or_default(),
+            );
+            let pod = Pod {
+                metadata: ObjectMeta {
+                    uid: p.metadata.uid,
+                    labels: p.metadata.labels,
+                    creation_timestamp: p.metadata.creation_timestamp,
+                    deletion_timestamp: p.metadata.deletion_timestamp,
+                    ..ObjectMeta::default()
+                },
+                spec: p.spec.map(|s| PodSpec {
+                    containers: s.containers.into_iter().map(container).collect(),
+                    init_containers: s
+                        .init_containers
+                        .map(|c| c.into_iter().map(container).collect()),
+                    readiness_gates: s.readiness_gates,
+                    ..PodSpec::default()
+                }),
+                status: p.status.map(|s| PodStatus {
+                    phase: s.phase,
+                    pod_ip: s.pod_ip,
+                    conditions: s.conditions,
+                    ..PodStatus::default()
+                }),
+            };
+            into.push((ns, name, readygate::cache::pod_view(&pod)));
+        }
+    }
+}
+
+/// A kube-runtime reflector store per kind, fed the same watcher events.
+struct Reflector {
+    strip_managed_fields: bool,
+    pods: Writer<Pod>,
+    services: Writer<Service>,
+    bindings: Writer<TargetGroupBinding>,
+}
+
+fn reflect_page<K>(body: &[u8], w: &mut Writer<K>, strip: bool)
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + 'static,
+{
+    let list: ObjectList<K> = serde_json::from_slice(body).expect("list page");
+    for mut o in list.items {
+        if strip {
+            // What `WatchStreamExt::modify` is typically used for.
+            o.meta_mut().managed_fields = None;
+        }
+        w.apply_watcher_event(&Event::InitApply(o));
+    }
+}
+
+impl Reflector {
+    fn new(strip_managed_fields: bool) -> Self {
+        let mut r = Reflector {
+            strip_managed_fields,
+            pods: Writer::default(),
+            services: Writer::default(),
+            bindings: Writer::default(),
+        };
+        r.pods.apply_watcher_event(&Event::Init);
+        r.services.apply_watcher_event(&Event::Init);
+        r.bindings.apply_watcher_event(&Event::Init);
+        r
+    }
+    fn feed(&mut self, kind: Kind, body: &[u8]) {
+        let s = self.strip_managed_fields;
+        match kind {
+            Kind::Pod => reflect_page(body, &mut self.pods, s),
+            Kind::Service => reflect_page(body, &mut self.services, s),
+            Kind::Binding => reflect_page(body, &mut self.bindings, s),
+        }
+    }
+    fn done(&mut self, kind: Kind) {
+        match kind {
+            Kind::Pod => self.pods.apply_watcher_event(&Event::InitDone),
+            Kind::Service => self.services.apply_watcher_event(&Event::InitDone),
+            Kind::Binding => self.bindings.apply_watcher_event(&Event::InitDone),
+        }
+    }
+}
+
+enum Consumer {
+    Readygate(Readygate),
+    Reflector(Box<Reflector>),
+}
+
+impl Consumer {
+    fn feed(&mut self, kind: Kind, body: &[u8]) {
+        match self {
+            Consumer::Readygate(r) => r.feed(kind, body),
+            Consumer::Reflector(r) => r.feed(kind, body),
+        }
+    }
+    fn done(&mut self, kind: Kind) {
+        match self {
+            Consumer::Readygate(r) => r.done(kind),
+            Consumer::Reflector(r) => r.done(kind),
+        }
+    }
+    fn counts(&self) -> (usize, usize, usize) {
+        match self {
+            Consumer::Readygate(r) => r.cache.read().counts(),
+            Consumer::Reflector(r) => (
+                r.bindings.as_reader().len(),
+                r.services.as_reader().len(),
+                r.pods.as_reader().len(),
+            ),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child: one variant, one process.
+
+/// What else a readygate process holds: a multi-threaded tokio runtime, a kube client, the AWS
+/// SDK client and the metrics registry (no connection is made).
+fn runtime_and_clients() -> (tokio::runtime::Runtime, Box<dyn std::any::Any>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let held = rt.block_on(async {
+        readygate::install_crypto_provider();
+        let metrics = Arc::new(readygate::metrics::Metrics::new());
+        let budget = Arc::new(readygate::budget::Budget::new(5.0, 10));
+        let elb = readygate::elbv2::Elbv2::with_endpoint(
+            "http://127.0.0.1:9",
+            "us-west-2",
+            budget,
+            metrics.clone(),
+        )
+        .await;
+        let config = kube::Config::new("https://127.0.0.1:6443".parse().expect("uri"));
+        let client = kube::Client::try_from(config).expect("kube client");
+        Box::new((metrics, elb, client)) as Box<dyn std::any::Any>
+    });
+    (rt, held)
+}
+
+/// Heap bytes one cached pod's fields take (the first pod in the index), by field.
+fn pod_breakdown(cache: &Cache) {
+    let ix = cache.read();
+    let Some((_, name, p)) = ix.pods().next() else {
+        return;
+    };
+    fn cost<T: Clone>(v: &T) -> usize {
+        let before = LIVE.load(Ordering::Relaxed);
+        let c = v.clone();
+        let n = LIVE.load(Ordering::Relaxed) - before;
+        drop(c);
+        n
+    }
+    // The same data in sorted Vecs instead of BTreeMaps (a BTreeMap allocates a leaf of 11 slots).
+    let labels_vec: Vec<(String, String)> = p
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let conditions_vec: Vec<(String, readygate::domain::Condition)> = p
+        .conditions
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    println!(
+        "INFO pod_fields_as_vec labels={} conditions={}",
+        cost(&labels_vec),
+        cost(&conditions_vec)
+    );
+    println!(
+        "INFO pod_fields name={} uid={} labels({})={} ip={} container_ports({})={} gates={} conditions({})={} total={} inline={}",
+        name.len(),
+        cost(&p.uid),
+        p.labels.len(),
+        cost(&p.labels),
+        cost(&p.ip),
+        p.container_ports.len(),
+        cost(&p.container_ports),
+        cost(&p.gates),
+        p.conditions.len(),
+        cost(&p.conditions),
+        cost(&Box::new(p.clone())),
+        size_of::<readygate::domain::Pod>()
+    );
+}
+
+fn child(variant: &str, dir: &Path) {
+    stage("start");
+    // variant = consumer-mode-pPAGE
+    let parts: Vec<&str> = variant.split('-').collect();
+    let consumer_name = parts.first().copied().unwrap_or("empty");
+    let held = parts.get(1) == Some(&"held");
+    let page: usize = parts
+        .get(2)
+        .and_then(|p| p.strip_prefix('p'))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(500);
+    let mut consumer = match consumer_name {
+        "readygate" | "slim" => Consumer::Readygate(Readygate {
+            cache: Arc::new(Cache::default()),
+            slim: consumer_name == "slim",
+            pods: Vec::new(),
+            services: Vec::new(),
+            bindings: Vec::new(),
+        }),
+        "reflector" => Consumer::Reflector(Box::new(Reflector::new(false))),
+        "stripped" => Consumer::Reflector(Box::new(Reflector::new(true))),
+        _ => {
+            // The process alone, then with the runtime and clients.
+            let _keep = runtime_and_clients();
+            trim();
+            stage("runtime");
+            return;
+        }
+    };
+
+    let t = Instant::now();
+    // "held": every page's body in memory first, as the brief's one big list response.
+    let mut bodies: Vec<(Kind, Vec<Vec<u8>>)> = Vec::new();
+    if held {
+        bodies = KINDS
+            .iter()
+            .map(|&k| (k, Pages::open(dir, k, page).collect()))
+            .collect();
+        stage("json");
+    }
+    for kind in KINDS {
+        if held {
+            for body in &bodies.iter().find(|(k, _)| *k == kind).expect("kind").1 {
+                consumer.feed(kind, body);
+            }
+        } else {
+            for body in Pages::open(dir, kind, page) {
+                consumer.feed(kind, &body);
+            }
+        }
+        consumer.done(kind);
+        stage(&format!("{kind:?}").to_lowercase());
+    }
+    let (b, s, p) = consumer.counts();
+    println!("INFO counts {b} {s} {p}");
+    println!("INFO load_seconds {:.2}", t.elapsed().as_secs_f64());
+    stage("loaded");
+    drop(bodies);
+    stage("after");
+    trim();
+    stage("trimmed");
+    if let Consumer::Readygate(r) = &consumer {
+        pod_breakdown(&r.cache);
+        let _keep = runtime_and_clients();
+        trim();
+        stage("runtime");
+    }
+    drop(consumer);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parent: generate the objects once, run every variant in its own process, print the comparison.
+
+#[derive(Default, Clone, Copy)]
+struct Stage {
+    rss: u64,
+    hwm: u64,
+    live: u64,
+}
+
+#[derive(Default)]
+struct Report {
+    stages: BTreeMap<String, Stage>,
+    info: BTreeMap<String, String>,
+}
+
+impl Report {
+    fn get(&self, s: &str) -> Option<Stage> {
+        self.stages.get(s).copied()
+    }
+    fn peak(&self) -> u64 {
+        self.stages.values().map(|s| s.hwm).max().unwrap_or(0)
+    }
+    fn live(&self, s: &str) -> u64 {
+        self.get(s)
+            .map_or(0, |x| x.live)
+            .saturating_sub(self.get("start").map_or(0, |x| x.live))
+    }
+}
+
+fn run_child(variant: &str, dir: &Path) -> Report {
+    let exe = std::env::current_exe().expect("own path");
+    let out = Command::new(exe)
+        .arg("--child")
+        .arg(variant)
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .expect("run child");
+    if !out.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+        panic!("child {variant} failed: {}", out.status);
+    }
+    let mut r = Report::default();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["STAGE", name, rss, hwm, live, _peak] => {
+                let n = |v: &str| v.parse().unwrap_or(0);
+                r.stages.insert(
+                    name.to_string(),
+                    Stage {
+                        rss: n(rss),
+                        hwm: n(hwm),
+                        live: n(live),
+                    },
+                );
+            }
+            ["INFO", key, rest @ ..] => {
+                r.info.insert(key.to_string(), rest.join(" "));
+            }
+            _ => {}
+        }
+    }
+    r
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn mib_b(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
+
+fn num(args: &[String], name: &str, default: usize) -> usize {
+    arg(args, name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+const VARIANTS: [(&str, &str); 8] = [
+    ("empty", "process alone, no objects"),
+    (
+        "readygate-streamed-p500",
+        "readygate caches (the watcher path)",
+    ),
+    (
+        "reflector-streamed-p500",
+        "reflector stores: full k8s-openapi objects",
+    ),
+    (
+        "stripped-streamed-p500",
+        "reflector stores, managedFields stripped",
+    ),
+    (
+        "readygate-held-p500",
+        "readygate, every page held, then dropped",
+    ),
+    (
+        "reflector-held-p500",
+        "reflector, every page held, then dropped",
+    ),
+    (
+        "readygate-streamed-p100",
+        "readygate, pod pages of 100 (fix a)",
+    ),
+    (
+        "slim-streamed-p500",
+        "readygate, slim pod deserialiser (fix b)",
+    ),
+];
+
+// ---------------------------------------------------------------------------------------------
+// The real binary: `readygate serve --controller false` against an API server that answers
+// the four lists (paged by `limit` / `continue`) and holds watches open without events.
+
+mod real {
+    use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant, SystemTime};
+
+    use axum::body::{Body, Bytes};
+    use axum::extract::{Query, State};
+    use axum::http::{StatusCode, Uri, header};
+    use axum::response::{IntoResponse, Response};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::{KINDS, Kind, list_body, mib};
+
+    type Lists = HashMap<&'static str, ((&'static str, &'static str), Vec<String>)>;
+
+    struct Server {
+        lists: Lists,
+        /// Serve at most this many items per page whatever `limit` asks (the API server may).
+        page_cap: std::sync::atomic::AtomicUsize,
+        /// Serve empty lists (the process without objects).
+        empty: std::sync::atomic::AtomicBool,
+    }
+
+    async fn handle(
+        State(server): State<Arc<Server>>,
+        uri: Uri,
+        Query(q): Query<HashMap<String, String>>,
+    ) -> Response {
+        let Some((kind, items)) = server.lists.get(uri.path()) else {
+            let status = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#;
+            return (
+                StatusCode::NOT_FOUND,
+                [(header::CONTENT_TYPE, "application/json")],
+                status,
+            )
+                .into_response();
+        };
+        if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
+            // A watch that sees no change and ends at its timeout.
+            let secs = q
+                .get("timeoutSeconds")
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(290u64)
+                .min(600);
+            let stream = futures::stream::once(async move {
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                Ok::<Bytes, std::io::Error>(Bytes::new())
+            });
+            return (
+                [(header::CONTENT_TYPE, "application/json")],
+                Body::from_stream(stream),
+            )
+                .into_response();
+        }
+        let cap = server.page_cap.load(std::sync::atomic::Ordering::Relaxed);
+        let limit = q
+            .get("limit")
+            .and_then(|l| l.parse().ok())
+            .filter(|l| *l > 0)
+            .unwrap_or(usize::MAX)
+            .min(cap);
+        let page = q
+            .get("continue")
+            .and_then(|c| c.strip_prefix("page-"))
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(0);
+        let items: &[String] = if server.empty.load(std::sync::atomic::Ordering::Relaxed) {
+            &[]
+        } else {
+            items
+        };
+        let start = page.saturating_mul(limit).min(items.len());
+        let end = start.saturating_add(limit).min(items.len());
+        let next = (end < items.len()).then_some(page + 1);
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            list_body(*kind, &items[start..end], next),
+        )
+            .into_response()
+    }
+
+    fn status(pid: u32) -> (u64, u64) {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    async fn ready(admin: std::net::SocketAddr) -> bool {
+        let Ok(mut conn) = tokio::net::TcpStream::connect(admin).await else {
+            return false;
+        };
+        if conn
+            .write_all(b"GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.read_to_end(&mut answer)).await;
+        answer.starts_with(b"HTTP/1.1 200")
+    }
+
+    fn binary() -> Option<PathBuf> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        [
+            std::env::var_os("READYGATE_BIN").map(PathBuf::from),
+            std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("debug/readygate")),
+            Some(root.join("target/debug/readygate")),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+    }
+
+    /// Newest modification time under `src/`, to tell a stale binary.
+    fn newest_source() -> Option<SystemTime> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.metadata().ok()?.modified().ok())
+            .max()
+    }
+
+    pub fn measure(dir: &Path, namespaces: usize) {
+        println!();
+        let Some(bin) = binary() else {
+            println!(
+                "real binary: skipped (no target/debug/readygate; run `cargo build --bin readygate` first)"
+            );
+            return;
+        };
+        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+        let stale = matches!((built, newest_source()), (Some(b), Some(s)) if b < s);
+        let work = tempfile::tempdir().expect("temp dir");
+        let certs = work.path().join("certs");
+        let ok = Command::new(&bin)
+            .args(["certs", "--out"])
+            .arg(&certs)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            println!("real binary: skipped (`{} certs` failed)", bin.display());
+            return;
+        }
+        let mut lists: Lists = HashMap::new();
+        for kind in KINDS {
+            let text = std::fs::read_to_string(dir.join(kind.file())).expect("read objects");
+            let path = match kind {
+                Kind::Binding => "/apis/elbv2.k8s.aws/v1beta1/targetgroupbindings",
+                Kind::Service => "/api/v1/services",
+                Kind::Pod => "/api/v1/pods",
+            };
+            lists.insert(
+                path,
+                (kind.list_kind(), text.lines().map(str::to_string).collect()),
+            );
+        }
+        let ns: Vec<String> = (0..namespaces)
+            .map(|i| {
+                format!(
+                    r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"team-{i:02}","uid":"ns-{i}","resourceVersion":"1","labels":{{"kubernetes.io/metadata.name":"team-{i:02}","elbv2.k8s.aws/pod-readiness-gate-inject":"enabled"}}}},"spec":{{"finalizers":["kubernetes"]}},"status":{{"phase":"Active"}}}}"#
+                )
+            })
+            .collect();
+        lists.insert("/api/v1/namespaces", (("v1", "NamespaceList"), ns));
+
+        let server = Arc::new(Server {
+            lists,
+            page_cap: std::sync::atomic::AtomicUsize::new(usize::MAX),
+            empty: std::sync::atomic::AtomicBool::new(false),
+        });
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let api = listener.local_addr().expect("addr");
+            let app = axum::Router::new().fallback(handle).with_state(server.clone());
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            let kubeconfig = work.path().join("kubeconfig");
+            std::fs::write(
+                &kubeconfig,
+                format!(
+                    "apiVersion: v1\nkind: Config\nclusters:\n- name: bench\n  cluster:\n    server: http://{api}\ncontexts:\n- name: bench\n  context:\n    cluster: bench\n    user: bench\ncurrent-context: bench\nusers:\n- name: bench\n  user: {{}}\n"
+                ),
+            )
+            .expect("kubeconfig");
+            println!(
+                "real binary {}{}: `readygate serve --controller false` listing the same objects from a list/watch-only API server on 127.0.0.1",
+                bin.display(),
+                if stale { " (OLDER than src/: rebuild it)" } else { "" }
+            );
+            let runs: [(&str, bool, usize, Option<&str>); 5] = [
+                ("no objects (empty lists)", true, usize::MAX, None),
+                ("as is (pages of 500, glibc defaults)", false, usize::MAX, None),
+                ("pages of 500, MALLOC_ARENA_MAX=1", false, usize::MAX, Some("1")),
+                ("pages of 100 (server-side cap)", false, 100, None),
+                ("pages of 50 (server-side cap)", false, 50, None),
+            ];
+            for (what, empty, cap, arenas) in runs {
+                server.empty.store(empty, std::sync::atomic::Ordering::Relaxed);
+                server.page_cap.store(cap, std::sync::atomic::Ordering::Relaxed);
+                let admin = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port");
+                let log = std::fs::File::create(work.path().join("readygate.log")).expect("log");
+                let mut cmd = Command::new(&bin);
+                cmd.arg("serve")
+                    .args(["--webhook-addr", "127.0.0.1:0", "--admin-addr", &admin.to_string(), "--controller", "false", "--log-format", "text"])
+                    .arg("--tls-cert")
+                    .arg(certs.join("tls.crt"))
+                    .arg("--tls-key")
+                    .arg(certs.join("tls.key"))
+                    .env("KUBECONFIG", &kubeconfig)
+                    .env_remove("MALLOC_ARENA_MAX")
+                    .stdout(Stdio::null())
+                    .stderr(log);
+                if let Some(a) = arenas {
+                    cmd.env("MALLOC_ARENA_MAX", a);
+                }
+                let mut child = cmd.spawn().expect("start readygate serve");
+                let pid = child.id();
+                let start = Instant::now();
+                let mut synced = None;
+                while start.elapsed() < Duration::from_secs(180) {
+                    if let Ok(Some(exit)) = child.try_wait() {
+                        println!("  readygate serve exited early ({exit})");
+                        break;
+                    }
+                    if ready(admin).await {
+                        synced = Some(start.elapsed());
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                let at_sync = status(pid);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let settled = status(pid);
+                let _ = child.kill();
+                let _ = child.wait();
+                match synced {
+                    Some(t) => println!(
+                        "  {what:<40} synced in {:>4.1} s: RSS {:>6.1} MiB, 5 s later {:>6.1} MiB, peak {:>6.1} MiB; target <= 64 MiB {}",
+                        t.as_secs_f64(),
+                        mib(at_sync.0),
+                        mib(settled.0),
+                        mib(settled.1.max(at_sync.1)),
+                        if empty { "-" } else if settled.0 <= 64 * 1024 { "met" } else { "NOT met" }
+                    ),
+                    None => println!("  {what}: caches never synced within 180 s"),
+                }
+            }
+        });
+        rt.shutdown_timeout(Duration::from_secs(1));
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let (Some(variant), Some(dir)) = (arg(&args, "--child"), arg(&args, "--dir")) {
+        child(variant, Path::new(dir));
+        return;
+    }
+    let shape = Shape {
+        namespaces: num(&args, "--namespaces", 50).max(1),
+        services: num(&args, "--services", 1000).max(1),
+        bindings: num(&args, "--bindings", 1000),
+        pods: num(&args, "--pods", 10_000),
+    };
+    assert!(
+        shape.bindings <= shape.services,
+        "one binding per Service at most"
+    );
+    let profile = if cfg!(debug_assertions) {
+        "dev (debug)"
+    } else {
+        "release"
+    };
+    println!(
+        "bench_memory, {profile} build: {} pods, {} Services, {} TargetGroupBindings in {} namespaces",
+        shape.pods, shape.services, shape.bindings, shape.namespaces
+    );
+    let t = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sizes = generate(&shape, dir.path());
+    for (kind, n, bytes) in &sizes {
+        println!(
+            "  {kind:?}: {n} objects, {} B of JSON each on average",
+            bytes / (*n).max(1)
+        );
+    }
+    eprintln!("  generated in {:.1}s", t.elapsed().as_secs_f64());
+
+    if arg(&args, "--only") == Some("real") {
+        real::measure(dir.path(), shape.namespaces);
+        return;
+    }
+    let mut reports = BTreeMap::new();
+    for (v, _) in VARIANTS {
+        let t = Instant::now();
+        reports.insert(v, run_child(v, dir.path()));
+        eprintln!("  {v}: {:.1}s", t.elapsed().as_secs_f64());
+    }
+    let r = |v: &str| &reports[v];
+    println!(
+        "  objects cached (bindings services pods): readygate {} | reflector {} | slim {}",
+        r("readygate-streamed-p500")
+            .info
+            .get("counts")
+            .cloned()
+            .unwrap_or_default(),
+        r("reflector-streamed-p500")
+            .info
+            .get("counts")
+            .cloned()
+            .unwrap_or_default(),
+        r("slim-streamed-p500")
+            .info
+            .get("counts")
+            .cloned()
+            .unwrap_or_default(),
+    );
+    println!();
+    println!(
+        "RSS in MiB from /proc/self/status: start, with every body held (json), peak (VmHWM), after the"
+    );
+    println!(
+        "load with the JSON dropped, after malloc_trim(0); heap = live bytes the caches hold (counted)."
+    );
+    println!(
+        "{:<70} {:>6} {:>6} {:>7} {:>7} {:>8} {:>9}",
+        "variant", "start", "json", "peak", "after", "trimmed", "heap MiB"
+    );
+    for (v, what) in VARIANTS {
+        let rep = r(v);
+        let opt = |s: Option<Stage>| s.map_or("-".to_string(), |s| format!("{:.1}", mib(s.rss)));
+        println!(
+            "{:<70} {:>6} {:>6} {:>7.1} {:>7} {:>8} {:>9.2}",
+            format!("{v}: {what}"),
+            opt(rep.get("start")),
+            opt(rep.get("json")),
+            mib(rep.peak()),
+            opt(rep.get("after")),
+            opt(rep.get("trimmed")),
+            mib_b(rep.live("trimmed")),
+        );
+    }
+    println!();
+    let rg = r("readygate-streamed-p500");
+    let (hb, hs, hp) = (
+        rg.live("binding"),
+        rg.live("service") - rg.live("binding"),
+        rg.live("pod") - rg.live("service"),
+    );
+    println!(
+        "readygate cache heap by kind: bindings {:.2} MiB ({} B each), services {:.2} MiB ({} B each), pods {:.2} MiB ({} B each)",
+        mib_b(hb),
+        hb / shape.bindings.max(1) as u64,
+        mib_b(hs),
+        hs / shape.services as u64,
+        mib_b(hp),
+        hp / shape.pods.max(1) as u64
+    );
+    println!(
+        "one cached pod, heap bytes by field: {}",
+        rg.info.get("pod_fields").cloned().unwrap_or_default()
+    );
+    println!(
+        "  the same labels and conditions as sorted Vecs instead of BTreeMaps: {}",
+        rg.info
+            .get("pod_fields_as_vec")
+            .cloned()
+            .unwrap_or_default()
+    );
+    let heap = |v: &str| r(v).live("trimmed").max(1) as f64;
+    println!(
+        "cache heap ratio: reflector / readygate = {:.1}x; reflector without managedFields / readygate = {:.1}x",
+        heap("reflector-streamed-p500") / heap("readygate-streamed-p500"),
+        heap("stripped-streamed-p500") / heap("readygate-streamed-p500"),
+    );
+    let rss = |v: &str, s: &str| r(v).get(s).map_or(0, |s| s.rss);
+    println!(
+        "steady RSS ratio (trimmed): reflector / readygate = {:.1}x",
+        rss("reflector-streamed-p500", "trimmed") as f64
+            / rss("readygate-streamed-p500", "trimmed").max(1) as f64
+    );
+    println!();
+    println!(
+        "with a multi-thread tokio runtime, a kube client, the AWS SDK client and metrics added (those alone: {:.1} MiB):",
+        mib(rss("empty", "runtime"))
+    );
+    for v in [
+        "readygate-streamed-p500",
+        "readygate-streamed-p100",
+        "slim-streamed-p500",
+    ] {
+        let total = rss(v, "runtime");
+        println!(
+            "  {v:<26} RSS {:>6.1} MiB, peak {:>6.1} MiB: target <= 64 MiB {}",
+            mib(total),
+            mib(r(v).peak()),
+            if total <= 64 * 1024 { "met" } else { "NOT met" }
+        );
+    }
+    real::measure(dir.path(), shape.namespaces);
+}

@@ -86,6 +86,11 @@ pub struct ControllerArgs {
     /// Interval between polls of a target group once its targets can be healthy.
     #[arg(long, env = "READYGATE_POLL_INTERVAL", default_value = "2s", value_parser = duration)]
     pub poll_interval: Duration,
+    /// Interval between polls inside the windows where a target is likely to turn healthy
+    /// (right after its earliest possible moment, and threshold − 1 check intervals after its
+    /// health checks were seen to start), so the gate follows ELB closely.
+    #[arg(long, env = "READYGATE_FAST_POLL_INTERVAL", default_value = "500ms", value_parser = duration)]
+    pub fast_poll_interval: Duration,
     /// ELBv2 calls per second this process makes at most, averaged (AWS's Describe* bucket
     /// refills at 10/s for the whole account).
     #[arg(long, env = "READYGATE_ELBV2_RATE", default_value_t = 5.0)]

@@ -20,7 +20,7 @@ use crate::domain::{ConditionStatus, Pod, TargetType, gate_type};
 use crate::elbv2::{ElbError, Elbv2, GroupSettings};
 use crate::index::Index;
 use crate::metrics::Metrics;
-use crate::schedule::{self, GroupTimes, Pending};
+use crate::schedule::{self, GroupTimes, Pending, Timing};
 use crate::target::{self, Target};
 use crate::writer::{self, ConditionWrite, Done, Job, Outcome, PodEvent, Writer};
 
@@ -165,6 +165,8 @@ struct Group {
     in_flight: bool,
     /// Targets and health from the last successful poll, with its time.
     health: Option<(HashMap<Target, Health>, i64)>,
+    /// Targets whose health checks were seen to start: (the poll before, the poll that saw it).
+    checks_began: HashMap<Target, (i64, i64)>,
     not_found: Option<String>,
 }
 
@@ -188,6 +190,7 @@ struct Controller {
     metrics: Arc<Metrics>,
     policy: Policy,
     poll_interval_ms: i64,
+    fast_poll_interval_ms: i64,
     failsafe: Option<Duration>,
     groups: HashMap<String, Group>,
     /// Health-check settings, read once per group and kept (they rarely change).
@@ -247,8 +250,14 @@ impl Controller {
             let desired = match &w.need {
                 Need::Release(d) | Need::Hold(d) => Some(d.clone()),
                 Need::Health(wait) => {
+                    let checks_began_between = self
+                        .groups
+                        .get(&wait.arn)
+                        .and_then(|g| g.checks_began.get(&wait.target))
+                        .copied();
                     pending.entry(wait.arn.clone()).or_default().push(Pending {
                         ready_since_ms: wait.ready_since_ms,
+                        checks_began_between,
                     });
                     self.health_condition(w, wait, now)
                 }
@@ -263,7 +272,8 @@ impl Controller {
             .retain(|arn, g| pending.contains_key(arn) || g.in_flight);
         let mut next: Option<i64> = None;
         for (arn, targets) in pending {
-            let poll_interval = self.poll_interval_ms;
+            let (poll_interval_ms, fast_interval_ms) =
+                (self.poll_interval_ms, self.fast_poll_interval_ms);
             let settings = self.settings.get(&arn).copied();
             let g = self.group(&arn);
             if g.in_flight {
@@ -278,12 +288,13 @@ impl Controller {
                 }
                 continue;
             };
-            let due = schedule::next_poll(
-                &targets,
-                settings.healthy_after().as_millis() as i64,
-                poll_interval,
-                g.times,
-            );
+            let timing = Timing {
+                check_interval_ms: i64::from(settings.interval_seconds.max(0)) * 1000,
+                healthy_threshold: i64::from(settings.healthy_threshold.max(0)),
+                poll_interval_ms,
+                fast_interval_ms,
+            };
+            let due = schedule::next_poll(&targets, timing, g.times);
             match due {
                 Some(t) if t <= now => {
                     g.in_flight = true;
@@ -479,7 +490,16 @@ impl Controller {
                 (arn, None)
             }
             Reply::Health(arn, Ok(targets), at) => {
+                let poll_interval = self.poll_interval_ms;
                 let g = self.group(&arn);
+                let before = g.times.last_poll_ms.unwrap_or(at - poll_interval);
+                for (target, h) in &targets {
+                    if h.state == "initial"
+                        && h.reason.as_deref() == Some("Elb.InitialHealthChecking")
+                    {
+                        g.checks_began.entry(target.clone()).or_insert((before, at));
+                    }
+                }
                 g.in_flight = false;
                 g.times.last_poll_ms = Some(at);
                 g.times.not_before_ms = None;
@@ -594,6 +614,7 @@ pub async fn run_loop(
             unavailable_is_ready: args.unavailable_is_ready,
         },
         poll_interval_ms: args.poll_interval.as_millis() as i64,
+        fast_poll_interval_ms: args.fast_poll_interval.as_millis() as i64,
         failsafe: args.failsafe_timeout,
         groups: HashMap::new(),
         settings: HashMap::new(),

@@ -588,8 +588,7 @@ async fn run(s: &Scenario, args: &ControllerArgs) -> Outcome1 {
                     } else {
                         first_false[i].get_or_insert(at);
                     }
-                    pod.conditions
-                        .insert(write.binding.clone(), write.condition.clone());
+                    pod.set_condition(&write.binding, write.condition.clone());
                     cache
                         .write()
                         .apply_pod(&write.namespace, &write.pod, pod.clone());

@@ -6,11 +6,17 @@
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Resource, ResourceExt};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
@@ -48,7 +54,7 @@ pub fn spawn_watchers(client: Client, cache: Arc<Cache>) {
         cache.clone(),
     ));
     tokio::spawn(drive::<Service>(Api::all(client.clone()), cache.clone()));
-    tokio::spawn(drive::<Pod>(Api::all(client.clone()), cache.clone()));
+    tokio::spawn(drive::<WatchedPod>(Api::all(client.clone()), cache.clone()));
     tokio::spawn(drive::<Namespace>(Api::all(client), cache));
 }
 
@@ -57,6 +63,8 @@ pub trait Cached:
     Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static
 {
     const KIND: Kind;
+    /// Objects per list page: small pages keep the transient JSON of a re-list small.
+    const PAGE_SIZE: u32 = 500;
     type Item: Send;
     /// The stripped copy, or `None` when the object is unusable (it is then dropped).
     fn convert(&self) -> Option<Self::Item>;
@@ -68,8 +76,9 @@ pub trait Cached:
 async fn drive<K: Cached>(api: Api<K>, cache: Arc<Cache>) {
     let kind = K::KIND;
     let mut relist: Vec<(String, String, K::Item)> = Vec::new();
-    let mut stream =
-        std::pin::pin!(watcher::watcher(api, watcher::Config::default()).default_backoff());
+    let mut stream = std::pin::pin!(
+        watcher::watcher(api, watcher::Config::default().page_size(K::PAGE_SIZE)).default_backoff()
+    );
     while let Some(event) = stream.next().await {
         match event {
             Ok(Event::Init) => relist.clear(),
@@ -215,8 +224,9 @@ impl Cached for Service {
     }
 }
 
-impl Cached for Pod {
+impl Cached for WatchedPod {
     const KIND: Kind = Kind::Pod;
+    const PAGE_SIZE: u32 = 100;
     type Item = domain::Pod;
     fn convert(&self) -> Option<domain::Pod> {
         Some(pod_view(self))
@@ -254,12 +264,137 @@ impl Cached for Namespace {
     }
 }
 
+/// A Pod as the watcher decodes it: only the fields `pod_view` reads. The rest — managedFields,
+/// most of the spec, container statuses — is skipped by the parser and never allocated, which
+/// keeps a 10,000-pod list from bloating the heap.
+#[derive(Clone, Debug, Deserialize)]
+pub struct WatchedPod {
+    #[serde(deserialize_with = "slim_meta")]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: Option<WatchedPodSpec>,
+    #[serde(default)]
+    pub status: Option<WatchedPodStatus>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WatchedPodSpec {
+    #[serde(default)]
+    pub containers: Option<Vec<WatchedContainer>>,
+    #[serde(default)]
+    pub init_containers: Option<Vec<WatchedContainer>>,
+    #[serde(default)]
+    pub readiness_gates: Option<Vec<WatchedGate>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct WatchedContainer {
+    #[serde(default)]
+    pub ports: Option<Vec<WatchedPort>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WatchedPort {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub container_port: i32,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WatchedGate {
+    #[serde(default)]
+    pub condition_type: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WatchedPodStatus {
+    #[serde(default)]
+    pub phase: Option<String>,
+    #[serde(default, rename = "podIP")]
+    pub pod_ip: Option<String>,
+    #[serde(default)]
+    pub conditions: Option<Vec<WatchedCondition>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WatchedCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub last_transition_time: Option<Time>,
+}
+
+/// The metadata fields readygate and the watcher use (the watcher resumes from
+/// `resourceVersion`).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SlimMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    creation_timestamp: Option<Time>,
+    deletion_timestamp: Option<Time>,
+}
+
+fn slim_meta<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    let m = SlimMeta::deserialize(d)?;
+    Ok(ObjectMeta {
+        name: m.name,
+        namespace: m.namespace,
+        uid: m.uid,
+        resource_version: m.resource_version,
+        labels: m.labels,
+        creation_timestamp: m.creation_timestamp,
+        deletion_timestamp: m.deletion_timestamp,
+        ..ObjectMeta::default()
+    })
+}
+
+impl Resource for WatchedPod {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+    fn kind(_: &()) -> Cow<'_, str> {
+        "Pod".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "pods".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
 /// Strips a pod to what the controller decides on.
-pub fn pod_view(pod: &Pod) -> domain::Pod {
+pub fn pod_view(pod: &WatchedPod) -> domain::Pod {
     let spec = pod.spec.as_ref();
     let status = pod.status.as_ref();
     let phase = status.and_then(|s| s.phase.as_deref());
-    let conditions = status.and_then(|s| s.conditions.as_ref());
+    let conditions = status
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
     domain::Pod {
         uid: pod.metadata.uid.clone().unwrap_or_default(),
         labels: pod.metadata.labels.clone().unwrap_or_default(),
@@ -278,6 +413,7 @@ pub fn pod_view(pod: &Pod) -> domain::Pod {
             .flat_map(|s| {
                 s.containers
                     .iter()
+                    .flatten()
                     .chain(s.init_containers.iter().flatten())
             })
             .flat_map(|c| c.ports.iter().flatten())
@@ -295,8 +431,7 @@ pub fn pod_view(pod: &Pod) -> domain::Pod {
             .filter_map(|g| domain::gate_binding(&g.condition_type).map(str::to_string))
             .collect(),
         conditions: conditions
-            .into_iter()
-            .flatten()
+            .iter()
             .filter_map(|c| {
                 let binding = domain::gate_binding(&c.type_)?;
                 Some((
@@ -314,8 +449,7 @@ pub fn pod_view(pod: &Pod) -> domain::Pod {
             })
             .collect(),
         containers_ready_since: conditions
-            .into_iter()
-            .flatten()
+            .iter()
             .find(|c| c.type_ == "ContainersReady" && c.status == "True")
             .map(|c| {
                 c.last_transition_time
@@ -332,9 +466,10 @@ mod tests {
 
     #[test]
     fn pod_view_keeps_what_the_controller_needs() {
-        let pod: Pod = serde_json::from_value(json!({
+        let pod: WatchedPod = serde_json::from_value(json!({
             "metadata": { "name": "web-1", "namespace": "shop", "uid": "u-1", "labels": {"app": "web"},
-                          "creationTimestamp": "2026-11-21T10:00:00Z", "managedFields": [] },
+                          "resourceVersion": "42", "creationTimestamp": "2026-11-21T10:00:00Z",
+                          "managedFields": [{ "manager": "kubelet", "fieldsV1": { "f:status": {} } }] },
             "spec": {
                 "containers": [{ "name": "web", "ports": [{ "name": "http", "containerPort": 8080 }, { "containerPort": 9 }] }],
                 "initContainers": [{ "name": "side", "restartPolicy": "Always", "ports": [{ "name": "admin", "containerPort": 9901 }] }],
@@ -350,6 +485,9 @@ mod tests {
             }
         }))
         .unwrap();
+        // The watcher resumes from the resourceVersion; managedFields are never kept.
+        assert_eq!(pod.resource_version().as_deref(), Some("42"));
+        assert!(pod.metadata.managed_fields.is_none());
         let v = pod_view(&pod);
         assert_eq!(v.uid, "u-1");
         assert_eq!(v.ip.as_deref(), Some("127.0.1.2"));
@@ -357,13 +495,28 @@ mod tests {
         assert_eq!(v.container_ports.len(), 2);
         assert_eq!(v.containers_ready_since, Some(1_795_255_207));
         assert_eq!(v.created, Some(1_795_255_200));
-        let c = &v.conditions["web-tgb"];
+        let c = v.condition("web-tgb").unwrap();
         assert_eq!(c.status, ConditionStatus::False);
         assert_eq!(
             c.last_transition_time.as_deref(),
             Some("2026-11-21T10:00:03Z")
         );
         assert!(!v.finished);
+    }
+
+    #[test]
+    fn pods_with_nulls_and_missing_parts_still_decode() {
+        let pod: WatchedPod = serde_json::from_value(json!({
+            "metadata": { "name": "p", "namespace": "ns", "labels": null },
+            "spec": { "containers": [{ "name": "c", "ports": null }], "readinessGates": null },
+            "status": { "phase": "Pending", "conditions": null, "podIP": "" }
+        }))
+        .unwrap();
+        let v = pod_view(&pod);
+        assert!(v.gates.is_empty() && v.ip.is_none() && v.labels.is_empty());
+        let bare: WatchedPod =
+            serde_json::from_value(json!({ "metadata": { "name": "q" } })).unwrap();
+        assert_eq!(pod_view(&bare).containers_ready_since, None);
     }
 
     #[test]

@@ -84,7 +84,7 @@ pub fn plan(ix: &Index, now_ms: i64, failsafe: Option<Duration>) -> Vec<GateWork
                 uid: pod.uid.clone(),
                 created: pod.created,
                 binding: binding.clone(),
-                current: pod.conditions.get(binding).cloned(),
+                current: pod.condition(binding).cloned(),
                 need: need(ix, ns, pod, binding, now_ms, failsafe),
             });
         }
@@ -711,7 +711,7 @@ mod tests {
         ix.apply_pod("shop", "a", pod("a", Some("127.0.1.1")));
         ix.apply_pod("shop", "b", pod("b", None));
         let mut done = pod("c", Some("127.0.1.3"));
-        done.conditions.insert(
+        done.set_condition(
             "web-tgb".into(),
             Condition {
                 status: ConditionStatus::True,

@@ -125,16 +125,30 @@ pub struct Pod {
     pub container_ports: Vec<ContainerPort>,
     /// Binding names of our readiness gates, in spec order.
     pub gates: Vec<String>,
-    /// Our gate conditions, by binding name.
-    pub conditions: BTreeMap<String, Condition>,
+    /// Our gate conditions, by binding name (a short list: one per gate).
+    pub conditions: Vec<(String, Condition)>,
     /// When ContainersReady last turned True, if it is True.
     pub containers_ready_since: Option<i64>,
 }
 
 impl Pod {
-    pub fn gate_is_true(&self, binding: &str) -> bool {
+    pub fn condition(&self, binding: &str) -> Option<&Condition> {
         self.conditions
-            .get(binding)
+            .iter()
+            .find(|(b, _)| b == binding)
+            .map(|(_, c)| c)
+    }
+
+    /// Sets the condition of `binding`, replacing the one it had.
+    pub fn set_condition(&mut self, binding: &str, condition: Condition) {
+        match self.conditions.iter_mut().find(|(b, _)| b == binding) {
+            Some((_, c)) => *c = condition,
+            None => self.conditions.push((binding.to_string(), condition)),
+        }
+    }
+
+    pub fn gate_is_true(&self, binding: &str) -> bool {
+        self.condition(binding)
             .is_some_and(|c| c.status == ConditionStatus::True)
     }
 }

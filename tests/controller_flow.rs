@@ -165,7 +165,7 @@ impl Rig {
                         .find(|(_, n, _)| *n == w.pod)
                         .map(|(_, _, p)| p.clone())
                         .unwrap();
-                    p.conditions.insert(w.binding.clone(), w.condition.clone());
+                    p.set_condition(&w.binding, w.condition.clone());
                     ix.apply_pod(&w.namespace, &w.pod, p);
                 }
                 self.cache.notify();
@@ -251,8 +251,8 @@ async fn deleted_binding_releases_its_gates_and_idle_makes_no_calls() {
     let moto = Moto::start();
     let arn = target_group(&moto, "web2", &[]).await;
     let mut p = pod("a", "127.0.1.1", now_s());
-    p.conditions.insert(
-        "web-tgb".into(),
+    p.set_condition(
+        "web-tgb",
         Condition {
             status: ConditionStatus::False,
             reason: "Elb.RegistrationInProgress".into(),

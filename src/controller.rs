@@ -171,7 +171,10 @@ struct Group {
 }
 
 enum Reply {
-    Settings(String, Result<GroupSettings, ElbError>),
+    Settings(
+        Vec<String>,
+        Result<HashMap<String, GroupSettings>, ElbError>,
+    ),
     Health(String, Result<HashMap<Target, Health>, ElbError>, i64),
 }
 
@@ -208,6 +211,8 @@ struct Controller {
 const RESEND_AFTER_MS: i64 = 10_000;
 const NOT_FOUND_RETRY: Duration = Duration::from_secs(60);
 const MISSING_CHECK_EVERY_MS: i64 = 10_000;
+/// Target groups per DescribeTargetGroups call.
+const SETTINGS_BATCH: usize = 20;
 
 fn jitter() -> f64 {
     rand::random::<f64>()
@@ -271,6 +276,7 @@ impl Controller {
         self.groups
             .retain(|arn, g| pending.contains_key(arn) || g.in_flight);
         let mut next: Option<i64> = None;
+        let mut need_settings = Vec::new();
         for (arn, targets) in pending {
             let (poll_interval_ms, fast_interval_ms) =
                 (self.poll_interval_ms, self.fast_poll_interval_ms);
@@ -282,7 +288,7 @@ impl Controller {
             let Some(settings) = settings else {
                 if g.times.not_before_ms.is_none_or(|t| t <= now) {
                     g.in_flight = true;
-                    self.spawn_settings(arn);
+                    need_settings.push(arn);
                 } else {
                     next = min_opt(next, g.times.not_before_ms);
                 }
@@ -303,6 +309,9 @@ impl Controller {
                 Some(t) => next = min_opt(next, Some(t)),
                 None => {}
             }
+        }
+        for batch in need_settings.chunks(SETTINGS_BATCH) {
+            self.spawn_settings(batch.to_vec());
         }
         // Re-send writes that got lost.
         if !self.sent.is_empty() {
@@ -462,11 +471,11 @@ impl Controller {
         self.metrics.pods_missing_gates.set(missing);
     }
 
-    fn spawn_settings(&self, arn: String) {
+    fn spawn_settings(&self, arns: Vec<String>) {
         let (elb, tx) = (self.elb.clone(), self.replies_tx.clone());
         tokio::spawn(async move {
-            let r = elb.group_settings(&arn).await;
-            let _ = tx.send(Reply::Settings(arn, r)).await;
+            let r = elb.groups_settings(&arns).await;
+            let _ = tx.send(Reply::Settings(arns, r)).await;
         });
     }
 
@@ -479,15 +488,36 @@ impl Controller {
     }
 
     fn reply(&mut self, reply: Reply) {
-        let now = now_ms();
-        let (arn, error) = match reply {
-            Reply::Settings(arn, Ok(s)) => {
-                self.settings.insert(arn.clone(), s);
-                let g = self.group(&arn);
-                g.in_flight = false;
-                g.not_found = None;
-                tracing::info!(%arn, interval = s.interval_seconds, healthy_threshold = s.healthy_threshold, "target group settings read");
-                (arn, None)
+        match reply {
+            Reply::Settings(arns, Ok(mut found)) => {
+                for arn in arns {
+                    match found.remove(&arn) {
+                        Some(s) => {
+                            tracing::info!(%arn, interval = s.interval_seconds, healthy_threshold = s.healthy_threshold, "target group settings read");
+                            self.settings.insert(arn.clone(), s);
+                            let g = self.group(&arn);
+                            g.in_flight = false;
+                            g.not_found = None;
+                        }
+                        None => self.failed(
+                            arn,
+                            ElbError::TargetGroupNotFound(
+                                "not in the DescribeTargetGroups answer".into(),
+                            ),
+                        ),
+                    }
+                }
+            }
+            // One unknown ARN fails the whole batch: ask for each on its own to find it.
+            Reply::Settings(arns, Err(ElbError::TargetGroupNotFound(_))) if arns.len() > 1 => {
+                for arn in arns {
+                    self.spawn_settings(vec![arn]);
+                }
+            }
+            Reply::Settings(arns, Err(e)) => {
+                for arn in arns {
+                    self.failed(arn, e.clone());
+                }
             }
             Reply::Health(arn, Ok(targets), at) => {
                 let poll_interval = self.poll_interval_ms;
@@ -506,11 +536,14 @@ impl Controller {
                 g.backoff = None;
                 g.not_found = None;
                 g.health = Some((targets, at));
-                (arn, None)
             }
-            Reply::Settings(arn, Err(e)) | Reply::Health(arn, Err(e), _) => (arn, Some(e)),
-        };
-        let Some(e) = error else { return };
+            Reply::Health(arn, Err(e), _) => self.failed(arn, e),
+        }
+    }
+
+    /// Backs the group off after a failed call.
+    fn failed(&mut self, arn: String, e: ElbError) {
+        let now = now_ms();
         let budget_hold = {
             let g = self.group(&arn);
             g.in_flight = false;
@@ -712,7 +745,7 @@ mod tests {
         ix.apply_pod("shop", "b", pod("b", None));
         let mut done = pod("c", Some("127.0.1.3"));
         done.set_condition(
-            "web-tgb".into(),
+            "web-tgb",
             Condition {
                 status: ConditionStatus::True,
                 reason: "Elb.Healthy".into(),

@@ -174,23 +174,42 @@ impl Elbv2 {
 
     /// The group's health-check interval and healthy threshold.
     pub async fn group_settings(&self, arn: &str) -> Result<GroupSettings, ElbError> {
+        self.groups_settings(&[arn.to_string()])
+            .await?
+            .remove(arn)
+            .ok_or_else(|| {
+                ElbError::TargetGroupNotFound(format!(
+                    "{arn} not in the DescribeTargetGroups answer"
+                ))
+            })
+    }
+
+    /// The settings of several groups in one call. ELB fails the whole call with
+    /// TargetGroupNotFound if any one ARN is unknown.
+    pub async fn groups_settings(
+        &self,
+        arns: &[String],
+    ) -> Result<HashMap<String, GroupSettings>, ElbError> {
         self.budget.acquire().await;
         let result = self
             .client
             .describe_target_groups()
-            .target_group_arns(arn)
+            .set_target_group_arns(Some(arns.to_vec()))
             .send()
             .await
             .map_err(classify);
         self.count("DescribeTargetGroups", result.as_ref().map(|_| ()));
-        let out = result?;
-        let group = out.target_groups().first().ok_or_else(|| {
-            ElbError::TargetGroupNotFound(format!("{arn} not in the DescribeTargetGroups answer"))
-        })?;
-        Ok(GroupSettings {
-            interval_seconds: group.health_check_interval_seconds().unwrap_or(30),
-            healthy_threshold: group.healthy_threshold_count().unwrap_or(5),
-        })
+        Ok(result?
+            .target_groups()
+            .iter()
+            .filter_map(|g| {
+                let settings = GroupSettings {
+                    interval_seconds: g.health_check_interval_seconds().unwrap_or(30),
+                    healthy_threshold: g.healthy_threshold_count().unwrap_or(5),
+                };
+                Some((g.target_group_arn()?.to_string(), settings))
+            })
+            .collect())
     }
 
     /// The budget every call of this client takes from.

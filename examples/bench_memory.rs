@@ -14,8 +14,9 @@
 //!
 //! - readygate: the product's watcher path (`cache::drive`): pages of `Cached::PAGE_SIZE` (100
 //!   for pods, 500 for the other kinds), each page decoded as `ObjectList<K>` with `K` the type
-//!   the watcher decodes (`cache::WatchedPod` for pods), each object converted with
-//!   `Cached::convert`, then `Cached::replace` and `Index::compact` once the list is complete;
+//!   the watcher decodes (`cache::WatchedPod` for pods), each object fed through `cache::Feed`
+//!   (converted with `Cached::convert` and applied in place; at the list's end what it did not
+//!   see is dropped and free memory is trimmed);
 //! - reflector: `kube::runtime::reflector::store::Writer`, fed k8s-openapi objects kept whole,
 //!   in pages of kube-runtime's default `watcher::Config::page_size`;
 //! - stripped: the same with managedFields dropped before storing (a common `modify`).
@@ -45,8 +46,8 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::core::ObjectList;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::{self, Event};
-use kube::{Resource, ResourceExt};
-use readygate::cache::{Cache, Cached, WatchedPod};
+use kube::Resource;
+use readygate::cache::{Cache, Cached, Feed, WatchedPod};
 use readygate::crd::TargetGroupBinding;
 use serde_json::{Value, json};
 // ---------------------------------------------------------------------------------------------
@@ -716,23 +717,32 @@ fn default_page() -> usize {
     watcher::Config::default().page_size.unwrap_or(500) as usize
 }
 
-/// readygate's watcher path (`cache::drive`): each object of each page converted with
-/// `Cached::convert` and collected; `Cached::replace` and `Index::compact` once the list is
-/// complete. Pods are decoded as `WatchedPod`, as the product's pod watcher does.
-#[derive(Default)]
+/// readygate's watcher path (`cache::drive`): each page's objects fed through `cache::Feed`
+/// exactly as the watcher does (applied in place; at the end of a list, what it did not see is
+/// dropped). Pods are decoded as `WatchedPod`, as the product's pod watcher does.
 struct Readygate {
     cache: Arc<Cache>,
-    pods: Vec<(String, String, <WatchedPod as Cached>::Item)>,
-    services: Vec<(String, String, <Service as Cached>::Item)>,
-    bindings: Vec<(String, String, <TargetGroupBinding as Cached>::Item)>,
+    pods: Feed<WatchedPod>,
+    services: Feed<Service>,
+    bindings: Feed<TargetGroupBinding>,
 }
 
-fn convert_page<K: Cached>(body: &[u8], into: &mut Vec<(String, String, K::Item)>) {
-    let list: ObjectList<K> = serde_json::from_slice(body).expect("list page");
-    for o in list.items {
-        if let Some(item) = o.convert() {
-            into.push((o.namespace().unwrap_or_default(), o.name_any(), item));
+impl Default for Readygate {
+    fn default() -> Self {
+        let cache = Arc::new(Cache::default());
+        Readygate {
+            pods: Feed::new(cache.clone()),
+            services: Feed::new(cache.clone()),
+            bindings: Feed::new(cache.clone()),
+            cache,
         }
+    }
+}
+
+fn feed_page<K: Cached>(feed: &mut Feed<K>, body: &[u8]) {
+    let list: ObjectList<K> = serde_json::from_slice(body).expect("list page");
+    for o in &list.items {
+        feed.init_apply(o);
     }
 }
 
@@ -745,23 +755,26 @@ impl Readygate {
             Kind::Binding => <TargetGroupBinding as Cached>::PAGE_SIZE,
         }) as usize
     }
+    fn start(&mut self, kind: Kind) {
+        match kind {
+            Kind::Pod => self.pods.init(),
+            Kind::Service => self.services.init(),
+            Kind::Binding => self.bindings.init(),
+        }
+    }
     fn feed(&mut self, kind: Kind, body: &[u8]) {
         match kind {
-            Kind::Pod => convert_page::<WatchedPod>(body, &mut self.pods),
-            Kind::Service => convert_page::<Service>(body, &mut self.services),
-            Kind::Binding => convert_page::<TargetGroupBinding>(body, &mut self.bindings),
+            Kind::Pod => feed_page(&mut self.pods, body),
+            Kind::Service => feed_page(&mut self.services, body),
+            Kind::Binding => feed_page(&mut self.bindings, body),
         }
     }
     fn done(&mut self, kind: Kind) {
-        let mut ix = self.cache.write();
         match kind {
-            Kind::Pod => WatchedPod::replace(&mut ix, std::mem::take(&mut self.pods)),
-            Kind::Service => Service::replace(&mut ix, std::mem::take(&mut self.services)),
-            Kind::Binding => {
-                TargetGroupBinding::replace(&mut ix, std::mem::take(&mut self.bindings))
-            }
+            Kind::Pod => self.pods.init_done(),
+            Kind::Service => self.services.init_done(),
+            Kind::Binding => self.bindings.init_done(),
         }
-        ix.compact();
     }
 }
 
@@ -953,8 +966,8 @@ fn child(variant: &str, dir: &Path) {
         let _keep = runtime_and_clients();
         trim();
         stage("runtime");
-        // A pod re-list (the watcher's answer to 410 Gone): the index keeps the old pods until
-        // `replace`, then frees them.
+        // A pod re-list (the watcher's answer to 410 Gone), applied in place.
+        r.start(Kind::Pod);
         for body in Pages::open(dir, Kind::Pod, Readygate::page(Kind::Pod)) {
             r.feed(Kind::Pod, &body);
         }
@@ -1515,7 +1528,7 @@ fn main() {
     );
     let mib_at = |s: &str| mib(rss("readygate", s));
     println!(
-        "  then a pod re-list: heap {:.1} MiB before `replace` (old and new pods), peak {:.1} MiB; after it RSS {:.1} MiB (heap {:.1} MiB), after malloc_trim(0) {:.1} MiB",
+        "  then a pod re-list: heap {:.1} MiB before the list's end, peak {:.1} MiB; after it RSS {:.1} MiB (heap {:.1} MiB), after malloc_trim(0) {:.1} MiB",
         mib_b(rg.live("relisting")),
         mib(rg.peak("relisted")),
         mib_at("relisted"),

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures::StreamExt;
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Namespace, Service};
@@ -70,69 +70,131 @@ pub trait Cached:
     fn convert(&self) -> Option<Self::Item>;
     fn apply(ix: &mut Index, ns: &str, name: &str, item: Self::Item);
     fn delete(ix: &mut Index, ns: &str, name: &str);
-    fn replace(ix: &mut Index, all: Vec<(String, String, Self::Item)>);
 }
 
 async fn drive<K: Cached>(api: Api<K>, cache: Arc<Cache>) {
-    let kind = K::KIND;
-    let mut relist: Vec<(String, String, K::Item)> = Vec::new();
-    let mut stream = std::pin::pin!(
-        watcher::watcher(api, watcher::Config::default().page_size(K::PAGE_SIZE)).default_backoff()
-    );
+    let mut feed = Feed::<K>::new(cache);
+    let config = watcher::Config::default().page_size(K::PAGE_SIZE);
+    let mut stream = std::pin::pin!(watcher::watcher(api, config).default_backoff());
     while let Some(event) = stream.next().await {
         match event {
-            Ok(Event::Init) => relist.clear(),
-            Ok(Event::InitApply(o)) => {
-                if let Some(item) = o.convert() {
-                    relist.push((o.namespace().unwrap_or_default(), o.name_any(), item));
-                }
+            Ok(Event::Init) => feed.init(),
+            Ok(Event::InitApply(o)) => feed.init_apply(&o),
+            Ok(Event::InitDone) => feed.init_done(),
+            Ok(Event::Apply(o)) => feed.apply(&o),
+            Ok(Event::Delete(o)) => feed.delete(&o),
+            Err(e) if K::KIND == Kind::Binding && is_not_found(&e) => feed.crd_missing(),
+            Err(e) => {
+                tracing::warn!(kind = ?K::KIND, error = %e, "watch failed; retrying with backoff")
             }
-            Ok(Event::InitDone) => {
-                let mut ix = cache.write();
-                let n = relist.len();
-                K::replace(&mut ix, std::mem::take(&mut relist));
-                if kind == Kind::Binding && ix.bindings_crd_missing {
-                    ix.bindings_crd_missing = false;
-                    tracing::info!("TargetGroupBinding CRD found; injecting readiness gates again");
-                }
-                ix.compact();
-                drop(ix);
-                tracing::info!(?kind, objects = n, "cache synced");
-                cache.notify();
-            }
-            Ok(Event::Apply(o)) => {
-                let (ns, name) = (o.namespace().unwrap_or_default(), o.name_any());
-                let mut ix = cache.write();
-                match o.convert() {
-                    Some(item) => K::apply(&mut ix, &ns, &name, item),
-                    None => K::delete(&mut ix, &ns, &name),
-                }
-                drop(ix);
-                cache.notify();
-            }
-            Ok(Event::Delete(o)) => {
-                K::delete(
-                    &mut cache.write(),
-                    &o.namespace().unwrap_or_default(),
-                    &o.name_any(),
-                );
-                cache.notify();
-            }
-            Err(e) if kind == Kind::Binding && is_not_found(&e) => {
-                let mut ix = cache.write();
-                if !ix.bindings_crd_missing {
-                    tracing::error!(
-                        "the TargetGroupBinding CRD (targetgroupbindings.elbv2.k8s.aws/v1beta1) is not installed: \
-                         no readiness gates will be injected until it is (install the AWS Load Balancer Controller)"
-                    );
-                }
-                ix.bindings_crd_missing = true;
-                ix.replace_bindings(Vec::new());
-                drop(ix);
-                cache.notify();
-            }
-            Err(e) => tracing::warn!(?kind, error = %e, "watch failed; retrying with backoff"),
         }
+    }
+}
+
+/// Folds one kind's watch events into the cache.
+///
+/// A re-list is applied in place, object by object, and what it did not see is dropped at the
+/// end: one copy of the objects at any time, never an old and a new list side by side.
+pub struct Feed<K> {
+    cache: Arc<Cache>,
+    seen: HashSet<(String, String)>,
+    kind: std::marker::PhantomData<K>,
+}
+
+impl<K: Cached> Feed<K> {
+    pub fn new(cache: Arc<Cache>) -> Self {
+        Self {
+            cache,
+            seen: HashSet::new(),
+            kind: std::marker::PhantomData,
+        }
+    }
+
+    /// A (re-)list starts.
+    pub fn init(&mut self) {
+        self.seen.clear();
+    }
+
+    /// One object of the list.
+    pub fn init_apply(&mut self, o: &K) {
+        let (ns, name) = (o.namespace().unwrap_or_default(), o.name_any());
+        upsert(&self.cache, &ns, &name, o);
+        self.seen.insert((ns, name));
+    }
+
+    /// The list is complete: drop what it did not have.
+    pub fn init_done(&mut self) {
+        let kind = K::KIND;
+        let mut ix = self.cache.write();
+        ix.retain(kind, |ns, name| {
+            self.seen.contains(&(ns.to_string(), name.to_string()))
+        });
+        ix.mark_synced(kind);
+        if kind == Kind::Binding && ix.bindings_crd_missing {
+            ix.bindings_crd_missing = false;
+            tracing::info!("TargetGroupBinding CRD found; injecting readiness gates again");
+        }
+        ix.compact();
+        drop(ix);
+        tracing::info!(?kind, objects = self.seen.len(), "cache synced");
+        self.seen = HashSet::new();
+        release_free_memory();
+        self.cache.notify();
+    }
+
+    pub fn apply(&mut self, o: &K) {
+        upsert(
+            &self.cache,
+            &o.namespace().unwrap_or_default(),
+            &o.name_any(),
+            o,
+        );
+        self.cache.notify();
+    }
+
+    pub fn delete(&mut self, o: &K) {
+        K::delete(
+            &mut self.cache.write(),
+            &o.namespace().unwrap_or_default(),
+            &o.name_any(),
+        );
+        self.cache.notify();
+    }
+
+    /// The kind's CRD is not installed: there are none, and that is a complete answer.
+    pub fn crd_missing(&mut self) {
+        let mut ix = self.cache.write();
+        if !ix.bindings_crd_missing {
+            tracing::error!(
+                "the TargetGroupBinding CRD (targetgroupbindings.elbv2.k8s.aws/v1beta1) is not installed: \
+                 no readiness gates will be injected until it is (install the AWS Load Balancer Controller)"
+            );
+        }
+        ix.bindings_crd_missing = true;
+        ix.retain(K::KIND, |_, _| false);
+        ix.mark_synced(K::KIND);
+        drop(ix);
+        self.cache.notify();
+    }
+}
+
+/// Stores the stripped copy of `o`, or drops the entry when `o` is unusable.
+fn upsert<K: Cached>(cache: &Cache, ns: &str, name: &str, o: &K) {
+    let item = o.convert();
+    let mut ix = cache.write();
+    match item {
+        Some(item) => K::apply(&mut ix, ns, name, item),
+        None => K::delete(&mut ix, ns, name),
+    }
+}
+
+/// Hands memory freed by a re-list back to the system (glibc keeps it otherwise, and the
+/// list's transient JSON leaves the heap fragmented).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own heap; it takes no pointers of ours.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -189,9 +251,6 @@ impl Cached for TargetGroupBinding {
     fn delete(ix: &mut Index, ns: &str, name: &str) {
         ix.delete_binding(ns, name)
     }
-    fn replace(ix: &mut Index, all: Vec<(String, String, domain::Binding)>) {
-        ix.replace_bindings(all.into_iter().map(|(ns, _, b)| (ns, b)).collect())
-    }
 }
 
 impl Cached for Service {
@@ -219,9 +278,6 @@ impl Cached for Service {
     fn delete(ix: &mut Index, ns: &str, name: &str) {
         ix.delete_service(ns, name)
     }
-    fn replace(ix: &mut Index, all: Vec<(String, String, domain::Service)>) {
-        ix.replace_services(all)
-    }
 }
 
 impl Cached for WatchedPod {
@@ -237,9 +293,6 @@ impl Cached for WatchedPod {
     fn delete(ix: &mut Index, ns: &str, name: &str) {
         ix.delete_pod(ns, name)
     }
-    fn replace(ix: &mut Index, all: Vec<(String, String, domain::Pod)>) {
-        ix.replace_pods(all)
-    }
 }
 
 impl Cached for Namespace {
@@ -253,14 +306,6 @@ impl Cached for Namespace {
     }
     fn delete(ix: &mut Index, _ns: &str, name: &str) {
         ix.apply_namespace(name, false)
-    }
-    fn replace(ix: &mut Index, all: Vec<(String, String, bool)>) {
-        ix.replace_namespaces(
-            all.into_iter()
-                .filter(|(_, _, on)| *on)
-                .map(|(_, name, _)| name)
-                .collect(),
-        )
     }
 }
 
@@ -502,6 +547,55 @@ mod tests {
             Some("2026-11-21T10:00:03Z")
         );
         assert!(!v.finished);
+    }
+
+    fn service(ns: &str, name: &str, app: &str) -> Service {
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": ns, "resourceVersion": "1" },
+            "spec": { "selector": { "app": app }, "ports": [{ "port": 80, "targetPort": "http" }] }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_relist_is_applied_in_place_and_drops_what_it_did_not_see() {
+        let cache = Arc::new(Cache::default());
+        let mut feed = Feed::<Service>::new(cache.clone());
+        feed.init();
+        feed.init_apply(&service("shop", "web", "web"));
+        feed.init_apply(&service("shop", "old", "old"));
+        assert!(
+            !cache.read().synced().services,
+            "not synced before the list is complete"
+        );
+        feed.init_done();
+        assert!(cache.read().synced().services);
+        assert!(cache.read().service("shop", "old").is_some());
+        // A watch restart re-lists: "old" is gone, "web" changed, "api" is new.
+        feed.init();
+        feed.init_apply(&service("shop", "web", "web2"));
+        feed.init_apply(&service("shop", "api", "api"));
+        feed.init_done();
+        let ix = cache.read();
+        assert!(ix.service("shop", "old").is_none());
+        assert_eq!(ix.service("shop", "web").unwrap().selector["app"], "web2");
+        assert!(ix.service("shop", "api").is_some());
+        drop(ix);
+        feed.delete(&service("shop", "api", "api"));
+        assert!(cache.read().service("shop", "api").is_none());
+    }
+
+    #[test]
+    fn a_missing_binding_crd_is_an_empty_synced_list() {
+        let cache = Arc::new(Cache::default());
+        let mut feed = Feed::<TargetGroupBinding>::new(cache.clone());
+        feed.crd_missing();
+        let ix = cache.read();
+        assert!(ix.synced().bindings && ix.bindings_crd_missing);
+        drop(ix);
+        feed.init();
+        feed.init_done();
+        assert!(!cache.read().bindings_crd_missing);
     }
 
     #[test]

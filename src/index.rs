@@ -107,7 +107,25 @@ impl Index {
         self.opted_in = opted_in.into_iter().collect();
         self.synced.namespaces = true;
     }
-    /// Marks a kind as listed without listing anything (its CRD is absent).
+    /// Keeps only the objects of `kind` for which `keep(namespace, name)` holds (after a re-list
+    /// applied in place: what it did not see is gone). Namespaces are named by `name`.
+    pub fn retain(&mut self, kind: Kind, keep: impl Fn(&str, &str) -> bool) {
+        match kind {
+            Kind::Namespace => self.opted_in.retain(|name| keep("", name)),
+            _ => {
+                for (ns, n) in &mut self.namespaces {
+                    match kind {
+                        Kind::Binding => n.bindings.retain(|name, _| keep(ns, name)),
+                        Kind::Service => n.services.retain(|name, _| keep(ns, name)),
+                        Kind::Pod => n.pods.retain(|name, _| keep(ns, name)),
+                        Kind::Namespace => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Marks a kind as listed (also when there is nothing to list: its CRD is absent).
     pub fn mark_synced(&mut self, kind: Kind) {
         match kind {
             Kind::Binding => self.synced.bindings = true,
@@ -217,6 +235,21 @@ mod tests {
         assert!(ix.binding("b", "three").is_some());
         ix.compact();
         assert_eq!(ix.counts(), (1, 0, 0));
+    }
+
+    #[test]
+    fn retain_drops_what_a_relist_in_place_did_not_see() {
+        let mut ix = Index::default();
+        ix.apply_binding("a", b("one", "web"));
+        ix.apply_binding("b", b("two", "web"));
+        ix.apply_service("a", "web", s("web"));
+        ix.apply_namespace("a", true);
+        ix.apply_namespace("b", true);
+        ix.retain(Kind::Binding, |ns, name| (ns, name) == ("b", "two"));
+        ix.retain(Kind::Namespace, |_, name| name == "a");
+        assert!(ix.binding("a", "one").is_none() && ix.binding("b", "two").is_some());
+        assert!(ix.service("a", "web").is_some(), "other kinds untouched");
+        assert!(ix.is_opted_in("a") && !ix.is_opted_in("b"));
     }
 
     #[test]

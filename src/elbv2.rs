@@ -88,33 +88,37 @@ pub struct Elbv2 {
 impl Elbv2 {
     /// A client from the standard AWS configuration chain.
     pub async fn from_env(budget: Arc<Budget>, metrics: Arc<Metrics>) -> Self {
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(RetryConfig::disabled())
-            .load()
-            .await;
-        Self {
-            client: Client::new(&config),
+        Self::load(
+            aws_config::defaults(BehaviorVersion::latest()),
             budget,
             metrics,
-        }
+        )
+        .await
     }
 
-    /// A client for a fixed endpoint and region (tests, local rigs).
+    /// A client for a fixed endpoint and region with static credentials (tests, local rigs).
     pub async fn with_endpoint(
         endpoint: &str,
         region: &str,
         budget: Arc<Budget>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(RetryConfig::disabled())
+        let loader = aws_config::defaults(BehaviorVersion::latest())
             .endpoint_url(endpoint)
             .region(aws_config::Region::new(region.to_string()))
             .credentials_provider(aws_sdk_elasticloadbalancingv2::config::Credentials::new(
                 "testing", "testing", None, None, "static",
-            ))
-            .load()
-            .await;
+            ));
+        Self::load(loader, budget, metrics).await
+    }
+
+    async fn load(
+        loader: aws_config::ConfigLoader,
+        budget: Arc<Budget>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        // The SDK's own retries would spend calls outside the budget; the controller retries.
+        let config = loader.retry_config(RetryConfig::disabled()).load().await;
         Self {
             client: Client::new(&config),
             budget,

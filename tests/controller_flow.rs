@@ -5,15 +5,11 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_elasticloadbalancingv2::types::{ProtocolEnum, TargetDescription, TargetTypeEnum};
 use clap::Parser;
 use readygate::budget::Budget;
 use readygate::cache::Cache;
 use readygate::cli::{Cli, Command, ControllerArgs};
-use readygate::domain::{
-    Binding, Condition, ConditionStatus, ContainerPort, Pod, PortRef, Service, ServicePort,
-    TargetType,
-};
+use readygate::domain::{Condition, ConditionStatus, ContainerPort, Pod};
 use readygate::elbv2::Elbv2;
 use readygate::metrics::Metrics;
 use readygate::writer::{ConditionWrite, Done, Job, Outcome};
@@ -27,43 +23,6 @@ fn args(extra: &[&str]) -> ControllerArgs {
         Command::Serve(s) => s.controller,
         _ => unreachable!(),
     }
-}
-
-async fn target_group(moto: &Moto, name: &str, registered: &[&str]) -> String {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(&moto.url)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_elasticloadbalancingv2::config::Credentials::new(
-            "t", "t", None, None, "static",
-        ))
-        .load()
-        .await;
-    let admin = aws_sdk_elasticloadbalancingv2::Client::new(&config);
-    let vpc = moto.create_vpc();
-    let tg = admin
-        .create_target_group()
-        .name(name)
-        .protocol(ProtocolEnum::Http)
-        .port(80)
-        .vpc_id(vpc)
-        .target_type(TargetTypeEnum::Ip)
-        .send()
-        .await
-        .unwrap();
-    let arn = tg.target_groups()[0]
-        .target_group_arn()
-        .unwrap()
-        .to_string();
-    for ip in registered {
-        admin
-            .register_targets()
-            .target_group_arn(&arn)
-            .targets(TargetDescription::builder().id(*ip).port(8080).build())
-            .send()
-            .await
-            .unwrap();
-    }
-    arn
 }
 
 fn pod(uid: &str, ip: &str, ready_since: i64) -> Pod {
@@ -92,37 +51,14 @@ struct Rig {
 
 async fn start(moto: &Moto, arn: &str, pods: Vec<(&str, Pod)>, extra: &[&str]) -> Rig {
     readygate::install_crypto_provider();
-    let cache = Arc::new(Cache::default());
+    let cache = support::shop(arn);
     {
         let mut ix = cache.write();
-        ix.replace_services(vec![(
-            "shop".into(),
-            "web".into(),
-            Service {
-                selector: [("app".to_string(), "web".to_string())].into(),
-                ports: vec![ServicePort {
-                    name: Some("http".into()),
-                    port: 80,
-                    target_port: Some(PortRef::Name("http".into())),
-                }],
-            },
-        )]);
-        ix.replace_bindings(vec![(
-            "shop".into(),
-            Binding {
-                name: "web-tgb".into(),
-                target_group_arn: arn.into(),
-                target_type: TargetType::Ip,
-                service_name: "web".into(),
-                service_port: PortRef::Number(80),
-            },
-        )]);
         ix.replace_pods(
             pods.into_iter()
                 .map(|(n, p)| ("shop".to_string(), n.to_string(), p))
                 .collect(),
         );
-        ix.replace_namespaces(vec!["shop".into()]);
     }
     let metrics = Arc::new(Metrics::new());
     let elb = Elbv2::with_endpoint(
@@ -196,7 +132,7 @@ fn now_s() -> i64 {
 #[tokio::test]
 async fn registered_target_turns_true_unregistered_stays_false_and_nothing_is_rewritten() {
     let moto = Moto::start();
-    let arn = target_group(&moto, "web", &["127.0.1.1"]).await;
+    let arn = moto.target_group("web", (30, 5), &["127.0.1.1"]).await;
     // Containers ready long ago: the first poll is due at once (moto: 30 s × 5).
     let ready = now_s() - 600;
     let mut rig = start(
@@ -249,7 +185,7 @@ async fn registered_target_turns_true_unregistered_stays_false_and_nothing_is_re
 #[tokio::test]
 async fn deleted_binding_releases_its_gates_and_idle_makes_no_calls() {
     let moto = Moto::start();
-    let arn = target_group(&moto, "web2", &[]).await;
+    let arn = moto.target_group("web2", (30, 5), &[]).await;
     let mut p = pod("a", "127.0.1.1", now_s());
     p.set_condition(
         "web-tgb",
@@ -281,7 +217,7 @@ async fn deleted_binding_releases_its_gates_and_idle_makes_no_calls() {
 #[tokio::test]
 async fn first_poll_waits_until_the_target_can_be_healthy() {
     let moto = Moto::start();
-    let arn = target_group(&moto, "web3", &["127.0.1.1"]).await;
+    let arn = moto.target_group("web3", (30, 5), &["127.0.1.1"]).await;
     // Ready now; moto's group needs 30 s × 5 before a target can be healthy.
     let mut rig = start(
         &moto,

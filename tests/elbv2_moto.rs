@@ -4,7 +4,6 @@ mod support;
 
 use std::sync::Arc;
 
-use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetTypeEnum};
 use readygate::budget::Budget;
 use readygate::condition::{self, Policy};
 use readygate::domain::ConditionStatus;
@@ -12,52 +11,11 @@ use readygate::elbv2::{ElbError, Elbv2};
 use readygate::metrics::Metrics;
 use readygate::target::Target;
 
-async fn sdk(url: &str) -> aws_sdk_elasticloadbalancingv2::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(url)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_elasticloadbalancingv2::config::Credentials::new(
-            "testing", "testing", None, None, "static",
-        ))
-        .load()
-        .await;
-    aws_sdk_elasticloadbalancingv2::Client::new(&config)
-}
-
 #[tokio::test]
 async fn target_health_from_moto() {
     readygate::install_crypto_provider();
     let moto = Moto::start();
-    let vpc = moto.create_vpc();
-    let admin = sdk(&moto.url).await;
-    let tg = admin
-        .create_target_group()
-        .name("web")
-        .protocol(aws_sdk_elasticloadbalancingv2::types::ProtocolEnum::Http)
-        .port(80)
-        .vpc_id(&vpc)
-        .target_type(TargetTypeEnum::Ip)
-        .health_check_interval_seconds(10)
-        .healthy_threshold_count(3)
-        .send()
-        .await
-        .unwrap();
-    let arn = tg.target_groups()[0]
-        .target_group_arn()
-        .unwrap()
-        .to_string();
-    admin
-        .register_targets()
-        .target_group_arn(&arn)
-        .targets(
-            TargetDescription::builder()
-                .id("127.0.1.1")
-                .port(8080)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let arn = moto.target_group("web", (10, 3), &["127.0.1.1"]).await;
 
     let metrics = Arc::new(Metrics::new());
     let elb = Elbv2::with_endpoint(

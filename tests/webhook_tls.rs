@@ -1,5 +1,7 @@
 //! The webhook over a real TLS connection on 127.0.0.1, with rcgen certificates.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,9 +10,7 @@ use axum::body::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use readygate::cache::Cache;
 use readygate::certs::{self, Bundle};
-use readygate::domain::{Binding, PortRef, Service, TargetType};
 use readygate::metrics::Metrics;
 use readygate::server::{self, HttpsLimits};
 use readygate::tls::{self, KeyPairPaths, ReloadingResolver};
@@ -53,29 +53,8 @@ struct Server {
 
 async fn start(dir: &Path, header_read_timeout: Duration) -> Server {
     readygate::install_crypto_provider();
-    let cache = Arc::new(Cache::default());
-    {
-        let mut ix = cache.write();
-        ix.replace_services(vec![(
-            "shop".into(),
-            "web".into(),
-            Service {
-                selector: [("app".to_string(), "web".to_string())].into(),
-                ports: vec![],
-            },
-        )]);
-        ix.replace_bindings(vec![(
-            "shop".into(),
-            Binding {
-                name: "web-tgb".into(),
-                target_group_arn:
-                    "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/1".into(),
-                target_type: TargetType::Ip,
-                service_name: "web".into(),
-                service_port: PortRef::Number(80),
-            },
-        )]);
-    }
+    let cache =
+        support::shop("arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/1");
     let metrics = Arc::new(Metrics::new());
     let resolver = Arc::new(
         ReloadingResolver::load(KeyPairPaths {

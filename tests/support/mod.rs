@@ -2,6 +2,10 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
+
+use aws_sdk_elasticloadbalancingv2::types::{ProtocolEnum, TargetDescription, TargetTypeEnum};
+use readygate::cache::Cache;
+use readygate::domain::{Binding, PortRef, Service, ServicePort, TargetType};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -91,4 +95,84 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+impl Moto {
+    /// An SDK client for setting moto up (the product's own client is `readygate::elbv2`).
+    pub async fn admin(&self) -> aws_sdk_elasticloadbalancingv2::Client {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.url)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_elasticloadbalancingv2::config::Credentials::new(
+                "testing", "testing", None, None, "static",
+            ))
+            .load()
+            .await;
+        aws_sdk_elasticloadbalancingv2::Client::new(&config)
+    }
+
+    /// An IP target group (in a new VPC) with `registered` IPs on port 8080; returns its ARN.
+    pub async fn target_group(&self, name: &str, check: (i32, i32), registered: &[&str]) -> String {
+        let admin = self.admin().await;
+        let tg = admin
+            .create_target_group()
+            .name(name)
+            .protocol(ProtocolEnum::Http)
+            .port(80)
+            .vpc_id(self.create_vpc())
+            .target_type(TargetTypeEnum::Ip)
+            .health_check_interval_seconds(check.0)
+            .healthy_threshold_count(check.1)
+            .send()
+            .await
+            .unwrap();
+        let arn = tg.target_groups()[0]
+            .target_group_arn()
+            .unwrap()
+            .to_string();
+        for ip in registered {
+            admin
+                .register_targets()
+                .target_group_arn(&arn)
+                .targets(TargetDescription::builder().id(*ip).port(8080).build())
+                .send()
+                .await
+                .unwrap();
+        }
+        arn
+    }
+}
+
+/// Namespace `shop`: Service `web` (selects app=web, port 80 → container port "http") and
+/// TargetGroupBinding `web-tgb` (ip) on it, as synced caches.
+pub fn shop(arn: &str) -> std::sync::Arc<Cache> {
+    let cache = std::sync::Arc::new(Cache::default());
+    {
+        let mut ix = cache.write();
+        ix.replace_services(vec![(
+            "shop".into(),
+            "web".into(),
+            Service {
+                selector: [("app".to_string(), "web".to_string())].into(),
+                ports: vec![ServicePort {
+                    name: Some("http".into()),
+                    port: 80,
+                    target_port: Some(PortRef::Name("http".into())),
+                }],
+            },
+        )]);
+        ix.replace_bindings(vec![(
+            "shop".into(),
+            Binding {
+                name: "web-tgb".into(),
+                target_group_arn: arn.into(),
+                target_type: TargetType::Ip,
+                service_name: "web".into(),
+                service_port: PortRef::Number(80),
+            },
+        )]);
+        ix.replace_pods(Vec::new());
+        ix.replace_namespaces(vec!["shop".into()]);
+    }
+    cache
 }

@@ -138,3 +138,59 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         state.metrics.encode(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn get(state: AdminState, path: &str) -> (StatusCode, String) {
+        let res = admin_router(state)
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = res.status();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_the_caches_and_names_a_missing_crd() {
+        let state = AdminState {
+            cache: Arc::new(Cache::default()),
+            metrics: Arc::new(Metrics::new()),
+        };
+        assert_eq!(get(state.clone(), "/healthz").await.0, StatusCode::OK);
+        let (status, body) = get(state.clone(), "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body.contains("targetgroupbindings, services, pods, namespaces"),
+            "{body}"
+        );
+        {
+            let mut ix = state.cache.write();
+            ix.replace_services(vec![]);
+            ix.replace_pods(vec![]);
+            ix.replace_namespaces(vec![]);
+            ix.bindings_crd_missing = true;
+            ix.mark_synced(crate::index::Kind::Binding);
+        }
+        let (status, body) = get(state.clone(), "/readyz").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            body.contains("TargetGroupBinding CRD") && body.contains("not installed"),
+            "{body}"
+        );
+        state.cache.write().bindings_crd_missing = false;
+        assert_eq!(get(state.clone(), "/readyz").await.1, "ready\n");
+        let (status, body) = get(state, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            body.contains("# TYPE readygate_admission_duration_seconds histogram") && body.ends_with("# EOF\n"),
+            "{body}"
+        );
+    }
+}

@@ -239,3 +239,40 @@ async fn first_poll_waits_until_the_target_can_be_healthy() {
         "polled before the target could be healthy\n{text}"
     );
 }
+
+#[tokio::test]
+async fn pods_lacking_their_gate_get_a_warning_event_and_a_metric() {
+    let moto = Moto::start();
+    let arn = moto.target_group("web4", (30, 5), &[]).await;
+    // Created before its binding existed: selected by the Service, but no gate.
+    let mut old = pod("a", "127.0.1.1", now_s());
+    old.gates.clear();
+    let mut rig = start(&moto, &arn, vec![("web-old", old)], &[]).await;
+    let event = loop {
+        let job = tokio::time::timeout(Duration::from_secs(10), rig.jobs.recv())
+            .await
+            .expect("an event within 10 s")
+            .unwrap();
+        if let Job::Event(e) = job {
+            break e;
+        }
+    };
+    assert!(event.warning);
+    assert_eq!(event.reason, "ReadinessGateMissing");
+    assert_eq!(
+        (event.namespace.as_str(), event.pod.as_str()),
+        ("shop", "web-old")
+    );
+    assert!(
+        event.note.contains("target-health.elbv2.k8s.aws/web-tgb"),
+        "{}",
+        event.note
+    );
+    assert!(
+        rig.metrics
+            .encode()
+            .contains("readygate_pods_missing_gates 1")
+    );
+    // Once per pod, and nothing to write for a pod without gates.
+    rig.no_more_writes(Duration::from_secs(2)).await;
+}

@@ -134,7 +134,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tokio::select! {
         () = shutdown_signal() => {}
         r = &mut controller => {
-            // The controller ends on its own only when leader election cannot start.
+            // The controller ends on its own only if it fails.
             r.context("status controller panicked")?.context("status controller")?;
         }
     }

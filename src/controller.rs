@@ -598,12 +598,9 @@ pub async fn run(
         .unwrap_or_else(|| "readygate-system".into());
     let leadership = crate::leader::elect(
         client.clone(),
-        &args.lease_name,
-        &namespace,
-        &identity,
+        crate::leader::Election::new(&args.lease_name, &namespace, &identity),
         metrics.clone(),
-    )
-    .await?;
+    );
 
     let budget = Arc::new(Budget::new(args.elbv2_rate, args.elbv2_burst));
     let elb = Elbv2::from_env(budget, metrics.clone()).await;

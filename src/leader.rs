@@ -1,80 +1,118 @@
 //! Leader election over a coordination.k8s.io Lease: only the leader writes pod status.
+//!
+//! kube-lease-manager holds and renews the lease. Its own watch loop keeps saying "leader"
+//! while renewals fail, until the lease is lost to someone else; here a failed renewal stops
+//! writes at once (the lease may expire before the API answers again, and another replica
+//! take over), and the manager is rebuilt, which re-reads the lease and leads again if it is
+//! still ours.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use kube::Client;
-use kube_lease_manager::{LeaseCreateMode, LeaseManagerBuilder};
+use kube_lease_manager::{LeaseCreateMode, LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
 
-/// Lease duration and the margin before expiry at which the holder renews, in seconds.
-const LEASE_SECONDS: u64 = 15;
-const GRACE_SECONDS: u64 = 5;
+/// Where and as whom to take part.
+#[derive(Clone, Debug)]
+pub struct Election {
+    pub lease: String,
+    pub namespace: String,
+    pub identity: String,
+    /// Lease duration; the holder renews `grace` before it ends.
+    pub duration: Duration,
+    pub grace: Duration,
+}
+
+impl Election {
+    pub fn new(lease: &str, namespace: &str, identity: &str) -> Self {
+        Self {
+            lease: lease.into(),
+            namespace: namespace.into(),
+            identity: identity.into(),
+            duration: Duration::from_secs(15),
+            grace: Duration::from_secs(5),
+        }
+    }
+
+    async fn manager(
+        &self,
+        client: Client,
+    ) -> Result<LeaseManager, kube_lease_manager::LeaseManagerError> {
+        LeaseManagerBuilder::new(client, &self.lease)
+            .with_namespace(&self.namespace)
+            .with_identity(&self.identity)
+            .with_create_mode(LeaseCreateMode::AutoCreate)
+            .with_duration(self.duration.as_secs())
+            .with_grace(self.grace.as_secs())
+            .build()
+            .await
+    }
+}
 
 /// This replica's place in the election.
 pub struct Leadership {
-    /// Whether this replica leads right now.
+    /// Whether this replica may write right now.
     pub leading: watch::Receiver<bool>,
-    manager:
-        JoinHandle<Result<kube_lease_manager::LeaseManager, kube_lease_manager::LeaseManagerError>>,
-    reporter: JoinHandle<()>,
+    task: JoinHandle<()>,
 }
 
 impl Leadership {
     /// Gives the lease up so another replica takes over at once rather than after it expires.
     /// Every other clone of `leading` must be dropped first.
     pub async fn release(self, within: Duration) {
-        self.reporter.abort();
-        let _ = self.reporter.await;
         drop(self.leading);
-        match tokio::time::timeout(within, self.manager).await {
-            Ok(Ok(Ok(_))) => tracing::info!("leader lease released"),
-            Ok(Ok(Err(e))) => {
-                tracing::warn!(error = %e, "leader lease not released; it will expire")
-            }
-            Ok(Err(e)) => tracing::warn!(error = %e, "lease manager failed"),
-            Err(_) => tracing::warn!("leader lease not released in time; it will expire"),
+        if tokio::time::timeout(within, self.task).await.is_err() {
+            tracing::warn!("leader lease not released in time; it will expire");
         }
     }
 }
 
-/// Joins the election. The lease is released when every receiver of `leading` is dropped.
-pub async fn elect(
-    client: Client,
-    lease: &str,
-    namespace: &str,
-    identity: &str,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<Leadership> {
-    let manager = LeaseManagerBuilder::new(client, lease)
-        .with_namespace(namespace)
-        .with_identity(identity)
-        .with_create_mode(LeaseCreateMode::AutoCreate)
-        .with_duration(LEASE_SECONDS)
-        .with_grace(GRACE_SECONDS)
-        .build()
-        .await
-        .with_context(|| format!("setting up leader election on Lease {namespace}/{lease}"))?;
-    let (rx, manager) = manager.watch().await;
-    let mut observer = rx.clone();
-    let identity = identity.to_string();
-    let reporter = tokio::spawn(async move {
+/// Joins the election in the background.
+pub fn elect(client: Client, election: Election, metrics: Arc<Metrics>) -> Leadership {
+    let (tx, leading) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let set = |now: bool| {
+            if tx.send_replace(now) != now {
+                metrics.is_leader.set(i64::from(now));
+                tracing::info!(identity = %election.identity, leading = now, "leadership changed");
+            }
+        };
+        let mut retry =
+            crate::budget::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         loop {
-            let leading = *observer.borrow_and_update();
-            metrics.is_leader.set(i64::from(leading));
-            tracing::info!(identity = %identity, leading, "leadership changed");
-            if observer.changed().await.is_err() {
-                return;
+            match election.manager(client.clone()).await {
+                Ok(manager) => loop {
+                    tokio::select! {
+                        () = tx.closed() => {
+                            if let Err(e) = manager.release().await {
+                                tracing::warn!(error = %e, "leader lease not released; it will expire");
+                            }
+                            return;
+                        }
+                        changed = manager.changed() => match changed {
+                            Ok(now) => {
+                                retry.success();
+                                set(now);
+                            }
+                            Err(e) => {
+                                set(false);
+                                tracing::warn!(error = %e, "lease not renewed: writes stop until it is ours again");
+                                break;
+                            }
+                        }
+                    }
+                },
+                Err(e) => tracing::warn!(error = %e, "leader election cannot start yet"),
+            }
+            tokio::select! {
+                () = tx.closed() => return,
+                () = tokio::time::sleep(retry.failure(rand::random())) => {}
             }
         }
     });
-    Ok(Leadership {
-        leading: rx,
-        manager,
-        reporter,
-    })
+    Leadership { leading, task }
 }

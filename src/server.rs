@@ -189,7 +189,8 @@ mod tests {
         let (status, body) = get(state, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(
-            body.contains("# TYPE readygate_admission_duration_seconds histogram") && body.ends_with("# EOF\n"),
+            body.contains("# TYPE readygate_admission_duration_seconds histogram")
+                && body.ends_with("# EOF\n"),
             "{body}"
         );
     }

@@ -43,10 +43,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::Resource;
 use kube::core::ObjectList;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::{self, Event};
-use kube::Resource;
 use readygate::cache::{Cache, Cached, Feed, WatchedPod};
 use readygate::crd::TargetGroupBinding;
 use serde_json::{Value, json};

@@ -313,6 +313,15 @@ impl Controller {
         for batch in need_settings.chunks(SETTINGS_BATCH) {
             self.spawn_settings(batch.to_vec());
         }
+        // Wake for the failsafe even when nothing else would.
+        if let Some(limit) = self.failsafe {
+            let limit_ms = limit.as_millis() as i64;
+            let deadlines = work
+                .iter()
+                .filter(|w| !matches!(w.need, Need::Release(_)))
+                .filter_map(|w| w.created.map(|c| c * 1000 + limit_ms));
+            next = min_opt(next, deadlines.min());
+        }
         // Re-send writes that got lost.
         if !self.sent.is_empty() {
             next = min_opt(next, Some(now + RESEND_AFTER_MS));

@@ -276,3 +276,33 @@ async fn pods_lacking_their_gate_get_a_warning_event_and_a_metric() {
     // Once per pod, and nothing to write for a pod without gates.
     rig.no_more_writes(Duration::from_secs(2)).await;
 }
+
+#[tokio::test]
+async fn the_failsafe_releases_a_gate_even_when_nothing_else_happens() {
+    let moto = Moto::start();
+    let arn = moto.target_group("web5", (30, 5), &[]).await;
+    // Containers not ready: no poll is ever due, so only the failsafe's own wake-up can act.
+    let mut p = pod("a", "127.0.1.1", now_s());
+    p.containers_ready_since = None;
+    p.created = Some(now_s());
+    let mut rig = start(
+        &moto,
+        &arn,
+        vec![("web-a", p)],
+        &["--failsafe-timeout", "3s"],
+    )
+    .await;
+    let first = rig.next_write().await;
+    assert_eq!(first.condition.reason, "Elb.RegistrationInProgress");
+    let waited = std::time::Instant::now();
+    let released = rig.next_write().await;
+    // Due 3 s after creation: on time, not at some later unrelated wake-up.
+    assert!(
+        waited.elapsed() < Duration::from_secs(5),
+        "released after {:?}",
+        waited.elapsed()
+    );
+    assert_eq!(released.condition.status, ConditionStatus::True);
+    assert_eq!(released.condition.reason, "Readygate.FailsafeTimeout");
+    assert!(!rig.metrics.encode().contains("DescribeTargetHealth"));
+}

@@ -63,8 +63,11 @@ pub struct WebhookArgs {
     /// How often the certificate files are checked for rotation.
     #[arg(long, env = "READYGATE_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = duration)]
     pub tls_reload_interval: Duration,
-    /// Time a client has to send a request's headers before the connection is closed.
-    #[arg(long, env = "READYGATE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
+    /// Time a client has to send a request's headers, also between requests on a kept-alive
+    /// connection. Keep it above the API server's idle-connection timeout (90 s): closing an
+    /// idle connection races with the API server reusing it, and a lost admission call means a
+    /// pod without its gate.
+    #[arg(long, env = "READYGATE_HEADER_READ_TIMEOUT", default_value = "120s", value_parser = duration)]
     pub header_read_timeout: Duration,
     /// Largest AdmissionReview body accepted, in bytes.
     #[arg(long, env = "READYGATE_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]

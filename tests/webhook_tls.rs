@@ -410,3 +410,31 @@ async fn shutdown_drains_requests_in_flight() {
     // And it no longer accepts connections.
     assert!(Client::connect(addr, &b.ca_pem).await.is_err());
 }
+
+#[tokio::test]
+async fn idle_keep_alive_connections_live_as_long_as_the_header_read_timeout() {
+    // hyper applies the header-read timeout to the wait for a keep-alive connection's next
+    // request too, which is why its default (120 s) outlasts the API server's idle pool (90 s).
+    let (_guard, dir) = tempdir();
+    let b = bundle();
+    publish(&dir, &b, 1);
+    let server = start(&dir, Duration::from_millis(1500)).await;
+    let mut client = Client::connect(server.addr, &b.ca_pem).await.unwrap();
+    assert_eq!(client.post(review("Pod", &pod())).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        client.post(review("Pod", &pod())).await.0,
+        200,
+        "reused after a short idle gap"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let req = Request::post(webhook::PATH)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::from(review("Pod", &pod()))))
+        .unwrap();
+    assert!(
+        client.sender.send_request(req).await.is_err(),
+        "closed after idling past the timeout"
+    );
+    let _ = server.stop.send(());
+}

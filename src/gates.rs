@@ -30,11 +30,19 @@ pub fn gates_for<'a>(
     gates
 }
 
+/// What admission adds to a pod.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Injection {
+    pub patch: Patch,
+    /// The gate condition types the pod did not have.
+    pub added: Vec<String>,
+}
+
 /// The patch that gives `pod` (raw JSON) every gate in `wanted`, or `None` when it has them all.
 ///
 /// Existing gates are kept as they are (entries are copied raw); legacy
 /// `target-health.alb.ingress.k8s.aws/*` gates are dropped when a gate is added.
-pub fn gate_patch(pod: &Value, wanted: &[String]) -> Option<Patch> {
+pub fn gate_patch(pod: &Value, wanted: &[String]) -> Option<Injection> {
     let spec = pod.get("spec")?.as_object()?;
     let existing: &[Value] = match spec.get("readinessGates") {
         Some(Value::Array(gates)) => gates,
@@ -45,14 +53,14 @@ pub fn gate_patch(pod: &Value, wanted: &[String]) -> Option<Patch> {
             .iter()
             .any(|g| g.get("conditionType").and_then(Value::as_str) == Some(t))
     };
-    let missing: Vec<Value> = wanted
-        .iter()
-        .filter(|t| !has(t))
-        .map(|t| json!({ "conditionType": t }))
-        .collect();
-    if missing.is_empty() {
+    let added: Vec<String> = wanted.iter().filter(|t| !has(t)).cloned().collect();
+    if added.is_empty() {
         return None;
     }
+    let missing: Vec<Value> = added
+        .iter()
+        .map(|t| json!({ "conditionType": t }))
+        .collect();
 
     let is_legacy = |g: &Value| {
         g.get("conditionType")
@@ -87,7 +95,10 @@ pub fn gate_patch(pod: &Value, wanted: &[String]) -> Option<Patch> {
             })]
         }
     };
-    Some(Patch(ops))
+    Some(Injection {
+        patch: Patch(ops),
+        added,
+    })
 }
 
 #[cfg(test)]
@@ -160,7 +171,7 @@ mod tests {
             })
             .unwrap_or_default();
         let gates = gates_for(&labels, bindings, |name| services.get(name));
-        let patch = gate_patch(pod, &gates);
+        let patch = gate_patch(pod, &gates).map(|i| i.patch);
         let mut out = pod.clone();
         if let Some(p) = &patch {
             json_patch::patch(&mut out, p).expect("patch applies");
@@ -274,6 +285,23 @@ mod tests {
                 "target-health.elbv2.k8s.aws/web-a"
             ]
         );
+    }
+
+    #[test]
+    fn added_names_only_the_gates_the_pod_lacked() {
+        // A whole-list replace (legacy gate dropped) still reports just the new gate.
+        let existing = json!([
+            { "conditionType": "target-health.alb.ingress.k8s.aws/old" },
+            { "conditionType": "target-health.elbv2.k8s.aws/web-a" }
+        ]);
+        let p = pod(json!({"app": "web"}), Some(existing));
+        let wanted = [
+            "target-health.elbv2.k8s.aws/web-a".to_string(),
+            "target-health.elbv2.k8s.aws/web-b".to_string(),
+        ];
+        let injection = gate_patch(&p, &wanted).unwrap();
+        assert!(matches!(injection.patch.0[0], PatchOperation::Replace(_)));
+        assert_eq!(injection.added, ["target-health.elbv2.k8s.aws/web-b"]);
     }
 
     #[test]

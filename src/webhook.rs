@@ -130,26 +130,10 @@ fn review(
         .as_deref()
         .or(pod.metadata.generate_name.as_deref())
         .unwrap_or("");
-    let Some(patch) = patch else {
+    let Some(gates::Injection { patch, added }) = patch else {
         tracing::info!(namespace, pod = pod_name, uid = %req.uid, dry_run = req.dry_run, "admitted; no readiness gate needed");
         return Ok(("allowed", allowed.into_review()));
     };
-    let added: Vec<&str> = patch
-        .0
-        .iter()
-        .filter_map(|op| match op {
-            json_patch::PatchOperation::Add(a) => Some(&a.value),
-            json_patch::PatchOperation::Replace(r) => Some(&r.value),
-            _ => None,
-        })
-        .flat_map(|v| {
-            v.as_array()
-                .map(|a| a.iter().collect::<Vec<_>>())
-                .unwrap_or_else(|| vec![v])
-        })
-        .filter_map(|g| g.get("conditionType").and_then(|t| t.as_str()))
-        .filter(|t| wanted.iter().any(|w| w == t))
-        .collect();
     tracing::info!(namespace, pod = pod_name, uid = %req.uid, dry_run = req.dry_run, gates = ?added, "readiness gates injected");
     state.metrics.gates_injected.inc_by(added.len() as u64);
     let response = allowed

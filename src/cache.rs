@@ -442,7 +442,14 @@ pub fn pod_view(pod: &WatchedPod) -> domain::Pod {
         .unwrap_or_default();
     domain::Pod {
         uid: pod.metadata.uid.clone().unwrap_or_default(),
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        // A BTreeMap iterates in key order: the pairs come out sorted.
+        labels: pod
+            .metadata
+            .labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         created: pod
             .metadata
             .creation_timestamp

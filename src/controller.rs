@@ -451,7 +451,7 @@ impl Controller {
                 continue;
             }
             let lacking: Vec<String> = ix
-                .gates_for(ns, &pod.labels)
+                .gates_for(ns, pod.labels.as_slice())
                 .into_iter()
                 .filter(|g| !pod.gates.iter().any(|b| gate_type(b) == *g))
                 .collect();

@@ -67,8 +67,33 @@ pub struct Service {
 
 impl Service {
     /// A Service selects a pod when its selector is non-empty and every pair is in the labels.
-    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
-        !self.selector.is_empty() && self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    pub fn selects<L: Labels + ?Sized>(&self, labels: &L) -> bool {
+        !self.selector.is_empty()
+            && self
+                .selector
+                .iter()
+                .all(|(k, v)| labels.label(k) == Some(v.as_str()))
+    }
+}
+
+/// Label lookup over the shapes labels come in: a map from the API, or the sorted pairs the
+/// cache keeps (half the memory of a map for the handful of labels a pod has).
+pub trait Labels {
+    fn label(&self, key: &str) -> Option<&str>;
+}
+
+impl Labels for BTreeMap<String, String> {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
+/// Pairs sorted by key.
+impl Labels for [(String, String)] {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()
+            .map(|i| self[i].1.as_str())
     }
 }
 
@@ -117,7 +142,8 @@ impl ConditionStatus {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Pod {
     pub uid: String,
-    pub labels: BTreeMap<String, String>,
+    /// Labels as pairs sorted by key.
+    pub labels: Vec<(String, String)>,
     pub created: Option<i64>,
     /// Terminating, Succeeded or Failed: no longer a candidate for traffic.
     pub finished: bool,
@@ -150,5 +176,37 @@ impl Pod {
     pub fn gate_is_true(&self, binding: &str) -> bool {
         self.condition(binding)
             .is_some_and(|c| c.status == ConditionStatus::True)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorted_pairs_and_maps_select_alike() {
+        let map: BTreeMap<String, String> = [("app", "web"), ("tier", "front"), ("zone", "a")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let pairs: Vec<(String, String)> = map.clone().into_iter().collect();
+        for key in ["app", "tier", "zone", "missing", ""] {
+            assert_eq!(map.label(key), pairs.as_slice().label(key), "{key}");
+        }
+        let svc = |sel: &[(&str, &str)]| Service {
+            selector: sel
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ports: vec![],
+        };
+        for sel in [&[("app", "web")][..], &[("app", "web"), ("zone", "b")], &[]] {
+            assert_eq!(svc(sel).selects(&map), svc(sel).selects(pairs.as_slice()));
+        }
+        assert!(svc(&[("app", "web"), ("zone", "a")]).selects(pairs.as_slice()));
+        assert!(
+            !svc(&[]).selects(pairs.as_slice()),
+            "an empty selector selects nothing"
+        );
     }
 }

@@ -4,18 +4,16 @@
 //! gates) → patch. The patch is built from the request's raw JSON and only ever touches
 //! `/spec/readinessGates`, so fields our types do not know pass through untouched.
 
-use std::collections::BTreeMap;
-
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
 use serde_json::{Value, json};
 
-use crate::domain::{Binding, LEGACY_GATE_PREFIX, Service, TargetType, gate_type};
+use crate::domain::{Binding, LEGACY_GATE_PREFIX, Labels, Service, TargetType, gate_type};
 
 /// The gate condition types a pod with `labels` needs, sorted and unique: one per `ip`
 /// binding whose Service selects the pod.
-pub fn gates_for<'a>(
-    labels: &BTreeMap<String, String>,
+pub fn gates_for<'a, L: Labels + ?Sized>(
+    labels: &L,
     bindings: impl IntoIterator<Item = &'a Binding>,
     service: impl Fn(&str) -> Option<&'a Service>,
 ) -> Vec<String> {
@@ -106,6 +104,7 @@ mod tests {
     use super::*;
     use crate::domain::{PortRef, ServicePort};
     use serde_json::json;
+    use std::collections::BTreeMap;
 
     fn binding(name: &str, svc: &str, tt: TargetType) -> Binding {
         Binding {

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::domain::{Binding, Pod, Service};
+use crate::domain::{Binding, Labels, Pod, Service};
 use crate::gates;
 
 #[derive(Debug, Default)]
@@ -156,7 +156,7 @@ impl Index {
     }
 
     /// The gates a pod with these labels needs in `ns` (the webhook's question).
-    pub fn gates_for(&self, ns: &str, labels: &BTreeMap<String, String>) -> Vec<String> {
+    pub fn gates_for<L: Labels + ?Sized>(&self, ns: &str, labels: &L) -> Vec<String> {
         match self.namespaces.get(ns) {
             Some(n) => gates::gates_for(labels, n.bindings.values(), |name| n.services.get(name)),
             None => Vec::new(),

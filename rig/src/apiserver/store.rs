@@ -158,13 +158,25 @@ impl Store {
         )
     }
 
+    /// The stored object and its key, or the API server's 404.
+    fn existing(
+        inner: &Inner,
+        res: &'static ResourceType,
+        ns: &str,
+        name: &str,
+    ) -> Result<(Key, Value), ApiError> {
+        let key = Self::key(res, ns, name);
+        let obj = inner
+            .objects
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(res.plural, res.group, name))?;
+        Ok((key, obj))
+    }
+
     pub fn get(&self, res: &'static ResourceType, ns: &str, name: &str) -> Result<Value, ApiError> {
         let inner = self.inner.lock().expect("store lock");
-        inner
-            .objects
-            .get(&Self::key(res, ns, name))
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(res.plural, res.group, name))
+        Ok(Self::existing(&inner, res, ns, name)?.1)
     }
 
     /// Objects of `res` in `ns` (all namespaces for `None`) matching the selectors, and the
@@ -397,12 +409,7 @@ impl Store {
             )));
         }
         let mut inner = self.inner.lock().expect("store lock");
-        let key = Self::key(res, ns, name);
-        let old = inner
-            .objects
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(res.plural, res.group, name))?;
+        let (key, old) = Self::existing(&inner, res, ns, name)?;
         self.write(&mut inner, res, key, old, obj, sub, opts)
     }
 
@@ -639,12 +646,7 @@ impl Store {
         dry_run: bool,
     ) -> Result<Value, ApiError> {
         let mut inner = self.inner.lock().expect("store lock");
-        let key = Self::key(res, ns, name);
-        let old = inner
-            .objects
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(res.plural, res.group, name))?;
+        let (key, old) = Self::existing(&inner, res, ns, name)?;
         if let Some(uid) = uid_precondition
             && uid != str_at(&old, "/metadata/uid")
         {

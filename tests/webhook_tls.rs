@@ -51,11 +51,14 @@ struct Server {
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn start(dir: &Path, header_read_timeout: Duration) -> Server {
+/// Serves `router` over TLS on 127.0.0.1 with the key pair in `dir`, reloaded every 100 ms.
+async fn serve(
+    dir: &Path,
+    router: axum::Router,
+    limits: HttpsLimits,
+    metrics: Arc<Metrics>,
+) -> Server {
     readygate::install_crypto_provider();
-    let cache =
-        support::shop("arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/1");
-    let metrics = Arc::new(Metrics::new());
     let resolver = Arc::new(
         ReloadingResolver::load(KeyPairPaths {
             cert: dir.join("tls.crt"),
@@ -72,18 +75,6 @@ async fn start(dir: &Path, header_read_timeout: Duration) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let router = webhook::router(
-        WebhookState {
-            cache,
-            metrics: metrics.clone(),
-        },
-        256 * 1024,
-    );
-    let limits = HttpsLimits {
-        handshake_timeout: Duration::from_secs(5),
-        header_read_timeout,
-        drain_timeout: Duration::from_secs(2),
-    };
     let task = tokio::spawn(server::serve_https(
         listener,
         acceptor,
@@ -99,6 +90,26 @@ async fn start(dir: &Path, header_read_timeout: Duration) -> Server {
         stop,
         task,
     }
+}
+
+/// The webhook itself, with the `shop` namespace's binding cached.
+async fn start(dir: &Path, header_read_timeout: Duration) -> Server {
+    let cache =
+        support::shop("arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/1");
+    let metrics = Arc::new(Metrics::new());
+    let router = webhook::router(
+        WebhookState {
+            cache,
+            metrics: metrics.clone(),
+        },
+        256 * 1024,
+    );
+    let limits = HttpsLimits {
+        handshake_timeout: Duration::from_secs(5),
+        header_read_timeout,
+        drain_timeout: Duration::from_secs(2),
+    };
+    serve(dir, router, limits, metrics).await
 }
 
 fn connector(ca_pem: &str) -> TlsConnector {
@@ -130,18 +141,19 @@ impl Client {
         Ok(Client { sender })
     }
 
-    async fn post(&mut self, body: Vec<u8>) -> (u16, Vec<u8>) {
+    async fn try_post(&mut self, body: Vec<u8>) -> hyper::Result<(u16, Vec<u8>)> {
         let req = Request::post(webhook::PATH)
             .header("host", "localhost")
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))
             .unwrap();
-        let res = self.sender.send_request(req).await.unwrap();
+        let res = self.sender.send_request(req).await?;
         let status = res.status().as_u16();
-        (
-            status,
-            res.into_body().collect().await.unwrap().to_bytes().to_vec(),
-        )
+        Ok((status, res.into_body().collect().await?.to_bytes().to_vec()))
+    }
+
+    async fn post(&mut self, body: Vec<u8>) -> (u16, Vec<u8>) {
+        self.try_post(body).await.unwrap()
     }
 }
 
@@ -197,11 +209,17 @@ fn tempdir() -> (tempfile::TempDir, PathBuf) {
     (d, p)
 }
 
-#[tokio::test]
-async fn admission_over_tls_keep_alive() {
-    let (_guard, dir) = tempdir();
+/// A directory with a fresh key pair published in it; keep the guard alive.
+fn keyed_dir() -> (tempfile::TempDir, PathBuf, Bundle) {
+    let (guard, dir) = tempdir();
     let b = bundle();
     publish(&dir, &b, 1);
+    (guard, dir, b)
+}
+
+#[tokio::test]
+async fn admission_over_tls_keep_alive() {
+    let (_guard, dir, b) = keyed_dir();
     let server = start(&dir, Duration::from_secs(10)).await;
     let mut client = Client::connect(server.addr, &b.ca_pem).await.unwrap();
 
@@ -311,9 +329,7 @@ async fn rotated_certificate_is_served_without_restart() {
 
 #[tokio::test]
 async fn idle_connections_are_closed_by_the_header_read_timeout() {
-    let (_guard, dir) = tempdir();
-    let b = bundle();
-    publish(&dir, &b, 1);
+    let (_guard, dir, b) = keyed_dir();
     let server = start(&dir, Duration::from_millis(300)).await;
     let tcp = TcpStream::connect(server.addr).await.unwrap();
     let mut tls = connector(&b.ca_pem)
@@ -349,20 +365,7 @@ async fn missing_or_bad_key_pair_fails_at_start() {
 
 #[tokio::test]
 async fn shutdown_drains_requests_in_flight() {
-    let (_guard, dir) = tempdir();
-    let b = bundle();
-    publish(&dir, &b, 1);
-    readygate::install_crypto_provider();
-    let resolver = Arc::new(
-        ReloadingResolver::load(KeyPairPaths {
-            cert: dir.join("tls.crt"),
-            key: dir.join("tls.key"),
-        })
-        .unwrap(),
-    );
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(resolver).unwrap()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (_guard, dir, b) = keyed_dir();
     // A handler slower than the moment shutdown starts.
     let router = axum::Router::new().route(
         webhook::PATH,
@@ -371,21 +374,17 @@ async fn shutdown_drains_requests_in_flight() {
             "done"
         }),
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let limits = HttpsLimits {
         handshake_timeout: Duration::from_secs(5),
         header_read_timeout: Duration::from_secs(10),
         drain_timeout: Duration::from_secs(5),
     };
-    let server = tokio::spawn(server::serve_https(
-        listener,
-        acceptor,
-        router,
-        limits,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let Server {
+        addr,
+        stop,
+        task: server,
+        ..
+    } = serve(&dir, router, limits, Arc::new(Metrics::new())).await;
     let mut client = Client::connect(addr, &b.ca_pem).await.unwrap();
     let request = tokio::spawn(async move { client.post(b"{}".to_vec()).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -415,9 +414,7 @@ async fn shutdown_drains_requests_in_flight() {
 async fn idle_keep_alive_connections_live_as_long_as_the_header_read_timeout() {
     // hyper applies the header-read timeout to the wait for a keep-alive connection's next
     // request too, which is why its default (120 s) outlasts the API server's idle pool (90 s).
-    let (_guard, dir) = tempdir();
-    let b = bundle();
-    publish(&dir, &b, 1);
+    let (_guard, dir, b) = keyed_dir();
     let server = start(&dir, Duration::from_millis(1500)).await;
     let mut client = Client::connect(server.addr, &b.ca_pem).await.unwrap();
     assert_eq!(client.post(review("Pod", &pod())).await.0, 200);
@@ -428,12 +425,8 @@ async fn idle_keep_alive_connections_live_as_long_as_the_header_read_timeout() {
         "reused after a short idle gap"
     );
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let req = Request::post(webhook::PATH)
-        .header("host", "localhost")
-        .body(Full::new(Bytes::from(review("Pod", &pod()))))
-        .unwrap();
     assert!(
-        client.sender.send_request(req).await.is_err(),
+        client.try_post(review("Pod", &pod())).await.is_err(),
         "closed after idling past the timeout"
     );
     let _ = server.stop.send(());

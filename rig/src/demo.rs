@@ -1,5 +1,7 @@
-//! Rollout scenarios and the report: the same rolling update with and without readiness
-//! gates, each request through the load balancer counted, each pod's life on a timeline.
+//! Rollout scenarios and the report: the same rolling update without readiness gates, with
+//! gates only, and with readygate's termination handling too; each request through the load
+//! balancer counted and traced to the side of a pod's life it failed on, each pod's life on a
+//! timeline.
 
 use crate::deploy::{Deployment, Rollout};
 use crate::elb::TargetState;
@@ -7,9 +9,76 @@ use crate::load::{Load, Sample};
 use crate::rig::{App, Rig};
 use crate::timeline::{Milestone, PodTimeline};
 use futures::future::BoxFuture;
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
+
+/// The namespace (and pod) annotation readygate reads for its preStop sleep.
+pub const PRESTOP_ANNOTATION: &str = "readygate.io/prestop-sleep";
+
+/// The three ways the demo runs the same rolling update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The namespace is not labelled: no gates.
+    NoGates,
+    /// Labelled, but readygate's termination handling is off for the namespace.
+    GatesOnly,
+    /// Labelled, with readygate's preStop sleep (its `--prestop-sleep` flag).
+    Readygate,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::NoGates, Mode::GatesOnly, Mode::Readygate];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Mode::NoGates => "no gates",
+            Mode::GatesOnly => "gates only",
+            Mode::Readygate => "readygate",
+        }
+    }
+
+    pub fn namespace(self) -> &'static str {
+        match self {
+            Mode::NoGates => "no-gates",
+            Mode::GatesOnly => "gates-only",
+            Mode::Readygate => "readygate",
+        }
+    }
+
+    pub fn gated(self) -> bool {
+        self != Mode::NoGates
+    }
+
+    /// The namespace's annotations: gates only turns readygate's preStop sleep off there.
+    pub fn annotations(self) -> Value {
+        match self {
+            Mode::GatesOnly => json!({ PRESTOP_ANNOTATION: "off" }),
+            _ => json!({}),
+        }
+    }
+}
+
+/// readygate's `--prestop-sleep` for the rig: the termination window (controller reaction +
+/// load balancer propagation) rounded up to whole seconds, plus a second of margin.
+pub fn prestop_sleep_arg(config: &crate::rig::RigConfig) -> String {
+    format!("--prestop-sleep={}s", prestop_sleep_secs(config))
+}
+
+/// The preStop sleep, in seconds, that outlasts the rig's termination window.
+pub fn prestop_sleep_secs(config: &crate::rig::RigConfig) -> u64 {
+    config.termination_window().as_millis().div_ceil(1000) as u64 + 1
+}
+
+/// Which side of a pod's life a failed request fell on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Nothing routable, or a pod not (yet) serving: the start of a pod's life.
+    Start,
+    /// Sent to a pod that was already terminating.
+    Termination,
+}
 
 /// One measured rollout.
 #[derive(Debug, Clone)]
@@ -21,7 +90,9 @@ pub struct RolloutResult {
     pub pods: Vec<PodTimeline>,
     pub elb_calls: BTreeMap<String, u64>,
     pub load_started: Instant,
-    /// batches × (start delay + interval × healthy threshold)
+    /// When the last pod of the previous revision was gone (its termination finished).
+    pub drained: Option<Instant>,
+    /// batches × (start delay + interval × healthy threshold) + termination window
     pub physical_minimum: Duration,
 }
 
@@ -50,6 +121,48 @@ impl RolloutResult {
                 )
             })
             .collect()
+    }
+
+    /// From the start of the rollout until the last old pod was gone: what the rollout costs,
+    /// its termination side included (a Deployment calls itself complete earlier, as soon as
+    /// no old pod is left that is not terminating).
+    pub fn duration(&self) -> Option<Duration> {
+        Some(self.drained?.max(self.rollout.finished?) - self.rollout.started)
+    }
+
+    /// The side of a pod's life a failed request fell on: a request the load balancer sent to
+    /// a pod that was terminating by then is a termination-side failure, any other one (nothing
+    /// routable, a pod not serving yet) a start-side one.
+    pub fn phase(&self, sample: &Sample) -> Phase {
+        let ip = sample
+            .target
+            .as_deref()
+            .and_then(|t| t.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.ip().to_string());
+        let terminating = ip.is_some_and(|ip| {
+            self.pods.iter().any(|p| {
+                p.ip == ip
+                    && p.at
+                        .get(&Milestone::Terminating)
+                        .is_some_and(|t| *t <= sample.at)
+            })
+        });
+        if terminating {
+            Phase::Termination
+        } else {
+            Phase::Start
+        }
+    }
+
+    /// Failed requests on the start side and on the termination side.
+    pub fn failed_by_phase(&self) -> (usize, usize) {
+        self.samples
+            .iter()
+            .filter(|s| !s.ok())
+            .fold((0, 0), |(start, end), s| match self.phase(s) {
+                Phase::Start => (start + 1, end),
+                Phase::Termination => (start, end + 1),
+            })
     }
 
     /// Failures grouped by what the client saw.
@@ -143,8 +256,23 @@ pub async fn measured_rollout(
         }
         None => roll.await,
     };
+    let mut drained = None;
     if rollout.complete() {
-        // Let the last targets turn healthy so the tail of the rollout is measured too.
+        // The tail of the rollout is measured too: the old pods' termination (the load balancer
+        // may route to a deleted pod for the whole termination window, even after it is gone)
+        // and the last targets turning healthy.
+        drained = wait_revision_gone(rig, app, previous, Duration::from_secs(60)).await;
+        let last_deleted = rig
+            .timeline
+            .pods(&app.namespace)
+            .iter()
+            .filter(|p| p.revision == previous)
+            .filter_map(|p| p.at.get(&Milestone::Terminating).copied())
+            .max();
+        if let Some(t) = last_deleted {
+            let until = t + rig.config.termination_window() + Duration::from_millis(500);
+            tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+        }
         wait_all_healthy(rig, app, dep.replicas, Duration::from_secs(15)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -166,9 +294,6 @@ pub async fn measured_rollout(
         .and_then(|v| v.parse::<u64>().ok())
         .map(Duration::from_millis)
         .unwrap_or_default();
-    let batches = dep.replicas.div_ceil(dep.max_surge.max(1)) as u32;
-    let physical_minimum =
-        batches * (start_delay + rig.config.interval * rig.config.healthy_threshold);
     RolloutResult {
         revision: revision.into(),
         rollout,
@@ -176,8 +301,48 @@ pub async fn measured_rollout(
         pods,
         elb_calls: calls,
         load_started,
-        physical_minimum,
+        drained,
+        physical_minimum: physical_minimum(rig, dep, start_delay),
     }
+}
+
+/// The shortest rollout that loses nothing: each batch of new pods must start and pass
+/// `healthy threshold` health checks before old pods may go, and the last old pod must keep
+/// serving for the termination window (the controller's reaction plus the load balancer's
+/// propagation) after its deletion; earlier old pods terminate while the next batch starts.
+pub fn physical_minimum(rig: &Rig, dep: &Deployment, start_delay: Duration) -> Duration {
+    let batches = dep.replicas.div_ceil(dep.max_surge.max(1)) as u32;
+    batches * (start_delay + rig.config.interval * rig.config.healthy_threshold)
+        + rig.config.termination_window()
+}
+
+/// Waits until no pod of `revision` is left in the app's namespace; returns when that was.
+pub async fn wait_revision_gone(
+    rig: &Rig,
+    app: &App,
+    revision: &str,
+    timeout: Duration,
+) -> Option<Instant> {
+    let selector = crate::apiserver::selector::LabelSelector::parse(&format!(
+        "app={},{}={revision}",
+        app.name,
+        crate::deploy::REVISION_LABEL
+    ))
+    .ok()?;
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let (pods, _) = rig.store.list(
+            crate::apiserver::resources::pods(),
+            Some(&app.namespace),
+            &selector,
+            &crate::apiserver::selector::FieldSelector::default(),
+        );
+        if pods.is_empty() {
+            return Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }
 
 pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
@@ -223,30 +388,39 @@ pub fn timeline_table(r: &RolloutResult) -> String {
 }
 
 pub fn summary_line(r: &RolloutResult) -> String {
-    let duration = r.rollout.duration().map(|d| {
-        format!(
-            "{} s ({:.2}× the physical minimum {} s)",
-            secs(d),
-            d.as_secs_f64() / r.physical_minimum.as_secs_f64(),
-            secs(r.physical_minimum)
-        )
-    });
+    let duration = match (r.rollout.duration(), r.duration()) {
+        (Some(deployment), Some(total)) => format!(
+            "{} s until the last old pod was gone ({:.2}× the physical minimum {} s; the Deployment was complete after {} s)",
+            secs(total),
+            total.as_secs_f64() / r.physical_minimum.as_secs_f64(),
+            secs(r.physical_minimum),
+            secs(deployment)
+        ),
+        (Some(deployment), None) => format!(
+            "Deployment complete after {} s, but old pods were still there",
+            secs(deployment)
+        ),
+        _ => format!(
+            "NOT COMPLETE (new ready {}/{}, old left {})",
+            r.rollout.new_ready, r.rollout.new_pods, r.rollout.old_pods
+        ),
+    };
     let calls: Vec<String> = r
         .elb_calls
         .iter()
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
+    let (start, end) = r.failed_by_phase();
     format!(
-        "rollout to {}: {}; requests {} sent, {} failed{}; ELBv2 calls {}{}",
+        "rollout to {}: {duration}; requests {} sent, {} failed{}; ELBv2 calls {}{}",
         r.revision,
-        duration.unwrap_or_else(|| format!(
-            "NOT COMPLETE (new ready {}/{}, old left {})",
-            r.rollout.new_ready, r.rollout.new_pods, r.rollout.old_pods
-        )),
         r.sent(),
         r.failed(),
         if r.failed() > 0 {
-            format!(" {:?}", r.failure_kinds())
+            format!(
+                " (start side {start}, termination side {end}: {:?})",
+                r.failure_kinds()
+            )
         } else {
             String::new()
         },
@@ -259,10 +433,10 @@ pub fn summary_line(r: &RolloutResult) -> String {
     )
 }
 
-/// One mode of the demo: a namespace (gate label on or off), the app, the first deployment,
-/// then `rollouts` measured rolling updates.
+/// One mode of the demo: a namespace (gate label on or off, annotations), the app, the first
+/// deployment, then `rollouts` measured rolling updates.
 pub struct ModeReport {
-    pub gated: bool,
+    pub mode: Mode,
     pub namespace: String,
     pub rollouts: Vec<RolloutResult>,
 }
@@ -272,12 +446,22 @@ impl ModeReport {
         self.rollouts.iter().map(RolloutResult::failed).sum()
     }
 
+    /// Failed requests on the start side and on the termination side, over every rollout.
+    pub fn failed_by_phase(&self) -> (usize, usize) {
+        self.rollouts
+            .iter()
+            .map(RolloutResult::failed_by_phase)
+            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+    }
+
     pub fn sent(&self) -> usize {
         self.rollouts.iter().map(RolloutResult::sent).sum()
     }
 
     pub fn all_complete(&self) -> bool {
-        self.rollouts.iter().all(|r| r.rollout.complete())
+        self.rollouts
+            .iter()
+            .all(|r| r.rollout.complete() && r.drained.is_some())
     }
 
     /// New pods of every rollout that carry no readiness gate.
@@ -293,7 +477,8 @@ impl ModeReport {
 pub struct ModeOptions {
     pub replicas: usize,
     pub start_delay: Duration,
-    pub pre_stop_secs: u64,
+    /// A preStop sleep the application brings itself (the demo's has none).
+    pub own_pre_stop_secs: Option<u64>,
     pub rate: u32,
     pub rollouts: usize,
     pub timeout: Duration,
@@ -304,7 +489,7 @@ impl Default for ModeOptions {
         Self {
             replicas: 3,
             start_delay: Duration::from_millis(200),
-            pre_stop_secs: 1,
+            own_pre_stop_secs: None,
             rate: 50,
             rollouts: 1,
             timeout: Duration::from_secs(60),
@@ -312,18 +497,20 @@ impl Default for ModeOptions {
     }
 }
 
+/// Creates the mode's namespace and app, deploys `v1`, then measures `o.rollouts` rollouts.
 pub async fn run_mode(
     rig: &Rig,
-    namespace: &str,
-    gated: bool,
+    mode: Mode,
     o: &ModeOptions,
     mut on_rollout: impl FnMut(&RolloutResult),
 ) -> anyhow::Result<ModeReport> {
-    rig.namespace(namespace, gated).await?;
+    let namespace = mode.namespace();
+    rig.annotated_namespace(namespace, mode.gated(), mode.annotations())
+        .await?;
     let app = rig.app(namespace, "web").await?;
     // readygate's caches see the binding and the Service before the first pod is admitted.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let dep = crate::rig::web_deployment(&app, o.replicas, o.start_delay, o.pre_stop_secs);
+    let dep = crate::rig::web_deployment(&app, o.replicas, o.start_delay, o.own_pre_stop_secs);
     deploy(rig, &app, &dep, "v1").await?;
     let mut rollouts = Vec::new();
     for i in 0..o.rollouts {
@@ -333,98 +520,104 @@ pub async fn run_mode(
         rollouts.push(r);
     }
     Ok(ModeReport {
-        gated,
+        mode,
         namespace: namespace.into(),
         rollouts,
     })
 }
 
-/// The side-by-side summary of the two modes, with the figures the README quotes.
-pub fn side_by_side(ungated: &ModeReport, gated: &ModeReport) -> String {
+/// The side-by-side summary of the modes, with the figures the README quotes.
+pub fn side_by_side(modes: &[ModeReport]) -> String {
     let mut out = String::new();
-    let durations = |m: &ModeReport| {
-        let d: Vec<f64> = m
-            .rollouts
-            .iter()
-            .filter_map(|r| r.rollout.duration())
-            .map(|d| d.as_secs_f64())
-            .collect();
-        if d.is_empty() {
+    let mean = |v: Vec<f64>, fmt: &dyn Fn(f64) -> String| {
+        if v.is_empty() {
             "-".to_string()
         } else {
-            format!("{:.2} s", d.iter().sum::<f64>() / d.len() as f64)
+            fmt(v.iter().sum::<f64>() / v.len() as f64)
         }
     };
-    let ratio = |m: &ModeReport| {
-        let r: Vec<f64> = m
-            .rollouts
-            .iter()
-            .filter_map(|r| {
-                Some(r.rollout.duration()?.as_secs_f64() / r.physical_minimum.as_secs_f64())
-            })
-            .collect();
-        if r.is_empty() {
-            "-".to_string()
-        } else {
-            format!("{:.2}×", r.iter().sum::<f64>() / r.len() as f64)
+    let row = |out: &mut String, k: &str, cells: Vec<String>| {
+        let _ = write!(out, "  {k:<44}");
+        for c in cells {
+            let _ = write!(out, " {c:>14}");
         }
+        out.push('\n');
     };
-    let calls = |m: &ModeReport| {
-        format!(
-            "{:.1}",
-            m.rollouts
-                .iter()
-                .map(RolloutResult::elb_calls_total)
-                .sum::<u64>() as f64
-                / m.rollouts.len().max(1) as f64
-        )
-    };
-    let row = |out: &mut String, k: &str, a: String, b: String| {
-        let _ = writeln!(out, "  {k:<44} {a:>14} {b:>14}");
-    };
-    row(&mut out, "", "no gates".into(), "readygate".into());
+    let each = |f: &dyn Fn(&ModeReport) -> String| modes.iter().map(f).collect::<Vec<_>>();
+    row(&mut out, "", each(&|m| m.mode.title().to_string()));
     row(
         &mut out,
         "rollouts",
-        ungated.rollouts.len().to_string(),
-        gated.rollouts.len().to_string(),
+        each(&|m| m.rollouts.len().to_string()),
     );
-    row(
-        &mut out,
-        "requests sent",
-        ungated.sent().to_string(),
-        gated.sent().to_string(),
-    );
+    row(&mut out, "requests sent", each(&|m| m.sent().to_string()));
     row(
         &mut out,
         "requests failed",
-        ungated.failed().to_string(),
-        gated.failed().to_string(),
+        each(&|m| m.failed().to_string()),
     );
     row(
         &mut out,
-        "mean rollout duration",
-        durations(ungated),
-        durations(gated),
+        "  on the start side",
+        each(&|m| m.failed_by_phase().0.to_string()),
+    );
+    row(
+        &mut out,
+        "  on the termination side",
+        each(&|m| m.failed_by_phase().1.to_string()),
+    );
+    row(
+        &mut out,
+        "mean rollout duration (old pods gone)",
+        each(&|m| {
+            mean(
+                m.rollouts
+                    .iter()
+                    .filter_map(|r| r.duration())
+                    .map(|d| d.as_secs_f64())
+                    .collect(),
+                &|x| format!("{x:.2} s"),
+            )
+        }),
     );
     row(
         &mut out,
         "rollout duration / physical minimum",
-        ratio(ungated),
-        ratio(gated),
+        each(&|m| {
+            mean(
+                m.rollouts
+                    .iter()
+                    .filter_map(|r| {
+                        Some(r.duration()?.as_secs_f64() / r.physical_minimum.as_secs_f64())
+                    })
+                    .collect(),
+                &|x| format!("{x:.2}×"),
+            )
+        }),
     );
     row(
         &mut out,
         "ELBv2 calls per rollout (readygate's)",
-        calls(ungated),
-        calls(gated),
+        each(&|m| {
+            format!(
+                "{:.1}",
+                m.rollouts
+                    .iter()
+                    .map(RolloutResult::elb_calls_total)
+                    .sum::<u64>() as f64
+                    / m.rollouts.len().max(1) as f64
+            )
+        }),
     );
-    let mut lags: Vec<Duration> = gated
-        .rollouts
-        .iter()
-        .flat_map(RolloutResult::gate_lags)
-        .collect();
-    lags.sort();
+    let lags = |m: &ModeReport| {
+        let mut l: Vec<Duration> = m
+            .rollouts
+            .iter()
+            .flat_map(RolloutResult::gate_lags)
+            .collect();
+        l.sort();
+        l
+    };
     let fmt = |d: Option<Duration>| {
         d.map(|d| format!("{} ms", d.as_millis()))
             .unwrap_or("-".into())
@@ -432,25 +625,17 @@ pub fn side_by_side(ungated: &ModeReport, gated: &ModeReport) -> String {
     row(
         &mut out,
         "lag ELB healthy → gate True, p50",
-        "-".into(),
-        fmt(percentile(&lags, 50.0)),
+        each(&|m| fmt(percentile(&lags(m), 50.0))),
     );
     row(
         &mut out,
         "lag ELB healthy → gate True, p99",
-        "-".into(),
-        fmt(percentile(&lags, 99.0)),
+        each(&|m| fmt(percentile(&lags(m), 99.0))),
     );
-    row(
-        &mut out,
-        "  (over gated pods)",
-        "".into(),
-        lags.len().to_string(),
-    );
-    if let Some(r) = gated.rollouts.first() {
+    if let Some(r) = modes.iter().find_map(|m| m.rollouts.first()) {
         let _ = writeln!(
             out,
-            "  physical minimum = batches × (start delay + interval × healthy threshold) = {} s",
+            "  physical minimum = batches × (start delay + interval × healthy threshold) + termination window = {} s",
             secs(r.physical_minimum)
         );
     }

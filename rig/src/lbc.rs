@@ -1,6 +1,8 @@
 //! Target registration as the AWS Load Balancer Controller does it for IP-mode
 //! TargetGroupBindings: a pod whose containers are ready is registered as `podIP:targetPort`
-//! (even while its readiness gate is still False); a terminating pod is deregistered.
+//! (even while its readiness gate is still False); a terminating pod is deregistered after the
+//! controller's reaction delay (the real one notices the endpoint change, reconciles and calls
+//! DeregisterTargets: a second or more, longer on a busy cluster).
 
 use crate::apiserver::resources;
 use crate::apiserver::selector::{FieldSelector, LabelSelector, labels_of};
@@ -9,6 +11,8 @@ use crate::elb::Elb;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
 
 pub struct Lbc {
     task: tokio::task::JoinHandle<()>,
@@ -23,30 +27,50 @@ impl Drop for Lbc {
 type Targets = BTreeMap<String, BTreeSet<(String, u16)>>;
 
 impl Lbc {
-    pub fn start(store: Arc<Store>, elb: Arc<Elb>) -> Self {
+    /// Starts the controller; a target that should go is deregistered `reaction` after the
+    /// change that made it go (registration is immediate: a gate holds the pod meanwhile).
+    pub fn start(store: Arc<Store>, elb: Arc<Elb>, reaction: Duration) -> Self {
         let mut feed = store.subscribe();
         let task = tokio::spawn(async move {
-            let mut registered: Targets = BTreeMap::new();
+            let mut state = State {
+                registered: BTreeMap::new(),
+                leaving: BTreeMap::new(),
+                reaction,
+            };
             loop {
-                match feed.recv().await {
-                    Ok(c) => {
-                        let r = c.resource;
-                        if !(std::ptr::eq(r, resources::pods())
-                            || std::ptr::eq(r, resources::services())
-                            || std::ptr::eq(r, resources::target_group_bindings()))
-                        {
-                            continue;
+                let due = state.next_due();
+                let woke_by_change = tokio::select! {
+                    r = feed.recv() => match r {
+                        Ok(c) => {
+                            let r = c.resource;
+                            if !(std::ptr::eq(r, resources::pods())
+                                || std::ptr::eq(r, resources::services())
+                                || std::ptr::eq(r, resources::target_group_bindings()))
+                            {
+                                continue;
+                            }
+                            true
                         }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(_) => return,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                        Err(_) => return,
+                    },
+                    _ = sleep_until_opt(due) => false,
+                };
+                if woke_by_change {
+                    // Coalesce a burst of changes into one reconcile.
+                    while feed.try_recv().is_ok() {}
                 }
-                // Coalesce a burst of changes into one reconcile.
-                while feed.try_recv().is_ok() {}
-                reconcile(&store, &elb, &mut registered);
+                state.reconcile(&store, &elb, Instant::now());
             }
         });
         Self { task }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -154,33 +178,63 @@ fn target_port(port: &Value, pod: &Value) -> Option<u16> {
     }
 }
 
-fn reconcile(store: &Store, elb: &Arc<Elb>, registered: &mut Targets) {
-    let desired = desired_targets(store);
-    for (arn, want) in &desired {
-        let have = registered.entry(arn.clone()).or_default();
-        let add: Vec<(String, Option<u16>)> = want
-            .difference(have)
-            .map(|(ip, p)| (ip.clone(), Some(*p)))
-            .collect();
-        let remove: Vec<(String, Option<u16>)> = have
-            .difference(want)
-            .map(|(ip, p)| (ip.clone(), Some(*p)))
-            .collect();
-        if !add.is_empty() && elb.register(arn, &add).is_ok() {
-            have.extend(add.into_iter().map(|(ip, p)| (ip, p.unwrap_or(0))));
-        }
-        if !remove.is_empty() && elb.deregister(arn, &remove).is_ok() {
-            for (ip, p) in remove {
-                have.remove(&(ip, p.unwrap_or(0)));
-            }
-        }
+/// What the controller has registered, and the targets on their way out with the moment it
+/// first saw that they should go.
+struct State {
+    registered: Targets,
+    leaving: BTreeMap<(String, String, u16), Instant>,
+    reaction: Duration,
+}
+
+impl State {
+    fn next_due(&self) -> Option<Instant> {
+        self.leaving
+            .values()
+            .min()
+            .map(|since| *since + self.reaction)
     }
-    for (arn, have) in registered.iter_mut() {
-        if !desired.contains_key(arn) && !have.is_empty() {
-            let remove: Vec<(String, Option<u16>)> =
-                have.iter().map(|(ip, p)| (ip.clone(), Some(*p))).collect();
-            let _ = elb.deregister(arn, &remove);
-            have.clear();
+
+    fn reconcile(&mut self, store: &Store, elb: &Arc<Elb>, now: Instant) {
+        let desired = desired_targets(store);
+        let empty = BTreeSet::new();
+        let arns: BTreeSet<String> = desired
+            .keys()
+            .chain(self.registered.keys())
+            .cloned()
+            .collect();
+        for arn in arns {
+            let want = desired.get(&arn).unwrap_or(&empty);
+            let have = self.registered.entry(arn.clone()).or_default();
+            let add: Vec<(String, Option<u16>)> = want
+                .difference(have)
+                .map(|(ip, p)| (ip.clone(), Some(*p)))
+                .collect();
+            if !add.is_empty() && elb.register(&arn, &add).is_ok() {
+                have.extend(add.into_iter().map(|(ip, p)| (ip, p.unwrap_or(0))));
+            }
+            // A target wanted again before its deregistration went out stays.
+            self.leaving
+                .retain(|(a, ip, p), _| a != &arn || !want.contains(&(ip.clone(), *p)));
+            let mut remove: Vec<(String, Option<u16>)> = Vec::new();
+            for (ip, p) in have.difference(want) {
+                let since = *self
+                    .leaving
+                    .entry((arn.clone(), ip.clone(), *p))
+                    .or_insert(now);
+                if now >= since + self.reaction {
+                    remove.push((ip.clone(), Some(*p)));
+                }
+            }
+            if !remove.is_empty() {
+                // Gone either way: a group that no longer exists holds nothing (and a retry
+                // would spin on a due time in the past).
+                let _ = elb.deregister(&arn, &remove);
+                for (ip, p) in remove {
+                    let p = p.unwrap_or(0);
+                    have.remove(&(ip.clone(), p));
+                    self.leaving.remove(&(arn.clone(), ip, p));
+                }
+            }
         }
     }
 }

@@ -15,6 +15,8 @@ pub struct Sample {
     /// The HTTP status, or the transport error.
     pub outcome: Result<u16, String>,
     pub pod: Option<String>,
+    /// The target (`ip:port`) the load balancer sent the request to, when it picked one.
+    pub target: Option<String>,
 }
 
 impl Sample {
@@ -48,15 +50,20 @@ impl Load {
                     let at = Instant::now();
                     let outcome = get(addr).await;
                     let latency = at.elapsed();
-                    let (outcome, pod) = match outcome {
-                        Ok((status, pod)) => (Ok(status), pod),
-                        Err(e) => (Err(e), None),
+                    let (outcome, pod, target) = match outcome {
+                        Ok(Answer {
+                            status,
+                            pod,
+                            target,
+                        }) => (Ok(status), pod, target),
+                        Err(e) => (Err(e), None, None),
                     };
                     s.lock().expect("samples lock").push(Sample {
                         at,
                         latency,
                         outcome,
                         pod,
+                        target,
                     });
                 });
                 while inflight.try_join_next().is_some() {}
@@ -82,7 +89,13 @@ impl Load {
     }
 }
 
-async fn get(addr: SocketAddr) -> Result<(u16, Option<String>), String> {
+struct Answer {
+    status: u16,
+    pod: Option<String>,
+    target: Option<String>,
+}
+
+async fn get(addr: SocketAddr) -> Result<Answer, String> {
     let exchange = async {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
@@ -98,17 +111,23 @@ async fn get(addr: SocketAddr) -> Result<(u16, Option<String>), String> {
             .map_err(|e| e.to_string())?;
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
-        let pod = resp
-            .headers()
-            .get("x-pod")
-            .and_then(|v| v.to_str().ok())
-            .map(String::from);
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)
+        };
+        let (pod, target) = (header("x-pod"), header(crate::elb::listener::TARGET_HEADER));
         resp.into_body()
             .collect()
             .await
             .map_err(|e| e.to_string())?;
         conn.abort();
-        Ok((status, pod))
+        Ok(Answer {
+            status,
+            pod,
+            target,
+        })
     };
     tokio::time::timeout(Duration::from_secs(5), exchange)
         .await

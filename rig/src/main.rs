@@ -1,9 +1,13 @@
-//! `rig demo`: the same 3-replica rolling update behind a load balancer, without readiness
-//! gates and with readygate, against the real `readygate serve` binary.
+//! `rig demo`: the same 3-replica rolling update behind a load balancer three ways — without
+//! readiness gates, with gates only, and with readygate's termination handling too — against
+//! the real `readygate serve` binary.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use rig::demo::{ModeOptions, run_mode, side_by_side, summary_line, timeline_table};
+use rig::demo::{
+    Mode, ModeOptions, prestop_sleep_arg, run_mode, side_by_side, summary_line, timeline_table,
+};
+use rig::rig::RigConfig;
 use rig::stage::Stage;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,8 +24,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs the rolling update without gates, then with readygate, and prints the report.
-    /// Exits non-zero if the gated run lost a request.
+    /// Runs the rolling update without gates, with gates only, then with readygate's
+    /// termination handling, and prints the report. Exits non-zero if readygate's run lost a
+    /// request, or if "gates only" lost none on the termination side (the rig would prove
+    /// nothing).
     Demo(DemoArgs),
 }
 
@@ -44,7 +50,8 @@ struct DemoArgs {
     /// Time from a container's start to its server listening, in milliseconds.
     #[arg(long, default_value_t = 200)]
     start_delay_ms: u64,
-    /// Extra arguments for `readygate serve` (repeat), e.g. --readygate-arg=--poll-interval=500ms
+    /// Extra arguments for `readygate serve` (repeat), e.g. --readygate-arg=--poll-interval=500ms.
+    /// Without a --prestop-sleep among them, the rig's termination window + 1 s is passed.
     #[arg(long = "readygate-arg", allow_hyphen_values = true)]
     readygate_args: Vec<String>,
 }
@@ -70,13 +77,22 @@ async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
         "the readygate binary was not found: build it (cargo build) or pass --readygate-bin",
     )?;
     println!("readygate binary: {}", bin.display());
-    let stage = Stage::start(&bin, &args.manifests, &args.readygate_args).await?;
+    let config = RigConfig::default();
+    let mut readygate_args = args.readygate_args.clone();
+    if !readygate_args
+        .iter()
+        .any(|a| a.starts_with("--prestop-sleep"))
+    {
+        readygate_args.push(prestop_sleep_arg(&config));
+    }
+    let stage = Stage::start(&bin, &args.manifests, &readygate_args).await?;
     println!(
-        "rig: API server {}, ELBv2 endpoint {}, readygate pid {:?} (log {})",
+        "rig: API server {}, ELBv2 endpoint {}, readygate pid {:?} (log {}), readygate serve {}",
         stage.rig.api.url(),
         stage.rig.elb_api.url(),
         stage.readygate.lock().await.as_ref().and_then(|r| r.pid()),
-        stage.log_path().display()
+        stage.log_path().display(),
+        readygate_args.join(" ")
     );
     let c = &stage.rig.config;
     let options = ModeOptions {
@@ -87,59 +103,86 @@ async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
         ..ModeOptions::default()
     };
     println!(
-        "{} replicas, maxSurge 1, maxUnavailable 0; start delay {} ms; health checks every {:?}, healthy after {}; \
-         the listener keeps routing to a deregistered target for {:?}, covered by a {} s preStop sleep; {} requests/s\n",
+        "{} replicas, maxSurge 1, maxUnavailable 0, no preStop hook of their own, grace 30 s; start delay {} ms; \
+         health checks every {:?}, healthy after {}; a deleted pod's target is deregistered {:?} after the deletion \
+         and the listener keeps sending it new requests for {:?} more; {} requests/s\n",
         options.replicas,
         args.start_delay_ms,
         c.interval,
         c.healthy_threshold,
+        c.lbc_reaction,
         c.elb.deregistration_lag,
-        options.pre_stop_secs,
         options.rate
     );
-    let print = |title: &str| {
-        let title = title.to_string();
-        move |r: &rig::demo::RolloutResult| {
-            println!("[{title}] {}\n{}", summary_line(r), timeline_table(r))
-        }
-    };
-    println!("== without readiness gates (namespace not labelled) ==");
-    let ungated = run_mode(&stage.rig, "no-gates", false, &options, print("no gates")).await?;
-    println!(
-        "== with readygate (namespace labelled elbv2.k8s.aws/pod-readiness-gate-inject=enabled) =="
-    );
-    let gated = run_mode(&stage.rig, "readygate", true, &options, print("readygate")).await?;
+    let mut reports = Vec::new();
+    for mode in Mode::ALL {
+        let heading = match mode {
+            Mode::NoGates => "without readiness gates (namespace not labelled)",
+            Mode::GatesOnly => {
+                "gates only (namespace labelled; annotation readygate.io/prestop-sleep=off)"
+            }
+            Mode::Readygate => {
+                "readygate (namespace labelled; preStop sleep and grace injected by the webhook)"
+            }
+        };
+        println!("== {} — {heading} ==", mode.title());
+        let report = run_mode(&stage.rig, mode, &options, |r| {
+            println!(
+                "[{}] {}\n{}",
+                mode.title(),
+                summary_line(r),
+                timeline_table(r)
+            )
+        })
+        .await?;
+        reports.push(report);
+    }
     stage.stop().await?;
     println!(
         "== Kubernetes API requests the rig received (all from readygate: the rig's own controllers use its store directly) ==\n{}",
         rig::demo::api_summary(&stage.rig.api.requests())
     );
-    println!("== side by side ==\n{}", side_by_side(&ungated, &gated));
+    println!("== side by side ==\n{}", side_by_side(&reports));
+    let [_, gates_only, full] = &reports[..] else {
+        unreachable!("three modes")
+    };
     let mut code = 0;
-    if gated.ungated_new_pods() > 0 {
-        println!(
-            "FAIL: {} new pods in the labelled namespace got no readiness gate (is the webhook working?)",
-            gated.ungated_new_pods()
-        );
-        code = 1;
+    for m in [gates_only, full] {
+        if m.ungated_new_pods() > 0 {
+            println!(
+                "FAIL: {} new pods in namespace {} got no readiness gate (is the webhook working?)",
+                m.ungated_new_pods(),
+                m.namespace
+            );
+            code = 1;
+        }
     }
-    if !gated.all_complete() {
+    if !full.all_complete() {
         println!(
-            "FAIL: a gated rollout did not complete; readygate log tail:\n{}",
+            "FAIL: a readygate rollout did not complete; readygate log tail:\n{}",
             stage.log_tail(30)
         );
         code = 1;
     }
-    if gated.failed() > 0 {
-        println!("FAIL: the gated run lost {} requests", gated.failed());
+    if full.failed() > 0 {
+        println!("FAIL: readygate's run lost {} requests", full.failed());
+        code = 1;
+    }
+    if gates_only.failed_by_phase().1 == 0 {
+        println!(
+            "FAIL: \"gates only\" lost no request on the termination side: the rig cannot see that side"
+        );
         code = 1;
     }
     if code == 0 {
         println!(
-            "OK: readygate's rollouts lost no request ({} sent); without gates {} of {} failed",
-            gated.sent(),
-            ungated.failed(),
-            ungated.sent()
+            "OK: readygate's rollouts lost no request ({} sent); gates only lost {} of {} ({} on the termination side); without gates {} of {}",
+            full.sent(),
+            gates_only.failed(),
+            gates_only.sent(),
+            gates_only.failed_by_phase().1,
+            reports[0].failed(),
+            reports[0].sent()
         );
     }
     Ok(code)

@@ -29,22 +29,39 @@ pub struct RigConfig {
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
     pub deregistration_delay: Duration,
+    /// From a pod's deletion to the load balancer controller's DeregisterTargets.
+    pub lbc_reaction: Duration,
     pub elb: ElbConfig,
 }
 
 impl Default for RigConfig {
-    /// Time compressed: checks every second, healthy after two.
+    /// Time compressed tenfold against an NLB as the AWS Load Balancer Controller sets it up:
+    /// health checks every 1 s (10 s), healthy after 3 (3). The termination side keeps the
+    /// same proportions: the controller deregisters a deleted pod's target 0.5 s after the
+    /// deletion (~5 s: its endpoint watch, reconcile and DeregisterTargets call on a busy
+    /// cluster; ~1 s at best) and the load balancer keeps routing new requests to it for 1.5 s
+    /// more (15 s: an NLB commonly takes 10–30 s to propagate a deregistration, an ALB a few
+    /// seconds).
     fn default() -> Self {
         Self {
             interval: Duration::from_secs(1),
-            healthy_threshold: 2,
+            healthy_threshold: 3,
             unhealthy_threshold: 2,
             deregistration_delay: Duration::from_secs(5),
+            lbc_reaction: Duration::from_millis(500),
             elb: ElbConfig {
-                deregistration_lag: Duration::from_millis(500),
+                deregistration_lag: Duration::from_millis(1500),
                 ..ElbConfig::default()
             },
         }
+    }
+}
+
+impl RigConfig {
+    /// How long a deleted pod keeps receiving new requests at most: the controller's
+    /// reaction plus the load balancer's propagation. A preStop sleep must outlast it.
+    pub fn termination_window(&self) -> Duration {
+        self.lbc_reaction + self.elb.deregistration_lag
     }
 }
 
@@ -76,7 +93,7 @@ impl Rig {
         let elb_api = QueryServer::start(elb.clone(), "127.0.0.1:0".parse()?).await?;
         let timeline = Timeline::start(&store, &elb);
         let kubelet = Kubelet::start(store.clone());
-        let lbc = Lbc::start(store.clone(), elb.clone());
+        let lbc = Lbc::start(store.clone(), elb.clone(), config.lbc_reaction);
         let dir = tempfile::Builder::new().prefix("rig-").tempdir()?;
         std::fs::write(dir.path().join("kubeconfig"), api.kubeconfig())?;
         Ok(Self {
@@ -109,6 +126,16 @@ impl Rig {
     }
 
     pub async fn namespace(&self, name: &str, gated: bool) -> anyhow::Result<()> {
+        self.annotated_namespace(name, gated, json!({})).await
+    }
+
+    /// A namespace with the gate label (when `gated`) and these annotations.
+    pub async fn annotated_namespace(
+        &self,
+        name: &str,
+        gated: bool,
+        annotations: Value,
+    ) -> anyhow::Result<()> {
         let labels = if gated {
             json!({GATE_LABEL: "enabled"})
         } else {
@@ -117,7 +144,7 @@ impl Rig {
         self.create(
             resources::namespaces(),
             "",
-            json!({"metadata": {"name": name, "labels": labels}}),
+            json!({"metadata": {"name": name, "labels": labels, "annotations": annotations}}),
         )
         .await?;
         Ok(())
@@ -183,16 +210,28 @@ impl Rig {
     }
 }
 
-/// The demo workload: `replicas` pods of a server that listens `start_delay` after its start,
-/// has a readiness probe (every 100 ms: time compressed like the health checks) and a preStop
-/// sleep covering the load balancer's propagation delay; rolled one pod at a time (maxSurge 1,
-/// maxUnavailable 0: Kubernetes' defaults for 3 replicas).
+/// The demo workload: `replicas` pods of a server that listens `start_delay` after its start and
+/// has a readiness probe (every 100 ms: time compressed like the health checks); rolled one pod
+/// at a time (maxSurge 1, maxUnavailable 0: Kubernetes' defaults for 3 replicas). As most
+/// applications, it has no preStop hook and the default 30 s grace period, unless the caller
+/// gives it a preStop sleep of its own.
 pub fn web_deployment(
     app: &App,
     replicas: usize,
     start_delay: Duration,
-    pre_stop_secs: u64,
+    pre_stop_secs: Option<u64>,
 ) -> Deployment {
+    let mut container = json!({
+        "name": "web", "image": "rig/web:1",
+        "ports": [{"name": "http", "containerPort": APP_PORT}],
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 1}
+    });
+    let mut spec = json!({});
+    if let Some(secs) = pre_stop_secs {
+        container["lifecycle"] = json!({"preStop": {"sleep": {"seconds": secs}}});
+        spec["terminationGracePeriodSeconds"] = json!(secs + 30);
+    }
+    spec["containers"] = json!([container]);
     Deployment {
         name: app.name.clone(),
         namespace: app.namespace.clone(),
@@ -204,15 +243,7 @@ pub fn web_deployment(
                 START_DELAY_ANNOTATION: start_delay.as_millis().to_string(),
                 PROBE_PERIOD_ANNOTATION: "100"
             }},
-            "spec": {
-                "terminationGracePeriodSeconds": pre_stop_secs + 10,
-                "containers": [{
-                    "name": "web", "image": "rig/web:1",
-                    "ports": [{"name": "http", "containerPort": APP_PORT}],
-                    "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 1},
-                    "lifecycle": {"preStop": {"sleep": {"seconds": pre_stop_secs}}}
-                }]
-            }
+            "spec": spec
         }),
     }
 }

@@ -100,7 +100,7 @@ impl Timeline {
                 if !std::ptr::eq(c.resource, resources::pods()) {
                     continue;
                 }
-                let now = Instant::now();
+                let now = c.at;
                 let mut pods = p.lock().expect("timeline lock");
                 let t = pods
                     .entry((c.namespace.clone(), c.name.clone()))

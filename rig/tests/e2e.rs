@@ -5,10 +5,12 @@ mod common;
 
 use rig::apiserver::resources;
 use rig::demo::{
-    Interlude, ModeOptions, deploy, measured_rollout, run_mode, summary_line, timeline_table,
+    Interlude, Mode, ModeOptions, deploy, measured_rollout, prestop_sleep_arg, run_mode,
+    summary_line, timeline_table,
 };
 use rig::kubelet::LB_HEALTH_ANNOTATION;
 use rig::readygate::find_binary;
+use rig::rig::RigConfig;
 use rig::stage::Stage;
 use rig::timeline::Milestone;
 use serde_json::Value;
@@ -28,8 +30,10 @@ async fn stage() -> Option<Stage> {
         );
         return None;
     };
+    // readygate as the demo runs it: termination handling on (`--prestop-sleep`).
+    let args = [prestop_sleep_arg(&RigConfig::default())];
     Some(
-        Stage::start(&bin, &common::manifests_dir(), &[])
+        Stage::start(&bin, &common::manifests_dir(), &args)
             .await
             .expect("starting the rig and readygate"),
     )
@@ -40,25 +44,47 @@ fn report(r: &rig::demo::RolloutResult) {
 }
 
 #[tokio::test]
-async fn gated_rollouts_lose_no_request_three_times_in_a_row() {
+async fn readygate_rollouts_lose_no_request_three_times_in_a_row() {
     let _serial = common::exclusive().await; // one rollout scenario at a time on this machine
     let Some(stage) = stage().await else { return };
     let options = ModeOptions {
         rollouts: 3,
         ..ModeOptions::default()
     };
-    let mode = run_mode(&stage.rig, "gated", true, &options, report)
+    let mode = run_mode(&stage.rig, Mode::Readygate, &options, report)
         .await
         .unwrap();
+    // The pods of the last revision, as the webhook left them.
+    let (pods, _) = stage.rig.store.list(
+        resources::pods(),
+        Some(Mode::Readygate.namespace()),
+        &rig::apiserver::selector::LabelSelector::parse("pod-template-hash=v4").unwrap(),
+        &Default::default(),
+    );
     stage.stop().await.unwrap();
     assert_eq!(
         mode.ungated_new_pods(),
         0,
         "the webhook gave every new pod its gate"
     );
+    let sleep = rig::demo::prestop_sleep_secs(&RigConfig::default());
+    assert_eq!(pods.len(), 3);
+    for p in &pods {
+        assert_eq!(
+            p.pointer("/spec/containers/0/lifecycle/preStop/sleep/seconds"),
+            Some(&Value::from(sleep)),
+            "preStop sleep injected: {}",
+            p["spec"]
+        );
+        assert_eq!(
+            p.pointer("/spec/terminationGracePeriodSeconds"),
+            Some(&Value::from(30 + sleep)),
+            "the application keeps its 30 s on top of the sleep"
+        );
+    }
     for r in &mode.rollouts {
         assert!(
-            r.rollout.complete(),
+            r.rollout.complete() && r.drained.is_some(),
             "rollout to {} completed; readygate log:\n{}",
             r.revision,
             stage.log_tail(30)
@@ -92,10 +118,29 @@ async fn gated_rollouts_lose_no_request_three_times_in_a_row() {
 }
 
 #[tokio::test]
+async fn gates_only_still_loses_requests_on_the_termination_side() {
+    let _serial = common::exclusive().await; // one rollout scenario at a time on this machine
+    let Some(stage) = stage().await else { return };
+    let mode = run_mode(&stage.rig, Mode::GatesOnly, &ModeOptions::default(), report)
+        .await
+        .unwrap();
+    stage.stop().await.unwrap();
+    let r = &mode.rollouts[0];
+    assert!(r.rollout.complete() && r.drained.is_some());
+    assert_eq!(mode.ungated_new_pods(), 0, "the gates were injected");
+    let (start, end) = r.failed_by_phase();
+    assert_eq!(start, 0, "the gates close the start side");
+    assert!(
+        end > 0,
+        "without a preStop sleep a deleted pod still gets requests it can no longer answer"
+    );
+}
+
+#[tokio::test]
 async fn an_ungated_rollout_loses_requests() {
     let _serial = common::exclusive().await; // one rollout scenario at a time on this machine
     let Some(stage) = stage().await else { return };
-    let mode = run_mode(&stage.rig, "plain", false, &ModeOptions::default(), report)
+    let mode = run_mode(&stage.rig, Mode::NoGates, &ModeOptions::default(), report)
         .await
         .unwrap();
     stage.stop().await.unwrap();
@@ -111,6 +156,18 @@ async fn an_ungated_rollout_loses_requests() {
         0,
         "no gates outside labelled namespaces"
     );
+    let pod = r.pods.iter().find(|p| p.revision == r.revision).unwrap();
+    let spec = stage
+        .rig
+        .store
+        .get(resources::pods(), Mode::NoGates.namespace(), &pod.name)
+        .map(|p| p["spec"].clone())
+        .unwrap();
+    assert!(
+        spec.pointer("/containers/0/lifecycle").is_none()
+            && spec.get("terminationGracePeriodSeconds").is_none(),
+        "a pod that gets no gate is not touched: {spec}"
+    );
 }
 
 #[tokio::test]
@@ -122,7 +179,7 @@ async fn readygate_restarted_mid_rollout_still_loses_nothing() {
     let app = rig.app("gated", "web").await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let o = ModeOptions::default();
-    let dep = rig::rig::web_deployment(&app, o.replicas, o.start_delay, o.pre_stop_secs);
+    let dep = rig::rig::web_deployment(&app, o.replicas, o.start_delay, o.own_pre_stop_secs);
     deploy(rig, &app, &dep, "v1").await.unwrap();
     let first_pid = stage.readygate.lock().await.as_ref().and_then(|r| r.pid());
     let handle = stage.readygate.clone();
@@ -166,7 +223,7 @@ async fn a_pod_whose_target_never_turns_healthy_keeps_the_rollout_waiting() {
     let app = rig.app("gated", "web").await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let o = ModeOptions::default();
-    let mut dep = rig::rig::web_deployment(&app, o.replicas, o.start_delay, o.pre_stop_secs);
+    let mut dep = rig::rig::web_deployment(&app, o.replicas, o.start_delay, o.own_pre_stop_secs);
     deploy(rig, &app, &dep, "v1").await.unwrap();
     // The new revision passes its readiness probe but fails the load balancer's health check.
     dep.template["metadata"]["annotations"][LB_HEALTH_ANNOTATION] = "fail".into();

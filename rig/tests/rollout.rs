@@ -24,7 +24,7 @@ async fn ungated_rollout_loses_requests_and_a_gated_one_with_a_stand_in_controll
     // Ungated: pods count as available as soon as their containers are ready.
     rig.namespace("plain", false).await.unwrap();
     let app = rig.app("plain", "web").await.unwrap();
-    let dep = web_deployment(&app, 3, Duration::from_millis(200), 1);
+    let dep = web_deployment(&app, 3, Duration::from_millis(200), None);
     deploy(&rig, &app, &dep, "v1").await.unwrap();
     let r = measured_rollout(
         &rig,
@@ -48,6 +48,11 @@ async fn ungated_rollout_loses_requests_and_a_gated_one_with_a_stand_in_controll
         "{:?}",
         r.failure_kinds()
     );
+    let (start, end) = r.failed_by_phase();
+    assert!(
+        start > 0 && end > 0,
+        "an ungated pod without a preStop sleep loses requests at both ends: {start} / {end}"
+    );
 
     // Gated, with a stand-in for readygate: the fake webhook injects the gate, a kube-rs
     // loop sets it True once the rig's ELBv2 endpoint says healthy.
@@ -65,7 +70,9 @@ async fn ungated_rollout_loses_requests_and_a_gated_one_with_a_stand_in_controll
         QueryClient::new(rig.elb_api.addr),
         app.arn.clone(),
     ));
-    let dep = web_deployment(&app, 3, Duration::from_millis(200), 1);
+    // The application brings a preStop sleep that outlasts the termination window itself.
+    let own_pre_stop = rig::demo::prestop_sleep_secs(&rig.config);
+    let dep = web_deployment(&app, 3, Duration::from_millis(200), Some(own_pre_stop));
     deploy(&rig, &app, &dep, "v1").await.unwrap();
     let r = measured_rollout(
         &rig,

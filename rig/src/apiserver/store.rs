@@ -39,6 +39,9 @@ impl EventType {
 /// One committed change, as the watch cache sees it.
 #[derive(Debug, Clone)]
 pub struct Change {
+    /// When the store made the change (timelines stamp milestones with it, not with the
+    /// moment a subscriber got round to reading it).
+    pub at: std::time::Instant,
     pub rv: u64,
     pub resource: &'static ResourceType,
     pub namespace: String,
@@ -210,6 +213,7 @@ impl Store {
                     .iter()
                     .map(|((i, ns, name), o)| {
                         Arc::new(Change {
+                            at: std::time::Instant::now(),
                             rv: inner.rv,
                             resource: &resources::RESOURCES[*i],
                             namespace: ns.clone(),
@@ -374,6 +378,7 @@ impl Store {
         self.commit(
             &mut inner,
             Change {
+                at: std::time::Instant::now(),
                 rv,
                 resource: res,
                 namespace: key.1.clone(),
@@ -622,6 +627,7 @@ impl Store {
         self.commit(
             inner,
             Change {
+                at: std::time::Instant::now(),
                 rv,
                 resource: res,
                 namespace: key.1.clone(),
@@ -685,6 +691,7 @@ impl Store {
                 self.commit(
                     &mut inner,
                     Change {
+                        at: std::time::Instant::now(),
                         rv,
                         resource: res,
                         namespace: key.1.clone(),
@@ -729,6 +736,7 @@ impl Store {
         self.commit(
             inner,
             Change {
+                at: std::time::Instant::now(),
                 rv,
                 resource: res,
                 namespace: key.1.clone(),

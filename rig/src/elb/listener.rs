@@ -1,6 +1,8 @@
 //! An ALB-like listener on loopback: each new request goes to a target the load balancer
 //! routes to (see `Elb::pick`), over a fresh connection; 503 when nothing is routable, 502
-//! when the target refuses or resets.
+//! when the target refuses or resets. Every answer that went to a target names it in
+//! `x-rig-target` (the rig's instrumentation, not an ALB header), so a failure can be traced
+//! to the pod behind it.
 
 use super::{Elb, Pick};
 use axum::body::Body;
@@ -9,6 +11,9 @@ use http_body_util::BodyExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The header naming the target (`ip:port`) a request went to.
+pub const TARGET_HEADER: &str = "x-rig-target";
 
 pub struct Listener {
     pub addr: SocketAddr,
@@ -116,9 +121,13 @@ async fn forward(
         conn.abort();
         anyhow::Ok(Response::from_parts(rparts, Body::from(bytes)))
     };
-    match tokio::time::timeout(Duration::from_secs(10), exchange).await {
+    let mut resp = match tokio::time::timeout(Duration::from_secs(10), exchange).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(_)) => plain(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"),
         Err(_) => plain(StatusCode::GATEWAY_TIMEOUT, "504 Gateway Time-out\n"),
+    };
+    if let Ok(v) = axum::http::HeaderValue::from_str(&target.to_string()) {
+        resp.headers_mut().insert(TARGET_HEADER, v);
     }
+    resp
 }

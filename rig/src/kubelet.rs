@@ -1,7 +1,8 @@
 //! The rig's node: every pod is a real HTTP server on its own loopback address (127.0.x.y).
 //! The kubelet starts it after the pod's start delay, probes its readiness to report
-//! `ContainersReady`, and on deletion runs the preStop sleep, stops the server within the
-//! grace period, then removes the pod object.
+//! `ContainersReady`, and on deletion runs the preStop sleep, then stops the server as SIGTERM
+//! would (no new connections, requests in flight finish; killed when the grace period ends),
+//! then removes the pod object.
 
 use crate::apiserver::resources;
 use crate::apiserver::store::{EventType, PatchKind, Store, Subresource, WriteOpts, str_at};
@@ -366,10 +367,12 @@ async fn run_pod(
     let grace_deadline = tokio::time::Instant::now() + plan.grace;
     tokio::time::sleep_until(grace_deadline.min(tokio::time::Instant::now() + plan.pre_stop)).await;
     stop_tx.send_replace(true);
+    let abort = server.abort_handle();
     if tokio::time::timeout_at(grace_deadline, server)
         .await
         .is_err()
     {
+        abort.abort();
         tracing::warn!(pod = %name, "server did not stop within the grace period; killed");
     }
     let mut stopped =
@@ -484,7 +487,8 @@ async fn serve_app(name: String, ip: Ipv4Addr, plan: PodPlan, mut stop: watch::R
             async move { ([("x-pod", h)], "ok\n").into_response() }
         });
     let _ = pod_header;
-    let mut servers = Vec::new();
+    // Dropping the set (the pod killed at the end of its grace period) aborts every server.
+    let mut servers = tokio::task::JoinSet::new();
     for port in &plan.ports {
         let listener = match tokio::net::TcpListener::bind((ip, *port)).await {
             Ok(l) => l,
@@ -495,18 +499,18 @@ async fn serve_app(name: String, ip: Ipv4Addr, plan: PodPlan, mut stop: watch::R
         };
         let router = router.clone();
         let mut stop = stop.clone();
-        servers.push(tokio::spawn(async move {
+        servers.spawn(async move {
+            // SIGTERM: the listener closes at once (new connections are refused), requests
+            // in flight finish.
             let _ = axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await;
-        }));
+        });
     }
     let _ = stop.wait_for(|s| *s).await;
-    for s in servers {
-        let _ = s.await;
-    }
+    servers.join_all().await;
 }
 
 /// A minimal HTTP/1.1 client over a fresh connection per request, as probes and health

@@ -546,3 +546,46 @@ async fn the_same_call_sequence_gives_the_same_answers_from_moto_and_the_rig() {
     .await;
     assert_eq!(m, r);
 }
+
+#[tokio::test]
+async fn a_request_in_flight_to_a_draining_target_is_cut_when_its_deregistration_delay_ends() {
+    common::crypto();
+    // A target that answers its health checks at once and `/` only after 5 s.
+    let app = axum::Router::new()
+        .route("/health", axum::routing::get(|| async { StatusCode::OK }))
+        .fallback(|| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            "slow"
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let elb = Elb::new(ElbConfig::default());
+    let mut s = spec("cut", addr.port());
+    s.interval = Duration::from_millis(200);
+    s.deregistration_delay = Duration::from_millis(500);
+    let arn = elb.create_target_group(s).unwrap();
+    let lb = Listener::start(elb.clone(), "cut", &arn, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let target = [(addr.ip().to_string(), Some(addr.port()))];
+    elb.register(&arn, &target).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while elb.describe_target_health(&arn, &[]).unwrap()[0].state != rig::elb::TargetState::Healthy
+    {
+        assert!(Instant::now() < deadline, "target never healthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = lb.url();
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let deregistered = Instant::now();
+    elb.deregister(&arn, &target).unwrap();
+    let (status, _) = in_flight.await.unwrap();
+    let after = deregistered.elapsed();
+    assert_eq!(status, 502, "the load balancer closed the connection");
+    assert!(
+        after >= Duration::from_millis(450) && after < Duration::from_secs(3),
+        "cut when the 500 ms deregistration delay ended, not before and not at the answer: {after:?}"
+    );
+}

@@ -121,9 +121,37 @@ async fn forward(
         conn.abort();
         anyhow::Ok(Response::from_parts(rparts, Body::from(bytes)))
     };
+    // When the target's deregistration delay ends, the load balancer closes the connections
+    // it still has to it.
+    let mut events = state.elb.events();
+    let (arn, ip, port) = (state.arn.clone(), target.ip().to_string(), target.port());
+    let target_removed = async move {
+        loop {
+            match events.recv().await {
+                Ok(e)
+                    if e.kind == super::TargetEventKind::Removed
+                        && e.arn == arn
+                        && e.id == ip
+                        && e.port == port =>
+                {
+                    return;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    std::future::pending::<()>().await
+                }
+                _ => {}
+            }
+        }
+    };
+    let exchange = async {
+        tokio::select! {
+            r = exchange => Some(r),
+            _ = target_removed => None,
+        }
+    };
     let mut resp = match tokio::time::timeout(Duration::from_secs(10), exchange).await {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(_)) => plain(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"),
+        Ok(Some(Ok(resp))) => resp,
+        Ok(Some(Err(_)) | None) => plain(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"),
         Err(_) => plain(StatusCode::GATEWAY_TIMEOUT, "504 Gateway Time-out\n"),
     };
     if let Ok(v) = axum::http::HeaderValue::from_str(&target.to_string()) {

@@ -6,6 +6,7 @@ pub mod certs;
 pub mod demo;
 pub mod deploy;
 pub mod elb;
+pub mod html;
 pub mod kubelet;
 pub mod lbc;
 pub mod load;

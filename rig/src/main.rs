@@ -50,6 +50,9 @@ struct DemoArgs {
     /// Time from a container's start to its server listening, in milliseconds.
     #[arg(long, default_value_t = 200)]
     start_delay_ms: u64,
+    /// Where to write the HTML picture of the runs (one self-contained page).
+    #[arg(long, default_value = "target/rig-demo.html")]
+    html: PathBuf,
     /// Extra arguments for `readygate serve` (repeat), e.g. --readygate-arg=--poll-interval=500ms.
     /// Without a --prestop-sleep among them, the rig's termination window + 1 s is passed.
     #[arg(long = "readygate-arg", allow_hyphen_values = true)]
@@ -143,6 +146,17 @@ async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
         rig::demo::api_summary(&stage.rig.api.requests())
     );
     println!("== side by side ==\n{}", side_by_side(&reports));
+    if let Some(dir) = args.html.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&args.html, rig::html::render(&reports))
+        .with_context(|| format!("writing {}", args.html.display()))?;
+    println!(
+        "picture of the runs: {}",
+        std::path::absolute(&args.html)
+            .unwrap_or_else(|_| args.html.clone())
+            .display()
+    );
     let [_, gates_only, full] = &reports[..] else {
         unreachable!("three modes")
     };

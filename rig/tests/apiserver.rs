@@ -1,7 +1,7 @@
 //! kube-rs's own client, watchers, event recorder and lease manager against the rig's API
 //! server: readygate's Kubernetes code runs here with no special casing.
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -419,4 +419,52 @@ async fn lease_manager_elects_one_leader_with_server_side_apply() {
     assert!(*b_rx.borrow(), "b took over");
     drop(b_rx);
     let _ = b_task.await;
+}
+
+#[tokio::test]
+async fn an_outage_ends_watches_and_answers_404_then_the_resource_is_back() {
+    let (server, client, _store) = start().await;
+    let tgbs: Api<kube::api::DynamicObject> = Api::all_with(
+        client.clone(),
+        &kube::discovery::ApiResource {
+            group: "elbv2.k8s.aws".into(),
+            version: "v1beta1".into(),
+            api_version: "elbv2.k8s.aws/v1beta1".into(),
+            kind: "TargetGroupBinding".into(),
+            plural: "targetgroupbindings".into(),
+        },
+    );
+    let pods: Api<Pod> = Api::all(client.clone());
+    assert!(tgbs.list(&ListParams::default()).await.is_ok());
+    let mut stream = tgbs
+        .watch(&kube::api::WatchParams::default(), "0")
+        .await
+        .unwrap()
+        .boxed();
+    server.outage("targetgroupbindings", Duration::from_millis(800));
+    // The open watch ends.
+    let ended = tokio::time::timeout(Duration::from_secs(2), async {
+        while stream.try_next().await.ok().flatten().is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the watch was cut");
+    match tgbs.list(&ListParams::default()).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!(s.code, 404);
+            assert_eq!(
+                s.message,
+                "the server could not find the requested resource"
+            );
+        }
+        other => panic!("expected a 404 during the outage: {other:?}"),
+    }
+    assert!(
+        pods.list(&ListParams::default()).await.is_ok(),
+        "other resources are served"
+    );
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(
+        tgbs.list(&ListParams::default()).await.is_ok(),
+        "served again"
+    );
 }

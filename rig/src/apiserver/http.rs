@@ -39,12 +39,32 @@ pub struct RecordedRequest {
 struct AppState {
     store: Arc<Store>,
     log: Arc<Mutex<Vec<RecordedRequest>>>,
+    outages: Arc<Outages>,
+}
+
+/// Resources the server pretends not to serve for a while, as around a kube-apiserver restart
+/// or a CRD being re-applied: their watches end and every request for them gets a 404.
+struct Outages {
+    until: Mutex<HashMap<&'static str, std::time::Instant>>,
+    /// Ends the open watches of a resource (by plural).
+    cut: broadcast::Sender<&'static str>,
+}
+
+impl Outages {
+    fn active(&self, plural: &str) -> bool {
+        self.until
+            .lock()
+            .expect("outages lock")
+            .get(plural)
+            .is_some_and(|t| *t > std::time::Instant::now())
+    }
 }
 
 /// A running API server; stops when dropped.
 pub struct ApiServer {
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<RecordedRequest>>>,
+    outages: Arc<Outages>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -59,9 +79,14 @@ impl ApiServer {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let log = Arc::new(Mutex::new(Vec::new()));
+        let outages = Arc::new(Outages {
+            until: Mutex::new(HashMap::new()),
+            cut: broadcast::channel(16).0,
+        });
         let state = AppState {
             store,
             log: log.clone(),
+            outages: outages.clone(),
         };
         let app = axum::Router::new().fallback(handle).with_state(state);
         let task = tokio::spawn(async move {
@@ -69,7 +94,28 @@ impl ApiServer {
                 tracing::error!(error = %e, "API server stopped");
             }
         });
-        Ok(Self { addr, log, task })
+        Ok(Self {
+            addr,
+            log,
+            outages,
+            task,
+        })
+    }
+
+    /// For `duration`, `plural` (e.g. `targetgroupbindings`) is not served: open watches of it
+    /// end now, and every request for it (list, watch, get) gets kube-apiserver's 404 "the
+    /// server could not find the requested resource". Discovery still lists it, as after a
+    /// restart that serves discovery before the CRD's handler is back.
+    pub fn outage(&self, plural: &str, duration: Duration) {
+        let Some(res) = RESOURCES.iter().find(|r| r.plural == plural) else {
+            return;
+        };
+        self.outages
+            .until
+            .lock()
+            .expect("outages lock")
+            .insert(res.plural, std::time::Instant::now() + duration);
+        let _ = self.outages.cut.send(res.plural);
     }
 
     pub fn url(&self) -> String {
@@ -240,6 +286,9 @@ async fn route(
         Ok(Route::Resource(t)) => t,
         Err(e) => return error_response(&e),
     };
+    if state.outages.active(target.res.plural) {
+        return error_response(&ApiError::resource_not_served());
+    }
     let query: HashMap<String, String> =
         form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
             .into_owned()
@@ -288,7 +337,8 @@ async fn serve_resource(
             )
             .map_err(ApiError::bad_request)?;
             if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
-                return watch(store, t, query, labels, fields);
+                let cut = state.outages.cut.subscribe();
+                return watch(store, t, query, labels, fields, cut);
             }
             list(store, t, query, &labels, &fields)
         }
@@ -451,6 +501,7 @@ fn watch(
     query: &HashMap<String, String>,
     labels: LabelSelector,
     fields: FieldSelector,
+    mut cut: broadcast::Receiver<&'static str>,
 ) -> Result<Response, ApiError> {
     let rv = query
         .get("resourceVersion")
@@ -524,6 +575,11 @@ fn watch(
             tokio::select! {
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
+                c = cut.recv() => {
+                    if matches!(c, Ok(plural) if plural == target.res.plural) {
+                        return;
+                    }
+                }
                 _ = ticker.tick(), if bookmarks => {
                     if tx.send(line(bookmark(last_rv, false))).await.is_err() { return; }
                 }

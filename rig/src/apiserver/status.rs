@@ -33,6 +33,17 @@ impl ApiError {
         )
     }
 
+    /// What kube-apiserver answers for a path it serves no resource at (a CRD not installed,
+    /// or not yet served again after a restart).
+    pub fn resource_not_served() -> Self {
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource".to_string(),
+            json!({}),
+        )
+    }
+
     pub fn already_exists(resource: &str, group: &str, name: &str) -> Self {
         let qualified = qualified(resource, group);
         Self::new(

@@ -589,3 +589,26 @@ async fn a_request_in_flight_to_a_draining_target_is_cut_when_its_deregistration
         "cut when the 500 ms deregistration delay ended, not before and not at the answer: {after:?}"
     );
 }
+
+#[tokio::test]
+async fn a_black_hole_swallows_exactly_the_calls_it_was_given() {
+    common::crypto();
+    let elb = Elb::new(ElbConfig::default());
+    let server = QueryServer::start(elb.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let q = QueryClient::new(server.addr);
+    let arn = elb.create_target_group(spec("hole", 8080)).unwrap();
+    elb.black_hole("DescribeTargetHealth", 1);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), health(&q, &arn, &[]))
+            .await
+            .is_err(),
+        "the first call gets no answer"
+    );
+    let answer = tokio::time::timeout(Duration::from_secs(2), health(&q, &arn, &[]))
+        .await
+        .expect("the next call is answered");
+    assert!(matches!(answer, Answer::TargetHealth(_)), "{answer:?}");
+    assert_eq!(elb.calls()["DescribeTargetHealth"], 2);
+}

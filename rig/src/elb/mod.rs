@@ -172,6 +172,8 @@ pub struct Elb {
     groups: Mutex<BTreeMap<String, Group>>,
     config: ElbConfig,
     calls: Mutex<BTreeMap<String, u64>>,
+    /// Calls per action that the Query API will swallow: it never answers them.
+    black_holes: Mutex<BTreeMap<String, u32>>,
     bucket: Mutex<Bucket>,
     events: broadcast::Sender<TargetEvent>,
     checks: Client,
@@ -193,6 +195,7 @@ impl Elb {
             groups: Mutex::new(BTreeMap::new()),
             config,
             calls: Mutex::new(BTreeMap::new()),
+            black_holes: Mutex::new(BTreeMap::new()),
             bucket: Mutex::new(Bucket {
                 tokens: burst,
                 last: Instant::now(),
@@ -224,6 +227,29 @@ impl Elb {
             .expect("calls lock")
             .entry(action.into())
             .or_default() += 1;
+    }
+
+    /// The next `calls` calls of `action` get no answer at all (the connection stays open
+    /// and silent), as a call lost in the network or a stuck endpoint does.
+    pub fn black_hole(&self, action: &str, calls: u32) {
+        *self
+            .black_holes
+            .lock()
+            .expect("black holes lock")
+            .entry(action.into())
+            .or_default() += calls;
+    }
+
+    /// Whether this call of `action` falls into a black hole (and uses it up).
+    pub fn swallows(&self, action: &str) -> bool {
+        let mut holes = self.black_holes.lock().expect("black holes lock");
+        match holes.get_mut(action) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
     }
 
     pub fn calls(&self) -> BTreeMap<String, u64> {

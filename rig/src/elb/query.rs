@@ -91,6 +91,14 @@ async fn handle(
     params.extend(form_urlencoded::parse(&body).into_owned());
     let action = params.get("Action").cloned().unwrap_or_default();
     elb.count_call(&action);
+    if elb.swallows(&action) {
+        // Silent for far longer than any client should wait; bounded so the task ends.
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        return xml(
+            StatusCode::SERVICE_UNAVAILABLE,
+            error_body("ServiceUnavailable", "black hole"),
+        );
+    }
     match dispatch(&elb, &action, &params) {
         Ok(r) => r,
         Err(e) => error(&e),

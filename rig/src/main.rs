@@ -90,10 +90,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
     }
     let stage = Stage::start(&bin, &args.manifests, &readygate_args).await?;
     println!(
-        "rig: API server {}, ELBv2 endpoint {}, readygate pid {:?} (log {}), readygate serve {}",
+        "rig: API server {}, ELBv2 endpoint {}, readygate pids {:?} (log {}), readygate serve {}",
         stage.rig.api.url(),
         stage.rig.elb_api.url(),
-        stage.readygate.lock().await.as_ref().and_then(|r| r.pid()),
+        stage.pids().await,
         stage.log_path().display(),
         readygate_args.join(" ")
     );

@@ -122,22 +122,33 @@ impl Readygate {
         }
     }
 
-    /// SIGTERM by PID, then SIGKILL if it has not exited within 10 s.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
+    /// Sends `signal` (e.g. `TERM`, `KILL`) by PID, as the kubelet does to a container.
+    pub fn signal(&self, signal: &str) {
         if let Some(pid) = self.child.id() {
             let _ = std::process::Command::new("kill")
-                .arg("-TERM")
+                .arg(format!("-{signal}"))
                 .arg(pid.to_string())
                 .status();
-            if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-                .await
-                .is_ok()
-            {
-                return Ok(());
-            }
+        }
+    }
+
+    /// Waits up to `within` for the process to exit, then kills it.
+    pub async fn wait_or_kill(mut self, within: Duration) -> anyhow::Result<()> {
+        if tokio::time::timeout(within, self.child.wait())
+            .await
+            .is_ok()
+        {
+            return Ok(());
         }
         self.child.kill().await?;
         Ok(())
+    }
+
+    /// SIGTERM by PID, then SIGKILL if it has not exited within 30 s (readygate keeps serving
+    /// for its shutdown delay first).
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.signal("TERM");
+        self.wait_or_kill(Duration::from_secs(30)).await
     }
 
     /// Stops this process and starts a new one with the same options.

@@ -16,10 +16,12 @@ use rig::timeline::Milestone;
 use serde_json::Value;
 use std::time::Duration;
 
-async fn stage() -> Option<Stage> {
+/// The readygate binary; None (the test then passes with a SKIPPED line) only outside CI and
+/// scripts/test, where a missing binary would hide a broken build.
+fn binary() -> Option<std::path::PathBuf> {
     common::crypto();
-    let Some(bin) = find_binary(None) else {
-        // Under CI and scripts/test the binary must be there: a skip would hide a broken build.
+    let bin = find_binary(None);
+    if bin.is_none() {
         assert!(
             std::env::var_os("CI").is_none() && std::env::var_os("READYGATE_BIN").is_none(),
             "the readygate binary was not found (READYGATE_BIN={:?})",
@@ -28,15 +30,24 @@ async fn stage() -> Option<Stage> {
         println!(
             "SKIPPED: the readygate binary is not built (run `cargo build` at the repository root, or set READYGATE_BIN)"
         );
-        return None;
-    };
-    // readygate as the demo runs it: termination handling on (`--prestop-sleep`).
+    }
+    bin
+}
+
+/// The rig with `replicas` readygate replicas as the demo runs them: termination handling on
+/// (`--prestop-sleep`).
+async fn stage_with(replicas: usize) -> Option<std::sync::Arc<Stage>> {
+    let bin = binary()?;
     let args = [prestop_sleep_arg(&RigConfig::default())];
-    Some(
-        Stage::start(&bin, &common::manifests_dir(), &args)
+    Some(std::sync::Arc::new(
+        Stage::start_replicas(&bin, &common::manifests_dir(), &args, replicas)
             .await
             .expect("starting the rig and readygate"),
-    )
+    ))
+}
+
+async fn stage() -> Option<std::sync::Arc<Stage>> {
+    stage_with(1).await
 }
 
 fn report(r: &rig::demo::RolloutResult) {
@@ -181,14 +192,12 @@ async fn readygate_restarted_mid_rollout_still_loses_nothing() {
     let o = ModeOptions::default();
     let dep = rig::rig::web_deployment(&app, o.replicas, o.start_delay, o.own_pre_stop_secs);
     deploy(rig, &app, &dep, "v1").await.unwrap();
-    let first_pid = stage.readygate.lock().await.as_ref().and_then(|r| r.pid());
-    let handle = stage.readygate.clone();
+    let first_pid = stage.pids().await;
+    let s2 = stage.clone();
     let restart = Interlude {
         after: Duration::from_millis(2500),
         action: Box::pin(async move {
-            let mut slot = handle.lock().await;
-            let old = slot.take().expect("readygate running");
-            *slot = Some(old.restart().await.expect("restarting readygate"));
+            s2.restart(0).await.expect("restarting readygate");
         }),
     };
     let r = measured_rollout(
@@ -203,7 +212,7 @@ async fn readygate_restarted_mid_rollout_still_loses_nothing() {
     )
     .await;
     report(&r);
-    let second_pid = stage.readygate.lock().await.as_ref().and_then(|r| r.pid());
+    let second_pid = stage.pids().await;
     stage.stop().await.unwrap();
     assert_ne!(first_pid, second_pid, "readygate was restarted");
     assert!(
@@ -271,4 +280,184 @@ async fn a_pod_whose_target_never_turns_healthy_keeps_the_rollout_waiting() {
         gate["reason"], "Target.ResponseCodeMismatch",
         "with the load balancer's reason: {gate}"
     );
+}
+
+/// A gated namespace with the app deployed at `v1`, ready for a measured rollout.
+async fn deployed(stage: &Stage) -> (rig::rig::App, rig::deploy::Deployment, ModeOptions) {
+    let rig = &stage.rig;
+    rig.namespace("gated", true).await.unwrap();
+    let app = rig.app("gated", "web").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let o = ModeOptions::default();
+    let dep = rig::rig::web_deployment(&app, o.replicas, o.start_delay, o.own_pre_stop_secs);
+    deploy(rig, &app, &dep, "v1").await.unwrap();
+    (app, dep, o)
+}
+
+/// Admission calls that failed (and so, with failurePolicy Ignore, pods created without gates).
+fn failed_admissions(stage: &Stage) -> Vec<String> {
+    stage
+        .admission
+        .records()
+        .into_iter()
+        .filter_map(|r| match r.outcome {
+            rig::apiserver::admission::Outcome::Failed { error, .. } => {
+                Some(format!("{}/{}: {error}", r.namespace, r.pod))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn assert_clean(stage: &Stage, r: &rig::demo::RolloutResult) {
+    assert!(
+        r.rollout.complete() && r.drained.is_some(),
+        "the rollout completed; readygate logs:\n{}",
+        stage.log_tail(30)
+    );
+    assert_eq!(r.failed(), 0, "{:?}", r.failure_kinds());
+    let new: Vec<_> = r.pods.iter().filter(|p| p.revision == r.revision).collect();
+    assert_eq!(new.len(), 3);
+    for p in new {
+        assert!(!p.gates.is_empty(), "{} got its gate", p.name);
+        assert!(
+            p.at[&Milestone::GateTrue] >= p.at[&Milestone::ElbHealthy],
+            "{}: gate True only once the load balancer said healthy",
+            p.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn readygate_rolled_while_the_app_rolls_gives_every_pod_its_gates() {
+    let _serial = common::exclusive().await;
+    let Some(stage) = stage_with(2).await else {
+        return;
+    };
+    let (app, dep, o) = deployed(&stage).await;
+    let s2 = stage.clone();
+    // Both replicas replaced, one after the other, while the app's pods are being created.
+    let roll = Interlude {
+        after: Duration::from_millis(1500),
+        action: Box::pin(async move {
+            s2.replace(0).await.expect("replacing the first replica");
+            s2.replace(0).await.expect("replacing the second replica");
+        }),
+    };
+    let before = stage.pids().await;
+    let r = measured_rollout(
+        &stage.rig,
+        &app,
+        &dep,
+        "v2",
+        "v1",
+        o.rate,
+        o.timeout,
+        Some(roll),
+    )
+    .await;
+    report(&r);
+    let after = stage.pids().await;
+    let failed = failed_admissions(&stage);
+    stage.stop().await.unwrap();
+    assert!(
+        before.iter().all(|p| !after.contains(p)),
+        "both replicas were replaced: {before:?} → {after:?}"
+    );
+    assert_eq!(failed, Vec::<String>::new(), "no admission call failed");
+    assert_clean(&stage, &r);
+}
+
+#[tokio::test]
+async fn leader_killed_mid_rollout_the_other_replica_takes_over() {
+    let _serial = common::exclusive().await;
+    let Some(stage) = stage_with(2).await else {
+        return;
+    };
+    let (app, dep, o) = deployed(&stage).await;
+    let s2 = stage.clone();
+    let killed = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let k2 = killed.clone();
+    let kill = Interlude {
+        after: Duration::from_millis(2500),
+        action: Box::pin(async move {
+            let old = s2.kill_leader().await.expect("killing the leader");
+            let at = std::time::Instant::now();
+            // The lease lasts 15 s: the other replica must hold it within that (and a poll).
+            while s2.leader().is_none_or(|l| l == old) && at.elapsed() < Duration::from_secs(25) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            *k2.lock().unwrap() = Some((old, s2.leader(), at.elapsed()));
+        }),
+    };
+    let r = measured_rollout(
+        &stage.rig,
+        &app,
+        &dep,
+        "v2",
+        "v1",
+        o.rate,
+        o.timeout,
+        Some(kill),
+    )
+    .await;
+    report(&r);
+    stage.stop().await.unwrap();
+    let (old, new, took) = killed
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the leader was killed");
+    println!("leader {old} killed; {new:?} took over after {took:?}");
+    assert!(
+        new.as_ref().is_some_and(|n| *n != old) && took <= Duration::from_secs(17),
+        "another replica leads within the lease duration: {new:?} after {took:?}"
+    );
+    assert_clean(&stage, &r);
+}
+
+#[tokio::test]
+async fn an_api_blip_on_bindings_releases_no_gate_early() {
+    let _serial = common::exclusive().await;
+    let Some(stage) = stage_with(1).await else {
+        return;
+    };
+    let (app, dep, o) = deployed(&stage).await;
+    let s2 = stage.clone();
+    let blip = Interlude {
+        after: Duration::from_millis(1000),
+        action: Box::pin(async move {
+            s2.rig
+                .api
+                .outage("targetgroupbindings", Duration::from_secs(4));
+        }),
+    };
+    let r = measured_rollout(
+        &stage.rig,
+        &app,
+        &dep,
+        "v2",
+        "v1",
+        o.rate,
+        o.timeout,
+        Some(blip),
+    )
+    .await;
+    report(&r);
+    stage.stop().await.unwrap();
+    assert_clean(&stage, &r);
+}
+
+#[tokio::test]
+async fn an_elbv2_black_hole_does_not_stall_the_rollout() {
+    let _serial = common::exclusive().await;
+    let Some(stage) = stage_with(1).await else {
+        return;
+    };
+    let (app, dep, o) = deployed(&stage).await;
+    stage.rig.elb.black_hole("DescribeTargetHealth", 1);
+    let r = measured_rollout(&stage.rig, &app, &dep, "v2", "v1", o.rate, o.timeout, None).await;
+    report(&r);
+    stage.stop().await.unwrap();
+    assert_clean(&stage, &r);
 }

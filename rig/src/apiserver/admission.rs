@@ -23,10 +23,15 @@ pub enum FailurePolicy {
     Fail,
 }
 
-/// Where a webhook is called: the address the rig resolved, and the TLS name to verify.
+/// Where a webhook is called: the addresses behind it, and the TLS name to verify.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
-    pub addr: SocketAddr,
+    /// The ready endpoints of the Service (or the URL's one address); each call goes to the
+    /// next, round-robin, as kube-apiserver's service resolver spreads calls.
+    pub addrs: Arc<Mutex<Vec<SocketAddr>>>,
+    next: Arc<std::sync::atomic::AtomicUsize>,
+    /// `namespace/name` of the Service, for service webhooks.
+    pub service: Option<(String, String)>,
     pub server_name: String,
     pub path: String,
     /// The URL as the API server would print it in errors.
@@ -129,7 +134,9 @@ impl Admission {
                 })?;
                 let server_name = format!("{sname}.{sns}.svc");
                 Endpoint {
-                    addr,
+                    addrs: Arc::new(Mutex::new(vec![addr])),
+                    next: Arc::default(),
+                    service: Some((sns.clone(), sname.clone())),
                     display_url: format!("https://{server_name}:{port}{path}"),
                     server_name,
                     path,
@@ -147,7 +154,9 @@ impl Admission {
                     .parse()
                     .with_context(|| format!("the rig only calls IP:port URLs, got {hostport}"))?;
                 Endpoint {
-                    addr,
+                    addrs: Arc::new(Mutex::new(vec![addr])),
+                    next: Arc::default(),
+                    service: None,
                     server_name: addr.ip().to_string(),
                     path,
                     display_url: url.clone(),
@@ -206,6 +215,20 @@ impl Admission {
             webhooks,
             records: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Sets the ready endpoints of the Service `namespace/name` for every webhook that calls
+    /// it, as the endpoints controller does when replicas start, turn unready or go.
+    pub fn set_endpoints(&self, namespace: &str, name: &str, addrs: Vec<SocketAddr>) {
+        for w in &self.webhooks {
+            if w.endpoint
+                .service
+                .as_ref()
+                .is_some_and(|(ns, n)| ns == namespace && n == name)
+            {
+                *w.endpoint.addrs.lock().expect("endpoints lock") = addrs.clone();
+            }
+        }
     }
 
     pub fn records(&self) -> Vec<Record> {
@@ -361,10 +384,24 @@ async fn call(
     let body = review_request(&uid, namespace, pod, dry_run).to_string();
     let secs = w.timeout.as_secs();
     let url = format!("{}?timeout={secs}s", w.endpoint.display_url);
+    let addr = {
+        let addrs = w.endpoint.addrs.lock().expect("endpoints lock");
+        if addrs.is_empty() {
+            let service = w.endpoint.service.as_ref().map_or("", |(_, n)| n.as_str());
+            return Err(format!(
+                "failed to call webhook: Post \"{url}\": no endpoints available for service \"{service}\""
+            ));
+        }
+        let i = w
+            .endpoint
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        addrs[i % addrs.len()]
+    };
     let exchange = async {
-        let tcp = tokio::net::TcpStream::connect(w.endpoint.addr)
+        let tcp = tokio::net::TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("dial tcp {}: {e}", w.endpoint.addr))?;
+            .map_err(|e| format!("dial tcp {addr}: {e}"))?;
         let name = rustls::pki_types::ServerName::try_from(w.endpoint.server_name.clone())
             .map_err(|e| e.to_string())?;
         let tls = tokio_rustls::TlsConnector::from(w.tls.clone())

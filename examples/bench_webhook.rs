@@ -47,6 +47,7 @@ use readygate::cache::Cache;
 use readygate::domain::{Binding, NamespaceSettings, PortRef, Service, ServicePort, TargetType};
 use readygate::metrics::Metrics;
 use readygate::server::{HttpsLimits, serve_https};
+use readygate::termination::PrestopSleep;
 use readygate::tls::{KeyPairPaths, ReloadingResolver};
 use readygate::webhook::{self, WebhookState};
 
@@ -941,6 +942,7 @@ fn bench(args: &Args) -> anyhow::Result<bool> {
     let state = WebhookState {
         cache,
         metrics: Arc::new(Metrics::new()),
+        prestop_sleep: PrestopSleep::Off,
     };
     let servers = [
         start_server(&server_rt, "baseline", acceptor.clone(), baseline_router())?,

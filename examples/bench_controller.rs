@@ -43,7 +43,9 @@ use clap::Parser;
 use readygate::budget::Budget;
 use readygate::cache::Cache;
 use readygate::cli::{Cli, Command, ControllerArgs};
-use readygate::domain::{self, ConditionStatus, ContainerPort, PortRef, ServicePort, TargetType};
+use readygate::domain::{
+    self, ConditionStatus, ContainerPort, NamespaceSettings, PortRef, ServicePort, TargetType,
+};
 use readygate::elbv2::Elbv2;
 use readygate::metrics::Metrics;
 use readygate::writer::{Done, Job, Outcome};
@@ -379,7 +381,12 @@ fn fill_cache(cache: &Cache, w: &Workload, now_s: i64) -> HashMap<String, (usize
         by_uid.insert(uid, (i, pod));
     }
     let mut ix = cache.write();
-    ix.replace_namespaces(namespaces);
+    ix.replace_namespaces(
+        namespaces
+            .into_iter()
+            .map(|ns| (ns, NamespaceSettings::opted_in()))
+            .collect(),
+    );
     ix.replace_bindings(bindings);
     ix.replace_services(services);
     ix.replace_pods(pods);

@@ -44,9 +44,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use readygate::cache::Cache;
-use readygate::domain::{Binding, PortRef, Service, ServicePort, TargetType};
+use readygate::domain::{Binding, NamespaceSettings, PortRef, Service, ServicePort, TargetType};
 use readygate::metrics::Metrics;
 use readygate::server::{HttpsLimits, serve_https};
+use readygate::termination::PrestopSleep;
 use readygate::tls::{KeyPairPaths, ReloadingResolver};
 use readygate::webhook::{self, WebhookState};
 
@@ -905,7 +906,12 @@ fn bench(args: &Args) -> anyhow::Result<bool> {
         ix.replace_bindings(c.bindings.clone());
         ix.replace_services(c.services.clone());
         ix.replace_pods(vec![]);
-        ix.replace_namespaces(c.namespaces.clone());
+        ix.replace_namespaces(
+            c.namespaces
+                .iter()
+                .map(|ns| (ns.clone(), NamespaceSettings::opted_in()))
+                .collect(),
+        );
     }
     let (bindings, services, _) = cache.read().counts();
     let ip = c
@@ -936,6 +942,7 @@ fn bench(args: &Args) -> anyhow::Result<bool> {
     let state = WebhookState {
         cache,
         metrics: Arc::new(Metrics::new()),
+        prestop_sleep: PrestopSleep::Off,
     };
     let servers = [
         start_server(&server_rt, "baseline", acceptor.clone(), baseline_router())?,

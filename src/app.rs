@@ -29,7 +29,7 @@ pub fn init_logging(format: LogFormat) {
 
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Certs(args) => write_certs(args),
     }
 }
@@ -124,7 +124,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let https = server::serve_https(
         webhook_listener,
         acceptor,
-        webhook::router(WebhookState { cache, metrics }, args.webhook.max_body_bytes),
+        webhook::router(
+            WebhookState {
+                cache,
+                metrics,
+                prestop_sleep: args.webhook.prestop_sleep,
+            },
+            args.webhook.max_body_bytes,
+        ),
         limits,
         stopped(),
     );

@@ -21,8 +21,11 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use crate::crd::TargetGroupBinding;
-use crate::domain::{self, ConditionStatus, INJECT_LABEL, INJECT_LABEL_VALUE, PortRef, TargetType};
+use crate::domain::{
+    self, ConditionStatus, INJECT_LABEL, INJECT_LABEL_VALUE, NamespaceSettings, PortRef, TargetType,
+};
 use crate::index::{Index, Kind};
+use crate::termination::PRESTOP_SLEEP_ANNOTATION;
 
 /// The index and a signal that it changed, shared by the webhook and the controller.
 #[derive(Default)]
@@ -297,15 +300,19 @@ impl Cached for WatchedPod {
 
 impl Cached for Namespace {
     const KIND: Kind = Kind::Namespace;
-    type Item = bool;
-    fn convert(&self) -> Option<bool> {
-        Some(self.labels().get(INJECT_LABEL).map(String::as_str) == Some(INJECT_LABEL_VALUE))
+    type Item = NamespaceSettings;
+    fn convert(&self) -> Option<NamespaceSettings> {
+        Some(NamespaceSettings {
+            opted_in: self.labels().get(INJECT_LABEL).map(String::as_str)
+                == Some(INJECT_LABEL_VALUE),
+            prestop_sleep: self.annotations().get(PRESTOP_SLEEP_ANNOTATION).cloned(),
+        })
     }
-    fn apply(ix: &mut Index, _ns: &str, name: &str, opted_in: bool) {
-        ix.apply_namespace(name, opted_in)
+    fn apply(ix: &mut Index, _ns: &str, name: &str, settings: NamespaceSettings) {
+        ix.apply_namespace(name, settings)
     }
     fn delete(ix: &mut Index, _ns: &str, name: &str) {
-        ix.apply_namespace(name, false)
+        ix.delete_namespace(name)
     }
 }
 
@@ -514,7 +521,7 @@ pub fn pod_view(pod: &WatchedPod) -> domain::Pod {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     #[test]
     fn pod_view_keeps_what_the_controller_needs() {
@@ -590,6 +597,43 @@ mod tests {
         drop(ix);
         feed.delete(&service("shop", "api", "api"));
         assert!(cache.read().service("shop", "api").is_none());
+    }
+
+    fn namespace(name: &str, labels: Value, annotations: Value) -> Namespace {
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "resourceVersion": "1", "labels": labels, "annotations": annotations }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn namespaces_keep_the_opt_in_and_the_prestop_annotation() {
+        let cache = Arc::new(Cache::default());
+        let mut feed = Feed::<Namespace>::new(cache.clone());
+        feed.init();
+        feed.init_apply(&namespace(
+            "shop",
+            json!({ INJECT_LABEL: INJECT_LABEL_VALUE }),
+            json!({ PRESTOP_SLEEP_ANNOTATION: "15s", "owner": "team-a" }),
+        ));
+        feed.init_apply(&namespace("quiet", json!({}), json!({})));
+        feed.init_done();
+        let ix = cache.read();
+        assert!(ix.synced().namespaces);
+        assert!(ix.is_opted_in("shop") && !ix.is_opted_in("quiet"));
+        assert_eq!(ix.namespace_prestop_sleep("shop"), Some("15s"));
+        assert_eq!(ix.namespace_prestop_sleep("quiet"), None);
+        drop(ix);
+        // The annotation removed by an update, then the namespace deleted.
+        feed.apply(&namespace(
+            "shop",
+            json!({ INJECT_LABEL: INJECT_LABEL_VALUE }),
+            json!({}),
+        ));
+        assert_eq!(cache.read().namespace_prestop_sleep("shop"), None);
+        assert!(cache.read().is_opted_in("shop"));
+        feed.delete(&namespace("shop", json!({}), json!({})));
+        assert!(!cache.read().is_opted_in("shop"));
     }
 
     #[test]

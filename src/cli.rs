@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::termination::PrestopSleep;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "readygate",
@@ -30,13 +32,18 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the admission webhook (every replica) and the status controller (leader only).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Generate a CA and a serving certificate for the webhook Service.
     Certs(CertsArgs),
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 2s, 5m)"))
+}
+
+fn prestop_sleep(s: &str) -> Result<PrestopSleep, String> {
+    s.parse()
+        .map_err(|e| format!("{e} (examples: 5s, 15s, off)"))
 }
 
 #[derive(Debug, Args)]
@@ -72,6 +79,15 @@ pub struct WebhookArgs {
     /// Largest AdmissionReview body accepted, in bytes.
     #[arg(long, env = "READYGATE_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// preStop sleep injected into pods that get a readiness gate, so a terminating pod keeps
+    /// serving while the load balancer deregisters it: every regular container without a
+    /// preStop hook of its own gets `lifecycle.preStop.sleep`, and terminationGracePeriodSeconds
+    /// grows by the same time (whole seconds, rounded up; at most 1h; `off` or 0s for none).
+    /// The annotation readygate.io/prestop-sleep on the namespace, then on the pod, overrides
+    /// it. Needs Kubernetes 1.30 or later (the sleep action, PodLifecycleSleepAction, is beta
+    /// and on by default since 1.30): leave it off on older clusters.
+    #[arg(long, env = "READYGATE_PRESTOP_SLEEP", default_value = "off", value_parser = prestop_sleep)]
+    pub prestop_sleep: PrestopSleep,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -178,5 +194,50 @@ mod tests {
         );
         assert!(!s.controller.unused_is_ready);
         assert!(Cli::try_parse_from(["readygate", "serve", "--poll-interval", "soon"]).is_err());
+    }
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["readygate", "serve"].iter().chain(args))?;
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        Ok(*s)
+    }
+
+    #[test]
+    fn prestop_sleep_flag_is_off_by_default_and_parses_durations() {
+        assert_eq!(serve(&[]).unwrap().webhook.prestop_sleep, PrestopSleep::Off);
+        assert_eq!(
+            serve(&["--prestop-sleep", "5s"])
+                .unwrap()
+                .webhook
+                .prestop_sleep
+                .seconds()
+                .map(|s| s.get()),
+            Some(5)
+        );
+        assert_eq!(
+            serve(&["--prestop-sleep", "off"])
+                .unwrap()
+                .webhook
+                .prestop_sleep,
+            PrestopSleep::Off
+        );
+        for garbage in ["soon", "5", "2h"] {
+            let err = serve(&["--prestop-sleep", garbage]).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{garbage}"
+            );
+            assert!(err.to_string().contains("examples: 5s"), "{err}");
+        }
+        // Users on older clusters learn from --help that the sleep action needs 1.30.
+        let help = Cli::command()
+            .find_subcommand_mut("serve")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("Needs Kubernetes 1.30 or later"), "{help}");
     }
 }

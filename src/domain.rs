@@ -76,6 +76,26 @@ impl Service {
     }
 }
 
+/// What readygate needs of a Namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceSettings {
+    /// Labelled `INJECT_LABEL=enabled`.
+    pub opted_in: bool,
+    /// The raw `readygate.io/prestop-sleep` annotation, when present. Parsed at admission, so a
+    /// bad value is reported with the pod it affects.
+    pub prestop_sleep: Option<String>,
+}
+
+impl NamespaceSettings {
+    /// Opted in, with no annotation of ours.
+    pub fn opted_in() -> Self {
+        Self {
+            opted_in: true,
+            prestop_sleep: None,
+        }
+    }
+}
+
 /// Label lookup over the shapes labels come in: a map from the API, or the sorted pairs the
 /// cache keeps (half the memory of a map for the handful of labels a pod has).
 pub trait Labels {

@@ -1,12 +1,12 @@
 //! The in-memory view of the cluster that both halves read: bindings, services, pods and
-//! opted-in namespaces, indexed by namespace.
+//! namespace settings (opt-in, preStop sleep annotation), indexed by namespace.
 //!
 //! A pure state machine (`apply`/`delete`/`replace`), fed by the watchers in `cache` and
 //! unit-tested without an API server.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::domain::{Binding, Labels, Pod, Service};
+use crate::domain::{Binding, Labels, NamespaceSettings, Pod, Service};
 use crate::gates;
 
 #[derive(Debug, Default)]
@@ -39,6 +39,9 @@ pub struct Index {
     namespaces: HashMap<String, Namespace>,
     /// Namespaces labelled for injection.
     opted_in: HashSet<String>,
+    /// The raw `readygate.io/prestop-sleep` annotation of the namespaces that carry one (few:
+    /// the others cost nothing).
+    prestop_sleep: HashMap<String, String>,
     synced: Synced,
     /// The TargetGroupBinding CRD is not installed: no bindings exist.
     pub bindings_crd_missing: bool,
@@ -73,12 +76,24 @@ impl Index {
             n.pods.remove(name);
         }
     }
-    pub fn apply_namespace(&mut self, name: &str, opted_in: bool) {
-        if opted_in {
+    pub fn apply_namespace(&mut self, name: &str, settings: NamespaceSettings) {
+        if settings.opted_in {
             self.opted_in.insert(name.to_string());
         } else {
             self.opted_in.remove(name);
         }
+        match settings.prestop_sleep {
+            Some(value) => {
+                self.prestop_sleep.insert(name.to_string(), value);
+            }
+            None => {
+                self.prestop_sleep.remove(name);
+            }
+        }
+    }
+    pub fn delete_namespace(&mut self, name: &str) {
+        self.opted_in.remove(name);
+        self.prestop_sleep.remove(name);
     }
 
     pub fn replace_bindings(&mut self, all: Vec<(String, Binding)>) {
@@ -103,15 +118,21 @@ impl Index {
             .for_each(|(ns, name, p)| self.apply_pod(&ns, &name, p));
         self.synced.pods = true;
     }
-    pub fn replace_namespaces(&mut self, opted_in: Vec<String>) {
-        self.opted_in = opted_in.into_iter().collect();
+    pub fn replace_namespaces(&mut self, all: Vec<(String, NamespaceSettings)>) {
+        self.opted_in.clear();
+        self.prestop_sleep.clear();
+        all.into_iter()
+            .for_each(|(name, settings)| self.apply_namespace(&name, settings));
         self.synced.namespaces = true;
     }
     /// Keeps only the objects of `kind` for which `keep(namespace, name)` holds (after a re-list
     /// applied in place: what it did not see is gone). Namespaces are named by `name`.
     pub fn retain(&mut self, kind: Kind, keep: impl Fn(&str, &str) -> bool) {
         match kind {
-            Kind::Namespace => self.opted_in.retain(|name| keep("", name)),
+            Kind::Namespace => {
+                self.opted_in.retain(|name| keep("", name));
+                self.prestop_sleep.retain(|name, _| keep("", name));
+            }
             _ => {
                 for (ns, n) in &mut self.namespaces {
                     match kind {
@@ -153,6 +174,10 @@ impl Index {
     }
     pub fn is_opted_in(&self, ns: &str) -> bool {
         self.opted_in.contains(ns)
+    }
+    /// The namespace's raw `readygate.io/prestop-sleep` annotation, if it has one.
+    pub fn namespace_prestop_sleep(&self, ns: &str) -> Option<&str> {
+        self.prestop_sleep.get(ns).map(String::as_str)
     }
 
     /// The gates a pod with these labels needs in `ns` (the webhook's question).
@@ -243,8 +268,8 @@ mod tests {
         ix.apply_binding("a", b("one", "web"));
         ix.apply_binding("b", b("two", "web"));
         ix.apply_service("a", "web", s("web"));
-        ix.apply_namespace("a", true);
-        ix.apply_namespace("b", true);
+        ix.apply_namespace("a", NamespaceSettings::opted_in());
+        ix.apply_namespace("b", NamespaceSettings::opted_in());
         ix.retain(Kind::Binding, |ns, name| (ns, name) == ("b", "two"));
         ix.retain(Kind::Namespace, |_, name| name == "a");
         assert!(ix.binding("a", "one").is_none() && ix.binding("b", "two").is_some());
@@ -255,11 +280,44 @@ mod tests {
     #[test]
     fn namespaces_opt_in_and_out() {
         let mut ix = Index::default();
-        ix.apply_namespace("shop", true);
+        ix.apply_namespace("shop", NamespaceSettings::opted_in());
         assert!(ix.is_opted_in("shop"));
-        ix.apply_namespace("shop", false);
+        ix.apply_namespace("shop", NamespaceSettings::default());
         assert!(!ix.is_opted_in("shop"));
-        ix.replace_namespaces(vec!["x".into()]);
+        ix.replace_namespaces(vec![("x".into(), NamespaceSettings::opted_in())]);
         assert!(ix.is_opted_in("x") && ix.synced().namespaces);
+    }
+
+    fn annotated(value: &str) -> NamespaceSettings {
+        NamespaceSettings {
+            opted_in: true,
+            prestop_sleep: Some(value.into()),
+        }
+    }
+
+    #[test]
+    fn prestop_annotations_follow_applies_deletes_and_relists() {
+        let mut ix = Index::default();
+        ix.apply_namespace("shop", annotated("15s"));
+        ix.apply_namespace("plain", NamespaceSettings::opted_in());
+        assert_eq!(ix.namespace_prestop_sleep("shop"), Some("15s"));
+        assert_eq!(ix.namespace_prestop_sleep("plain"), None);
+        // Only namespaces that carry the annotation are stored.
+        assert_eq!(ix.prestop_sleep.len(), 1);
+        // The annotation removed, then the namespace deleted.
+        ix.apply_namespace("shop", NamespaceSettings::opted_in());
+        assert_eq!(ix.namespace_prestop_sleep("shop"), None);
+        ix.apply_namespace("shop", annotated("off"));
+        ix.delete_namespace("shop");
+        assert!(ix.namespace_prestop_sleep("shop").is_none() && !ix.is_opted_in("shop"));
+        // A re-list in place drops what it did not see; a wholesale one replaces everything.
+        ix.apply_namespace("a", annotated("5s"));
+        ix.apply_namespace("b", annotated("10s"));
+        ix.retain(Kind::Namespace, |_, name| name == "b");
+        assert_eq!(ix.namespace_prestop_sleep("a"), None);
+        assert_eq!(ix.namespace_prestop_sleep("b"), Some("10s"));
+        ix.replace_namespaces(vec![("c".into(), annotated("1m"))]);
+        assert_eq!(ix.namespace_prestop_sleep("b"), None);
+        assert_eq!(ix.namespace_prestop_sleep("c"), Some("1m"));
     }
 }

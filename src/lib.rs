@@ -1,7 +1,7 @@
 //! readygate: ELBv2 target-health readiness gates for Kubernetes pods.
 //!
-//! The decision core (`domain`, `gates`, `target`, `condition`, `schedule`, `index`, `budget`)
-//! is pure; `cache`, `webhook`, `server`, `tls`, `elbv2`, `controller` and `writer` are thin
+//! The decision core (`domain`, `gates`, `termination`, `target`, `condition`, `schedule`,
+//! `index`, `budget`) is pure; `cache`, `webhook`, `server`, `tls`, `elbv2`, `controller` and `writer` are thin
 //! shells around it; `app` wires them together.
 
 pub mod app;
@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod schedule;
 pub mod server;
 pub mod target;
+pub mod termination;
 pub mod tls;
 pub mod webhook;
 pub mod writer;

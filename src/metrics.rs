@@ -18,12 +18,21 @@ pub struct CallLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     /// Admissions by outcome: patched, allowed, skipped, error.
     pub admissions: Family<OutcomeLabels, Counter>,
     pub admission_seconds: Histogram,
     pub gates_injected: Counter,
+    /// Pods given the preStop sleep.
+    pub prestop_injected: Counter,
+    /// `readygate.io/prestop-sleep` annotations that did not parse, by where they were set.
+    pub prestop_invalid_annotations: Family<SourceLabels, Counter>,
     pub tls_reloads: Family<OutcomeLabels, Counter>,
     pub pending_pods: Gauge,
     pub pods_missing_gates: Gauge,
@@ -43,6 +52,8 @@ impl Metrics {
             0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25,
         ]);
         let gates_injected = Counter::default();
+        let prestop_injected = Counter::default();
+        let prestop_invalid_annotations = Family::<SourceLabels, Counter>::default();
         let tls_reloads = Family::<OutcomeLabels, Counter>::default();
         let pending_pods = Gauge::default();
         let pods_missing_gates = Gauge::default();
@@ -69,6 +80,16 @@ impl Metrics {
             "gates_injected",
             "Readiness gates added to pods",
             gates_injected.clone(),
+        );
+        registry.register(
+            "prestop_injected",
+            "Pods given a preStop sleep and the grace period extended by it",
+            prestop_injected.clone(),
+        );
+        registry.register(
+            "prestop_invalid_annotations",
+            "readygate.io/prestop-sleep annotations that did not parse (the pod got no sleep), by source (pod or namespace)",
+            prestop_invalid_annotations.clone(),
         );
         registry.register(
             "tls_reloads",
@@ -121,6 +142,8 @@ impl Metrics {
             admissions,
             admission_seconds,
             gates_injected,
+            prestop_injected,
+            prestop_invalid_annotations,
             tls_reloads,
             pending_pods,
             pods_missing_gates,

@@ -1,4 +1,5 @@
-//! The mutating admission webhook: AdmissionReview in, readiness-gate JSON Patch out.
+//! The mutating admission webhook: AdmissionReview in, JSON Patch out (readiness gates, and
+//! the preStop sleep when it is on).
 //!
 //! Answers from the in-memory index only. Outcomes map to HTTP deliberately: a request we
 //! cannot read is a 400 with a message; an internal fault (caches not synced) is a 503 so the
@@ -20,7 +21,8 @@ use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview
 
 use crate::cache::Cache;
 use crate::gates;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SourceLabels};
+use crate::termination::{self, PRESTOP_SLEEP_ANNOTATION, PrestopSleep};
 
 pub const PATH: &str = "/mutate-v1-pod";
 
@@ -28,6 +30,8 @@ pub const PATH: &str = "/mutate-v1-pod";
 pub struct WebhookState {
     pub cache: Arc<Cache>,
     pub metrics: Arc<Metrics>,
+    /// The `--prestop-sleep` flag: the sleep where no annotation says otherwise.
+    pub prestop_sleep: PrestopSleep,
 }
 
 /// The admission router; bodies over `max_body_bytes` get a 413.
@@ -114,27 +118,61 @@ fn review(
     let no_labels = BTreeMap::new();
     let labels = pod.metadata.labels.as_ref().unwrap_or(&no_labels);
 
-    let wanted = {
+    let (wanted, namespace_sleep) = {
         let ix = state.cache.read();
         let synced = ix.synced();
         if !(synced.bindings && synced.services) {
             return Err(Failure::NotSynced);
         }
-        ix.gates_for(namespace, labels)
+        let wanted = ix.gates_for(namespace, labels);
+        // A gated pod's preStop sleep may come from its namespace's annotation.
+        if !wanted.is_empty() && !synced.namespaces {
+            return Err(Failure::NotSynced);
+        }
+        let namespace_sleep = ix.namespace_prestop_sleep(namespace).map(str::to_string);
+        (wanted, namespace_sleep)
     };
-    // `data` holds the raw JSON of everything but apiVersion, kind and metadata.
-    let patch = gates::gate_patch(&pod.data, &wanted);
     let pod_name = pod
         .metadata
         .name
         .as_deref()
         .or(pod.metadata.generate_name.as_deref())
         .unwrap_or("");
-    let Some(gates::Injection { patch, added }) = patch else {
-        tracing::info!(namespace, pod = pod_name, uid = %req.uid, dry_run = req.dry_run, "admitted; no readiness gate needed");
+    // A pod that gets no gate is behind no load balancer of ours: left as it is.
+    let sleep = if wanted.is_empty() {
+        PrestopSleep::Off
+    } else {
+        let on_pod = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(PRESTOP_SLEEP_ANNOTATION))
+            .map(String::as_str);
+        prestop_sleep(
+            state,
+            namespace,
+            pod_name,
+            on_pod,
+            namespace_sleep.as_deref(),
+        )
+    };
+    // `data` holds the raw JSON of everything but apiVersion, kind and metadata.
+    let gates = gates::gate_patch(&pod.data, &wanted);
+    let prestop = termination::prestop_patch(&pod.data, &wanted, sleep);
+    let Some(patch) = termination::admission_patch(gates.as_ref(), prestop.as_ref()) else {
+        tracing::info!(namespace, pod = pod_name, uid = %req.uid, dry_run = req.dry_run, "admitted; nothing to add");
         return Ok(("allowed", allowed.into_review()));
     };
-    tracing::info!(namespace, pod = pod_name, uid = %req.uid, dry_run = req.dry_run, gates = ?added, "readiness gates injected");
+    let added = gates.map(|g| g.added).unwrap_or_default();
+    match &prestop {
+        Some(p) => {
+            tracing::info!(namespace, pod = pod_name, uid = %req.uid, dry_run = req.dry_run, gates = ?added, prestop_sleep = %sleep, containers = ?p.containers, grace_seconds = p.grace_seconds, "readiness gates and preStop sleep injected");
+            state.metrics.prestop_injected.inc();
+        }
+        None => {
+            tracing::info!(namespace, pod = pod_name, uid = %req.uid, dry_run = req.dry_run, gates = ?added, "readiness gates injected")
+        }
+    }
     state.metrics.gates_injected.inc_by(added.len() as u64);
     let response = allowed
         .with_patch(patch)
@@ -142,42 +180,92 @@ fn review(
     Ok(("patched", response.into_review()))
 }
 
+/// The sleep for a pod from its annotation, its namespace's and the flag. An annotation that
+/// does not parse is logged, counted and taken as off: a typo must not block pod creation.
+fn prestop_sleep(
+    state: &WebhookState,
+    namespace: &str,
+    pod: &str,
+    on_pod: Option<&str>,
+    on_namespace: Option<&str>,
+) -> PrestopSleep {
+    match termination::resolve(on_pod, on_namespace, state.prestop_sleep) {
+        Ok(setting) => setting.sleep,
+        Err(invalid) => {
+            let source = invalid.on.as_str();
+            tracing::warn!(namespace, pod, source, value = %invalid.value, error = %invalid.error, "invalid {PRESTOP_SLEEP_ANNOTATION} annotation; no preStop sleep for this pod");
+            state
+                .metrics
+                .prestop_invalid_annotations
+                .get_or_create(&SourceLabels { source })
+                .inc();
+            PrestopSleep::Off
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Binding, PortRef, Service, TargetType};
+    use crate::domain::{Binding, NamespaceSettings, PortRef, Service, TargetType};
     use axum::body::Body;
     use axum::http::Request;
     use http_body_util::BodyExt;
     use serde_json::{Value, json};
     use tower::ServiceExt;
 
-    fn state(synced: bool) -> WebhookState {
+    /// Lists namespace `shop`'s Service `web` (app=web) and binding `web-tgb` on it.
+    fn list_shop(ix: &mut crate::index::Index) {
+        ix.replace_services(vec![(
+            "shop".into(),
+            "web".into(),
+            Service {
+                selector: [("app".to_string(), "web".to_string())].into(),
+                ports: vec![],
+            },
+        )]);
+        ix.replace_bindings(vec![(
+            "shop".into(),
+            Binding {
+                name: "web-tgb".into(),
+                target_group_arn: "arn".into(),
+                target_type: TargetType::Ip,
+                service_name: "web".into(),
+                service_port: PortRef::Number(80),
+            },
+        )]);
+    }
+
+    /// `shop` listed and synced, the namespace carrying `namespace_sleep` as its preStop
+    /// annotation, and the flag at `prestop_sleep`.
+    fn state_with(namespace_sleep: Option<&str>, prestop_sleep: PrestopSleep) -> WebhookState {
         let cache = Arc::new(Cache::default());
-        if synced {
+        {
             let mut ix = cache.write();
-            ix.replace_services(vec![(
+            list_shop(&mut ix);
+            ix.replace_namespaces(vec![(
                 "shop".into(),
-                "web".into(),
-                Service {
-                    selector: [("app".to_string(), "web".to_string())].into(),
-                    ports: vec![],
-                },
-            )]);
-            ix.replace_bindings(vec![(
-                "shop".into(),
-                Binding {
-                    name: "web-tgb".into(),
-                    target_group_arn: "arn".into(),
-                    target_type: TargetType::Ip,
-                    service_name: "web".into(),
-                    service_port: PortRef::Number(80),
+                NamespaceSettings {
+                    opted_in: true,
+                    prestop_sleep: namespace_sleep.map(str::to_string),
                 },
             )]);
         }
         WebhookState {
             cache,
             metrics: Arc::new(Metrics::new()),
+            prestop_sleep,
+        }
+    }
+
+    fn state(synced: bool) -> WebhookState {
+        if synced {
+            return state_with(None, PrestopSleep::Off);
+        }
+        WebhookState {
+            cache: Arc::new(Cache::default()),
+            metrics: Arc::new(Metrics::new()),
+            prestop_sleep: PrestopSleep::Off,
         }
     }
 
@@ -227,8 +315,15 @@ mod tests {
         )
     }
 
-    /// Applies the response's patch (base64 string or byte array) to `pod`.
+    /// Applies the response's patch to `pod`.
     pub fn patched(response: &Value, pod: &Value) -> Value {
+        let mut out = pod.clone();
+        json_patch::patch(&mut out, &patch_of(response)).unwrap();
+        out
+    }
+
+    /// The response's patch (a base64 string or a byte array).
+    fn patch_of(response: &Value) -> json_patch::Patch {
         let raw = &response["response"]["patch"];
         let bytes: Vec<u8> = match raw {
             Value::Array(a) => a.iter().map(|b| b.as_u64().unwrap() as u8).collect(),
@@ -237,10 +332,7 @@ mod tests {
             }
             _ => panic!("no patch in {response}"),
         };
-        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
-        let mut out = pod.clone();
-        json_patch::patch(&mut out, &patch).unwrap();
-        out
+        serde_json::from_slice(&bytes).unwrap()
     }
 
     #[tokio::test]
@@ -351,5 +443,140 @@ mod tests {
                 .encode()
                 .contains("readygate_admissions_total{outcome=\"error\"} 1")
         );
+    }
+
+    #[tokio::test]
+    async fn annotated_namespace_gets_gates_prestop_and_grace_in_one_patch() {
+        let st = state_with(Some("15s"), PrestopSleep::Off);
+        let mut pod = web_pod();
+        pod["spec"]["terminationGracePeriodSeconds"] = json!(30);
+        pod["spec"]["initContainers"] =
+            json!([{ "name": "mesh", "image": "envoy", "restartPolicy": "Always" }]);
+        let (status, body) = call(
+            st.clone(),
+            review_json("Pod", "CREATE", pod.clone()).to_string(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        // Gates first, then the sleep, then the grace period.
+        let patch = patch_of(&v);
+        let paths: Vec<&str> = patch.0.iter().map(|op| op.path().as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/spec/readinessGates",
+                "/spec/containers/0/lifecycle",
+                "/spec/terminationGracePeriodSeconds"
+            ]
+        );
+        let mut expected = pod.clone();
+        expected["spec"]["readinessGates"] =
+            json!([{ "conditionType": "target-health.elbv2.k8s.aws/web-tgb" }]);
+        expected["spec"]["containers"][0]["lifecycle"] =
+            json!({ "preStop": { "sleep": { "seconds": 15 } } });
+        expected["spec"]["terminationGracePeriodSeconds"] = json!(45);
+        assert_eq!(patched(&v, &pod), expected);
+        let text = st.metrics.encode();
+        assert!(
+            text.contains("readygate_prestop_injected_total 1"),
+            "{text}"
+        );
+        assert!(text.contains("readygate_gates_injected_total 1"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn the_flag_applies_where_no_annotation_says_otherwise() {
+        let st = state_with(None, "5s".parse().unwrap());
+        let (_, body) = call(
+            st.clone(),
+            review_json("Pod", "CREATE", web_pod()).to_string(),
+        )
+        .await;
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let out = patched(&v, &web_pod());
+        assert_eq!(
+            out["spec"]["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"],
+            5
+        );
+        assert_eq!(out["spec"]["terminationGracePeriodSeconds"], 35);
+
+        // A pod no binding selects gets nothing, the flag notwithstanding.
+        let mut api = web_pod();
+        api["metadata"]["labels"] = json!({ "app": "api" });
+        let (_, body) = call(st, review_json("Pod", "CREATE", api).to_string()).await;
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert!(v["response"].get("patch").is_none_or(Value::is_null));
+    }
+
+    #[tokio::test]
+    async fn an_invalid_pod_annotation_gives_gates_only_and_is_counted() {
+        let st = state_with(Some("15s"), "5s".parse().unwrap());
+        let mut pod = web_pod();
+        pod["metadata"]["annotations"] = json!({ PRESTOP_SLEEP_ANNOTATION: "a while" });
+        let (status, body) = call(
+            st.clone(),
+            review_json("Pod", "CREATE", pod.clone()).to_string(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["response"]["allowed"], true);
+        let mut expected = pod.clone();
+        expected["spec"]["readinessGates"] =
+            json!([{ "conditionType": "target-health.elbv2.k8s.aws/web-tgb" }]);
+        assert_eq!(patched(&v, &pod), expected);
+        let text = st.metrics.encode();
+        assert!(
+            text.contains(r#"readygate_prestop_invalid_annotations_total{source="pod"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("readygate_prestop_injected_total 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"readygate_admissions_total{outcome="patched"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_namespace_annotation_is_counted_as_such() {
+        let st = state_with(Some("forever"), PrestopSleep::Off);
+        let (_, body) = call(
+            st.clone(),
+            review_json("Pod", "CREATE", web_pod()).to_string(),
+        )
+        .await;
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let out = patched(&v, &web_pod());
+        assert!(out["spec"]["containers"][0].get("lifecycle").is_none());
+        assert!(
+            st.metrics
+                .encode()
+                .contains(r#"readygate_prestop_invalid_annotations_total{source="namespace"} 1"#)
+        );
+    }
+
+    #[tokio::test]
+    async fn unsynced_namespaces_are_a_503_only_for_gated_pods() {
+        // Bindings and Services listed, Namespaces not yet.
+        let st = state(false);
+        list_shop(&mut st.cache.write());
+        let (status, body) = call(
+            st.clone(),
+            review_json("Pod", "CREATE", web_pod()).to_string(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(String::from_utf8_lossy(&body).contains("not synced"));
+        // A pod no binding selects needs no namespace setting: allowed as before.
+        let mut api = web_pod();
+        api["metadata"]["labels"] = json!({ "app": "api" });
+        let (status, body) = call(st, review_json("Pod", "CREATE", api).to_string()).await;
+        assert_eq!(status, StatusCode::OK);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["response"]["allowed"], true);
     }
 }

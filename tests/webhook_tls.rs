@@ -10,9 +10,12 @@ use axum::body::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
+use readygate::cache::Cache;
 use readygate::certs::{self, Bundle};
+use readygate::domain::NamespaceSettings;
 use readygate::metrics::Metrics;
 use readygate::server::{self, HttpsLimits};
+use readygate::termination::{PRESTOP_SLEEP_ANNOTATION, PrestopSleep};
 use readygate::tls::{self, KeyPairPaths, ReloadingResolver};
 use readygate::webhook::{self, WebhookState};
 use serde_json::{Value, json};
@@ -92,15 +95,28 @@ async fn serve(
     }
 }
 
+fn shop() -> Arc<Cache> {
+    support::shop("arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/1")
+}
+
 /// The webhook itself, with the `shop` namespace's binding cached.
 async fn start(dir: &Path, header_read_timeout: Duration) -> Server {
-    let cache =
-        support::shop("arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/1");
+    start_with(dir, header_read_timeout, shop(), PrestopSleep::Off).await
+}
+
+/// The webhook over `cache`, with `--prestop-sleep` at `prestop_sleep`.
+async fn start_with(
+    dir: &Path,
+    header_read_timeout: Duration,
+    cache: Arc<Cache>,
+    prestop_sleep: PrestopSleep,
+) -> Server {
     let metrics = Arc::new(Metrics::new());
     let router = webhook::router(
         WebhookState {
             cache,
             metrics: metrics.clone(),
+            prestop_sleep,
         },
         256 * 1024,
     );
@@ -428,6 +444,70 @@ async fn idle_keep_alive_connections_live_as_long_as_the_header_read_timeout() {
     assert!(
         client.try_post(review("Pod", &pod())).await.is_err(),
         "closed after idling past the timeout"
+    );
+    let _ = server.stop.send(());
+}
+
+#[tokio::test]
+async fn prestop_sleep_over_tls_in_an_annotated_namespace() {
+    let (_guard, dir, b) = keyed_dir();
+    let cache = shop();
+    cache.write().apply_namespace(
+        "shop",
+        NamespaceSettings {
+            opted_in: true,
+            prestop_sleep: Some("20s".into()),
+        },
+    );
+    // The flag says 5s; the namespace's annotation wins.
+    let server = start_with(&dir, Duration::from_secs(10), cache, "5s".parse().unwrap()).await;
+    let mut client = Client::connect(server.addr, &b.ca_pem).await.unwrap();
+
+    // A Deployment's pod with an app container, a log shipper whose own preStop flushes, a
+    // native sidecar, and the grace period the API server defaulted.
+    let mut web = pod();
+    web["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "name": "shipper", "image": "fluent-bit",
+                      "lifecycle": { "preStop": { "exec": { "command": ["flush"] } } } }));
+    web["spec"]["terminationGracePeriodSeconds"] = json!(30);
+    let (status, body) = client.post(review("Pod", &web)).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["response"]["allowed"], true);
+    assert_eq!(answer["response"]["patchType"], "JSONPatch");
+    let mut expected = web.clone();
+    expected["spec"]["readinessGates"] =
+        json!([{ "conditionType": "target-health.elbv2.k8s.aws/web-tgb" }]);
+    expected["spec"]["containers"][0]["lifecycle"] =
+        json!({ "preStop": { "sleep": { "seconds": 20 } } });
+    expected["spec"]["terminationGracePeriodSeconds"] = json!(50);
+    assert_eq!(apply_patch(&answer, &web), expected);
+
+    // A typo in the pod's annotation: the gate still, no sleep, and the typo counted.
+    let mut typo = pod();
+    typo["metadata"]["annotations"] = json!({ PRESTOP_SLEEP_ANNOTATION: "20 secs please" });
+    let (status, body) = client.post(review("Pod", &typo)).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    let mut expected = typo.clone();
+    expected["spec"]["readinessGates"] =
+        json!([{ "conditionType": "target-health.elbv2.k8s.aws/web-tgb" }]);
+    assert_eq!(apply_patch(&answer, &typo), expected);
+
+    let text = server.metrics.encode();
+    assert!(
+        text.contains("readygate_prestop_injected_total 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"readygate_prestop_invalid_annotations_total{source="pod"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"readygate_admissions_total{outcome="patched"} 2"#),
+        "{text}"
     );
     let _ = server.stop.send(());
 }

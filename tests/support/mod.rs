@@ -5,7 +5,7 @@ use std::net::TcpListener;
 
 use aws_sdk_elasticloadbalancingv2::types::{ProtocolEnum, TargetDescription, TargetTypeEnum};
 use readygate::cache::Cache;
-use readygate::domain::{Binding, PortRef, Service, ServicePort, TargetType};
+use readygate::domain::{Binding, NamespaceSettings, PortRef, Service, ServicePort, TargetType};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -172,7 +172,7 @@ pub fn shop(arn: &str) -> std::sync::Arc<Cache> {
             },
         )]);
         ix.replace_pods(Vec::new());
-        ix.replace_namespaces(vec!["shop".into()]);
+        ix.replace_namespaces(vec![("shop".into(), NamespaceSettings::opted_in())]);
     }
     cache
 }

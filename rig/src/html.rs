@@ -1,6 +1,7 @@
 //! The demo as one self-contained HTML page: per mode and rollout, each pod's life as
-//! horizontal bars (created → containers ready → registered → healthy in the ELB → gate True →
-//! Ready → terminating → deregistered → removed) over the requests per 100 ms, failures in red.
+//! horizontal bars (created → containers ready → registered → healthy in the ELB → terminating
+//! → deregistered → removed; Kubernetes Ready as a strip on top, gate True as a tick) over the
+//! requests per 100 ms, failures in red.
 //!
 //! The figures go into the page as JSON; a small script in the page draws them as SVG, so the
 //! page needs no external asset and a browser test can count what it really drew.
@@ -140,8 +141,7 @@ const PHASES = [
   ["created", "containers", "#c9c9c9", "starting"],
   ["containers", "registered", "#a7c7e7", "containers ready, not registered"],
   ["registered", "elb-healthy", "#f2c14e", "registered, ELB initial"],
-  ["elb-healthy", "ready", "#f08a4b", "ELB healthy, not Ready yet"],
-  ["ready", "terminating", "#5cb85c", "Ready"],
+  ["elb-healthy", "terminating", "#5cb85c", "healthy in the ELB"],
   ["terminating", "deregistered", "#9b59b6", "terminating, still registered"],
   ["deregistered", "removed", "#d6b4e8", "deregistered (draining)"],
 ];
@@ -157,6 +157,8 @@ for (const [, , color, label] of PHASES) {
   legend.insertAdjacentHTML("beforeend", `<span><i style="background:${color}"></i>${label}</span>`);
 }
 legend.insertAdjacentHTML("beforeend",
+  `<span><i style="background:#1f3b5c; height:4px"></i>Kubernetes Ready</span>` +
+  `<span><i style="background:#0b3d0b; width:2px"></i>gate True</span>` +
   `<span><i style="background:#7f8c8d"></i>requests answered / ${DATA.bucket_ms} ms</span>` +
   `<span><i style="background:#e74c3c"></i>failed, start side</span>` +
   `<span><i style="background:#8e0000"></i>failed, termination side</span>`);
@@ -185,15 +187,20 @@ for (const mode of DATA.modes) {
       for (const [from, to, color, label] of PHASES) {
         if (at[from] === undefined) continue;
         // A phase lasts until its end milestone, or until the next milestone seen, or the end.
-        const later = PHASES.map(ph => at[ph[1]]).filter(v => v !== undefined && v >= at[from]);
+        const later = PHASES.map(ph => at[ph[1]]).filter(v => v !== undefined && v > at[from]);
         const stop = at[to] !== undefined ? at[to] : (later.length ? Math.min(...later) : end);
         if (stop <= at[from]) continue;
         const bar = el("rect", { x: x(at[from]), y: y + 2, width: Math.max(1, x(stop) - x(at[from])),
                                  height: row - 4, fill: color }, g);
         el("title", {}, bar).textContent = `${pd.name}: ${label} ${at[from].toFixed(2)}–${stop.toFixed(2)} s`;
       }
+      if (at["ready"] !== undefined) {
+        const stop = at["terminating"] !== undefined ? at["terminating"] : end;
+        el("rect", { x: x(at["ready"]), y: y + 2, width: Math.max(1, x(stop) - x(at["ready"])),
+                     height: 4, fill: "#1f3b5c", class: "ready" }, g);
+      }
       if (at["gate-true"] !== undefined) {
-        el("line", { x1: x(at["gate-true"]), x2: x(at["gate-true"]), y1: y, y2: y + row, stroke: "#1a5e1a", "stroke-width": 2 }, g);
+        el("line", { x1: x(at["gate-true"]), x2: x(at["gate-true"]), y1: y, y2: y + row, stroke: "#0b3d0b", "stroke-width": 2 }, g);
       }
     });
     const base = 10 + r.pods.length * row + histo;

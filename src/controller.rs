@@ -435,7 +435,8 @@ impl Controller {
                         .observe((now / 1000 - c).max(0) as f64);
                 }
             }
-            Outcome::Written | Outcome::Gone => {}
+            // Meant for a pod that no longer exists: resending could only fail again.
+            Outcome::Written | Outcome::Gone | Outcome::Replaced => {}
             // Decide again on the next pass.
             Outcome::Conflict | Outcome::NotLeader | Outcome::Timeout | Outcome::Failed => {
                 self.sent.remove(&key);

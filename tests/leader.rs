@@ -120,4 +120,10 @@ async fn a_failed_renewal_stops_writes_at_once_and_leadership_comes_back() {
         seen.iter().filter(|m| *m == "PATCH").count() >= 2,
         "renewed and released: {seen:?}"
     );
+    // The Role in manifests/base/rbac.yaml grants get, create and patch on leases, no more.
+    assert!(
+        seen.iter()
+            .all(|m| ["GET", "POST", "PATCH"].contains(&m.as_str())),
+        "lease calls beyond get/create/patch: {seen:?}"
+    );
 }

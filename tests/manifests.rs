@@ -904,20 +904,17 @@ fn rbac_grants_exactly_the_calls_readygate_makes() {
     let role: Role = one(&docs, None);
     assert_eq!(role.metadata.namespace.as_deref(), Some(NAMESPACE));
     let role_rules = role.rules.as_deref().unwrap_or_default();
+    // kube-lease-manager's calls (GET, POST, PATCH: tests/leader.rs checks the methods).
     assert_eq!(
         grants(role_rules),
-        triples(&[(
-            "coordination.k8s.io",
-            "leases",
-            &["get", "create", "update", "patch"]
-        )]),
+        triples(&[("coordination.k8s.io", "leases", &["get", "create", "patch"])]),
         "leader election needs exactly these Lease verbs"
     );
-    for rule in role_rules {
-        if let Some(names) = &rule.resource_names {
-            assert_eq!(names, &["readygate"], "the Lease is named readygate");
-        }
-    }
+    // A name pinned here would break leader election for any other --lease-name.
+    assert!(
+        role_rules.iter().all(|r| r.resource_names.is_none()),
+        "the Lease rules must not pin a name: --lease-name picks it"
+    );
 
     // Both roles are bound to the ServiceAccount the Deployment runs as.
     let sa: ServiceAccount = one(&docs, None);

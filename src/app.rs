@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::cache::{self, Cache};
@@ -78,11 +77,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("loading the webhook's TLS certificate")?,
     );
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(resolver.clone())?));
-    let webhook_listener = TcpListener::bind(args.webhook.webhook_addr)
-        .await
+    let webhook_listener = server::bind(args.webhook.webhook_addr)
         .with_context(|| format!("binding the webhook on {}", args.webhook.webhook_addr))?;
-    let admin_listener = TcpListener::bind(args.admin.admin_addr)
-        .await
+    let admin_listener = server::bind(args.admin.admin_addr)
         .with_context(|| format!("binding the admin server on {}", args.admin.admin_addr))?;
 
     let client = kube::Client::try_default()

@@ -51,8 +51,9 @@ pub struct ServeArgs {
 
 #[derive(Clone, Debug, Args)]
 pub struct WebhookArgs {
-    /// HTTPS address of the admission webhook (POST /mutate-v1-pod).
-    #[arg(long, env = "READYGATE_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
+    /// HTTPS address of the admission webhook (POST /mutate-v1-pod). `[::]` listens on IPv6 and
+    /// IPv4 (EKS IPv6 clusters reach pods over IPv6 only).
+    #[arg(long, env = "READYGATE_WEBHOOK_ADDR", default_value = "[::]:9443")]
     pub webhook_addr: SocketAddr,
     /// PEM certificate chain served by the webhook.
     #[arg(long, env = "READYGATE_TLS_CERT", default_value = "/tls/tls.crt")]
@@ -76,8 +77,8 @@ pub struct WebhookArgs {
 
 #[derive(Clone, Debug, Args)]
 pub struct AdminArgs {
-    /// Plain-HTTP address for /healthz, /readyz and /metrics.
-    #[arg(long, env = "READYGATE_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    /// Plain-HTTP address for /healthz, /readyz and /metrics (`[::]`: IPv6 and IPv4).
+    #[arg(long, env = "READYGATE_ADMIN_ADDR", default_value = "[::]:8080")]
     pub admin_addr: SocketAddr,
 }
 
@@ -156,8 +157,8 @@ mod tests {
         let Command::Serve(s) = cli.command else {
             panic!()
         };
-        assert_eq!(s.webhook.webhook_addr.port(), 9443);
-        assert_eq!(s.admin.admin_addr.port(), 8080);
+        assert_eq!(s.webhook.webhook_addr, "[::]:9443".parse().unwrap());
+        assert_eq!(s.admin.admin_addr, "[::]:8080".parse().unwrap());
         assert_eq!(s.controller.poll_interval, Duration::from_secs(2));
         assert!(s.controller.unused_is_ready && s.controller.failsafe_timeout.is_none());
         let cli = Cli::try_parse_from([

@@ -1,6 +1,7 @@
 //! The two listeners: HTTPS for admission, plain HTTP for health and metrics.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,11 +13,35 @@ use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+pub use socket2::Socket;
+use socket2::{Domain, Protocol, Type};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::cache::Cache;
 use crate::metrics::Metrics;
+
+/// A listener on `addr` (the socket of `listen_socket`).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = listen_socket(addr)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// The unbound socket `bind` uses for `addr`. On an IPv6 wildcard (`[::]`) it takes IPv4
+/// connections too: IPV6_V6ONLY is turned off explicitly, since its default comes from the host
+/// (`net.ipv6.bindv6only`). (Linux turns it back on for a specific IPv6 address such as `[::1]`.)
+pub fn listen_socket(addr: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    // As tokio's own bind: a restarted replica can take its port back at once.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
 
 /// Limits of the HTTPS listener.
 #[derive(Clone, Copy, Debug)]

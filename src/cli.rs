@@ -28,6 +28,8 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start; boxing the flags would only add noise at every use.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the admission webhook (every replica) and the status controller (leader only).
     Serve(ServeArgs),
@@ -70,6 +72,14 @@ pub struct WebhookArgs {
     /// pod without its gate.
     #[arg(long, env = "READYGATE_HEADER_READ_TIMEOUT", default_value = "120s", value_parser = duration)]
     pub header_read_timeout: Duration,
+    /// How long the webhook keeps serving after SIGTERM, with /readyz failing, before it stops
+    /// accepting connections: the API server keeps calling a terminating replica until the
+    /// endpoint removal has reached it (a refused call creates the pod without its gates).
+    #[arg(long, env = "READYGATE_SHUTDOWN_DELAY", default_value = "10s", value_parser = duration)]
+    pub shutdown_delay: Duration,
+    /// Time requests in flight get to finish once the webhook stops accepting connections.
+    #[arg(long, env = "READYGATE_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub drain_timeout: Duration,
     /// Largest AdmissionReview body accepted, in bytes.
     #[arg(long, env = "READYGATE_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -160,6 +170,8 @@ mod tests {
         assert_eq!(s.webhook.webhook_addr, "[::]:9443".parse().unwrap());
         assert_eq!(s.admin.admin_addr, "[::]:8080".parse().unwrap());
         assert_eq!(s.controller.poll_interval, Duration::from_secs(2));
+        // Longer than endpoint propagation to the API server.
+        assert!(s.webhook.shutdown_delay >= Duration::from_secs(5));
         assert!(s.controller.unused_is_ready && s.controller.failsafe_timeout.is_none());
         let cli = Cli::try_parse_from([
             "readygate",

@@ -523,6 +523,7 @@ async fn webhook_and_admin_listen_on_ipv6_and_ipv4_by_default() {
             server::admin_router(AdminState {
                 cache,
                 metrics: Arc::new(Metrics::new()),
+                shutting_down: Default::default(),
             }),
         )
         .await
@@ -536,4 +537,101 @@ async fn webhook_and_admin_listen_on_ipv6_and_ipv4_by_default() {
     assert!(metrics.ends_with("# EOF\n"), "{metrics}");
     admin.abort();
     let _ = server.stop.send(());
+}
+
+#[tokio::test]
+async fn shutdown_fails_readiness_first_and_serves_new_connections_for_the_delay() {
+    let (_guard, dir, b) = keyed_dir();
+    readygate::install_crypto_provider();
+    let resolver = Arc::new(
+        ReloadingResolver::load(KeyPairPaths {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+        })
+        .unwrap(),
+    );
+    let cache =
+        support::shop("arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/1");
+    let metrics = Arc::new(Metrics::new());
+    let delay = Duration::from_millis(1500);
+    let servers = server::Servers {
+        webhook: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(resolver).unwrap())),
+        router: webhook::router(
+            WebhookState {
+                cache: cache.clone(),
+                metrics: metrics.clone(),
+            },
+            256 * 1024,
+        ),
+        limits: HttpsLimits {
+            handshake_timeout: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(2),
+        },
+        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        admin_state: AdminState {
+            cache,
+            metrics,
+            shutting_down: Default::default(),
+        },
+        shutdown_delay: delay,
+    };
+    let (webhook_addr, admin_addr) = (
+        servers.webhook.local_addr().unwrap(),
+        servers.admin.local_addr().unwrap(),
+    );
+    let (sigterm, signal) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(servers.run(async {
+        let _ = signal.await;
+    }));
+    assert_eq!(http_get(admin_addr, "/readyz").await.unwrap().0, 200);
+    let mut kept_alive = Client::connect(webhook_addr, &b.ca_pem).await.unwrap();
+    assert_eq!(kept_alive.post(review("Pod", &pod())).await.0, 200);
+
+    // SIGTERM: /readyz fails at once, so the endpoint removal starts...
+    sigterm.send(()).unwrap();
+    let signalled = Instant::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (status, body) = http_get(admin_addr, "/readyz").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("shutting down"), "{body}");
+    // ...while liveness holds, so the kubelet does not kill the replica meanwhile.
+    assert_eq!(http_get(admin_addr, "/healthz").await.unwrap().0, 200);
+
+    // The API server has not heard yet: NEW connections still get their patch, for the delay.
+    let mut answered = 0;
+    while signalled.elapsed() < delay - Duration::from_millis(300) {
+        let mut fresh = Client::connect(webhook_addr, &b.ca_pem)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "new connection refused {:?} after SIGTERM: {e}",
+                    signalled.elapsed()
+                )
+            });
+        let (status, body) = fresh.post(review("Pod", &pod())).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let answer: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            apply_patch(&answer, &pod())["spec"]["readinessGates"],
+            json!([{ "conditionType": "target-health.elbv2.k8s.aws/web-tgb" }])
+        );
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        answered >= 4,
+        "{answered} admissions answered during the delay"
+    );
+    assert_eq!(kept_alive.post(review("Pod", &pod())).await.0, 200);
+
+    // Then it stops accepting, drains, and returns (admin last).
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("servers stopped after the delay and the drain")
+        .unwrap();
+    assert!(signalled.elapsed() >= delay);
+    assert!(Client::connect(webhook_addr, &b.ca_pem).await.is_err());
+    assert!(http_get(admin_addr, "/healthz").await.is_err());
 }

@@ -112,6 +112,10 @@ pub struct ControllerArgs {
     /// ELBv2 calls that may go at once before the rate applies.
     #[arg(long, env = "READYGATE_ELBV2_BURST", default_value_t = 10)]
     pub elbv2_burst: u32,
+    /// Bound on one ELBv2 call (connect, attempt and operation); a call that times out is
+    /// counted, and its target group backs off and is polled again.
+    #[arg(long, env = "READYGATE_ELBV2_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub elbv2_timeout: Duration,
     /// Count `unused` targets with reason Target.NotInUse (target group attached to no load
     /// balancer, so no traffic waits on them) as ready.
     #[arg(long, env = "READYGATE_UNUSED_IS_READY", default_value_t = true, action = clap::ArgAction::Set)]

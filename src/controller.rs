@@ -613,7 +613,9 @@ pub async fn run(
     );
 
     let budget = Arc::new(Budget::new(args.elbv2_rate, args.elbv2_burst));
-    let elb = Elbv2::from_env(budget, metrics.clone()).await;
+    let elb = Elbv2::from_env(budget, metrics.clone())
+        .await
+        .with_timeout(args.elbv2_timeout);
     let (jobs_tx, jobs_rx) = mpsc::channel(4096);
     let (done_tx, done_rx) = mpsc::channel(4096);
     let writer = Arc::new(Writer::new(

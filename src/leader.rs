@@ -94,17 +94,19 @@ impl Leadership {
     }
 }
 
-/// `client`, telling `renewed` when a PATCH of the Lease at `path` succeeds.
+/// `client`, telling `renewed` when a PATCH of the Lease at `path` succeeds: the time it was
+/// sent, as the renewTime it wrote (and so the lease's expiry) is no later than that.
 fn observing_renewals(client: Client, path: String, renewed: watch::Sender<Instant>) -> Client {
     let namespace = client.default_namespace().to_string();
     let renewed = Arc::new(renewed);
     let service = tower::service_fn(move |req: Request<Body>| {
         let (client, renewed) = (client.clone(), renewed.clone());
         let lease_write = req.method() == Method::PATCH && req.uri().path() == path;
+        let sent = Instant::now();
         async move {
             let res: Response<Body> = client.send(req).await?;
             if lease_write && res.status().is_success() {
-                renewed.send_replace(Instant::now());
+                renewed.send_modify(|last| *last = (*last).max(sent));
             }
             Ok::<_, kube::Error>(res)
         }

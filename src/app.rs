@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::cache::{self, Cache};
@@ -78,11 +77,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("loading the webhook's TLS certificate")?,
     );
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(resolver.clone())?));
-    let webhook_listener = TcpListener::bind(args.webhook.webhook_addr)
-        .await
+    let webhook_listener = server::bind(args.webhook.webhook_addr)
         .with_context(|| format!("binding the webhook on {}", args.webhook.webhook_addr))?;
-    let admin_listener = TcpListener::bind(args.admin.admin_addr)
-        .await
+    let admin_listener = server::bind(args.admin.admin_addr)
         .with_context(|| format!("binding the admin server on {}", args.admin.admin_addr))?;
 
     let client = kube::Client::try_default()
@@ -108,36 +105,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )),
         false => tokio::spawn(std::future::pending()),
     };
-    let admin = axum::serve(
-        admin_listener,
-        server::admin_router(AdminState {
-            cache: cache.clone(),
-            metrics: metrics.clone(),
-        }),
-    )
-    .with_graceful_shutdown(stopped());
     let limits = HttpsLimits {
         handshake_timeout: Duration::from_secs(10),
         header_read_timeout: args.webhook.header_read_timeout,
-        drain_timeout: Duration::from_secs(20),
+        drain_timeout: args.webhook.drain_timeout,
     };
-    let https = server::serve_https(
-        webhook_listener,
+    let servers = server::Servers {
+        webhook: webhook_listener,
         acceptor,
-        webhook::router(
+        router: webhook::router(
             WebhookState {
-                cache,
-                metrics,
+                cache: cache.clone(),
+                metrics: metrics.clone(),
                 prestop_sleep: args.webhook.prestop_sleep,
             },
             args.webhook.max_body_bytes,
         ),
         limits,
-        stopped(),
-    );
+        admin: admin_listener,
+        admin_state: AdminState {
+            cache,
+            metrics,
+            shutting_down: Arc::default(),
+        },
+        shutdown_delay: args.webhook.shutdown_delay,
+    };
     tracing::info!(webhook = %args.webhook.webhook_addr, admin = %args.admin.admin_addr, "readygate serving");
-    let admin = tokio::spawn(async move { admin.await });
-    let https = tokio::spawn(https);
+    let servers = tokio::spawn(servers.run(stopped()));
     tokio::select! {
         () = shutdown_signal() => {}
         r = &mut controller => {
@@ -145,13 +139,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             r.context("status controller panicked")?.context("status controller")?;
         }
     }
+    // The controller steps down at once (its lease goes to another replica once its queued
+    // writes are done), while the webhook keeps serving for the shutdown delay.
     let _ = stop_tx.send(true);
-    let _ = https.await;
-    let _ = admin.await;
-    // The controller steps down (releases its lease) once its queued writes are done.
     if !args.controller.controller {
         controller.abort();
     }
     let _ = controller.await;
+    let _ = servers.await;
     Ok(())
 }

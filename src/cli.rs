@@ -30,6 +30,8 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start; boxing the flags would only add noise at every use.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the admission webhook (every replica) and the status controller (leader only).
     Serve(Box<ServeArgs>),
@@ -58,8 +60,9 @@ pub struct ServeArgs {
 
 #[derive(Clone, Debug, Args)]
 pub struct WebhookArgs {
-    /// HTTPS address of the admission webhook (POST /mutate-v1-pod).
-    #[arg(long, env = "READYGATE_WEBHOOK_ADDR", default_value = "0.0.0.0:9443")]
+    /// HTTPS address of the admission webhook (POST /mutate-v1-pod). `[::]` listens on IPv6 and
+    /// IPv4 (EKS IPv6 clusters reach pods over IPv6 only).
+    #[arg(long, env = "READYGATE_WEBHOOK_ADDR", default_value = "[::]:9443")]
     pub webhook_addr: SocketAddr,
     /// PEM certificate chain served by the webhook.
     #[arg(long, env = "READYGATE_TLS_CERT", default_value = "/tls/tls.crt")]
@@ -76,6 +79,14 @@ pub struct WebhookArgs {
     /// pod without its gate.
     #[arg(long, env = "READYGATE_HEADER_READ_TIMEOUT", default_value = "120s", value_parser = duration)]
     pub header_read_timeout: Duration,
+    /// How long the webhook keeps serving after SIGTERM, with /readyz failing, before it stops
+    /// accepting connections: the API server keeps calling a terminating replica until the
+    /// endpoint removal has reached it (a refused call creates the pod without its gates).
+    #[arg(long, env = "READYGATE_SHUTDOWN_DELAY", default_value = "10s", value_parser = duration)]
+    pub shutdown_delay: Duration,
+    /// Time requests in flight get to finish once the webhook stops accepting connections.
+    #[arg(long, env = "READYGATE_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub drain_timeout: Duration,
     /// Largest AdmissionReview body accepted, in bytes.
     #[arg(long, env = "READYGATE_MAX_BODY_BYTES", default_value_t = 3 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -92,8 +103,8 @@ pub struct WebhookArgs {
 
 #[derive(Clone, Debug, Args)]
 pub struct AdminArgs {
-    /// Plain-HTTP address for /healthz, /readyz and /metrics.
-    #[arg(long, env = "READYGATE_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    /// Plain-HTTP address for /healthz, /readyz and /metrics (`[::]`: IPv6 and IPv4).
+    #[arg(long, env = "READYGATE_ADMIN_ADDR", default_value = "[::]:8080")]
     pub admin_addr: SocketAddr,
 }
 
@@ -117,6 +128,10 @@ pub struct ControllerArgs {
     /// ELBv2 calls that may go at once before the rate applies.
     #[arg(long, env = "READYGATE_ELBV2_BURST", default_value_t = 10)]
     pub elbv2_burst: u32,
+    /// Bound on one ELBv2 call (connect, attempt and operation); a call that times out is
+    /// counted, and its target group backs off and is polled again.
+    #[arg(long, env = "READYGATE_ELBV2_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub elbv2_timeout: Duration,
     /// Count `unused` targets with reason Target.NotInUse (target group attached to no load
     /// balancer, so no traffic waits on them) as ready.
     #[arg(long, env = "READYGATE_UNUSED_IS_READY", default_value_t = true, action = clap::ArgAction::Set)]
@@ -172,9 +187,11 @@ mod tests {
         let Command::Serve(s) = cli.command else {
             panic!()
         };
-        assert_eq!(s.webhook.webhook_addr.port(), 9443);
-        assert_eq!(s.admin.admin_addr.port(), 8080);
+        assert_eq!(s.webhook.webhook_addr, "[::]:9443".parse().unwrap());
+        assert_eq!(s.admin.admin_addr, "[::]:8080".parse().unwrap());
         assert_eq!(s.controller.poll_interval, Duration::from_secs(2));
+        // Longer than endpoint propagation to the API server.
+        assert!(s.webhook.shutdown_delay >= Duration::from_secs(5));
         assert!(s.controller.unused_is_ready && s.controller.failsafe_timeout.is_none());
         let cli = Cli::try_parse_from([
             "readygate",

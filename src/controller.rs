@@ -435,7 +435,8 @@ impl Controller {
                         .observe((now / 1000 - c).max(0) as f64);
                 }
             }
-            Outcome::Written | Outcome::Gone => {}
+            // Meant for a pod that no longer exists: resending could only fail again.
+            Outcome::Written | Outcome::Gone | Outcome::Replaced => {}
             // Decide again on the next pass.
             Outcome::Conflict | Outcome::NotLeader | Outcome::Timeout | Outcome::Failed => {
                 self.sent.remove(&key);
@@ -612,7 +613,9 @@ pub async fn run(
     );
 
     let budget = Arc::new(Budget::new(args.elbv2_rate, args.elbv2_burst));
-    let elb = Elbv2::from_env(budget, metrics.clone()).await;
+    let elb = Elbv2::from_env(budget, metrics.clone())
+        .await
+        .with_timeout(args.elbv2_timeout);
     let (jobs_tx, jobs_rx) = mpsc::channel(4096);
     let (done_tx, done_rx) = mpsc::channel(4096);
     let writer = Arc::new(Writer::new(

@@ -2,7 +2,8 @@
 //!
 //! Uses the standard AWS configuration chain (region, IRSA / Pod Identity, AWS_ENDPOINT_URL),
 //! with the SDK's own retries off: every attempt takes a budget token, and the controller
-//! decides when to retry.
+//! decides when to retry. Every call is bounded (connect, attempt, operation): the SDK sets no
+//! operation timeout of its own, and a call that never returns would hold its target group.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_sdk_elasticloadbalancingv2::Client;
 use aws_sdk_elasticloadbalancingv2::config::http::HttpResponse;
 use aws_sdk_elasticloadbalancingv2::error::{ProvideErrorMetadata, SdkError};
@@ -27,6 +29,8 @@ pub enum ElbError {
     TargetGroupNotFound(String),
     #[error("ELBv2 server error: {0}")]
     Server(String),
+    #[error("ELBv2 call timed out: {0}")]
+    Timeout(String),
     #[error("ELBv2 request failed: {0}")]
     Other(String),
 }
@@ -37,6 +41,7 @@ impl ElbError {
             ElbError::Throttled(_) => "throttled",
             ElbError::TargetGroupNotFound(_) => "not_found",
             ElbError::Server(_) => "server_error",
+            ElbError::Timeout(_) => "timeout",
             ElbError::Other(_) => "error",
         }
     }
@@ -48,6 +53,14 @@ where
 {
     let text = aws_sdk_elasticloadbalancingv2::error::DisplayErrorContext(&err).to_string();
     let status = err.raw_response().map(|r| r.status().as_u16());
+    let timed_out = match &err {
+        SdkError::TimeoutError(_) => true,
+        SdkError::DispatchFailure(f) => f.is_timeout(),
+        _ => false,
+    };
+    if timed_out {
+        return ElbError::Timeout(text);
+    }
     match err.code() {
         Some(
             "Throttling"
@@ -78,11 +91,26 @@ impl GroupSettings {
     }
 }
 
+/// Default bound on one ELBv2 call (a Describe* answers in well under a second).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The SDK's timeouts for calls bounded by `timeout`: one attempt per call (the SDK's retries
+/// are off), so the attempt and the operation share the bound.
+fn timeouts(timeout: Duration) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT.min(timeout))
+        .operation_attempt_timeout(timeout)
+        .operation_timeout(timeout)
+        .build()
+}
+
 #[derive(Clone)]
 pub struct Elbv2 {
     client: Client,
     budget: Arc<Budget>,
     metrics: Arc<Metrics>,
+    timeout: Duration,
 }
 
 impl Elbv2 {
@@ -118,11 +146,49 @@ impl Elbv2 {
         metrics: Arc<Metrics>,
     ) -> Self {
         // The SDK's own retries would spend calls outside the budget; the controller retries.
-        let config = loader.retry_config(RetryConfig::disabled()).load().await;
+        let config = loader
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(timeouts(DEFAULT_TIMEOUT))
+            .load()
+            .await;
         Self {
             client: Client::new(&config),
             budget,
             metrics,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// The same client with every call bounded by `timeout`.
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        let config = self
+            .client
+            .config()
+            .to_builder()
+            .timeout_config(timeouts(timeout))
+            .build();
+        Self {
+            client: Client::from_conf(config),
+            timeout,
+            ..self
+        }
+    }
+
+    /// Bounds `call` by the timeout, whatever it is doing: the SDK's own timeouts should end it
+    /// first, this is the guarantee that the group is never held.
+    async fn bounded<T, E>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    ) -> Result<T, ElbError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        match tokio::time::timeout(self.timeout + Duration::from_secs(1), call).await {
+            Ok(r) => r.map_err(classify),
+            Err(_) => Err(ElbError::Timeout(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
         }
     }
 
@@ -145,12 +211,13 @@ impl Elbv2 {
     pub async fn target_health(&self, arn: &str) -> Result<HashMap<Target, Health>, ElbError> {
         self.budget.acquire().await;
         let result = self
-            .client
-            .describe_target_health()
-            .target_group_arn(arn)
-            .send()
-            .await
-            .map_err(classify);
+            .bounded(
+                self.client
+                    .describe_target_health()
+                    .target_group_arn(arn)
+                    .send(),
+            )
+            .await;
         self.count("DescribeTargetHealth", result.as_ref().map(|_| ()));
         let out = result?;
         Ok(out
@@ -196,12 +263,13 @@ impl Elbv2 {
     ) -> Result<HashMap<String, GroupSettings>, ElbError> {
         self.budget.acquire().await;
         let result = self
-            .client
-            .describe_target_groups()
-            .set_target_group_arns(Some(arns.to_vec()))
-            .send()
-            .await
-            .map_err(classify);
+            .bounded(
+                self.client
+                    .describe_target_groups()
+                    .set_target_group_arns(Some(arns.to_vec()))
+                    .send(),
+            )
+            .await;
         self.count("DescribeTargetGroups", result.as_ref().map(|_| ()));
         Ok(result?
             .target_groups()

@@ -1,7 +1,10 @@
 //! The two listeners: HTTPS for admission, plain HTTP for health and metrics.
 
 use std::future::Future;
+use std::future::IntoFuture;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -12,11 +15,35 @@ use axum::routing::get;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+pub use socket2::Socket;
+use socket2::{Domain, Protocol, Type};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::cache::Cache;
 use crate::metrics::Metrics;
+
+/// A listener on `addr` (the socket of `listen_socket`).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = listen_socket(addr)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// The unbound socket `bind` uses for `addr`. On an IPv6 wildcard (`[::]`) it takes IPv4
+/// connections too: IPV6_V6ONLY is turned off explicitly, since its default comes from the host
+/// (`net.ipv6.bindv6only`). (Linux turns it back on for a specific IPv6 address such as `[::1]`.)
+pub fn listen_socket(addr: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    // As tokio's own bind: a restarted replica can take its port back at once.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
 
 /// Limits of the HTTPS listener.
 #[derive(Clone, Copy, Debug)]
@@ -89,6 +116,61 @@ pub async fn serve_https(
 pub struct AdminState {
     pub cache: Arc<Cache>,
     pub metrics: Arc<Metrics>,
+    /// Set when shutdown starts: `/readyz` fails from then on.
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+/// Both listeners, and how this replica leaves the webhook Service's endpoints.
+pub struct Servers {
+    pub webhook: TcpListener,
+    pub acceptor: TlsAcceptor,
+    pub router: Router,
+    pub limits: HttpsLimits,
+    pub admin: TcpListener,
+    pub admin_state: AdminState,
+    /// How long the webhook keeps serving after shutdown starts.
+    pub shutdown_delay: Duration,
+}
+
+impl Servers {
+    /// Serves until `signal` resolves, then shuts down in the order the API server needs: it
+    /// keeps calling this replica until the endpoint removal has reached it, and with
+    /// `failurePolicy: Ignore` a refused call is a pod created without its gates. So `/readyz`
+    /// fails at once, the webhook keeps accepting new connections and requests for
+    /// `shutdown_delay`, then stops accepting and drains (bounded by the drain timeout); the
+    /// admin endpoints stay up to the end, so `/healthz` never fails while this happens.
+    pub async fn run(self, signal: impl Future<Output = ()>) {
+        let Servers {
+            webhook,
+            acceptor,
+            router,
+            limits,
+            admin,
+            admin_state,
+            shutdown_delay,
+        } = self;
+        let shutting_down = admin_state.shutting_down.clone();
+        let (webhook_done, admin_stop) = tokio::sync::oneshot::channel::<()>();
+        let admin = axum::serve(admin, admin_router(admin_state)).with_graceful_shutdown(async {
+            let _ = admin_stop.await;
+        });
+        let admin = tokio::spawn(admin.into_future());
+        let stop_accepting = async move {
+            signal.await;
+            shutting_down.store(true, Ordering::SeqCst);
+            tracing::info!(
+                delay = ?shutdown_delay,
+                "shutting down: /readyz fails; the webhook serves until its endpoint is gone"
+            );
+            tokio::time::sleep(shutdown_delay).await;
+            tracing::info!("webhook stops accepting connections and drains");
+        };
+        serve_https(webhook, acceptor, router, limits, stop_accepting).await;
+        let _ = webhook_done.send(());
+        if let Ok(Err(e)) = admin.await {
+            tracing::warn!(error = %e, "admin server failed");
+        }
+    }
 }
 
 /// `/healthz` (the process answers), `/readyz` (caches synced), `/metrics`.
@@ -101,6 +183,12 @@ pub fn admin_router(state: AdminState) -> Router {
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    if state.shutting_down.load(Ordering::SeqCst) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: shutting down (the webhook still answers until this endpoint is gone, then drains)\n".to_string(),
+        );
+    }
     let ix = state.cache.read();
     let s = ix.synced();
     let mut missing = Vec::new();
@@ -162,6 +250,7 @@ mod tests {
         let state = AdminState {
             cache: Arc::new(Cache::default()),
             metrics: Arc::new(Metrics::new()),
+            shutting_down: Arc::default(),
         };
         assert_eq!(get(state.clone(), "/healthz").await.0, StatusCode::OK);
         let (status, body) = get(state.clone(), "/readyz").await;
@@ -186,6 +275,12 @@ mod tests {
         );
         state.cache.write().bindings_crd_missing = false;
         assert_eq!(get(state.clone(), "/readyz").await.1, "ready\n");
+        // Shutting down: not ready whatever the caches say; alive still.
+        state.shutting_down.store(true, Ordering::SeqCst);
+        let (status, body) = get(state.clone(), "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("shutting down"), "{body}");
+        assert_eq!(get(state.clone(), "/healthz").await.0, StatusCode::OK);
         let (status, body) = get(state, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(

@@ -42,7 +42,10 @@ pub enum Outcome {
     Written,
     /// The pod no longer exists: nothing to do.
     Gone,
-    /// The pod was replaced (uid mismatch) or changed under us: the next pass decides again.
+    /// The pod of that name now has another uid: the write was meant for a pod that no longer
+    /// exists, so it is dropped (the replacement is a pod of its own, decided on its own).
+    Replaced,
+    /// The pod changed under us: the next pass decides again.
     Conflict,
     NotLeader,
     Timeout,
@@ -54,6 +57,7 @@ impl Outcome {
         match self {
             Outcome::Written => "written",
             Outcome::Gone => "gone",
+            Outcome::Replaced => "replaced",
             Outcome::Conflict => "conflict",
             Outcome::NotLeader => "not_leader",
             Outcome::Timeout => "timeout",
@@ -63,7 +67,8 @@ impl Outcome {
 }
 
 /// The strategic-merge patch of `pods/status` for one condition. `metadata.uid` makes the API
-/// server refuse (409) a write meant for an earlier pod of the same name.
+/// server refuse a write meant for an earlier pod of the same name: a PATCH carries no uid
+/// precondition, so kube-apiserver answers 422 Invalid "metadata.uid: ... field is immutable".
 pub fn status_patch(w: &ConditionWrite) -> Value {
     json!({
         "metadata": { "uid": w.uid },
@@ -78,6 +83,14 @@ pub fn status_patch(w: &ConditionWrite) -> Value {
             }]
         }
     })
+}
+
+/// Whether the API server refused the patch because the pod of that name has another uid.
+fn uid_changed(s: &kube::core::Status) -> bool {
+    s.code == 422
+        && s.details
+            .as_ref()
+            .is_some_and(|d| d.causes.iter().any(|c| c.field == "metadata.uid"))
 }
 
 pub struct Writer {
@@ -128,6 +141,7 @@ impl Writer {
                 Err(_) => Outcome::Timeout,
                 Ok(Ok(_)) => Outcome::Written,
                 Ok(Err(kube::Error::Api(s))) if s.code == 404 => Outcome::Gone,
+                Ok(Err(kube::Error::Api(s))) if uid_changed(&s) => Outcome::Replaced,
                 Ok(Err(kube::Error::Api(s))) if s.code == 409 => Outcome::Conflict,
                 Ok(Err(e)) => {
                     tracing::warn!(namespace = %w.namespace, pod = %w.pod, error = %e, "status write failed");

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use clap::Parser;
 use k8s_openapi::Resource;
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -16,6 +17,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use readygate::cli::{Cli, Command as Subcommand};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -837,6 +839,57 @@ fn deployment_runs_locked_down_with_probes_and_rotating_tls() {
     );
 }
 
+#[test]
+fn deployment_keeps_serving_until_its_endpoint_is_gone_then_drains() {
+    let docs = load_docs(&base_dir());
+    let deployment: Deployment = one(&docs, Some("readygate"));
+    let c = readygate_container(&deployment);
+    // The image is distroless: the preStop must be the native sleep, not exec (no shell).
+    let pre_stop = c
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .expect("a preStop hook");
+    assert!(
+        pre_stop.exec.is_none() && pre_stop.http_get.is_none() && pre_stop.tcp_socket.is_none()
+    );
+    let sleep = pre_stop.sleep.as_ref().expect("preStop.sleep").seconds;
+    assert!(
+        sleep >= 5,
+        "preStop sleeps {sleep}s, less than endpoint propagation"
+    );
+
+    // What readygate does after SIGTERM, from its flags (the container's env, else defaults).
+    let mut argv = vec!["readygate".to_owned()];
+    argv.extend(c.args.iter().flatten().cloned());
+    for e in c.env.iter().flatten() {
+        let flag = match e.name.as_str() {
+            "READYGATE_SHUTDOWN_DELAY" => "--shutdown-delay",
+            "READYGATE_DRAIN_TIMEOUT" => "--drain-timeout",
+            _ => continue,
+        };
+        argv.extend([flag.to_owned(), e.value.clone().expect("a literal value")]);
+    }
+    let Subcommand::Serve(serve) = Cli::try_parse_from(&argv)
+        .expect("the container's args")
+        .command
+    else {
+        panic!("the container runs `readygate serve`")
+    };
+    let delay = serve.webhook.shutdown_delay.as_secs() as i64;
+    let drain = serve.webhook.drain_timeout.as_secs() as i64;
+    assert!(delay >= 5, "shutdown delay {delay}s");
+    let grace = pod_spec(&deployment)
+        .termination_grace_period_seconds
+        .expect("terminationGracePeriodSeconds");
+    // preStop and the shutdown delay run one after the other, then the drain; 5 s more for the
+    // lease hand-over and exit.
+    assert!(
+        grace >= sleep + delay + drain + 5,
+        "terminationGracePeriodSeconds {grace} < preStop {sleep} + delay {delay} + drain {drain} + 5"
+    );
+}
+
 /// (apiGroup, resource, verb) triples a rule grants.
 fn grants(rules: &[PolicyRule]) -> BTreeSet<(String, String, String)> {
     let mut out = BTreeSet::new();
@@ -904,20 +957,17 @@ fn rbac_grants_exactly_the_calls_readygate_makes() {
     let role: Role = one(&docs, None);
     assert_eq!(role.metadata.namespace.as_deref(), Some(NAMESPACE));
     let role_rules = role.rules.as_deref().unwrap_or_default();
+    // kube-lease-manager's calls (GET, POST, PATCH: tests/leader.rs checks the methods).
     assert_eq!(
         grants(role_rules),
-        triples(&[(
-            "coordination.k8s.io",
-            "leases",
-            &["get", "create", "update", "patch"]
-        )]),
+        triples(&[("coordination.k8s.io", "leases", &["get", "create", "patch"])]),
         "leader election needs exactly these Lease verbs"
     );
-    for rule in role_rules {
-        if let Some(names) = &rule.resource_names {
-            assert_eq!(names, &["readygate"], "the Lease is named readygate");
-        }
-    }
+    // A name pinned here would break leader election for any other --lease-name.
+    assert!(
+        role_rules.iter().all(|r| r.resource_names.is_none()),
+        "the Lease rules must not pin a name: --lease-name picks it"
+    );
 
     // Both roles are bound to the ServiceAccount the Deployment runs as.
     let sa: ServiceAccount = one(&docs, None);

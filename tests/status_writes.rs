@@ -44,17 +44,29 @@ fn status(code: u16, reason: &str) -> Response<Body> {
         .unwrap()
 }
 
+type Seen = Option<(String, String, String, Value)>;
+
 /// Runs one write against the scripted server; returns the outcome and the request it saw.
 async fn exchange(
     leader: bool,
     answer: impl FnOnce(&Value) -> Response<Body> + Send + 'static,
-) -> (Outcome, Option<(String, String, String, Value)>) {
+) -> (Outcome, Seen) {
+    let (outcome, seen, _) = counted_exchange(leader, answer).await;
+    (outcome, seen)
+}
+
+/// `exchange`, also returning the writer's metrics.
+async fn counted_exchange(
+    leader: bool,
+    answer: impl FnOnce(&Value) -> Response<Body> + Send + 'static,
+) -> (Outcome, Seen, String) {
     let (client, mut handle) = client();
     let (_tx, rx) = watch::channel(leader);
+    let metrics = Arc::new(Metrics::new());
     let writer = Writer::new(
         client,
         rx,
-        Arc::new(Metrics::new()),
+        metrics.clone(),
         Duration::from_secs(5),
         "test".into(),
     );
@@ -77,7 +89,7 @@ async fn exchange(
     let outcome = tokio::time::timeout(Duration::from_secs(10), writer.write(&write()))
         .await
         .expect("write finished");
-    (outcome, server.await.unwrap())
+    (outcome, server.await.unwrap(), metrics.encode())
 }
 
 #[tokio::test]
@@ -123,10 +135,52 @@ async fn a_pod_that_is_gone_is_not_an_error() {
 }
 
 #[tokio::test]
-async fn a_replaced_pod_is_a_conflict_to_decide_again() {
+async fn a_conflict_is_decided_again() {
     let (outcome, seen) = exchange(true, |_| status(409, "Conflict")).await;
     assert!(seen.is_some());
     assert_eq!(outcome, Outcome::Conflict);
+}
+
+/// kube-apiserver's answer to a PATCH whose `metadata.uid` is not the stored object's (the
+/// patch handler passes no uid precondition; `rest.BeforeUpdate` finds an immutable field
+/// changed), for pods/status, where the status strategy validates the metadata a second time.
+fn uid_immutable(name: &str, uid: &str) -> Response<Body> {
+    let why = format!("Invalid value: \"{uid}\": field is immutable");
+    let cause = json!({ "reason": "FieldValueInvalid", "message": why, "field": "metadata.uid" });
+    let body = json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                       "message": format!("Pod \"{name}\" is invalid: metadata.uid: {why}"),
+                       "reason": "Invalid",
+                       "details": { "name": name, "kind": "Pod", "causes": [cause.clone(), cause] },
+                       "code": 422 });
+    Response::builder()
+        .status(422)
+        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_replaced_pod_drops_the_write() {
+    // A pod of the same name with another uid: the write was for a pod that is gone.
+    let (outcome, seen, metrics) = counted_exchange(true, |body| {
+        assert_eq!(
+            body["metadata"]["uid"],
+            write().uid,
+            "the patch names the uid"
+        );
+        uid_immutable("web-6d9f-x2x7k", body["metadata"]["uid"].as_str().unwrap())
+    })
+    .await;
+    assert!(seen.is_some());
+    assert_eq!(outcome, Outcome::Replaced);
+    assert!(
+        metrics.contains(r#"readygate_status_writes_total{outcome="replaced"} 1"#)
+            && !metrics.contains(r#"outcome="failed""#),
+        "{metrics}"
+    );
+
+    // Any other 422 is a real failure.
+    let (outcome, _, _) = counted_exchange(true, |_| status(422, "Invalid")).await;
+    assert_eq!(outcome, Outcome::Failed);
 }
 
 #[tokio::test]

@@ -2,19 +2,22 @@
 
 mod support;
 
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use readygate::cache::Cache;
 use readygate::certs::{self, Bundle};
+use readygate::cli::{Cli, Command};
 use readygate::domain::NamespaceSettings;
 use readygate::metrics::Metrics;
-use readygate::server::{self, HttpsLimits};
+use readygate::server::{self, AdminState, HttpsLimits};
 use readygate::termination::{PRESTOP_SLEEP_ANNOTATION, PrestopSleep};
 use readygate::tls::{self, KeyPairPaths, ReloadingResolver};
 use readygate::webhook::{self, WebhookState};
@@ -61,6 +64,18 @@ async fn serve(
     limits: HttpsLimits,
     metrics: Arc<Metrics>,
 ) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(listener, dir, router, limits, metrics)
+}
+
+/// `serve` on a given listener.
+fn serve_on(
+    listener: TcpListener,
+    dir: &Path,
+    router: axum::Router,
+    limits: HttpsLimits,
+    metrics: Arc<Metrics>,
+) -> Server {
     readygate::install_crypto_provider();
     let resolver = Arc::new(
         ReloadingResolver::load(KeyPairPaths {
@@ -75,7 +90,6 @@ async fn serve(
             .watch(Duration::from_millis(100), metrics.clone()),
     );
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(resolver).unwrap()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server::serve_https(
@@ -111,6 +125,17 @@ async fn start_with(
     cache: Arc<Cache>,
     prestop_sleep: PrestopSleep,
 ) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_on(listener, dir, header_read_timeout, cache, prestop_sleep)
+}
+
+fn start_on(
+    listener: TcpListener,
+    dir: &Path,
+    header_read_timeout: Duration,
+    cache: Arc<Cache>,
+    prestop_sleep: PrestopSleep,
+) -> Server {
     let metrics = Arc::new(Metrics::new());
     let router = webhook::router(
         WebhookState {
@@ -125,7 +150,32 @@ async fn start_with(
         header_read_timeout,
         drain_timeout: Duration::from_secs(2),
     };
-    serve(dir, router, limits, metrics).await
+    serve_on(listener, dir, router, limits, metrics)
+}
+
+/// One plain-HTTP GET on a fresh connection: (status, body).
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let tcp = TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = sender
+        .send_request(req)
+        .await
+        .map_err(std::io::Error::other)?;
+    let status = res.status().as_u16();
+    let body = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 fn connector(ca_pem: &str) -> TlsConnector {
@@ -510,4 +560,171 @@ async fn prestop_sleep_over_tls_in_an_annotated_namespace() {
         "{text}"
     );
     let _ = server.stop.send(());
+}
+
+#[tokio::test]
+async fn webhook_and_admin_listen_on_ipv6_and_ipv4_by_default() {
+    // The defaults are the IPv6 wildcard, so EKS IPv6 clusters reach the pod without flags.
+    let Command::Serve(args) = Cli::try_parse_from(["readygate", "serve"]).unwrap().command else {
+        unreachable!()
+    };
+    for addr in [args.webhook.webhook_addr, args.admin.admin_addr] {
+        assert_eq!(addr.ip(), IpAddr::V6(Ipv6Addr::UNSPECIFIED), "{addr}");
+        // Dual-stack: the socket for `[::]` takes IPv4 connections too, whatever the host's
+        // net.ipv6.bindv6only says (checked unbound: tests never listen beyond loopback).
+        let socket = server::listen_socket(addr).unwrap();
+        assert!(!socket.only_v6().unwrap(), "IPV6_V6ONLY is on for {addr}");
+    }
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        println!("SKIPPED: this machine has no IPv6 loopback");
+        return;
+    }
+    // Tests stay on loopback: the same bind as `serve`, on [::1] instead of [::].
+    let on_loopback = |mut addr: SocketAddr| {
+        addr.set_ip(IpAddr::V6(Ipv6Addr::LOCALHOST));
+        addr.set_port(0);
+        server::bind(addr).unwrap()
+    };
+    let webhook_listener = on_loopback(args.webhook.webhook_addr);
+    let admin_listener = on_loopback(args.admin.admin_addr);
+
+    let (_guard, dir, b) = keyed_dir();
+    let server = start_on(
+        webhook_listener,
+        &dir,
+        Duration::from_secs(10),
+        shop(),
+        PrestopSleep::Off,
+    );
+    assert!(server.addr.is_ipv6());
+    let mut client = Client::connect(server.addr, &b.ca_pem).await.unwrap();
+    let (status, body) = client.post(review("Pod", &pod())).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        apply_patch(&answer, &pod())["spec"]["readinessGates"],
+        json!([{ "conditionType": "target-health.elbv2.k8s.aws/web-tgb" }])
+    );
+
+    let admin_addr = admin_listener.local_addr().unwrap();
+    let cache =
+        support::shop("arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/1");
+    let admin = tokio::spawn(async move {
+        axum::serve(
+            admin_listener,
+            server::admin_router(AdminState {
+                cache,
+                metrics: Arc::new(Metrics::new()),
+                shutting_down: Default::default(),
+            }),
+        )
+        .await
+    });
+    assert_eq!(
+        http_get(admin_addr, "/healthz").await.unwrap(),
+        (200, "ok\n".to_string())
+    );
+    let (status, metrics) = http_get(admin_addr, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+    admin.abort();
+    let _ = server.stop.send(());
+}
+
+#[tokio::test]
+async fn shutdown_fails_readiness_first_and_serves_new_connections_for_the_delay() {
+    let (_guard, dir, b) = keyed_dir();
+    readygate::install_crypto_provider();
+    let resolver = Arc::new(
+        ReloadingResolver::load(KeyPairPaths {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+        })
+        .unwrap(),
+    );
+    let cache =
+        support::shop("arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/1");
+    let metrics = Arc::new(Metrics::new());
+    let delay = Duration::from_millis(1500);
+    let servers = server::Servers {
+        webhook: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(resolver).unwrap())),
+        router: webhook::router(
+            WebhookState {
+                cache: cache.clone(),
+                metrics: metrics.clone(),
+                prestop_sleep: PrestopSleep::Off,
+            },
+            256 * 1024,
+        ),
+        limits: HttpsLimits {
+            handshake_timeout: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(2),
+        },
+        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        admin_state: AdminState {
+            cache,
+            metrics,
+            shutting_down: Default::default(),
+        },
+        shutdown_delay: delay,
+    };
+    let (webhook_addr, admin_addr) = (
+        servers.webhook.local_addr().unwrap(),
+        servers.admin.local_addr().unwrap(),
+    );
+    let (sigterm, signal) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(servers.run(async {
+        let _ = signal.await;
+    }));
+    assert_eq!(http_get(admin_addr, "/readyz").await.unwrap().0, 200);
+    let mut kept_alive = Client::connect(webhook_addr, &b.ca_pem).await.unwrap();
+    assert_eq!(kept_alive.post(review("Pod", &pod())).await.0, 200);
+
+    // SIGTERM: /readyz fails at once, so the endpoint removal starts...
+    sigterm.send(()).unwrap();
+    let signalled = Instant::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (status, body) = http_get(admin_addr, "/readyz").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("shutting down"), "{body}");
+    // ...while liveness holds, so the kubelet does not kill the replica meanwhile.
+    assert_eq!(http_get(admin_addr, "/healthz").await.unwrap().0, 200);
+
+    // The API server has not heard yet: NEW connections still get their patch, for the delay.
+    let mut answered = 0;
+    while signalled.elapsed() < delay - Duration::from_millis(300) {
+        let mut fresh = Client::connect(webhook_addr, &b.ca_pem)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "new connection refused {:?} after SIGTERM: {e}",
+                    signalled.elapsed()
+                )
+            });
+        let (status, body) = fresh.post(review("Pod", &pod())).await;
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let answer: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            apply_patch(&answer, &pod())["spec"]["readinessGates"],
+            json!([{ "conditionType": "target-health.elbv2.k8s.aws/web-tgb" }])
+        );
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        answered >= 4,
+        "{answered} admissions answered during the delay"
+    );
+    assert_eq!(kept_alive.post(review("Pod", &pod())).await.0, 200);
+
+    // Then it stops accepting, drains, and returns (admin last).
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("servers stopped after the delay and the drain")
+        .unwrap();
+    assert!(signalled.elapsed() >= delay);
+    assert!(Client::connect(webhook_addr, &b.ca_pem).await.is_err());
+    assert!(http_get(admin_addr, "/healthz").await.is_err());
 }

@@ -106,10 +106,46 @@ async fn crud_and_status_subresource_with_kube_rs() {
     assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Running"));
     assert_eq!(p.metadata.labels.unwrap()["x"], "y");
 
-    // A uid that is not the stored pod's is a 409, as with the real API server.
-    let stale = json!({"metadata": {"uid": "00000000-0000-4000-8000-000000000000"}, "status": {"conditions": [{"type": "X", "status": "True"}]}});
+    // A PATCH naming a uid that is not the stored pod's changes an immutable field: 422
+    // Invalid, with kube-apiserver's message and cause (its patch handler sets no uid
+    // precondition; `rest.BeforeUpdate` validates the metadata), and nothing is written.
+    let before = pods.get("web-1").await.unwrap();
+    let stale_uid = "00000000-0000-4000-8000-000000000000";
+    let stale = json!({"metadata": {"uid": stale_uid}, "status": {"conditions": [{"type": "X", "status": "True"}]}});
+    for write in [
+        pods.patch_status("web-1", &PatchParams::default(), &Patch::Strategic(&stale))
+            .await,
+        pods.patch_status("web-1", &PatchParams::default(), &Patch::Merge(&stale))
+            .await,
+        pods.patch("web-1", &PatchParams::default(), &Patch::Strategic(&stale))
+            .await,
+    ] {
+        let Err(kube::Error::Api(s)) = write else {
+            panic!("not an API error: {write:?}")
+        };
+        assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"), "{s:?}");
+        assert_eq!(
+            s.message,
+            format!(
+                "Pod \"web-1\" is invalid: metadata.uid: Invalid value: \"{stale_uid}\": field is immutable"
+            )
+        );
+        let causes = s.details.map(|d| d.causes).unwrap_or_default();
+        assert_eq!(
+            causes.iter().map(|c| c.field.as_str()).collect::<Vec<_>>(),
+            ["metadata.uid"]
+        );
+    }
+    let after = pods.get("web-1").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "nothing written"
+    );
+    // A PUT carries the uid as a storage precondition instead: 409 Conflict.
+    let mut replaced = after.clone();
+    replaced.metadata.uid = Some(stale_uid.into());
     let err = pods
-        .patch_status("web-1", &PatchParams::default(), &Patch::Strategic(&stale))
+        .replace_status("web-1", &PostParams::default(), &replaced)
         .await
         .unwrap_err();
     assert!(

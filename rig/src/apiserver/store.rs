@@ -488,6 +488,24 @@ impl Store {
         if str_at(body, "/metadata/resourceVersion").is_empty() {
             doc["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
         }
+        // kube-apiserver's patch handler passes no uid precondition to storage (it builds the
+        // update from `DefaultUpdatedObjectInfo(nil, ...)`): a patched uid that differs from the
+        // stored one fails `rest.BeforeUpdate`'s metadata validation as a change of an
+        // immutable field, 422 Invalid — after the resourceVersion check, which is storage's.
+        let (patched_uid, old_uid) = (str_at(&doc, "/metadata/uid"), str_at(&old, "/metadata/uid"));
+        let rv = str_at(&doc, "/metadata/resourceVersion");
+        if !patched_uid.is_empty()
+            && patched_uid != old_uid
+            && (rv.is_empty() || rv == str_at(&old, "/metadata/resourceVersion"))
+        {
+            return Err(ApiError::invalid(
+                res.kind,
+                res.group,
+                name,
+                "metadata.uid",
+                &format!("Invalid value: \"{patched_uid}\": field is immutable"),
+            ));
+        }
         self.write(&mut inner, res, key, old, doc, sub, opts)
     }
 

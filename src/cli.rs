@@ -30,7 +30,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the admission webhook (every replica) and the status controller (leader only).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Generate a CA and a serving certificate for the webhook Service.
     Certs(CertsArgs),
 }
@@ -47,6 +47,8 @@ pub struct ServeArgs {
     pub admin: AdminArgs,
     #[command(flatten)]
     pub controller: ControllerArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -125,6 +127,15 @@ pub struct ControllerArgs {
     pub write_timeout: Duration,
 }
 
+#[derive(Clone, Debug, Args)]
+pub struct CacheArgs {
+    /// How long the TargetGroupBinding CRD must be confirmed absent by discovery, while its
+    /// list/watch answers 404, before the known bindings are dropped (their pending gates are
+    /// then released). A 404 alone, as during an API server restart, never drops them.
+    #[arg(long, env = "READYGATE_CRD_MISSING_GRACE", default_value = "2m", value_parser = duration)]
+    pub crd_missing_grace: Duration,
+}
+
 #[derive(Debug, Args)]
 pub struct CertsArgs {
     /// Name of the webhook Service.
@@ -160,6 +171,7 @@ mod tests {
         assert_eq!(s.admin.admin_addr.port(), 8080);
         assert_eq!(s.controller.poll_interval, Duration::from_secs(2));
         assert!(s.controller.unused_is_ready && s.controller.failsafe_timeout.is_none());
+        assert_eq!(s.cache.crd_missing_grace, Duration::from_secs(120));
         let cli = Cli::try_parse_from([
             "readygate",
             "serve",

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod condition;
 pub mod controller;
 pub mod crd;
+pub mod crd_presence;
 pub mod domain;
 pub mod elbv2;
 pub mod gates;

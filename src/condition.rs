@@ -97,7 +97,7 @@ pub fn from_health(health: &Health, policy: Policy) -> Desired {
 }
 
 /// What to write given the pod's current condition, or `None` when the write would change
-/// nothing. A True gate stays True; the transition time is kept while the status is unchanged.
+/// nothing. A True gate stays True (a container restart reopens it: `recheck`); the transition time is kept while the status is unchanged.
 pub fn next(
     current: Option<&Condition>,
     desired: &Desired,
@@ -123,6 +123,18 @@ pub fn next(
         message: desired.message.clone(),
         last_transition_time,
     })
+}
+
+/// What to write on a gate that was True before its containers restarted: the condition with a
+/// fresh transition time, whatever it says, so the gate reads as checked after the restart
+/// (and a True from a healthy answer settles it instead of leaving it pending).
+pub fn recheck(desired: &Desired, now_rfc3339: &str) -> Condition {
+    Condition {
+        status: desired.status,
+        reason: desired.reason.clone(),
+        message: desired.message.clone(),
+        last_transition_time: Some(now_rfc3339.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -309,6 +321,20 @@ mod tests {
                 .unwrap()
                 .last_transition_time
                 .as_deref(),
+            Some(now)
+        );
+    }
+
+    #[test]
+    fn a_recheck_after_a_restart_can_turn_true_false_and_always_moves_the_transition_time() {
+        let now = "2026-11-21T10:05:00Z";
+        let w = recheck(&not_registered(), now);
+        assert_eq!(w.status, ConditionStatus::False);
+        assert_eq!(w.reason, REASON_REGISTRATION);
+        assert_eq!(w.last_transition_time.as_deref(), Some(now));
+        let healthy = from_health(&h("healthy", None, None), Policy::default());
+        assert_eq!(
+            recheck(&healthy, now).last_transition_time.as_deref(),
             Some(now)
         );
     }

@@ -63,6 +63,8 @@ pub struct GateWork {
     pub created: Option<i64>,
     pub binding: String,
     pub current: Option<crate::domain::Condition>,
+    /// The gate was True, then the containers restarted: it follows ELB again.
+    pub reopened: bool,
     pub need: Need,
 }
 
@@ -75,7 +77,8 @@ pub fn plan(ix: &Index, now_ms: i64, failsafe: Option<Duration>) -> Vec<GateWork
             continue;
         }
         for binding in &pod.gates {
-            if pod.gate_is_true(binding) {
+            let reopened = restarted_since_true(pod, binding);
+            if pod.gate_is_true(binding) && !reopened {
                 continue;
             }
             work.push(GateWork {
@@ -85,11 +88,28 @@ pub fn plan(ix: &Index, now_ms: i64, failsafe: Option<Duration>) -> Vec<GateWork
                 created: pod.created,
                 binding: binding.clone(),
                 current: pod.condition(binding).cloned(),
+                reopened,
                 need: need(ix, ns, pod, binding, now_ms, failsafe),
             });
         }
     }
     work
+}
+
+/// The gate is True but the containers turned ready after it did (a container restarted, and
+/// its target was re-registered and is checked from scratch): as the AWS Load Balancer
+/// Controller does, the gate must follow ELB again.
+pub fn restarted_since_true(pod: &Pod, binding: &str) -> bool {
+    let Some(c) = pod.condition(binding) else {
+        return false;
+    };
+    let gate_since = c
+        .last_transition_time
+        .as_deref()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.as_second());
+    c.status == ConditionStatus::True
+        && matches!((pod.containers_ready_since, gate_since), (Some(ready), Some(gate)) if ready > gate)
 }
 
 fn need(
@@ -347,7 +367,8 @@ impl Controller {
             .and_then(|g| g.health.as_ref())
             .filter(|(_, at)| wait.ready_since_ms.is_some_and(|r| *at >= r));
         match answer {
-            None => w.current.is_none().then(condition::not_registered),
+            // A reopened gate must not stay True until the first answer: the target is new.
+            None => (w.current.is_none() || w.reopened).then(condition::not_registered),
             Some((targets, at)) => Some(match targets.get(&wait.target) {
                 None => condition::not_registered(),
                 Some(h) => {
@@ -364,7 +385,12 @@ impl Controller {
     }
 
     fn write(&mut self, w: &GateWork, desired: &Desired, now: i64) {
-        let Some(condition) = condition::next(w.current.as_ref(), desired, &rfc3339(now)) else {
+        let condition = if w.reopened {
+            Some(condition::recheck(desired, &rfc3339(now)))
+        } else {
+            condition::next(w.current.as_ref(), desired, &rfc3339(now))
+        };
+        let Some(condition) = condition else {
             self.sent.remove(&(w.uid.clone(), w.binding.clone()));
             return;
         };
@@ -808,6 +834,34 @@ mod tests {
         ));
         assert!(
             matches!(&plan(&ix, 1_300_000, limit)[0].need, Need::Release(d) if d.reason == condition::REASON_FAILSAFE)
+        );
+    }
+
+    #[test]
+    fn a_true_gate_follows_elb_again_after_its_containers_restart() {
+        let mut ix = index();
+        let mut p = pod("a", Some("127.0.1.1"));
+        p.set_condition(
+            "web-tgb",
+            Condition {
+                status: ConditionStatus::True,
+                reason: "Elb.Healthy".into(),
+                message: "Target is healthy".into(),
+                last_transition_time: Some(rfc3339(1_100_000)),
+            },
+        );
+        ix.apply_pod("shop", "a", p.clone());
+        // Containers ready before the gate turned True: nothing to do.
+        assert!(plan(&ix, 2_000_000, None).is_empty());
+        // A container restarted and is ready again after the gate turned True.
+        p.containers_ready_since = Some(1_200);
+        ix.apply_pod("shop", "a", p);
+        let work = plan(&ix, 2_000_000, None);
+        assert_eq!(work.len(), 1, "the gate must be checked again");
+        assert!(
+            matches!(&work[0].need, Need::Health(w) if w.ready_since_ms == Some(1_200_000)),
+            "{:?}",
+            work[0].need
         );
     }
 

@@ -306,3 +306,33 @@ async fn the_failsafe_releases_a_gate_even_when_nothing_else_happens() {
     assert_eq!(released.condition.reason, "Readygate.FailsafeTimeout");
     assert!(!rig.metrics.encode().contains("DescribeTargetHealth"));
 }
+
+#[tokio::test]
+async fn a_true_gate_turns_false_again_when_its_containers_restart() {
+    let moto = Moto::start();
+    // The restarted container's target is not back in the group yet.
+    let arn = moto.target_group("web6", (30, 5), &[]).await;
+    let mut p = pod("a", "127.0.1.1", now_s() - 600);
+    let was_true = jiff::Timestamp::from_second(now_s() - 500)
+        .unwrap()
+        .to_string();
+    p.set_condition(
+        "web-tgb",
+        Condition {
+            status: ConditionStatus::True,
+            reason: "Elb.Healthy".into(),
+            message: "Target is healthy".into(),
+            last_transition_time: Some(was_true.clone()),
+        },
+    );
+    // The container restarted and was ready again 2 s ago: the gate was True before that.
+    p.containers_ready_since = Some(now_s() - 2);
+    let mut rig = start(&moto, &arn, vec![("web-a", p)], &[]).await;
+    let w = rig.next_write().await;
+    assert_eq!(w.condition.status, ConditionStatus::False);
+    assert_eq!(w.condition.reason, "Elb.RegistrationInProgress");
+    assert_ne!(w.condition.last_transition_time, Some(was_true));
+    // Now an ordinary pending gate: no rewrite, and no poll before the target can be healthy.
+    rig.no_more_writes(Duration::from_secs(3)).await;
+    assert!(!rig.metrics.encode().contains("DescribeTargetHealth"));
+}

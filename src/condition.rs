@@ -57,6 +57,7 @@ pub const REASON_REGISTRATION: &str = "Elb.RegistrationInProgress";
 pub const MESSAGE_REGISTRATION: &str = "Target registration is in progress";
 pub const REASON_BINDING_DELETED: &str = "Readygate.BindingNotFound";
 pub const REASON_SERVICE_DELETED: &str = "Readygate.ServiceNotFound";
+pub const REASON_NOT_SELECTED: &str = "Readygate.NotSelected";
 pub const REASON_NOT_IP: &str = "Readygate.NotIpTarget";
 pub const REASON_FAILSAFE: &str = "Readygate.FailsafeTimeout";
 pub const REASON_NO_TARGET: &str = "Readygate.TargetUnresolved";

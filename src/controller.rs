@@ -145,6 +145,17 @@ fn need(
             ),
         ));
     };
+    // The Service's selector or labels changed, or the binding now names another Service: the
+    // load balancer no longer registers this pod, so nothing will ever say healthy.
+    if !service.selects(pod.labels.as_slice()) {
+        return Need::Release(Desired::released(
+            condition::REASON_NOT_SELECTED,
+            &format!(
+                "Service {} of TargetGroupBinding {binding_name} no longer selects this pod; gate released",
+                binding.service_name
+            ),
+        ));
+    }
     if let (Some(limit), Some(created)) = (failsafe, pod.created)
         && now_ms >= created * 1000 + limit.as_millis() as i64
     {
@@ -821,6 +832,40 @@ mod tests {
         assert!(
             matches!(&web.need, Need::Release(d) if d.reason == condition::REASON_SERVICE_DELETED)
         );
+    }
+
+    #[test]
+    fn a_pod_no_binding_selects_any_more_is_released() {
+        let mut ix = index();
+        ix.apply_pod("shop", "a", pod("a", Some("127.0.1.1")));
+        assert!(matches!(
+            plan(&ix, 2_000_000, None)[0].need,
+            Need::Health(_)
+        ));
+        let released = |ix: &Index| match &plan(ix, 2_000_000, None)[0].need {
+            Need::Release(d) => d.reason.clone(),
+            other => panic!("still waiting: {other:?}"),
+        };
+        // The Service's selector moved to other pods.
+        let mut moved = ix.service("shop", "web").unwrap().clone();
+        moved.selector = [("app".to_string(), "web-v2".to_string())].into();
+        ix.apply_service("shop", "web", moved);
+        assert_eq!(released(&ix), "Readygate.NotSelected");
+        // Selector back, but the binding now points at a Service that selects other pods.
+        let mut ix = index();
+        ix.apply_pod("shop", "a", pod("a", Some("127.0.1.1")));
+        ix.apply_service(
+            "shop",
+            "api",
+            Service {
+                selector: [("app".to_string(), "api".to_string())].into(),
+                ports: ix.service("shop", "web").unwrap().ports.clone(),
+            },
+        );
+        let mut b = ix.binding("shop", "web-tgb").unwrap().clone();
+        b.service_name = "api".into();
+        ix.apply_binding("shop", b);
+        assert_eq!(released(&ix), "Readygate.NotSelected");
     }
 
     #[test]

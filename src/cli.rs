@@ -103,8 +103,9 @@ pub struct ControllerArgs {
     /// ELBv2 calls that may go at once before the rate applies.
     #[arg(long, env = "READYGATE_ELBV2_BURST", default_value_t = 10)]
     pub elbv2_burst: u32,
-    /// Count `unused` targets with reason Target.NotInUse (target group attached to no load
-    /// balancer, so no traffic waits on them) as ready.
+    /// Count `unused` targets with reason Target.NotInUse as ready when their target group is
+    /// attached to no load balancer (no traffic waits on them). In an attached group that state
+    /// means an Availability Zone the load balancer does not enable: never ready.
     #[arg(long, env = "READYGATE_UNUSED_IS_READY", default_value_t = true, action = clap::ArgAction::Set)]
     pub unused_is_ready: bool,
     /// Count `unavailable` targets with reason Target.HealthCheckDisabled as ready.

@@ -97,6 +97,26 @@ pub fn from_health(health: &Health, policy: Policy) -> Desired {
     Desired::new(status, reason, message)
 }
 
+/// The condition for a target ELB reports on, in a group DescribeTargetGroups described
+/// (`attached`: it has `LoadBalancerArns`; `None`: not known yet). `unused` / `Target.NotInUse`
+/// releases the gate (policy permitting) only in a group attached to no load balancer: in an
+/// attached one it means the target's Availability Zone is not enabled on the load balancer, so
+/// the target gets no traffic while the pod would count as ready.
+pub fn from_health_in_group(health: &Health, policy: Policy, attached: Option<bool>) -> Desired {
+    let policy = Policy {
+        unused_is_ready: policy.unused_is_ready && attached == Some(false),
+        ..policy
+    };
+    from_health(health, policy)
+}
+
+/// `unused` / `Target.NotInUse` in a group attached to a load balancer: worth a Warning Event.
+pub fn not_in_use_while_attached(health: &Health, attached: Option<bool>) -> bool {
+    health.state == "unused"
+        && health.reason.as_deref() == Some("Target.NotInUse")
+        && attached == Some(true)
+}
+
 /// What to write given the pod's current condition, or `None` when the write would change
 /// nothing. A True gate stays True (a container restart reopens it: `recheck`); the transition time is kept while the status is unchanged.
 pub fn next(
@@ -265,6 +285,38 @@ mod tests {
         };
         assert_eq!(from_health(&health, strict).status, ConditionStatus::False);
         assert_eq!(from_health(&health, strict).reason, "Target.NotInUse");
+    }
+
+    #[test]
+    fn not_in_use_releases_only_in_a_group_attached_to_no_load_balancer() {
+        let health = h(
+            "unused",
+            Some("Target.NotInUse"),
+            Some("Target is in an Availability Zone that is not enabled for the load balancer"),
+        );
+        let detached = from_health_in_group(&health, Policy::default(), Some(false));
+        assert_eq!(detached.status, ConditionStatus::True);
+        assert!(!not_in_use_while_attached(&health, Some(false)));
+        // Attached (or not known yet): the target gets no traffic, so the gate stays False.
+        for attached in [Some(true), None] {
+            let d = from_health_in_group(&health, Policy::default(), attached);
+            assert_eq!(
+                d,
+                Desired::new(
+                    ConditionStatus::False,
+                    "Target.NotInUse",
+                    health.description.as_deref().unwrap()
+                )
+            );
+        }
+        assert!(not_in_use_while_attached(&health, Some(true)));
+        // Other states are untouched by the attachment.
+        let healthy = h("healthy", None, None);
+        assert_eq!(
+            from_health_in_group(&healthy, Policy::default(), Some(true)).status,
+            ConditionStatus::True
+        );
+        assert!(!not_in_use_while_attached(&healthy, Some(true)));
     }
 
     #[test]

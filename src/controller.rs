@@ -236,6 +236,8 @@ struct Controller {
     /// When a target was first seen healthy, for the lag metric.
     healthy_seen: HashMap<Key, i64>,
     warned_missing: HashSet<String>,
+    /// Gates warned about a `Target.NotInUse` target in an attached group, by (uid, binding).
+    warned_not_in_use: HashSet<Key>,
     last_missing_check: i64,
 }
 
@@ -279,6 +281,7 @@ impl Controller {
             .collect();
         self.sent.retain(|k, _| live.contains(k));
         self.healthy_seen.retain(|k, _| live.contains(k));
+        self.warned_not_in_use.retain(|k| live.contains(k));
 
         // Pending targets per group, for scheduling.
         let mut pending: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
@@ -377,22 +380,49 @@ impl Controller {
         let answer = g
             .and_then(|g| g.health.as_ref())
             .filter(|(_, at)| wait.ready_since_ms.is_some_and(|r| *at >= r));
-        match answer {
+        let (health, at) = match answer {
             // A reopened gate must not stay True until the first answer: the target is new.
-            None => (w.current.is_none() || w.reopened).then(condition::not_registered),
-            Some((targets, at)) => Some(match targets.get(&wait.target) {
-                None => condition::not_registered(),
-                Some(h) => {
-                    let d = condition::from_health(h, self.policy);
-                    if d.status == ConditionStatus::True {
-                        self.healthy_seen
-                            .entry((w.uid.clone(), w.binding.clone()))
-                            .or_insert((*at).min(now));
-                    }
-                    d
-                }
-            }),
+            None => return (w.current.is_none() || w.reopened).then(condition::not_registered),
+            Some((targets, at)) => (targets.get(&wait.target).cloned(), *at),
+        };
+        let Some(h) = health else {
+            return Some(condition::not_registered());
+        };
+        let attached = self.settings.get(&wait.arn).map(|s| s.attached);
+        if condition::not_in_use_while_attached(&h, attached) {
+            self.warn_not_in_use(w, &wait.arn);
         }
+        let d = condition::from_health_in_group(&h, self.policy, attached);
+        if d.status == ConditionStatus::True {
+            self.healthy_seen
+                .entry((w.uid.clone(), w.binding.clone()))
+                .or_insert(at.min(now));
+        }
+        Some(d)
+    }
+
+    /// Once per gate: the target is `unused` / `Target.NotInUse` although its group serves a
+    /// load balancer, which only an Availability Zone the load balancer does not enable explains.
+    fn warn_not_in_use(&mut self, w: &GateWork, arn: &str) {
+        if !self
+            .warned_not_in_use
+            .insert((w.uid.clone(), w.binding.clone()))
+        {
+            return;
+        }
+        tracing::warn!(namespace = %w.namespace, pod = %w.pod, %arn, "target unused (Target.NotInUse) in a target group attached to a load balancer; gate kept False");
+        let _ = self.jobs.try_send(Job::Event(PodEvent {
+            namespace: w.namespace.clone(),
+            pod: w.pod.clone(),
+            uid: w.uid.clone(),
+            warning: true,
+            reason: "TargetNotInUse",
+            note: format!(
+                "ELB reports the target of {} unused (Target.NotInUse) although target group {arn} is attached to a load balancer: \
+                 the pod's Availability Zone is most likely not enabled on the load balancer, so it gets no traffic; gate kept False",
+                gate_type(&w.binding)
+            ),
+        }));
     }
 
     fn write(&mut self, w: &GateWork, desired: &Desired, now: i64) {
@@ -699,6 +729,7 @@ pub async fn run_loop(
         sent: HashMap::new(),
         healthy_seen: HashMap::new(),
         warned_missing: HashSet::new(),
+        warned_not_in_use: HashSet::new(),
         last_missing_check: i64::MIN / 2,
     };
     loop {

@@ -96,6 +96,11 @@ pub struct ControllerArgs {
     /// health checks were seen to start), so the gate follows ELB closely.
     #[arg(long, env = "READYGATE_FAST_POLL_INTERVAL", default_value = "500ms", value_parser = duration)]
     pub fast_poll_interval: Duration,
+    /// Cap of the poll interval of a group whose answers stay the same (targets that stay
+    /// unhealthy): each poll that changes nothing doubles the interval up to this; a changed
+    /// answer or a new pending target brings it back.
+    #[arg(long, env = "READYGATE_MAX_POLL_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub max_poll_interval: Duration,
     /// ELBv2 calls per second this process makes at most, averaged (AWS's Describe* bucket
     /// refills at 10/s for the whole account).
     #[arg(long, env = "READYGATE_ELBV2_RATE", default_value_t = 5.0)]

@@ -20,7 +20,8 @@ use crate::domain::{ConditionStatus, Pod, TargetType, gate_type};
 use crate::elbv2::{ElbError, Elbv2, GroupSettings};
 use crate::index::Index;
 use crate::metrics::Metrics;
-use crate::schedule::{self, GroupTimes, Pending, Timing};
+use crate::poller::Group;
+use crate::schedule::{self, Pending, Timing};
 use crate::target::{self, Target};
 use crate::writer::{self, ConditionWrite, Done, Job, Outcome, PodEvent, Writer};
 
@@ -188,25 +189,19 @@ fn need(
     }
 }
 
-/// What ELB last said about a group.
-#[derive(Debug, Default)]
-struct Group {
-    times: GroupTimes,
-    backoff: Option<Backoff>,
-    in_flight: bool,
-    /// Targets and health from the last successful poll, with its time.
-    health: Option<(HashMap<Target, Health>, i64)>,
-    /// Targets whose health checks were seen to start: (the poll before, the poll that saw it).
-    checks_began: HashMap<Target, (i64, i64)>,
-    not_found: Option<String>,
-}
-
 enum Reply {
     Settings(
         Vec<String>,
         Result<HashMap<String, GroupSettings>, ElbError>,
     ),
     Health(String, Result<HashMap<Target, Health>, ElbError>, i64),
+}
+
+/// The ELBv2 call a failure came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Call {
+    Settings,
+    Health,
 }
 
 type Key = (String, String);
@@ -225,6 +220,7 @@ struct Controller {
     policy: Policy,
     poll_interval_ms: i64,
     fast_poll_interval_ms: i64,
+    max_poll_interval_ms: i64,
     failsafe: Option<Duration>,
     groups: HashMap<String, Group>,
     /// Health-check settings, read once per group and kept (they rarely change).
@@ -285,6 +281,7 @@ impl Controller {
 
         // Pending targets per group, for scheduling.
         let mut pending: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
+        let mut pending_targets: HashMap<String, HashSet<Target>> = HashMap::new();
         for w in &work {
             let desired = match &w.need {
                 Need::Release(d) | Need::Hold(d) => Some(d.clone()),
@@ -298,6 +295,10 @@ impl Controller {
                         ready_since_ms: wait.ready_since_ms,
                         checks_began_between,
                     });
+                    pending_targets
+                        .entry(wait.arn.clone())
+                        .or_default()
+                        .insert(wait.target.clone());
                     self.health_condition(w, wait, now)
                 }
             };
@@ -308,31 +309,38 @@ impl Controller {
 
         // Forget groups nothing waits on; poll the ones that are due.
         self.groups
-            .retain(|arn, g| pending.contains_key(arn) || g.in_flight);
+            .retain(|arn, g| pending.contains_key(arn) || g.in_flight || g.settings_in_flight);
         let mut next: Option<i64> = None;
         let mut need_settings = Vec::new();
         for (arn, targets) in pending {
-            let (poll_interval_ms, fast_interval_ms) =
-                (self.poll_interval_ms, self.fast_poll_interval_ms);
+            let timing_base = Timing {
+                check_interval_ms: 0,
+                healthy_threshold: 0,
+                poll_interval_ms: self.poll_interval_ms,
+                fast_interval_ms: self.fast_poll_interval_ms,
+                max_poll_interval_ms: self.max_poll_interval_ms,
+            };
             let settings = self.settings.get(&arn).copied();
-            let g = self.group(&arn);
-            if g.in_flight {
-                continue;
+            let g = self.groups.entry(arn.clone()).or_default();
+            g.set_pending(pending_targets.remove(&arn).unwrap_or_default());
+            let backing_off = g.times.not_before_ms.is_some_and(|t| t > now);
+            if settings.is_none() && !backing_off && !g.settings_in_flight {
+                g.settings_in_flight = true;
+                need_settings.push(arn.clone());
             }
             let Some(settings) = settings else {
-                if g.times.not_before_ms.is_none_or(|t| t <= now) {
-                    g.in_flight = true;
-                    need_settings.push(arn);
-                } else {
+                if backing_off {
                     next = min_opt(next, g.times.not_before_ms);
                 }
                 continue;
             };
+            if g.in_flight {
+                continue;
+            }
             let timing = Timing {
                 check_interval_ms: i64::from(settings.interval_seconds.max(0)) * 1000,
                 healthy_threshold: i64::from(settings.healthy_threshold.max(0)),
-                poll_interval_ms,
-                fast_interval_ms,
+                ..timing_base
             };
             let due = schedule::next_poll(&targets, timing, g.times);
             match due {
@@ -569,10 +577,10 @@ impl Controller {
                 for arn in arns {
                     match found.remove(&arn) {
                         Some(s) => {
-                            tracing::info!(%arn, interval = s.interval_seconds, healthy_threshold = s.healthy_threshold, "target group settings read");
+                            tracing::info!(%arn, interval = s.interval_seconds, healthy_threshold = s.healthy_threshold, attached = s.attached, "target group settings read");
                             self.settings.insert(arn.clone(), s);
                             let g = self.group(&arn);
-                            g.in_flight = false;
+                            g.settings_in_flight = false;
                             g.not_found = None;
                         }
                         None => self.failed(
@@ -580,6 +588,7 @@ impl Controller {
                             ElbError::TargetGroupNotFound(
                                 "not in the DescribeTargetGroups answer".into(),
                             ),
+                            Call::Settings,
                         ),
                     }
                 }
@@ -592,37 +601,26 @@ impl Controller {
             }
             Reply::Settings(arns, Err(e)) => {
                 for arn in arns {
-                    self.failed(arn, e.clone());
+                    self.failed(arn, e.clone(), Call::Settings);
                 }
             }
             Reply::Health(arn, Ok(targets), at) => {
                 let poll_interval = self.poll_interval_ms;
-                let g = self.group(&arn);
-                let before = g.times.last_poll_ms.unwrap_or(at - poll_interval);
-                for (target, h) in &targets {
-                    if h.state == "initial"
-                        && h.reason.as_deref() == Some("Elb.InitialHealthChecking")
-                    {
-                        g.checks_began.entry(target.clone()).or_insert((before, at));
-                    }
-                }
-                g.in_flight = false;
-                g.times.last_poll_ms = Some(at);
-                g.times.not_before_ms = None;
-                g.backoff = None;
-                g.not_found = None;
-                g.health = Some((targets, at));
+                self.group(&arn).answered(targets, at, poll_interval);
             }
-            Reply::Health(arn, Err(e), _) => self.failed(arn, e),
+            Reply::Health(arn, Err(e), _) => self.failed(arn, e, Call::Health),
         }
     }
 
     /// Backs the group off after a failed call.
-    fn failed(&mut self, arn: String, e: ElbError) {
+    fn failed(&mut self, arn: String, e: ElbError, call: Call) {
         let now = now_ms();
         let budget_hold = {
-            let g = self.group(&arn);
-            g.in_flight = false;
+            let g = self.groups.entry(arn.clone()).or_default();
+            match call {
+                Call::Settings => g.settings_in_flight = false,
+                Call::Health => g.in_flight = false,
+            }
             let backoff = g.backoff.get_or_insert_with(|| {
                 Backoff::new(Duration::from_secs(1), Duration::from_secs(60))
             });
@@ -721,6 +719,7 @@ pub async fn run_loop(
         },
         poll_interval_ms: args.poll_interval.as_millis() as i64,
         fast_poll_interval_ms: args.fast_poll_interval.as_millis() as i64,
+        max_poll_interval_ms: args.max_poll_interval.as_millis() as i64,
         failsafe: args.failsafe_timeout,
         groups: HashMap::new(),
         settings: HashMap::new(),

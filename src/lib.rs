@@ -1,6 +1,7 @@
 //! readygate: ELBv2 target-health readiness gates for Kubernetes pods.
 //!
-//! The decision core (`domain`, `gates`, `target`, `condition`, `schedule`, `index`, `budget`)
+//! The decision core (`domain`, `gates`, `target`, `condition`, `schedule`, `poller`, `index`,
+//! `crd_presence`, `budget`)
 //! is pure; `cache`, `webhook`, `server`, `tls`, `elbv2`, `controller` and `writer` are thin
 //! shells around it; `app` wires them together.
 
@@ -19,6 +20,7 @@ pub mod gates;
 pub mod index;
 pub mod leader;
 pub mod metrics;
+pub mod poller;
 pub mod schedule;
 pub mod server;
 pub mod target;

@@ -336,3 +336,46 @@ async fn a_true_gate_turns_false_again_when_its_containers_restart() {
     rig.no_more_writes(Duration::from_secs(3)).await;
     assert!(!rig.metrics.encode().contains("DescribeTargetHealth"));
 }
+
+fn calls(rig: &Rig, operation: &str) -> u64 {
+    rig.metrics
+        .encode()
+        .lines()
+        .filter(|l| {
+            l.starts_with(&format!(
+                "readygate_elbv2_calls_total{{operation=\"{operation}\""
+            ))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_target_that_stays_unregistered_is_polled_less_and_less() {
+    let moto = Moto::start();
+    let arn = moto.target_group("web7", (5, 2), &[]).await;
+    let ready = now_s() - 600;
+    let mut rig = start(
+        &moto,
+        &arn,
+        vec![("web-a", pod("a", "127.0.1.1", ready))],
+        &[],
+    )
+    .await;
+    let w = rig.next_write().await;
+    assert_eq!(w.condition.reason, "Elb.RegistrationInProgress");
+    // The same answer again and again: polls after 2, 4, 8 s, not every 2 s (7 or 8 calls).
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    let idle = calls(&rig, "DescribeTargetHealth");
+    assert!((2..=5).contains(&idle), "{idle} polls in 14 s");
+    // A new pending target: back to the short interval at once.
+    rig.cache
+        .write()
+        .apply_pod("shop", "web-b", pod("b", "127.0.1.2", ready));
+    rig.cache.notify();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        calls(&rig, "DescribeTargetHealth") > idle,
+        "the new target waited for the backed-off poll"
+    );
+}

@@ -101,6 +101,10 @@ pub struct ControllerArgs {
     /// answer or a new pending target brings it back.
     #[arg(long, env = "READYGATE_MAX_POLL_INTERVAL", default_value = "30s", value_parser = duration)]
     pub max_poll_interval: Duration,
+    /// How long a group's health-check settings (interval, healthy threshold, load balancers)
+    /// are used before they are read again; an answer they cannot explain re-reads them sooner.
+    #[arg(long, env = "READYGATE_SETTINGS_TTL", default_value = "5m", value_parser = duration)]
+    pub settings_ttl: Duration,
     /// ELBv2 calls per second this process makes at most, averaged (AWS's Describe* bucket
     /// refills at 10/s for the whole account).
     #[arg(long, env = "READYGATE_ELBV2_RATE", default_value_t = 5.0)]

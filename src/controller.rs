@@ -20,7 +20,7 @@ use crate::domain::{ConditionStatus, Pod, TargetType, gate_type};
 use crate::elbv2::{ElbError, Elbv2, GroupSettings};
 use crate::index::Index;
 use crate::metrics::Metrics;
-use crate::poller::Group;
+use crate::poller::{self, Group, Settings};
 use crate::schedule::{self, Pending, Timing};
 use crate::target::{self, Target};
 use crate::writer::{self, ConditionWrite, Done, Job, Outcome, PodEvent, Writer};
@@ -221,10 +221,11 @@ struct Controller {
     poll_interval_ms: i64,
     fast_poll_interval_ms: i64,
     max_poll_interval_ms: i64,
+    settings_ttl_ms: i64,
     failsafe: Option<Duration>,
     groups: HashMap<String, Group>,
-    /// Health-check settings, read once per group and kept (they rarely change).
-    settings: HashMap<String, GroupSettings>,
+    /// Health-check settings by group, kept while idle and read again when stale or doubted.
+    settings: HashMap<String, Settings>,
     replies_tx: mpsc::Sender<Reply>,
     jobs: mpsc::Sender<Job>,
     /// Conditions handed to the writer and not yet seen in the cache, by (uid, binding).
@@ -299,6 +300,7 @@ impl Controller {
                         .entry(wait.arn.clone())
                         .or_default()
                         .insert(wait.target.clone());
+                    self.doubt_settings(wait, checks_began_between.map(|(_, seen)| seen));
                     self.health_condition(w, wait, now)
                 }
             };
@@ -321,10 +323,16 @@ impl Controller {
                 max_poll_interval_ms: self.max_poll_interval_ms,
             };
             let settings = self.settings.get(&arn).copied();
+            let ttl = self.settings_ttl_ms;
             let g = self.groups.entry(arn.clone()).or_default();
             g.set_pending(pending_targets.remove(&arn).unwrap_or_default());
             let backing_off = g.times.not_before_ms.is_some_and(|t| t > now);
-            if settings.is_none() && !backing_off && !g.settings_in_flight {
+            // Settings: read them first; later, refresh them beside the polls.
+            let refresh = match settings {
+                None => !backing_off,
+                Some(s) => s.refresh_due(now, ttl),
+            };
+            if refresh && !g.settings_in_flight {
                 g.settings_in_flight = true;
                 need_settings.push(arn.clone());
             }
@@ -334,12 +342,15 @@ impl Controller {
                 }
                 continue;
             };
+            if !g.settings_in_flight {
+                next = min_opt(next, Some(settings.refresh_at(ttl)));
+            }
             if g.in_flight {
                 continue;
             }
             let timing = Timing {
-                check_interval_ms: i64::from(settings.interval_seconds.max(0)) * 1000,
-                healthy_threshold: i64::from(settings.healthy_threshold.max(0)),
+                check_interval_ms: i64::from(settings.value.interval_seconds.max(0)) * 1000,
+                healthy_threshold: i64::from(settings.value.healthy_threshold.max(0)),
                 ..timing_base
             };
             let due = schedule::next_poll(&targets, timing, g.times);
@@ -371,6 +382,27 @@ impl Controller {
         next
     }
 
+    /// Marks the group's settings for a re-read when its last answer about `wait`'s target
+    /// contradicts them (the interval or threshold changed since they were read).
+    fn doubt_settings(&mut self, wait: &Waiting, checks_seen_ms: Option<i64>) {
+        let Some(s) = self.settings.get_mut(&wait.arn) else {
+            return;
+        };
+        let Some((targets, at)) = self.groups.get(&wait.arn).and_then(|g| g.health.as_ref()) else {
+            return;
+        };
+        // Only answers given after the settings were read can contradict them.
+        if s.doubted || *at < s.read_at_ms {
+            return;
+        }
+        if let Some(h) = targets.get(&wait.target)
+            && poller::contradicts(s.value, wait.ready_since_ms, checks_seen_ms, h, *at)
+        {
+            tracing::info!(arn = %wait.arn, state = %h.state, "an answer contradicts the group's health-check settings; reading them again");
+            s.doubted = true;
+        }
+    }
+
     /// The condition ELB's last answer implies for a waiting gate.
     /// `None` when there is nothing new to say: no answer yet, and the pod already has a
     /// condition (after a restart, say, its last reason stands until the next answer).
@@ -396,7 +428,7 @@ impl Controller {
         let Some(h) = health else {
             return Some(condition::not_registered());
         };
-        let attached = self.settings.get(&wait.arn).map(|s| s.attached);
+        let attached = self.settings.get(&wait.arn).map(|s| s.value.attached);
         if condition::not_in_use_while_attached(&h, attached) {
             self.warn_not_in_use(w, &wait.arn);
         }
@@ -577,8 +609,12 @@ impl Controller {
                 for arn in arns {
                     match found.remove(&arn) {
                         Some(s) => {
-                            tracing::info!(%arn, interval = s.interval_seconds, healthy_threshold = s.healthy_threshold, attached = s.attached, "target group settings read");
-                            self.settings.insert(arn.clone(), s);
+                            let changed = self.settings.get(&arn).is_none_or(|old| old.value != s);
+                            if changed {
+                                tracing::info!(%arn, interval = s.interval_seconds, healthy_threshold = s.healthy_threshold, attached = s.attached, "target group settings read");
+                            }
+                            self.settings
+                                .insert(arn.clone(), Settings::new(s, now_ms()));
                             let g = self.group(&arn);
                             g.settings_in_flight = false;
                             g.not_found = None;
@@ -631,7 +667,13 @@ impl Controller {
                 }
                 _ => backoff.failure(jitter()),
             };
-            g.times.not_before_ms = Some(now + delay.as_millis() as i64);
+            let until = now + delay.as_millis() as i64;
+            // A failed refresh keeps the settings in use and only delays the next refresh;
+            // polls back off only when the call that failed was theirs, or nothing can poll yet.
+            match self.settings.get_mut(&arn) {
+                Some(s) if call == Call::Settings => s.retry_at_ms = Some(until),
+                _ => g.times.not_before_ms = Some(until),
+            }
             matches!(e, ElbError::Throttled(_)).then_some(delay)
         };
         if let Some(delay) = budget_hold {
@@ -720,6 +762,7 @@ pub async fn run_loop(
         poll_interval_ms: args.poll_interval.as_millis() as i64,
         fast_poll_interval_ms: args.fast_poll_interval.as_millis() as i64,
         max_poll_interval_ms: args.max_poll_interval.as_millis() as i64,
+        settings_ttl_ms: args.settings_ttl.as_millis() as i64,
         failsafe: args.failsafe_timeout,
         groups: HashMap::new(),
         settings: HashMap::new(),

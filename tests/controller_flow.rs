@@ -379,3 +379,32 @@ async fn a_target_that_stays_unregistered_is_polled_less_and_less() {
         "the new target waited for the backed-off poll"
     );
 }
+
+#[tokio::test]
+async fn changed_health_check_settings_apply_without_a_restart() {
+    let moto = Moto::start();
+    let arn = moto.target_group("web8", (30, 5), &["127.0.1.1"]).await;
+    // Ready now: with 30 s × 5 the first poll would wait 150 s.
+    let mut rig = start(
+        &moto,
+        &arn,
+        vec![("web-a", pod("a", "127.0.1.1", now_s()))],
+        &["--settings-ttl", "1s"],
+    )
+    .await;
+    let w = rig.next_write().await;
+    assert_eq!(w.condition.reason, "Elb.RegistrationInProgress");
+    // The group is changed to 5 s × 2: healthy possible 10 s after ready.
+    moto.admin()
+        .await
+        .modify_target_group()
+        .target_group_arn(&arn)
+        .health_check_interval_seconds(5)
+        .healthy_threshold_count(2)
+        .send()
+        .await
+        .unwrap();
+    let healthy = rig.next_write().await;
+    assert_eq!(healthy.condition.status, ConditionStatus::True);
+    assert!(calls(&rig, "DescribeTargetGroups") >= 2);
+}

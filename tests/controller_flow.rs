@@ -50,6 +50,10 @@ struct Rig {
 }
 
 async fn start(moto: &Moto, arn: &str, pods: Vec<(&str, Pod)>, extra: &[&str]) -> Rig {
+    start_at(&moto.url, arn, pods, extra).await
+}
+
+async fn start_at(url: &str, arn: &str, pods: Vec<(&str, Pod)>, extra: &[&str]) -> Rig {
     readygate::install_crypto_provider();
     let cache = support::shop(arn);
     {
@@ -62,7 +66,7 @@ async fn start(moto: &Moto, arn: &str, pods: Vec<(&str, Pod)>, extra: &[&str]) -
     }
     let metrics = Arc::new(Metrics::new());
     let elb = Elbv2::with_endpoint(
-        &moto.url,
+        url,
         "us-east-1",
         Arc::new(Budget::new(5.0, 10)),
         metrics.clone(),
@@ -407,4 +411,83 @@ async fn changed_health_check_settings_apply_without_a_restart() {
     let healthy = rig.next_write().await;
     assert_eq!(healthy.condition.status, ConditionStatus::True);
     assert!(calls(&rig, "DescribeTargetGroups") >= 2);
+}
+
+/// A fake ELBv2 endpoint on 127.0.0.1 that reports 127.0.1.1:8080 `unused` / `Target.NotInUse`
+/// (moto never does) in a group with or without a load balancer; returns its URL.
+async fn not_in_use_elb(attached: bool) -> String {
+    use axum::routing::post;
+    const XMLNS: &str = "http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/";
+    let handle = move |body: String| async move {
+        let arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/1";
+        let lbs = if attached {
+            "<LoadBalancerArns><member>arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/net/nlb/1</member></LoadBalancerArns>"
+        } else {
+            "<LoadBalancerArns/>"
+        };
+        let xml = if body.contains("Action=DescribeTargetGroups") {
+            format!(
+                "<DescribeTargetGroupsResponse xmlns=\"{XMLNS}\"><DescribeTargetGroupsResult><TargetGroups><member>\
+                 <TargetGroupArn>{arn}</TargetGroupArn><HealthCheckIntervalSeconds>5</HealthCheckIntervalSeconds>\
+                 <HealthyThresholdCount>2</HealthyThresholdCount><TargetType>ip</TargetType>{lbs}</member></TargetGroups>\
+                 </DescribeTargetGroupsResult><ResponseMetadata><RequestId>1</RequestId></ResponseMetadata></DescribeTargetGroupsResponse>"
+            )
+        } else {
+            format!(
+                "<DescribeTargetHealthResponse xmlns=\"{XMLNS}\"><DescribeTargetHealthResult><TargetHealthDescriptions><member>\
+                 <Target><Id>127.0.1.1</Id><Port>8080</Port><AvailabilityZone>us-east-1c</AvailabilityZone></Target>\
+                 <TargetHealth><State>unused</State><Reason>Target.NotInUse</Reason>\
+                 <Description>Target is in an Availability Zone that is not enabled for the load balancer</Description></TargetHealth>\
+                 </member></TargetHealthDescriptions></DescribeTargetHealthResult><ResponseMetadata><RequestId>2</RequestId></ResponseMetadata>\
+                 </DescribeTargetHealthResponse>"
+            )
+        };
+        ([("content-type", "text/xml")], xml)
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().route("/", post(handle));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test]
+async fn not_in_use_releases_only_a_group_attached_to_no_load_balancer() {
+    let arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/1";
+    for attached in [true, false] {
+        let url = not_in_use_elb(attached).await;
+        let mut rig = start_at(
+            &url,
+            arn,
+            vec![("web-a", pod("a", "127.0.1.1", now_s() - 600))],
+            &[],
+        )
+        .await;
+        // The jobs up to the condition ELB's answer implies (after the prompt initial False).
+        let mut warnings = Vec::new();
+        let written = loop {
+            let job = tokio::time::timeout(Duration::from_secs(20), rig.jobs.recv())
+                .await
+                .expect("a job within 20 s")
+                .unwrap();
+            match job {
+                Job::Event(e) => warnings.push(e),
+                Job::Condition(w, _) if w.condition.reason == "Target.NotInUse" => break w,
+                Job::Condition(..) => {}
+            }
+        };
+        if attached {
+            // The target's AZ is not enabled: no traffic reaches it, so the gate stays False.
+            assert_eq!(written.condition.status, ConditionStatus::False);
+            let e = warnings
+                .iter()
+                .find(|e| e.reason == "TargetNotInUse")
+                .expect("a TargetNotInUse event");
+            assert!(e.warning && e.pod == "web-a", "{e:?}");
+            assert!(e.note.contains("Availability Zone"), "{}", e.note);
+        } else {
+            assert_eq!(written.condition.status, ConditionStatus::True);
+            assert!(warnings.iter().all(|e| e.reason != "TargetNotInUse"));
+        }
+    }
 }

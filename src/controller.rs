@@ -1,9 +1,11 @@
 //! The status controller: ELBv2 target health → pod readiness-gate conditions.
 //!
-//! One loop, active only on the leader. Each pass reads the index, decides what every pending
-//! gate should say (`plan`, pure), hands condition writes to the writer, and starts the polls
-//! that are due — one DescribeTargetHealth per target group, shared by every binding and pod
-//! on it. Poll results come back on a channel and trigger the next pass.
+//! A decision core and a thin shell. The core (`Controller`) takes the index, ELB's answers and
+//! the time as inputs and returns `Actions`: each pass decides what every pending gate should
+//! say (`plan`, pure), which condition writes and events go to the writer, which target groups
+//! to poll — one DescribeTargetHealth per group, shared by every binding and pod on it — and
+//! when to wake next; per-group poll state lives in `poller`. The shell (`run_loop`), active
+//! only on the leader, carries the actions out and feeds the answers back.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -189,7 +191,8 @@ fn need(
     }
 }
 
-enum Reply {
+/// An ELBv2 answer, fed back into the controller.
+pub enum Reply {
     Settings(
         Vec<String>,
         Result<HashMap<String, GroupSettings>, ElbError>,
@@ -206,6 +209,22 @@ enum Call {
 
 type Key = (String, String);
 
+/// What the decisions ask the shell to do. The core never calls ELBv2 or the writer itself,
+/// so it runs on any clock: tests feed it `now` and replies, and read these.
+#[derive(Debug, Default)]
+pub struct Actions {
+    /// Groups to poll, one DescribeTargetHealth each.
+    pub polls: Vec<String>,
+    /// Groups whose settings to read, one DescribeTargetGroups per batch.
+    pub settings: Vec<Vec<String>>,
+    /// Condition writes (each with the event to publish once written) and events, in order.
+    pub jobs: Vec<Job>,
+    /// ELB throttled the account: hold every call this long.
+    pub hold_budget: Option<Duration>,
+    /// The next pass is due at the latest then (ms).
+    pub wake_at: Option<i64>,
+}
+
 /// A condition handed to the writer.
 struct Sent {
     desired: Desired,
@@ -213,9 +232,9 @@ struct Sent {
     pod_created: Option<i64>,
 }
 
-struct Controller {
+/// The decision core: index and ELB answers in, actions out, with time as an input.
+pub struct Controller {
     cache: Arc<Cache>,
-    elb: Elbv2,
     metrics: Arc<Metrics>,
     policy: Policy,
     poll_interval_ms: i64,
@@ -226,8 +245,8 @@ struct Controller {
     groups: HashMap<String, Group>,
     /// Health-check settings by group, kept while idle and read again when stale or doubted.
     settings: HashMap<String, Settings>,
-    replies_tx: mpsc::Sender<Reply>,
-    jobs: mpsc::Sender<Job>,
+    /// What the decisions so far ask for, until the shell takes it.
+    out: Actions,
     /// Conditions handed to the writer and not yet seen in the cache, by (uid, binding).
     sent: HashMap<Key, Sent>,
     /// When a target was first seen healthy, for the lag metric.
@@ -249,13 +268,61 @@ fn jitter() -> f64 {
 }
 
 impl Controller {
+    pub fn new(cache: Arc<Cache>, metrics: Arc<Metrics>, args: &ControllerArgs) -> Self {
+        Self {
+            cache,
+            metrics,
+            policy: Policy {
+                unused_is_ready: args.unused_is_ready,
+                unavailable_is_ready: args.unavailable_is_ready,
+            },
+            poll_interval_ms: args.poll_interval.as_millis() as i64,
+            fast_poll_interval_ms: args.fast_poll_interval.as_millis() as i64,
+            max_poll_interval_ms: args.max_poll_interval.as_millis() as i64,
+            settings_ttl_ms: args.settings_ttl.as_millis() as i64,
+            failsafe: args.failsafe_timeout,
+            groups: HashMap::new(),
+            settings: HashMap::new(),
+            out: Actions::default(),
+            sent: HashMap::new(),
+            healthy_seen: HashMap::new(),
+            warned_missing: HashSet::new(),
+            warned_not_in_use: HashSet::new(),
+            last_missing_check: i64::MIN / 2,
+        }
+    }
+
+    /// What the decisions since the last call ask for.
+    pub fn take_actions(&mut self) -> Actions {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Not the leader: forget what was handed to the writer (the next leader decides anew).
+    pub fn step_down(&mut self) {
+        self.sent.clear();
+        self.metrics.pending_pods.set(0);
+    }
+
+    /// The writer could not take a condition: decide again next pass.
+    pub fn unsent(&mut self, w: &ConditionWrite) {
+        self.sent.remove(&(w.uid.clone(), w.binding.clone()));
+    }
+
     fn group(&mut self, arn: &str) -> &mut Group {
         self.groups.entry(arn.to_string()).or_default()
     }
 
-    /// One pass; returns when the next pass is due at the latest (ms).
-    fn pass(&mut self) -> Option<i64> {
-        let now = now_ms();
+    /// One pass at `now` (ms); the actions it decided, with the time of the next pass.
+    pub fn pass(&mut self, now: i64) -> Actions {
+        let wake_at = self.decide(now);
+        Actions {
+            wake_at,
+            ..self.take_actions()
+        }
+    }
+
+    /// Returns when the next pass is due at the latest (ms).
+    fn decide(&mut self, now: i64) -> Option<i64> {
         let cache = self.cache.clone();
         let work = {
             let ix = cache.read();
@@ -357,14 +424,14 @@ impl Controller {
             match due {
                 Some(t) if t <= now => {
                     g.in_flight = true;
-                    self.spawn_poll(arn);
+                    self.out.polls.push(arn);
                 }
                 Some(t) => next = min_opt(next, Some(t)),
                 None => {}
             }
         }
         for batch in need_settings.chunks(SETTINGS_BATCH) {
-            self.spawn_settings(batch.to_vec());
+            self.out.settings.push(batch.to_vec());
         }
         // Wake for the failsafe even when nothing else would.
         if let Some(limit) = self.failsafe {
@@ -451,7 +518,7 @@ impl Controller {
             return;
         }
         tracing::warn!(namespace = %w.namespace, pod = %w.pod, %arn, "target unused (Target.NotInUse) in a target group attached to a load balancer; gate kept False");
-        let _ = self.jobs.try_send(Job::Event(PodEvent {
+        self.out.jobs.push(Job::Event(PodEvent {
             namespace: w.namespace.clone(),
             pod: w.pod.clone(),
             uid: w.uid.clone(),
@@ -510,17 +577,14 @@ impl Controller {
             binding: w.binding.clone(),
             condition,
         };
-        if self.jobs.try_send(Job::Condition(write, event)).is_err() {
-            // The writer is saturated: forget it and decide again next pass.
-            self.sent.remove(&(w.uid.clone(), w.binding.clone()));
-        }
+        self.out.jobs.push(Job::Condition(write, event));
     }
 
-    fn written(&mut self, done: Done) {
+    /// What became of a condition write, learnt at `now`.
+    pub fn written(&mut self, done: Done, now: i64) {
         let key = (done.write.uid.clone(), done.write.binding.clone());
         match done.outcome {
             Outcome::Written if done.write.condition.status == ConditionStatus::True => {
-                let now = now_ms();
                 if let Some(seen) = self.healthy_seen.remove(&key) {
                     self.metrics
                         .healthy_to_written_seconds
@@ -569,7 +633,7 @@ impl Controller {
             seen.insert(pod.uid.clone());
             if self.warned_missing.insert(pod.uid.clone()) {
                 tracing::warn!(namespace = ns, pod = name, gates = ?lacking, "pod lacks readiness gates it should have; restart it");
-                let _ = self.jobs.try_send(Job::Event(PodEvent {
+                self.out.jobs.push(Job::Event(PodEvent {
                     namespace: ns.to_string(),
                     pod: name.to_string(),
                     uid: pod.uid.clone(),
@@ -587,23 +651,8 @@ impl Controller {
         self.metrics.pods_missing_gates.set(missing);
     }
 
-    fn spawn_settings(&self, arns: Vec<String>) {
-        let (elb, tx) = (self.elb.clone(), self.replies_tx.clone());
-        tokio::spawn(async move {
-            let r = elb.groups_settings(&arns).await;
-            let _ = tx.send(Reply::Settings(arns, r)).await;
-        });
-    }
-
-    fn spawn_poll(&self, arn: String) {
-        let (elb, tx) = (self.elb.clone(), self.replies_tx.clone());
-        tokio::spawn(async move {
-            let r = elb.target_health(&arn).await;
-            let _ = tx.send(Reply::Health(arn, r, now_ms())).await;
-        });
-    }
-
-    fn reply(&mut self, reply: Reply) {
+    /// An ELBv2 answer, received at `now`.
+    pub fn reply(&mut self, reply: Reply, now: i64) {
         match reply {
             Reply::Settings(arns, Ok(mut found)) => {
                 for arn in arns {
@@ -613,8 +662,7 @@ impl Controller {
                             if changed {
                                 tracing::info!(%arn, interval = s.interval_seconds, healthy_threshold = s.healthy_threshold, attached = s.attached, "target group settings read");
                             }
-                            self.settings
-                                .insert(arn.clone(), Settings::new(s, now_ms()));
+                            self.settings.insert(arn.clone(), Settings::new(s, now));
                             let g = self.group(&arn);
                             g.settings_in_flight = false;
                             g.not_found = None;
@@ -625,6 +673,7 @@ impl Controller {
                                 "not in the DescribeTargetGroups answer".into(),
                             ),
                             Call::Settings,
+                            now,
                         ),
                     }
                 }
@@ -632,25 +681,24 @@ impl Controller {
             // One unknown ARN fails the whole batch: ask for each on its own to find it.
             Reply::Settings(arns, Err(ElbError::TargetGroupNotFound(_))) if arns.len() > 1 => {
                 for arn in arns {
-                    self.spawn_settings(vec![arn]);
+                    self.out.settings.push(vec![arn]);
                 }
             }
             Reply::Settings(arns, Err(e)) => {
                 for arn in arns {
-                    self.failed(arn, e.clone(), Call::Settings);
+                    self.failed(arn, e.clone(), Call::Settings, now);
                 }
             }
             Reply::Health(arn, Ok(targets), at) => {
                 let poll_interval = self.poll_interval_ms;
                 self.group(&arn).answered(targets, at, poll_interval);
             }
-            Reply::Health(arn, Err(e), _) => self.failed(arn, e, Call::Health),
+            Reply::Health(arn, Err(e), _) => self.failed(arn, e, Call::Health, now),
         }
     }
 
     /// Backs the group off after a failed call.
-    fn failed(&mut self, arn: String, e: ElbError, call: Call) {
-        let now = now_ms();
+    fn failed(&mut self, arn: String, e: ElbError, call: Call, now: i64) {
         let budget_hold = {
             let g = self.groups.entry(arn.clone()).or_default();
             match call {
@@ -677,8 +725,7 @@ impl Controller {
             matches!(e, ElbError::Throttled(_)).then_some(delay)
         };
         if let Some(delay) = budget_hold {
-            // The account's bucket is shared: every call waits, not just this group's.
-            self.elb.budget().hold(delay);
+            self.out.hold_budget = Some(self.out.hold_budget.map_or(delay, |d| d.max(delay)));
         }
         tracing::warn!(%arn, error = %e, "ELBv2 call failed; backing off");
     }
@@ -751,57 +798,81 @@ pub async fn run_loop(
     mut done: mpsc::Receiver<Done>,
 ) {
     let (replies_tx, mut replies) = mpsc::channel(1024);
-    let mut c = Controller {
-        cache: cache.clone(),
+    let mut c = Controller::new(cache.clone(), metrics, args);
+    let shell = Shell {
         elb,
-        metrics,
-        policy: Policy {
-            unused_is_ready: args.unused_is_ready,
-            unavailable_is_ready: args.unavailable_is_ready,
-        },
-        poll_interval_ms: args.poll_interval.as_millis() as i64,
-        fast_poll_interval_ms: args.fast_poll_interval.as_millis() as i64,
-        max_poll_interval_ms: args.max_poll_interval.as_millis() as i64,
-        settings_ttl_ms: args.settings_ttl.as_millis() as i64,
-        failsafe: args.failsafe_timeout,
-        groups: HashMap::new(),
-        settings: HashMap::new(),
-        replies_tx,
+        replies: replies_tx,
         jobs,
-        sent: HashMap::new(),
-        healthy_seen: HashMap::new(),
-        warned_missing: HashSet::new(),
-        warned_not_in_use: HashSet::new(),
-        last_missing_check: i64::MIN / 2,
     };
     loop {
         if !*leader.borrow_and_update() {
-            c.sent.clear();
-            c.metrics.pending_pods.set(0);
+            c.step_down();
             if leader.changed().await.is_err() {
                 return;
             }
             continue;
         }
-        let next = c.pass();
-        let sleep = next.map_or(Duration::from_secs(3600), |t| {
+        let actions = c.pass(now_ms());
+        let sleep = actions.wake_at.map_or(Duration::from_secs(3600), |t| {
             Duration::from_millis((t - now_ms()).max(0) as u64)
         });
+        shell.execute(&mut c, actions);
         tokio::select! {
             _ = cache.changed() => {
                 // Let a burst of watch events land before the next pass.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Some(r) = replies.recv() => {
-                c.reply(r);
-                while let Ok(r) = replies.try_recv() { c.reply(r); }
+                c.reply(r, now_ms());
+                while let Ok(r) = replies.try_recv() { c.reply(r, now_ms()); }
             }
             Some(d) = done.recv() => {
-                c.written(d);
-                while let Ok(d) = done.try_recv() { c.written(d); }
+                c.written(d, now_ms());
+                while let Ok(d) = done.try_recv() { c.written(d, now_ms()); }
             }
             _ = tokio::time::sleep(sleep) => {}
             r = leader.changed() => if r.is_err() { return },
+        }
+        let actions = c.take_actions();
+        shell.execute(&mut c, actions);
+    }
+}
+
+/// Carries out the core's actions: ELBv2 calls (their answers come back as replies), the
+/// account-wide budget hold, and the writer's jobs.
+struct Shell {
+    elb: Elbv2,
+    replies: mpsc::Sender<Reply>,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Shell {
+    fn execute(&self, c: &mut Controller, actions: Actions) {
+        if let Some(pause) = actions.hold_budget {
+            // The account's bucket is shared: every call waits, not just this group's.
+            self.elb.budget().hold(pause);
+        }
+        for arns in actions.settings {
+            let (elb, tx) = (self.elb.clone(), self.replies.clone());
+            tokio::spawn(async move {
+                let r = elb.groups_settings(&arns).await;
+                let _ = tx.send(Reply::Settings(arns, r)).await;
+            });
+        }
+        for arn in actions.polls {
+            let (elb, tx) = (self.elb.clone(), self.replies.clone());
+            tokio::spawn(async move {
+                let r = elb.target_health(&arn).await;
+                let _ = tx.send(Reply::Health(arn, r, now_ms())).await;
+            });
+        }
+        for job in actions.jobs {
+            if let Err(e) = self.jobs.try_send(job)
+                && let Job::Condition(w, _) = e.into_inner()
+            {
+                // The writer is saturated: forget it and decide again next pass.
+                c.unsent(&w);
+            }
         }
     }
 }
@@ -810,6 +881,7 @@ pub async fn run_loop(
 mod tests {
     use super::*;
     use crate::domain::{Binding, Condition, ContainerPort, PortRef, Service, ServicePort};
+    use crate::index::Kind;
 
     fn index() -> Index {
         let mut ix = Index::default();
@@ -980,6 +1052,89 @@ mod tests {
             matches!(&work[0].need, Need::Health(w) if w.ready_since_ms == Some(1_200_000)),
             "{:?}",
             work[0].need
+        );
+    }
+
+    /// The core on a virtual clock: a synced cache holding `ix`, default flags.
+    fn core(ix: Index) -> (Controller, Arc<Cache>) {
+        use clap::Parser;
+        let cache = Arc::new(Cache::default());
+        {
+            let mut guard = cache.write();
+            *guard = ix;
+            for kind in [Kind::Binding, Kind::Service, Kind::Pod, Kind::Namespace] {
+                guard.mark_synced(kind);
+            }
+        }
+        let cli = crate::cli::Cli::parse_from(["readygate", "serve"]);
+        let crate::cli::Command::Serve(serve) = cli.command else {
+            unreachable!()
+        };
+        let c = Controller::new(cache.clone(), Arc::new(Metrics::new()), &serve.controller);
+        (c, cache)
+    }
+
+    /// One pass at `now`, with its condition writes applied as the API server and watch would.
+    fn pass_at(c: &mut Controller, cache: &Cache, now: i64) -> Actions {
+        let actions = c.pass(now);
+        for job in &actions.jobs {
+            if let Job::Condition(w, _) = job {
+                let mut ix = cache.write();
+                let mut p = ix.pods().find(|(_, n, _)| *n == w.pod).unwrap().2.clone();
+                p.set_condition(&w.binding, w.condition.clone());
+                ix.apply_pod(&w.namespace, &w.pod, p);
+            }
+        }
+        actions
+    }
+
+    #[test]
+    fn polls_back_off_while_nothing_changes_and_settings_are_read_again_in_virtual_time() {
+        const ARN: &str = "arn:tg/web";
+        let mut ix = index();
+        ix.apply_pod("shop", "a", pod("a", Some("127.0.1.1")));
+        let (mut c, cache) = core(ix);
+        let t0 = 2_000_000;
+        let first = pass_at(&mut c, &cache, t0);
+        assert_eq!(first.settings, [vec![ARN.to_string()]]);
+        assert!(first.polls.is_empty(), "no poll before the settings");
+        let nlb = GroupSettings {
+            interval_seconds: 10,
+            healthy_threshold: 3,
+            attached: true,
+        };
+        c.reply(
+            Reply::Settings(vec![ARN.into()], Ok([(ARN.to_string(), nlb)].into())),
+            t0,
+        );
+        // Ready long ago: the first poll is due at once; then the same empty answer each time.
+        let mut now = t0;
+        let mut gaps = Vec::new();
+        for _ in 0..7 {
+            let a = pass_at(&mut c, &cache, now);
+            assert_eq!(a.polls, [ARN.to_string()], "at {now}");
+            c.reply(Reply::Health(ARN.into(), Ok(HashMap::new()), now), now);
+            let a = pass_at(&mut c, &cache, now);
+            assert!(a.polls.is_empty());
+            let next = a.wake_at.unwrap();
+            gaps.push(next - now);
+            now = next;
+        }
+        assert_eq!(gaps, [2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000]);
+        // A new pending target: back to the short interval.
+        let mut b = pod("b", Some("127.0.1.2"));
+        b.containers_ready_since = Some(1_010);
+        cache.write().apply_pod("shop", "b", b);
+        let a = pass_at(&mut c, &cache, now - 29_000);
+        assert_eq!(a.wake_at, Some(now - 30_000 + 2_000));
+        // Past the settings' TTL (5 min by default) they are read again, beside the polls.
+        let later = t0 + 300_000;
+        let a = pass_at(&mut c, &cache, later);
+        assert_eq!(a.settings, [vec![ARN.to_string()]]);
+        assert_eq!(
+            a.polls,
+            [ARN.to_string()],
+            "polls go on with the old settings"
         );
     }
 

@@ -1138,6 +1138,145 @@ mod tests {
         );
     }
 
+    fn conditions(a: &Actions) -> Vec<&ConditionWrite> {
+        a.jobs
+            .iter()
+            .filter_map(|j| match j {
+                Job::Condition(w, _) => Some(w),
+                Job::Event(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn not_in_use_in_an_attached_group_stays_false_with_one_warning_in_virtual_time() {
+        const ARN: &str = "arn:tg/web";
+        let not_in_use = Health {
+            state: "unused".into(),
+            reason: Some("Target.NotInUse".into()),
+            description: Some("Target is in an Availability Zone that is not enabled".into()),
+        };
+        for attached in [true, false] {
+            let mut ix = index();
+            ix.apply_pod("shop", "a", pod("a", Some("127.0.1.1")));
+            let (mut c, cache) = core(ix);
+            let t0 = 2_000_000;
+            pass_at(&mut c, &cache, t0);
+            let settings = GroupSettings {
+                interval_seconds: 10,
+                healthy_threshold: 3,
+                attached,
+            };
+            c.reply(
+                Reply::Settings(vec![ARN.into()], Ok([(ARN.to_string(), settings)].into())),
+                t0,
+            );
+            assert_eq!(pass_at(&mut c, &cache, t0).polls, [ARN.to_string()]);
+            let target = Target {
+                ip: "127.0.1.1".into(),
+                port: 8080,
+            };
+            let answer: HashMap<_, _> = [(target, not_in_use.clone())].into();
+            c.reply(
+                Reply::Health(ARN.into(), Ok(answer.clone()), t0 + 100),
+                t0 + 100,
+            );
+            let a = pass_at(&mut c, &cache, t0 + 100);
+            let written = conditions(&a);
+            assert_eq!(written.len(), 1);
+            assert_eq!(written[0].condition.reason, "Target.NotInUse");
+            let warned = a
+                .jobs
+                .iter()
+                .any(|j| matches!(j, Job::Event(e) if e.warning && e.reason == "TargetNotInUse"));
+            if attached {
+                assert_eq!(written[0].condition.status, ConditionStatus::False);
+                assert!(warned);
+                // Once per gate, not on every answer.
+                c.reply(
+                    Reply::Health(ARN.into(), Ok(answer), t0 + 2_100),
+                    t0 + 2_100,
+                );
+                assert!(pass_at(&mut c, &cache, t0 + 2_100).jobs.is_empty());
+            } else {
+                assert_eq!(written[0].condition.status, ConditionStatus::True);
+                assert!(!warned);
+            }
+        }
+    }
+
+    #[test]
+    fn a_restart_turns_a_true_gate_false_at_once_then_it_follows_elb_in_virtual_time() {
+        const ARN: &str = "arn:tg/web";
+        let mut ix = index();
+        let mut p = pod("a", Some("127.0.1.1"));
+        p.set_condition(
+            "web-tgb",
+            Condition {
+                status: ConditionStatus::True,
+                reason: "Elb.Healthy".into(),
+                message: "Target is healthy".into(),
+                last_transition_time: Some(rfc3339(1_100_000)),
+            },
+        );
+        p.containers_ready_since = Some(1_200);
+        ix.apply_pod("shop", "a", p);
+        let (mut c, cache) = core(ix);
+        let t0 = 1_201_000;
+        let a = pass_at(&mut c, &cache, t0);
+        let written = conditions(&a);
+        assert_eq!(written.len(), 1, "{:?}", a.jobs);
+        assert_eq!(written[0].condition.status, ConditionStatus::False);
+        assert_eq!(written[0].condition.reason, condition::REASON_REGISTRATION);
+        assert_eq!(written[0].condition.last_transition_time, Some(rfc3339(t0)));
+        // ELB says initial, then healthy: the gate follows, and is True again only then.
+        let settings = GroupSettings {
+            interval_seconds: 10,
+            healthy_threshold: 3,
+            attached: true,
+        };
+        c.reply(
+            Reply::Settings(vec![ARN.into()], Ok([(ARN.to_string(), settings)].into())),
+            t0,
+        );
+        let target = Target {
+            ip: "127.0.1.1".into(),
+            port: 8080,
+        };
+        for (at, state, reason, status) in [
+            (
+                1_230_000,
+                "initial",
+                Some("Elb.InitialHealthChecking"),
+                ConditionStatus::False,
+            ),
+            (1_232_000, "healthy", None, ConditionStatus::True),
+        ] {
+            assert_eq!(
+                pass_at(&mut c, &cache, at).polls,
+                [ARN.to_string()],
+                "at {at}"
+            );
+            let h = Health {
+                state: state.into(),
+                reason: reason.map(Into::into),
+                description: None,
+            };
+            c.reply(
+                Reply::Health(ARN.into(), Ok([(target.clone(), h)].into()), at),
+                at,
+            );
+            let a = pass_at(&mut c, &cache, at);
+            assert_eq!(conditions(&a)[0].condition.status, status, "at {at}");
+        }
+        // Settled: nothing more to write or poll.
+        let a = pass_at(&mut c, &cache, 1_240_000);
+        assert!(
+            a.jobs.is_empty() && a.polls.is_empty() && a.wake_at.is_none(),
+            "{a:?}"
+        );
+    }
+
     #[test]
     fn unresolvable_port_holds_the_gate_false() {
         let mut ix = index();

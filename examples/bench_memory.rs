@@ -831,7 +831,7 @@ impl Reflector {
 }
 
 enum Consumer {
-    Readygate(Readygate),
+    Readygate(Box<Readygate>),
     Reflector(Box<Reflector>),
 }
 
@@ -935,7 +935,7 @@ fn pod_breakdown(cache: &Cache) {
 fn child(variant: &str, dir: &Path) {
     stage("start");
     let mut consumer = match variant {
-        "readygate" => Consumer::Readygate(Readygate::default()),
+        "readygate" => Consumer::Readygate(Box::default()),
         "reflector" => Consumer::Reflector(Box::new(Reflector::new(false))),
         "stripped" => Consumer::Reflector(Box::new(Reflector::new(true))),
         _ => {

@@ -85,7 +85,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("building the Kubernetes client")?;
-    cache::spawn_watchers(client.clone(), cache.clone());
+    cache::spawn_watchers(
+        client.clone(),
+        cache.clone(),
+        metrics.clone(),
+        args.cache.crd_missing_grace,
+    );
     tokio::spawn(resolver.watch(args.webhook.tls_reload_interval, metrics.clone()));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

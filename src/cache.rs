@@ -4,6 +4,7 @@
 //! little memory) and applies them to the index; a re-list replaces the kind wholesale.
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use futures::StreamExt;
 use std::borrow::Cow;
@@ -21,10 +22,12 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use crate::crd::TargetGroupBinding;
+use crate::crd_presence::{CrdPresence, Discovery, Verdict};
 use crate::domain::{
     self, ConditionStatus, INJECT_LABEL, INJECT_LABEL_VALUE, NamespaceSettings, PortRef, TargetType,
 };
 use crate::index::{Index, Kind};
+use crate::metrics::Metrics;
 use crate::termination::PRESTOP_SLEEP_ANNOTATION;
 
 /// The index and a signal that it changed, shared by the webhook and the controller.
@@ -50,11 +53,22 @@ impl Cache {
     }
 }
 
-/// Starts the four watchers; they run until the process ends.
-pub fn spawn_watchers(client: Client, cache: Arc<Cache>) {
-    tokio::spawn(drive::<TargetGroupBinding>(
-        Api::all(client.clone()),
+/// How long the TargetGroupBinding CRD must be confirmed absent before its bindings are dropped.
+pub const DEFAULT_CRD_MISSING_GRACE: Duration = Duration::from_secs(120);
+
+/// Starts the four watchers; they run until the process ends. `crd_missing_grace`: see
+/// `crd_presence`.
+pub fn spawn_watchers(
+    client: Client,
+    cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
+    crd_missing_grace: Duration,
+) {
+    tokio::spawn(drive_bindings(
+        client.clone(),
         cache.clone(),
+        metrics,
+        crd_missing_grace,
     ));
     tokio::spawn(drive::<Service>(Api::all(client.clone()), cache.clone()));
     tokio::spawn(drive::<WatchedPod>(Api::all(client.clone()), cache.clone()));
@@ -81,16 +95,77 @@ async fn drive<K: Cached>(api: Api<K>, cache: Arc<Cache>) {
     let mut stream = std::pin::pin!(watcher::watcher(api, config).default_backoff());
     while let Some(event) = stream.next().await {
         match event {
-            Ok(Event::Init) => feed.init(),
-            Ok(Event::InitApply(o)) => feed.init_apply(&o),
-            Ok(Event::InitDone) => feed.init_done(),
-            Ok(Event::Apply(o)) => feed.apply(&o),
-            Ok(Event::Delete(o)) => feed.delete(&o),
-            Err(e) if K::KIND == Kind::Binding && is_not_found(&e) => feed.crd_missing(),
+            Ok(e) => feed.event(e),
             Err(e) => {
                 tracing::warn!(kind = ?K::KIND, error = %e, "watch failed; retrying with backoff")
             }
         }
+    }
+}
+
+/// The binding watcher: like `drive`, but a 404 is checked against discovery before anything
+/// is dropped (see `crd_presence`).
+async fn drive_bindings(client: Client, cache: Arc<Cache>, metrics: Arc<Metrics>, grace: Duration) {
+    let mut feed = Feed::<TargetGroupBinding>::new(cache.clone()).crd_missing_grace(grace);
+    let clock = Clock::new();
+    let config = watcher::Config::default().page_size(TargetGroupBinding::PAGE_SIZE);
+    let api = Api::<TargetGroupBinding>::all(client.clone());
+    let mut stream = std::pin::pin!(watcher::watcher(api, config).default_backoff());
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(e) => feed.event(e),
+            Err(e) if is_not_found(&e) => {
+                metrics.binding_watch_not_found.inc();
+                let discovery = discover_bindings(&client).await;
+                feed.not_found(clock.now_ms(), &discovery);
+            }
+            Err(e) => {
+                tracing::warn!(kind = ?Kind::Binding, error = %e, "watch failed; retrying with backoff")
+            }
+        }
+        let ix = cache.read();
+        metrics
+            .bindings_crd_state
+            .set(match (ix.bindings_crd_missing, &ix.bindings_warning) {
+                (true, _) => 2,
+                (false, Some(_)) => 1,
+                (false, None) => 0,
+            });
+    }
+}
+
+/// Wall-clock milliseconds that advance with tokio's clock (so paused-time tests can pass the
+/// grace period).
+struct Clock {
+    start: tokio::time::Instant,
+    start_ms: i64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            start_ms: jiff::Timestamp::now().as_millisecond(),
+        }
+    }
+    fn now_ms(&self) -> i64 {
+        self.start_ms + self.start.elapsed().as_millis() as i64
+    }
+}
+
+/// Whether the API server's discovery serves elbv2.k8s.aws/v1beta1 targetgroupbindings.
+async fn discover_bindings(client: &Client) -> Discovery {
+    let version = format!(
+        "{}/{}",
+        TargetGroupBinding::group(&()),
+        TargetGroupBinding::version(&())
+    );
+    let plural = TargetGroupBinding::plural(&());
+    match client.list_api_group_resources(&version).await {
+        Ok(list) if list.resources.iter().any(|r| r.name == plural) => Discovery::Present,
+        Ok(_) => Discovery::Absent,
+        Err(kube::Error::Api(s)) if s.code == 404 => Discovery::Absent,
+        Err(e) => Discovery::Unknown(e.to_string()),
     }
 }
 
@@ -101,6 +176,8 @@ async fn drive<K: Cached>(api: Api<K>, cache: Arc<Cache>) {
 pub struct Feed<K> {
     cache: Arc<Cache>,
     seen: HashSet<(String, String)>,
+    /// The 404 history (binding feed only).
+    presence: CrdPresence,
     kind: std::marker::PhantomData<K>,
 }
 
@@ -109,7 +186,25 @@ impl<K: Cached> Feed<K> {
         Self {
             cache,
             seen: HashSet::new(),
+            presence: CrdPresence::new(DEFAULT_CRD_MISSING_GRACE),
             kind: std::marker::PhantomData,
+        }
+    }
+
+    /// How long the CRD must be confirmed absent before the known bindings are dropped.
+    pub fn crd_missing_grace(mut self, grace: Duration) -> Self {
+        self.presence = CrdPresence::new(grace);
+        self
+    }
+
+    /// One watch event.
+    pub fn event(&mut self, e: Event<K>) {
+        match e {
+            Event::Init => self.init(),
+            Event::InitApply(o) => self.init_apply(&o),
+            Event::InitDone => self.init_done(),
+            Event::Apply(o) => self.apply(&o),
+            Event::Delete(o) => self.delete(&o),
         }
     }
 
@@ -133,9 +228,15 @@ impl<K: Cached> Feed<K> {
             self.seen.contains(&(ns.to_string(), name.to_string()))
         });
         ix.mark_synced(kind);
-        if kind == Kind::Binding && ix.bindings_crd_missing {
-            ix.bindings_crd_missing = false;
-            tracing::info!("TargetGroupBinding CRD found; injecting readiness gates again");
+        if kind == Kind::Binding {
+            self.presence.listed();
+            if ix.bindings_warning.take().is_some() {
+                tracing::info!("TargetGroupBinding list answers again; bindings are current");
+            }
+            if ix.bindings_crd_missing {
+                ix.bindings_crd_missing = false;
+                tracing::info!("TargetGroupBinding CRD found; injecting readiness gates again");
+            }
         }
         ix.compact();
         drop(ix);
@@ -164,9 +265,44 @@ impl<K: Cached> Feed<K> {
         self.cache.notify();
     }
 
-    /// The kind's CRD is not installed: there are none, and that is a complete answer.
+    /// The list or watch answered 404 at `now_ms`, and discovery then said `discovery`. The
+    /// known bindings stay until the absence is confirmed and sustained (`crd_presence`).
+    pub fn not_found(&mut self, now_ms: i64, discovery: &Discovery) {
+        let ever_listed = self.cache.read().synced().bindings;
+        match self.presence.not_found(now_ms, ever_listed, discovery) {
+            Verdict::Missing => self.crd_missing(),
+            Verdict::Keep => {
+                let mut ix = self.cache.write();
+                if ix.bindings_crd_missing {
+                    return;
+                }
+                let since = self.presence.not_found_since().unwrap_or(now_ms);
+                let confirmed = match (discovery, self.presence.absent_since()) {
+                    (Discovery::Absent, Some(t)) => format!(
+                        "discovery has not listed targetgroupbindings.elbv2.k8s.aws for {}s",
+                        (now_ms - t) / 1000
+                    ),
+                    (Discovery::Present, _) => "discovery still lists the CRD".to_string(),
+                    (_, _) => "discovery unavailable".to_string(),
+                };
+                let note = format!(
+                    "the TargetGroupBinding list/watch has answered 404 for {}s ({confirmed}); keeping the {} known bindings until the CRD is confirmed missing for {}s",
+                    (now_ms - since) / 1000,
+                    ix.counts().0,
+                    self.presence.grace().as_secs()
+                );
+                tracing::warn!("{note}");
+                ix.bindings_warning = Some(note);
+                drop(ix);
+                self.cache.notify();
+            }
+        }
+    }
+
+    /// The kind's CRD is confirmed gone: there are none, and that is a complete answer.
     pub fn crd_missing(&mut self) {
         let mut ix = self.cache.write();
+        ix.bindings_warning = None;
         if !ix.bindings_crd_missing {
             tracing::error!(
                 "the TargetGroupBinding CRD (targetgroupbindings.elbv2.k8s.aws/v1beta1) is not installed: \
@@ -606,6 +742,15 @@ mod tests {
         .unwrap()
     }
 
+    fn binding(name: &str) -> TargetGroupBinding {
+        serde_json::from_value(json!({
+            "apiVersion": "elbv2.k8s.aws/v1beta1", "kind": "TargetGroupBinding",
+            "metadata": { "name": name, "namespace": "shop", "resourceVersion": "1" },
+            "spec": { "targetGroupARN": "arn:x", "targetType": "ip", "serviceRef": { "name": "web", "port": 80 } }
+        }))
+        .unwrap()
+    }
+
     #[test]
     fn namespaces_keep_the_opt_in_and_the_prestop_annotation() {
         let cache = Arc::new(Cache::default());
@@ -634,6 +779,130 @@ mod tests {
         assert!(cache.read().is_opted_in("shop"));
         feed.delete(&namespace("shop", json!({}), json!({})));
         assert!(!cache.read().is_opted_in("shop"));
+    }
+
+    fn listed_bindings(cache: &Arc<Cache>) -> Feed<TargetGroupBinding> {
+        let mut feed = Feed::<TargetGroupBinding>::new(cache.clone())
+            .crd_missing_grace(Duration::from_secs(120));
+        feed.init();
+        feed.init_apply(&binding("web-tgb"));
+        feed.init_done();
+        feed
+    }
+
+    #[test]
+    fn a_404_keeps_known_bindings_until_the_absence_is_confirmed_and_sustained() {
+        let cache = Arc::new(Cache::default());
+        let mut feed = listed_bindings(&cache);
+        // API server restart: 404s, discovery down or still serving the CRD.
+        feed.not_found(0, &Discovery::Unknown("connection refused".into()));
+        feed.not_found(30_000, &Discovery::Present);
+        {
+            let ix = cache.read();
+            assert!(
+                ix.binding("shop", "web-tgb").is_some(),
+                "a blip wiped the bindings"
+            );
+            assert!(!ix.bindings_crd_missing);
+            let note = ix.bindings_warning.as_deref().unwrap();
+            assert!(
+                note.contains("404 for 30s") && note.contains("keeping the 1 known bindings"),
+                "{note}"
+            );
+        }
+        // The list answers again: back to normal.
+        feed.init();
+        feed.init_apply(&binding("web-tgb"));
+        feed.init_done();
+        assert!(cache.read().bindings_warning.is_none());
+        // CRD deleted for real: kept for the grace period, dropped after.
+        feed.not_found(100_000, &Discovery::Absent);
+        feed.not_found(219_000, &Discovery::Absent);
+        assert!(cache.read().binding("shop", "web-tgb").is_some());
+        feed.not_found(220_000, &Discovery::Absent);
+        let ix = cache.read();
+        assert!(ix.binding("shop", "web-tgb").is_none() && ix.bindings_crd_missing);
+        assert!(ix.bindings_warning.is_none());
+    }
+
+    #[test]
+    fn at_start_up_a_confirmed_missing_crd_is_an_empty_synced_list_at_once() {
+        let cache = Arc::new(Cache::default());
+        let mut feed = Feed::<TargetGroupBinding>::new(cache.clone());
+        feed.not_found(0, &Discovery::Unknown("timeout".into()));
+        assert!(
+            !cache.read().synced().bindings,
+            "unconfirmed: still waiting for a list"
+        );
+        feed.not_found(1_000, &Discovery::Absent);
+        let ix = cache.read();
+        assert!(ix.synced().bindings && ix.bindings_crd_missing);
+    }
+
+    /// A scripted API server: the binding list answers 404; discovery answers `discovery`
+    /// (`None`: 404 for the group version too).
+    async fn serve_404s(
+        mut handle: tower_test::mock::Handle<
+            hyper::Request<kube::client::Body>,
+            hyper::Response<kube::client::Body>,
+        >,
+        discovery: Option<serde_json::Value>,
+    ) {
+        let not_found = || {
+            let body = json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                               "message": "the server could not find the requested resource", "reason": "NotFound", "code": 404 });
+            hyper::Response::builder()
+                .status(404)
+                .body(kube::client::Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap()
+        };
+        while let Some((req, send)) = handle.next_request().await {
+            let answer = match (req.uri().path(), &discovery) {
+                ("/apis/elbv2.k8s.aws/v1beta1", Some(d)) => hyper::Response::builder()
+                    .body(kube::client::Body::from(serde_json::to_vec(d).unwrap()))
+                    .unwrap(),
+                _ => not_found(),
+            };
+            send.send_response(answer);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_binding_watcher_checks_discovery_before_dropping_anything() {
+        let served = json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "elbv2.k8s.aws/v1beta1",
+            "resources": [{ "name": "targetgroupbindings", "singularName": "targetgroupbinding", "namespaced": true,
+                            "kind": "TargetGroupBinding", "verbs": ["get", "list", "watch"] }] });
+        for (discovery, kept) in [(Some(served), true), (None, false)] {
+            let cache = Arc::new(Cache::default());
+            listed_bindings(&cache);
+            let metrics = Arc::new(Metrics::new());
+            let (service, handle) = tower_test::mock::pair();
+            let client = Client::new(service, "default");
+            tokio::spawn(serve_404s(handle, discovery));
+            let watcher = tokio::spawn(drive_bindings(
+                client,
+                cache.clone(),
+                metrics.clone(),
+                Duration::from_secs(120),
+            ));
+            // Well inside the grace: kept either way, and said so.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            assert!(cache.read().binding("shop", "web-tgb").is_some());
+            assert!(cache.read().bindings_warning.is_some());
+            assert!(metrics.encode().contains("readygate_bindings_crd_state 1"));
+            // Past it: dropped only when discovery confirmed the absence all along.
+            tokio::time::sleep(Duration::from_secs(180)).await;
+            assert_eq!(cache.read().binding("shop", "web-tgb").is_some(), kept);
+            let state = if kept { 1 } else { 2 };
+            assert!(
+                metrics
+                    .encode()
+                    .contains(&format!("readygate_bindings_crd_state {state}")),
+                "{}",
+                metrics.encode()
+            );
+            watcher.abort();
+        }
     }
 
     #[test]

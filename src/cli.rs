@@ -56,6 +56,8 @@ pub struct ServeArgs {
     pub admin: AdminArgs,
     #[command(flatten)]
     pub controller: ControllerArgs,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -121,6 +123,15 @@ pub struct ControllerArgs {
     /// health checks were seen to start), so the gate follows ELB closely.
     #[arg(long, env = "READYGATE_FAST_POLL_INTERVAL", default_value = "500ms", value_parser = duration)]
     pub fast_poll_interval: Duration,
+    /// Cap of the poll interval of a group whose answers stay the same (targets that stay
+    /// unhealthy): each poll that changes nothing doubles the interval up to this; a changed
+    /// answer or a new pending target brings it back.
+    #[arg(long, env = "READYGATE_MAX_POLL_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub max_poll_interval: Duration,
+    /// How long a group's health-check settings (interval, healthy threshold, load balancers)
+    /// are used before they are read again; an answer they cannot explain re-reads them sooner.
+    #[arg(long, env = "READYGATE_SETTINGS_TTL", default_value = "5m", value_parser = duration)]
+    pub settings_ttl: Duration,
     /// ELBv2 calls per second this process makes at most, averaged (AWS's Describe* bucket
     /// refills at 10/s for the whole account).
     #[arg(long, env = "READYGATE_ELBV2_RATE", default_value_t = 5.0)]
@@ -132,8 +143,9 @@ pub struct ControllerArgs {
     /// counted, and its target group backs off and is polled again.
     #[arg(long, env = "READYGATE_ELBV2_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub elbv2_timeout: Duration,
-    /// Count `unused` targets with reason Target.NotInUse (target group attached to no load
-    /// balancer, so no traffic waits on them) as ready.
+    /// Count `unused` targets with reason Target.NotInUse as ready when their target group is
+    /// attached to no load balancer (no traffic waits on them). In an attached group that state
+    /// means an Availability Zone the load balancer does not enable: never ready.
     #[arg(long, env = "READYGATE_UNUSED_IS_READY", default_value_t = true, action = clap::ArgAction::Set)]
     pub unused_is_ready: bool,
     /// Count `unavailable` targets with reason Target.HealthCheckDisabled as ready.
@@ -154,6 +166,15 @@ pub struct ControllerArgs {
     /// Time allowed for one pod status PATCH.
     #[arg(long, env = "READYGATE_WRITE_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub write_timeout: Duration,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct CacheArgs {
+    /// How long the TargetGroupBinding CRD must be confirmed absent by discovery, while its
+    /// list/watch answers 404, before the known bindings are dropped (their pending gates are
+    /// then released). A 404 alone, as during an API server restart, never drops them.
+    #[arg(long, env = "READYGATE_CRD_MISSING_GRACE", default_value = "2m", value_parser = duration)]
+    pub crd_missing_grace: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -193,6 +214,7 @@ mod tests {
         // Longer than endpoint propagation to the API server.
         assert!(s.webhook.shutdown_delay >= Duration::from_secs(5));
         assert!(s.controller.unused_is_ready && s.controller.failsafe_timeout.is_none());
+        assert_eq!(s.cache.crd_missing_grace, Duration::from_secs(120));
         let cli = Cli::try_parse_from([
             "readygate",
             "serve",

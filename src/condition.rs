@@ -57,6 +57,7 @@ pub const REASON_REGISTRATION: &str = "Elb.RegistrationInProgress";
 pub const MESSAGE_REGISTRATION: &str = "Target registration is in progress";
 pub const REASON_BINDING_DELETED: &str = "Readygate.BindingNotFound";
 pub const REASON_SERVICE_DELETED: &str = "Readygate.ServiceNotFound";
+pub const REASON_NOT_SELECTED: &str = "Readygate.NotSelected";
 pub const REASON_NOT_IP: &str = "Readygate.NotIpTarget";
 pub const REASON_FAILSAFE: &str = "Readygate.FailsafeTimeout";
 pub const REASON_NO_TARGET: &str = "Readygate.TargetUnresolved";
@@ -96,8 +97,28 @@ pub fn from_health(health: &Health, policy: Policy) -> Desired {
     Desired::new(status, reason, message)
 }
 
+/// The condition for a target ELB reports on, in a group DescribeTargetGroups described
+/// (`attached`: it has `LoadBalancerArns`; `None`: not known yet). `unused` / `Target.NotInUse`
+/// releases the gate (policy permitting) only in a group attached to no load balancer: in an
+/// attached one it means the target's Availability Zone is not enabled on the load balancer, so
+/// the target gets no traffic while the pod would count as ready.
+pub fn from_health_in_group(health: &Health, policy: Policy, attached: Option<bool>) -> Desired {
+    let policy = Policy {
+        unused_is_ready: policy.unused_is_ready && attached == Some(false),
+        ..policy
+    };
+    from_health(health, policy)
+}
+
+/// `unused` / `Target.NotInUse` in a group attached to a load balancer: worth a Warning Event.
+pub fn not_in_use_while_attached(health: &Health, attached: Option<bool>) -> bool {
+    health.state == "unused"
+        && health.reason.as_deref() == Some("Target.NotInUse")
+        && attached == Some(true)
+}
+
 /// What to write given the pod's current condition, or `None` when the write would change
-/// nothing. A True gate stays True; the transition time is kept while the status is unchanged.
+/// nothing. A True gate stays True (a container restart reopens it: `recheck`); the transition time is kept while the status is unchanged.
 pub fn next(
     current: Option<&Condition>,
     desired: &Desired,
@@ -123,6 +144,18 @@ pub fn next(
         message: desired.message.clone(),
         last_transition_time,
     })
+}
+
+/// What to write on a gate that was True before its containers restarted: the condition with a
+/// fresh transition time, whatever it says, so the gate reads as checked after the restart
+/// (and a True from a healthy answer settles it instead of leaving it pending).
+pub fn recheck(desired: &Desired, now_rfc3339: &str) -> Condition {
+    Condition {
+        status: desired.status,
+        reason: desired.reason.clone(),
+        message: desired.message.clone(),
+        last_transition_time: Some(now_rfc3339.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -255,6 +288,38 @@ mod tests {
     }
 
     #[test]
+    fn not_in_use_releases_only_in_a_group_attached_to_no_load_balancer() {
+        let health = h(
+            "unused",
+            Some("Target.NotInUse"),
+            Some("Target is in an Availability Zone that is not enabled for the load balancer"),
+        );
+        let detached = from_health_in_group(&health, Policy::default(), Some(false));
+        assert_eq!(detached.status, ConditionStatus::True);
+        assert!(!not_in_use_while_attached(&health, Some(false)));
+        // Attached (or not known yet): the target gets no traffic, so the gate stays False.
+        for attached in [Some(true), None] {
+            let d = from_health_in_group(&health, Policy::default(), attached);
+            assert_eq!(
+                d,
+                Desired::new(
+                    ConditionStatus::False,
+                    "Target.NotInUse",
+                    health.description.as_deref().unwrap()
+                )
+            );
+        }
+        assert!(not_in_use_while_attached(&health, Some(true)));
+        // Other states are untouched by the attachment.
+        let healthy = h("healthy", None, None);
+        assert_eq!(
+            from_health_in_group(&healthy, Policy::default(), Some(true)).status,
+            ConditionStatus::True
+        );
+        assert!(!not_in_use_while_attached(&healthy, Some(true)));
+    }
+
+    #[test]
     fn unavailable_health_check_disabled_follows_policy() {
         let health = h(
             "unavailable",
@@ -309,6 +374,20 @@ mod tests {
                 .unwrap()
                 .last_transition_time
                 .as_deref(),
+            Some(now)
+        );
+    }
+
+    #[test]
+    fn a_recheck_after_a_restart_can_turn_true_false_and_always_moves_the_transition_time() {
+        let now = "2026-11-21T10:05:00Z";
+        let w = recheck(&not_registered(), now);
+        assert_eq!(w.status, ConditionStatus::False);
+        assert_eq!(w.reason, REASON_REGISTRATION);
+        assert_eq!(w.last_transition_time.as_deref(), Some(now));
+        let healthy = from_health(&h("healthy", None, None), Policy::default());
+        assert_eq!(
+            recheck(&healthy, now).last_transition_time.as_deref(),
             Some(now)
         );
     }

@@ -1,9 +1,11 @@
 //! The status controller: ELBv2 target health → pod readiness-gate conditions.
 //!
-//! One loop, active only on the leader. Each pass reads the index, decides what every pending
-//! gate should say (`plan`, pure), hands condition writes to the writer, and starts the polls
-//! that are due — one DescribeTargetHealth per target group, shared by every binding and pod
-//! on it. Poll results come back on a channel and trigger the next pass.
+//! A decision core and a thin shell. The core (`Controller`) takes the index, ELB's answers and
+//! the time as inputs and returns `Actions`: each pass decides what every pending gate should
+//! say (`plan`, pure), which condition writes and events go to the writer, which target groups
+//! to poll — one DescribeTargetHealth per group, shared by every binding and pod on it — and
+//! when to wake next; per-group poll state lives in `poller`. The shell (`run_loop`), active
+//! only on the leader, carries the actions out and feeds the answers back.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -20,7 +22,8 @@ use crate::domain::{ConditionStatus, Pod, TargetType, gate_type};
 use crate::elbv2::{ElbError, Elbv2, GroupSettings};
 use crate::index::Index;
 use crate::metrics::Metrics;
-use crate::schedule::{self, GroupTimes, Pending, Timing};
+use crate::poller::{self, Group, Settings};
+use crate::schedule::{self, Pending, Timing};
 use crate::target::{self, Target};
 use crate::writer::{self, ConditionWrite, Done, Job, Outcome, PodEvent, Writer};
 
@@ -63,6 +66,8 @@ pub struct GateWork {
     pub created: Option<i64>,
     pub binding: String,
     pub current: Option<crate::domain::Condition>,
+    /// The gate was True, then the containers restarted: it follows ELB again.
+    pub reopened: bool,
     pub need: Need,
 }
 
@@ -75,7 +80,8 @@ pub fn plan(ix: &Index, now_ms: i64, failsafe: Option<Duration>) -> Vec<GateWork
             continue;
         }
         for binding in &pod.gates {
-            if pod.gate_is_true(binding) {
+            let reopened = restarted_since_true(pod, binding);
+            if pod.gate_is_true(binding) && !reopened {
                 continue;
             }
             work.push(GateWork {
@@ -85,11 +91,28 @@ pub fn plan(ix: &Index, now_ms: i64, failsafe: Option<Duration>) -> Vec<GateWork
                 created: pod.created,
                 binding: binding.clone(),
                 current: pod.condition(binding).cloned(),
+                reopened,
                 need: need(ix, ns, pod, binding, now_ms, failsafe),
             });
         }
     }
     work
+}
+
+/// The gate is True but the containers turned ready after it did (a container restarted, and
+/// its target was re-registered and is checked from scratch): as the AWS Load Balancer
+/// Controller does, the gate must follow ELB again.
+pub fn restarted_since_true(pod: &Pod, binding: &str) -> bool {
+    let Some(c) = pod.condition(binding) else {
+        return false;
+    };
+    let gate_since = c
+        .last_transition_time
+        .as_deref()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.as_second());
+    c.status == ConditionStatus::True
+        && matches!((pod.containers_ready_since, gate_since), (Some(ready), Some(gate)) if ready > gate)
 }
 
 fn need(
@@ -125,6 +148,17 @@ fn need(
             ),
         ));
     };
+    // The Service's selector or labels changed, or the binding now names another Service: the
+    // load balancer no longer registers this pod, so nothing will ever say healthy.
+    if !service.selects(pod.labels.as_slice()) {
+        return Need::Release(Desired::released(
+            condition::REASON_NOT_SELECTED,
+            &format!(
+                "Service {} of TargetGroupBinding {binding_name} no longer selects this pod; gate released",
+                binding.service_name
+            ),
+        ));
+    }
     if let (Some(limit), Some(created)) = (failsafe, pod.created)
         && now_ms >= created * 1000 + limit.as_millis() as i64
     {
@@ -157,20 +191,8 @@ fn need(
     }
 }
 
-/// What ELB last said about a group.
-#[derive(Debug, Default)]
-struct Group {
-    times: GroupTimes,
-    backoff: Option<Backoff>,
-    in_flight: bool,
-    /// Targets and health from the last successful poll, with its time.
-    health: Option<(HashMap<Target, Health>, i64)>,
-    /// Targets whose health checks were seen to start: (the poll before, the poll that saw it).
-    checks_began: HashMap<Target, (i64, i64)>,
-    not_found: Option<String>,
-}
-
-enum Reply {
+/// An ELBv2 answer, fed back into the controller.
+pub enum Reply {
     Settings(
         Vec<String>,
         Result<HashMap<String, GroupSettings>, ElbError>,
@@ -178,7 +200,30 @@ enum Reply {
     Health(String, Result<HashMap<Target, Health>, ElbError>, i64),
 }
 
+/// The ELBv2 call a failure came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Call {
+    Settings,
+    Health,
+}
+
 type Key = (String, String);
+
+/// What the decisions ask the shell to do. The core never calls ELBv2 or the writer itself,
+/// so it runs on any clock: tests feed it `now` and replies, and read these.
+#[derive(Debug, Default)]
+pub struct Actions {
+    /// Groups to poll, one DescribeTargetHealth each.
+    pub polls: Vec<String>,
+    /// Groups whose settings to read, one DescribeTargetGroups per batch.
+    pub settings: Vec<Vec<String>>,
+    /// Condition writes (each with the event to publish once written) and events, in order.
+    pub jobs: Vec<Job>,
+    /// ELB throttled the account: hold every call this long.
+    pub hold_budget: Option<Duration>,
+    /// The next pass is due at the latest then (ms).
+    pub wake_at: Option<i64>,
+}
 
 /// A condition handed to the writer.
 struct Sent {
@@ -187,24 +232,28 @@ struct Sent {
     pod_created: Option<i64>,
 }
 
-struct Controller {
+/// The decision core: index and ELB answers in, actions out, with time as an input.
+pub struct Controller {
     cache: Arc<Cache>,
-    elb: Elbv2,
     metrics: Arc<Metrics>,
     policy: Policy,
     poll_interval_ms: i64,
     fast_poll_interval_ms: i64,
+    max_poll_interval_ms: i64,
+    settings_ttl_ms: i64,
     failsafe: Option<Duration>,
     groups: HashMap<String, Group>,
-    /// Health-check settings, read once per group and kept (they rarely change).
-    settings: HashMap<String, GroupSettings>,
-    replies_tx: mpsc::Sender<Reply>,
-    jobs: mpsc::Sender<Job>,
+    /// Health-check settings by group, kept while idle and read again when stale or doubted.
+    settings: HashMap<String, Settings>,
+    /// What the decisions so far ask for, until the shell takes it.
+    out: Actions,
     /// Conditions handed to the writer and not yet seen in the cache, by (uid, binding).
     sent: HashMap<Key, Sent>,
     /// When a target was first seen healthy, for the lag metric.
     healthy_seen: HashMap<Key, i64>,
     warned_missing: HashSet<String>,
+    /// Gates warned about a `Target.NotInUse` target in an attached group, by (uid, binding).
+    warned_not_in_use: HashSet<Key>,
     last_missing_check: i64,
 }
 
@@ -219,13 +268,61 @@ fn jitter() -> f64 {
 }
 
 impl Controller {
+    pub fn new(cache: Arc<Cache>, metrics: Arc<Metrics>, args: &ControllerArgs) -> Self {
+        Self {
+            cache,
+            metrics,
+            policy: Policy {
+                unused_is_ready: args.unused_is_ready,
+                unavailable_is_ready: args.unavailable_is_ready,
+            },
+            poll_interval_ms: args.poll_interval.as_millis() as i64,
+            fast_poll_interval_ms: args.fast_poll_interval.as_millis() as i64,
+            max_poll_interval_ms: args.max_poll_interval.as_millis() as i64,
+            settings_ttl_ms: args.settings_ttl.as_millis() as i64,
+            failsafe: args.failsafe_timeout,
+            groups: HashMap::new(),
+            settings: HashMap::new(),
+            out: Actions::default(),
+            sent: HashMap::new(),
+            healthy_seen: HashMap::new(),
+            warned_missing: HashSet::new(),
+            warned_not_in_use: HashSet::new(),
+            last_missing_check: i64::MIN / 2,
+        }
+    }
+
+    /// What the decisions since the last call ask for.
+    pub fn take_actions(&mut self) -> Actions {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Not the leader: forget what was handed to the writer (the next leader decides anew).
+    pub fn step_down(&mut self) {
+        self.sent.clear();
+        self.metrics.pending_pods.set(0);
+    }
+
+    /// The writer could not take a condition: decide again next pass.
+    pub fn unsent(&mut self, w: &ConditionWrite) {
+        self.sent.remove(&(w.uid.clone(), w.binding.clone()));
+    }
+
     fn group(&mut self, arn: &str) -> &mut Group {
         self.groups.entry(arn.to_string()).or_default()
     }
 
-    /// One pass; returns when the next pass is due at the latest (ms).
-    fn pass(&mut self) -> Option<i64> {
-        let now = now_ms();
+    /// One pass at `now` (ms); the actions it decided, with the time of the next pass.
+    pub fn pass(&mut self, now: i64) -> Actions {
+        let wake_at = self.decide(now);
+        Actions {
+            wake_at,
+            ..self.take_actions()
+        }
+    }
+
+    /// Returns when the next pass is due at the latest (ms).
+    fn decide(&mut self, now: i64) -> Option<i64> {
         let cache = self.cache.clone();
         let work = {
             let ix = cache.read();
@@ -248,9 +345,11 @@ impl Controller {
             .collect();
         self.sent.retain(|k, _| live.contains(k));
         self.healthy_seen.retain(|k, _| live.contains(k));
+        self.warned_not_in_use.retain(|k| live.contains(k));
 
         // Pending targets per group, for scheduling.
         let mut pending: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
+        let mut pending_targets: HashMap<String, HashSet<Target>> = HashMap::new();
         for w in &work {
             let desired = match &w.need {
                 Need::Release(d) | Need::Hold(d) => Some(d.clone()),
@@ -264,6 +363,11 @@ impl Controller {
                         ready_since_ms: wait.ready_since_ms,
                         checks_began_between,
                     });
+                    pending_targets
+                        .entry(wait.arn.clone())
+                        .or_default()
+                        .insert(wait.target.clone());
+                    self.doubt_settings(wait, checks_began_between.map(|(_, seen)| seen));
                     self.health_condition(w, wait, now)
                 }
             };
@@ -274,44 +378,60 @@ impl Controller {
 
         // Forget groups nothing waits on; poll the ones that are due.
         self.groups
-            .retain(|arn, g| pending.contains_key(arn) || g.in_flight);
+            .retain(|arn, g| pending.contains_key(arn) || g.in_flight || g.settings_in_flight);
         let mut next: Option<i64> = None;
         let mut need_settings = Vec::new();
         for (arn, targets) in pending {
-            let (poll_interval_ms, fast_interval_ms) =
-                (self.poll_interval_ms, self.fast_poll_interval_ms);
+            let timing_base = Timing {
+                check_interval_ms: 0,
+                healthy_threshold: 0,
+                poll_interval_ms: self.poll_interval_ms,
+                fast_interval_ms: self.fast_poll_interval_ms,
+                max_poll_interval_ms: self.max_poll_interval_ms,
+            };
             let settings = self.settings.get(&arn).copied();
-            let g = self.group(&arn);
-            if g.in_flight {
-                continue;
+            let ttl = self.settings_ttl_ms;
+            let g = self.groups.entry(arn.clone()).or_default();
+            g.set_pending(pending_targets.remove(&arn).unwrap_or_default());
+            let backing_off = g.times.not_before_ms.is_some_and(|t| t > now);
+            // Settings: read them first; later, refresh them beside the polls.
+            let refresh = match settings {
+                None => !backing_off,
+                Some(s) => s.refresh_due(now, ttl),
+            };
+            if refresh && !g.settings_in_flight {
+                g.settings_in_flight = true;
+                need_settings.push(arn.clone());
             }
             let Some(settings) = settings else {
-                if g.times.not_before_ms.is_none_or(|t| t <= now) {
-                    g.in_flight = true;
-                    need_settings.push(arn);
-                } else {
+                if backing_off {
                     next = min_opt(next, g.times.not_before_ms);
                 }
                 continue;
             };
+            if !g.settings_in_flight {
+                next = min_opt(next, Some(settings.refresh_at(ttl)));
+            }
+            if g.in_flight {
+                continue;
+            }
             let timing = Timing {
-                check_interval_ms: i64::from(settings.interval_seconds.max(0)) * 1000,
-                healthy_threshold: i64::from(settings.healthy_threshold.max(0)),
-                poll_interval_ms,
-                fast_interval_ms,
+                check_interval_ms: i64::from(settings.value.interval_seconds.max(0)) * 1000,
+                healthy_threshold: i64::from(settings.value.healthy_threshold.max(0)),
+                ..timing_base
             };
             let due = schedule::next_poll(&targets, timing, g.times);
             match due {
                 Some(t) if t <= now => {
                     g.in_flight = true;
-                    self.spawn_poll(arn);
+                    self.out.polls.push(arn);
                 }
                 Some(t) => next = min_opt(next, Some(t)),
                 None => {}
             }
         }
         for batch in need_settings.chunks(SETTINGS_BATCH) {
-            self.spawn_settings(batch.to_vec());
+            self.out.settings.push(batch.to_vec());
         }
         // Wake for the failsafe even when nothing else would.
         if let Some(limit) = self.failsafe {
@@ -327,6 +447,27 @@ impl Controller {
             next = min_opt(next, Some(now + RESEND_AFTER_MS));
         }
         next
+    }
+
+    /// Marks the group's settings for a re-read when its last answer about `wait`'s target
+    /// contradicts them (the interval or threshold changed since they were read).
+    fn doubt_settings(&mut self, wait: &Waiting, checks_seen_ms: Option<i64>) {
+        let Some(s) = self.settings.get_mut(&wait.arn) else {
+            return;
+        };
+        let Some((targets, at)) = self.groups.get(&wait.arn).and_then(|g| g.health.as_ref()) else {
+            return;
+        };
+        // Only answers given after the settings were read can contradict them.
+        if s.doubted || *at < s.read_at_ms {
+            return;
+        }
+        if let Some(h) = targets.get(&wait.target)
+            && poller::contradicts(s.value, wait.ready_since_ms, checks_seen_ms, h, *at)
+        {
+            tracing::info!(arn = %wait.arn, state = %h.state, "an answer contradicts the group's health-check settings; reading them again");
+            s.doubted = true;
+        }
     }
 
     /// The condition ELB's last answer implies for a waiting gate.
@@ -346,25 +487,58 @@ impl Controller {
         let answer = g
             .and_then(|g| g.health.as_ref())
             .filter(|(_, at)| wait.ready_since_ms.is_some_and(|r| *at >= r));
-        match answer {
-            None => w.current.is_none().then(condition::not_registered),
-            Some((targets, at)) => Some(match targets.get(&wait.target) {
-                None => condition::not_registered(),
-                Some(h) => {
-                    let d = condition::from_health(h, self.policy);
-                    if d.status == ConditionStatus::True {
-                        self.healthy_seen
-                            .entry((w.uid.clone(), w.binding.clone()))
-                            .or_insert((*at).min(now));
-                    }
-                    d
-                }
-            }),
+        let (health, at) = match answer {
+            // A reopened gate must not stay True until the first answer: the target is new.
+            None => return (w.current.is_none() || w.reopened).then(condition::not_registered),
+            Some((targets, at)) => (targets.get(&wait.target).cloned(), *at),
+        };
+        let Some(h) = health else {
+            return Some(condition::not_registered());
+        };
+        let attached = self.settings.get(&wait.arn).map(|s| s.value.attached);
+        if condition::not_in_use_while_attached(&h, attached) {
+            self.warn_not_in_use(w, &wait.arn);
         }
+        let d = condition::from_health_in_group(&h, self.policy, attached);
+        if d.status == ConditionStatus::True {
+            self.healthy_seen
+                .entry((w.uid.clone(), w.binding.clone()))
+                .or_insert(at.min(now));
+        }
+        Some(d)
+    }
+
+    /// Once per gate: the target is `unused` / `Target.NotInUse` although its group serves a
+    /// load balancer, which only an Availability Zone the load balancer does not enable explains.
+    fn warn_not_in_use(&mut self, w: &GateWork, arn: &str) {
+        if !self
+            .warned_not_in_use
+            .insert((w.uid.clone(), w.binding.clone()))
+        {
+            return;
+        }
+        tracing::warn!(namespace = %w.namespace, pod = %w.pod, %arn, "target unused (Target.NotInUse) in a target group attached to a load balancer; gate kept False");
+        self.out.jobs.push(Job::Event(PodEvent {
+            namespace: w.namespace.clone(),
+            pod: w.pod.clone(),
+            uid: w.uid.clone(),
+            warning: true,
+            reason: "TargetNotInUse",
+            note: format!(
+                "ELB reports the target of {} unused (Target.NotInUse) although target group {arn} is attached to a load balancer: \
+                 the pod's Availability Zone is most likely not enabled on the load balancer, so it gets no traffic; gate kept False",
+                gate_type(&w.binding)
+            ),
+        }));
     }
 
     fn write(&mut self, w: &GateWork, desired: &Desired, now: i64) {
-        let Some(condition) = condition::next(w.current.as_ref(), desired, &rfc3339(now)) else {
+        let condition = if w.reopened {
+            Some(condition::recheck(desired, &rfc3339(now)))
+        } else {
+            condition::next(w.current.as_ref(), desired, &rfc3339(now))
+        };
+        let Some(condition) = condition else {
             self.sent.remove(&(w.uid.clone(), w.binding.clone()));
             return;
         };
@@ -403,17 +577,14 @@ impl Controller {
             binding: w.binding.clone(),
             condition,
         };
-        if self.jobs.try_send(Job::Condition(write, event)).is_err() {
-            // The writer is saturated: forget it and decide again next pass.
-            self.sent.remove(&(w.uid.clone(), w.binding.clone()));
-        }
+        self.out.jobs.push(Job::Condition(write, event));
     }
 
-    fn written(&mut self, done: Done) {
+    /// What became of a condition write, learnt at `now`.
+    pub fn written(&mut self, done: Done, now: i64) {
         let key = (done.write.uid.clone(), done.write.binding.clone());
         match done.outcome {
             Outcome::Written if done.write.condition.status == ConditionStatus::True => {
-                let now = now_ms();
                 if let Some(seen) = self.healthy_seen.remove(&key) {
                     self.metrics
                         .healthy_to_written_seconds
@@ -463,7 +634,7 @@ impl Controller {
             seen.insert(pod.uid.clone());
             if self.warned_missing.insert(pod.uid.clone()) {
                 tracing::warn!(namespace = ns, pod = name, gates = ?lacking, "pod lacks readiness gates it should have; restart it");
-                let _ = self.jobs.try_send(Job::Event(PodEvent {
+                self.out.jobs.push(Job::Event(PodEvent {
                     namespace: ns.to_string(),
                     pod: name.to_string(),
                     uid: pod.uid.clone(),
@@ -481,32 +652,20 @@ impl Controller {
         self.metrics.pods_missing_gates.set(missing);
     }
 
-    fn spawn_settings(&self, arns: Vec<String>) {
-        let (elb, tx) = (self.elb.clone(), self.replies_tx.clone());
-        tokio::spawn(async move {
-            let r = elb.groups_settings(&arns).await;
-            let _ = tx.send(Reply::Settings(arns, r)).await;
-        });
-    }
-
-    fn spawn_poll(&self, arn: String) {
-        let (elb, tx) = (self.elb.clone(), self.replies_tx.clone());
-        tokio::spawn(async move {
-            let r = elb.target_health(&arn).await;
-            let _ = tx.send(Reply::Health(arn, r, now_ms())).await;
-        });
-    }
-
-    fn reply(&mut self, reply: Reply) {
+    /// An ELBv2 answer, received at `now`.
+    pub fn reply(&mut self, reply: Reply, now: i64) {
         match reply {
             Reply::Settings(arns, Ok(mut found)) => {
                 for arn in arns {
                     match found.remove(&arn) {
                         Some(s) => {
-                            tracing::info!(%arn, interval = s.interval_seconds, healthy_threshold = s.healthy_threshold, "target group settings read");
-                            self.settings.insert(arn.clone(), s);
+                            let changed = self.settings.get(&arn).is_none_or(|old| old.value != s);
+                            if changed {
+                                tracing::info!(%arn, interval = s.interval_seconds, healthy_threshold = s.healthy_threshold, attached = s.attached, "target group settings read");
+                            }
+                            self.settings.insert(arn.clone(), Settings::new(s, now));
                             let g = self.group(&arn);
-                            g.in_flight = false;
+                            g.settings_in_flight = false;
                             g.not_found = None;
                         }
                         None => self.failed(
@@ -514,6 +673,8 @@ impl Controller {
                             ElbError::TargetGroupNotFound(
                                 "not in the DescribeTargetGroups answer".into(),
                             ),
+                            Call::Settings,
+                            now,
                         ),
                     }
                 }
@@ -521,42 +682,30 @@ impl Controller {
             // One unknown ARN fails the whole batch: ask for each on its own to find it.
             Reply::Settings(arns, Err(ElbError::TargetGroupNotFound(_))) if arns.len() > 1 => {
                 for arn in arns {
-                    self.spawn_settings(vec![arn]);
+                    self.out.settings.push(vec![arn]);
                 }
             }
             Reply::Settings(arns, Err(e)) => {
                 for arn in arns {
-                    self.failed(arn, e.clone());
+                    self.failed(arn, e.clone(), Call::Settings, now);
                 }
             }
             Reply::Health(arn, Ok(targets), at) => {
                 let poll_interval = self.poll_interval_ms;
-                let g = self.group(&arn);
-                let before = g.times.last_poll_ms.unwrap_or(at - poll_interval);
-                for (target, h) in &targets {
-                    if h.state == "initial"
-                        && h.reason.as_deref() == Some("Elb.InitialHealthChecking")
-                    {
-                        g.checks_began.entry(target.clone()).or_insert((before, at));
-                    }
-                }
-                g.in_flight = false;
-                g.times.last_poll_ms = Some(at);
-                g.times.not_before_ms = None;
-                g.backoff = None;
-                g.not_found = None;
-                g.health = Some((targets, at));
+                self.group(&arn).answered(targets, at, poll_interval);
             }
-            Reply::Health(arn, Err(e), _) => self.failed(arn, e),
+            Reply::Health(arn, Err(e), _) => self.failed(arn, e, Call::Health, now),
         }
     }
 
     /// Backs the group off after a failed call.
-    fn failed(&mut self, arn: String, e: ElbError) {
-        let now = now_ms();
+    fn failed(&mut self, arn: String, e: ElbError, call: Call, now: i64) {
         let budget_hold = {
-            let g = self.group(&arn);
-            g.in_flight = false;
+            let g = self.groups.entry(arn.clone()).or_default();
+            match call {
+                Call::Settings => g.settings_in_flight = false,
+                Call::Health => g.in_flight = false,
+            }
             let backoff = g.backoff.get_or_insert_with(|| {
                 Backoff::new(Duration::from_secs(1), Duration::from_secs(60))
             });
@@ -567,12 +716,17 @@ impl Controller {
                 }
                 _ => backoff.failure(jitter()),
             };
-            g.times.not_before_ms = Some(now + delay.as_millis() as i64);
+            let until = now + delay.as_millis() as i64;
+            // A failed refresh keeps the settings in use and only delays the next refresh;
+            // polls back off only when the call that failed was theirs, or nothing can poll yet.
+            match self.settings.get_mut(&arn) {
+                Some(s) if call == Call::Settings => s.retry_at_ms = Some(until),
+                _ => g.times.not_before_ms = Some(until),
+            }
             matches!(e, ElbError::Throttled(_)).then_some(delay)
         };
         if let Some(delay) = budget_hold {
-            // The account's bucket is shared: every call waits, not just this group's.
-            self.elb.budget().hold(delay);
+            self.out.hold_budget = Some(self.out.hold_budget.map_or(delay, |d| d.max(delay)));
         }
         tracing::warn!(%arn, error = %e, "ELBv2 call failed; backing off");
     }
@@ -647,54 +801,81 @@ pub async fn run_loop(
     mut done: mpsc::Receiver<Done>,
 ) {
     let (replies_tx, mut replies) = mpsc::channel(1024);
-    let mut c = Controller {
-        cache: cache.clone(),
+    let mut c = Controller::new(cache.clone(), metrics, args);
+    let shell = Shell {
         elb,
-        metrics,
-        policy: Policy {
-            unused_is_ready: args.unused_is_ready,
-            unavailable_is_ready: args.unavailable_is_ready,
-        },
-        poll_interval_ms: args.poll_interval.as_millis() as i64,
-        fast_poll_interval_ms: args.fast_poll_interval.as_millis() as i64,
-        failsafe: args.failsafe_timeout,
-        groups: HashMap::new(),
-        settings: HashMap::new(),
-        replies_tx,
+        replies: replies_tx,
         jobs,
-        sent: HashMap::new(),
-        healthy_seen: HashMap::new(),
-        warned_missing: HashSet::new(),
-        last_missing_check: i64::MIN / 2,
     };
     loop {
         if !*leader.borrow_and_update() {
-            c.sent.clear();
-            c.metrics.pending_pods.set(0);
+            c.step_down();
             if leader.changed().await.is_err() {
                 return;
             }
             continue;
         }
-        let next = c.pass();
-        let sleep = next.map_or(Duration::from_secs(3600), |t| {
+        let actions = c.pass(now_ms());
+        let sleep = actions.wake_at.map_or(Duration::from_secs(3600), |t| {
             Duration::from_millis((t - now_ms()).max(0) as u64)
         });
+        shell.execute(&mut c, actions);
         tokio::select! {
             _ = cache.changed() => {
                 // Let a burst of watch events land before the next pass.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Some(r) = replies.recv() => {
-                c.reply(r);
-                while let Ok(r) = replies.try_recv() { c.reply(r); }
+                c.reply(r, now_ms());
+                while let Ok(r) = replies.try_recv() { c.reply(r, now_ms()); }
             }
             Some(d) = done.recv() => {
-                c.written(d);
-                while let Ok(d) = done.try_recv() { c.written(d); }
+                c.written(d, now_ms());
+                while let Ok(d) = done.try_recv() { c.written(d, now_ms()); }
             }
             _ = tokio::time::sleep(sleep) => {}
             r = leader.changed() => if r.is_err() { return },
+        }
+        let actions = c.take_actions();
+        shell.execute(&mut c, actions);
+    }
+}
+
+/// Carries out the core's actions: ELBv2 calls (their answers come back as replies), the
+/// account-wide budget hold, and the writer's jobs.
+struct Shell {
+    elb: Elbv2,
+    replies: mpsc::Sender<Reply>,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Shell {
+    fn execute(&self, c: &mut Controller, actions: Actions) {
+        if let Some(pause) = actions.hold_budget {
+            // The account's bucket is shared: every call waits, not just this group's.
+            self.elb.budget().hold(pause);
+        }
+        for arns in actions.settings {
+            let (elb, tx) = (self.elb.clone(), self.replies.clone());
+            tokio::spawn(async move {
+                let r = elb.groups_settings(&arns).await;
+                let _ = tx.send(Reply::Settings(arns, r)).await;
+            });
+        }
+        for arn in actions.polls {
+            let (elb, tx) = (self.elb.clone(), self.replies.clone());
+            tokio::spawn(async move {
+                let r = elb.target_health(&arn).await;
+                let _ = tx.send(Reply::Health(arn, r, now_ms())).await;
+            });
+        }
+        for job in actions.jobs {
+            if let Err(e) = self.jobs.try_send(job)
+                && let Job::Condition(w, _) = e.into_inner()
+            {
+                // The writer is saturated: forget it and decide again next pass.
+                c.unsent(&w);
+            }
         }
     }
 }
@@ -703,6 +884,7 @@ pub async fn run_loop(
 mod tests {
     use super::*;
     use crate::domain::{Binding, Condition, ContainerPort, PortRef, Service, ServicePort};
+    use crate::index::Kind;
 
     fn index() -> Index {
         let mut ix = Index::default();
@@ -801,6 +983,40 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_no_binding_selects_any_more_is_released() {
+        let mut ix = index();
+        ix.apply_pod("shop", "a", pod("a", Some("127.0.1.1")));
+        assert!(matches!(
+            plan(&ix, 2_000_000, None)[0].need,
+            Need::Health(_)
+        ));
+        let released = |ix: &Index| match &plan(ix, 2_000_000, None)[0].need {
+            Need::Release(d) => d.reason.clone(),
+            other => panic!("still waiting: {other:?}"),
+        };
+        // The Service's selector moved to other pods.
+        let mut moved = ix.service("shop", "web").unwrap().clone();
+        moved.selector = [("app".to_string(), "web-v2".to_string())].into();
+        ix.apply_service("shop", "web", moved);
+        assert_eq!(released(&ix), "Readygate.NotSelected");
+        // Selector back, but the binding now points at a Service that selects other pods.
+        let mut ix = index();
+        ix.apply_pod("shop", "a", pod("a", Some("127.0.1.1")));
+        ix.apply_service(
+            "shop",
+            "api",
+            Service {
+                selector: [("app".to_string(), "api".to_string())].into(),
+                ports: ix.service("shop", "web").unwrap().ports.clone(),
+            },
+        );
+        let mut b = ix.binding("shop", "web-tgb").unwrap().clone();
+        b.service_name = "api".into();
+        ix.apply_binding("shop", b);
+        assert_eq!(released(&ix), "Readygate.NotSelected");
+    }
+
+    #[test]
     fn failsafe_releases_after_the_timeout_only() {
         let mut ix = index();
         ix.apply_pod("shop", "a", pod("a", Some("127.0.1.1")));
@@ -811,6 +1027,256 @@ mod tests {
         ));
         assert!(
             matches!(&plan(&ix, 1_300_000, limit)[0].need, Need::Release(d) if d.reason == condition::REASON_FAILSAFE)
+        );
+    }
+
+    #[test]
+    fn a_true_gate_follows_elb_again_after_its_containers_restart() {
+        let mut ix = index();
+        let mut p = pod("a", Some("127.0.1.1"));
+        p.set_condition(
+            "web-tgb",
+            Condition {
+                status: ConditionStatus::True,
+                reason: "Elb.Healthy".into(),
+                message: "Target is healthy".into(),
+                last_transition_time: Some(rfc3339(1_100_000)),
+            },
+        );
+        ix.apply_pod("shop", "a", p.clone());
+        // Containers ready before the gate turned True: nothing to do.
+        assert!(plan(&ix, 2_000_000, None).is_empty());
+        // A container restarted and is ready again after the gate turned True.
+        p.containers_ready_since = Some(1_200);
+        ix.apply_pod("shop", "a", p);
+        let work = plan(&ix, 2_000_000, None);
+        assert_eq!(work.len(), 1, "the gate must be checked again");
+        assert!(
+            matches!(&work[0].need, Need::Health(w) if w.ready_since_ms == Some(1_200_000)),
+            "{:?}",
+            work[0].need
+        );
+    }
+
+    /// The core on a virtual clock: a synced cache holding `ix`, default flags.
+    fn core(ix: Index) -> (Controller, Arc<Cache>) {
+        use clap::Parser;
+        let cache = Arc::new(Cache::default());
+        {
+            let mut guard = cache.write();
+            *guard = ix;
+            for kind in [Kind::Binding, Kind::Service, Kind::Pod, Kind::Namespace] {
+                guard.mark_synced(kind);
+            }
+        }
+        let cli = crate::cli::Cli::parse_from(["readygate", "serve"]);
+        let crate::cli::Command::Serve(serve) = cli.command else {
+            unreachable!()
+        };
+        let c = Controller::new(cache.clone(), Arc::new(Metrics::new()), &serve.controller);
+        (c, cache)
+    }
+
+    /// One pass at `now`, with its condition writes applied as the API server and watch would.
+    fn pass_at(c: &mut Controller, cache: &Cache, now: i64) -> Actions {
+        let actions = c.pass(now);
+        for job in &actions.jobs {
+            if let Job::Condition(w, _) = job {
+                let mut ix = cache.write();
+                let mut p = ix.pods().find(|(_, n, _)| *n == w.pod).unwrap().2.clone();
+                p.set_condition(&w.binding, w.condition.clone());
+                ix.apply_pod(&w.namespace, &w.pod, p);
+            }
+        }
+        actions
+    }
+
+    #[test]
+    fn polls_back_off_while_nothing_changes_and_settings_are_read_again_in_virtual_time() {
+        const ARN: &str = "arn:tg/web";
+        let mut ix = index();
+        ix.apply_pod("shop", "a", pod("a", Some("127.0.1.1")));
+        let (mut c, cache) = core(ix);
+        let t0 = 2_000_000;
+        let first = pass_at(&mut c, &cache, t0);
+        assert_eq!(first.settings, [vec![ARN.to_string()]]);
+        assert!(first.polls.is_empty(), "no poll before the settings");
+        let nlb = GroupSettings {
+            interval_seconds: 10,
+            healthy_threshold: 3,
+            attached: true,
+        };
+        c.reply(
+            Reply::Settings(vec![ARN.into()], Ok([(ARN.to_string(), nlb)].into())),
+            t0,
+        );
+        // Ready long ago: the first poll is due at once; then the same empty answer each time.
+        let mut now = t0;
+        let mut gaps = Vec::new();
+        for _ in 0..7 {
+            let a = pass_at(&mut c, &cache, now);
+            assert_eq!(a.polls, [ARN.to_string()], "at {now}");
+            c.reply(Reply::Health(ARN.into(), Ok(HashMap::new()), now), now);
+            let a = pass_at(&mut c, &cache, now);
+            assert!(a.polls.is_empty());
+            let next = a.wake_at.unwrap();
+            gaps.push(next - now);
+            now = next;
+        }
+        assert_eq!(gaps, [2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000]);
+        // A new pending target: back to the short interval.
+        let mut b = pod("b", Some("127.0.1.2"));
+        b.containers_ready_since = Some(1_010);
+        cache.write().apply_pod("shop", "b", b);
+        let a = pass_at(&mut c, &cache, now - 29_000);
+        assert_eq!(a.wake_at, Some(now - 30_000 + 2_000));
+        // Past the settings' TTL (5 min by default) they are read again, beside the polls.
+        let later = t0 + 300_000;
+        let a = pass_at(&mut c, &cache, later);
+        assert_eq!(a.settings, [vec![ARN.to_string()]]);
+        assert_eq!(
+            a.polls,
+            [ARN.to_string()],
+            "polls go on with the old settings"
+        );
+    }
+
+    fn conditions(a: &Actions) -> Vec<&ConditionWrite> {
+        a.jobs
+            .iter()
+            .filter_map(|j| match j {
+                Job::Condition(w, _) => Some(w),
+                Job::Event(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn not_in_use_in_an_attached_group_stays_false_with_one_warning_in_virtual_time() {
+        const ARN: &str = "arn:tg/web";
+        let not_in_use = Health {
+            state: "unused".into(),
+            reason: Some("Target.NotInUse".into()),
+            description: Some("Target is in an Availability Zone that is not enabled".into()),
+        };
+        for attached in [true, false] {
+            let mut ix = index();
+            ix.apply_pod("shop", "a", pod("a", Some("127.0.1.1")));
+            let (mut c, cache) = core(ix);
+            let t0 = 2_000_000;
+            pass_at(&mut c, &cache, t0);
+            let settings = GroupSettings {
+                interval_seconds: 10,
+                healthy_threshold: 3,
+                attached,
+            };
+            c.reply(
+                Reply::Settings(vec![ARN.into()], Ok([(ARN.to_string(), settings)].into())),
+                t0,
+            );
+            assert_eq!(pass_at(&mut c, &cache, t0).polls, [ARN.to_string()]);
+            let target = Target {
+                ip: "127.0.1.1".into(),
+                port: 8080,
+            };
+            let answer: HashMap<_, _> = [(target, not_in_use.clone())].into();
+            c.reply(
+                Reply::Health(ARN.into(), Ok(answer.clone()), t0 + 100),
+                t0 + 100,
+            );
+            let a = pass_at(&mut c, &cache, t0 + 100);
+            let written = conditions(&a);
+            assert_eq!(written.len(), 1);
+            assert_eq!(written[0].condition.reason, "Target.NotInUse");
+            let warned = a
+                .jobs
+                .iter()
+                .any(|j| matches!(j, Job::Event(e) if e.warning && e.reason == "TargetNotInUse"));
+            if attached {
+                assert_eq!(written[0].condition.status, ConditionStatus::False);
+                assert!(warned);
+                // Once per gate, not on every answer.
+                c.reply(
+                    Reply::Health(ARN.into(), Ok(answer), t0 + 2_100),
+                    t0 + 2_100,
+                );
+                assert!(pass_at(&mut c, &cache, t0 + 2_100).jobs.is_empty());
+            } else {
+                assert_eq!(written[0].condition.status, ConditionStatus::True);
+                assert!(!warned);
+            }
+        }
+    }
+
+    #[test]
+    fn a_restart_turns_a_true_gate_false_at_once_then_it_follows_elb_in_virtual_time() {
+        const ARN: &str = "arn:tg/web";
+        let mut ix = index();
+        let mut p = pod("a", Some("127.0.1.1"));
+        p.set_condition(
+            "web-tgb",
+            Condition {
+                status: ConditionStatus::True,
+                reason: "Elb.Healthy".into(),
+                message: "Target is healthy".into(),
+                last_transition_time: Some(rfc3339(1_100_000)),
+            },
+        );
+        p.containers_ready_since = Some(1_200);
+        ix.apply_pod("shop", "a", p);
+        let (mut c, cache) = core(ix);
+        let t0 = 1_201_000;
+        let a = pass_at(&mut c, &cache, t0);
+        let written = conditions(&a);
+        assert_eq!(written.len(), 1, "{:?}", a.jobs);
+        assert_eq!(written[0].condition.status, ConditionStatus::False);
+        assert_eq!(written[0].condition.reason, condition::REASON_REGISTRATION);
+        assert_eq!(written[0].condition.last_transition_time, Some(rfc3339(t0)));
+        // ELB says initial, then healthy: the gate follows, and is True again only then.
+        let settings = GroupSettings {
+            interval_seconds: 10,
+            healthy_threshold: 3,
+            attached: true,
+        };
+        c.reply(
+            Reply::Settings(vec![ARN.into()], Ok([(ARN.to_string(), settings)].into())),
+            t0,
+        );
+        let target = Target {
+            ip: "127.0.1.1".into(),
+            port: 8080,
+        };
+        for (at, state, reason, status) in [
+            (
+                1_230_000,
+                "initial",
+                Some("Elb.InitialHealthChecking"),
+                ConditionStatus::False,
+            ),
+            (1_232_000, "healthy", None, ConditionStatus::True),
+        ] {
+            assert_eq!(
+                pass_at(&mut c, &cache, at).polls,
+                [ARN.to_string()],
+                "at {at}"
+            );
+            let h = Health {
+                state: state.into(),
+                reason: reason.map(Into::into),
+                description: None,
+            };
+            c.reply(
+                Reply::Health(ARN.into(), Ok([(target.clone(), h)].into()), at),
+                at,
+            );
+            let a = pass_at(&mut c, &cache, at);
+            assert_eq!(conditions(&a)[0].condition.status, status, "at {at}");
+        }
+        // Settled: nothing more to write or poll.
+        let a = pass_at(&mut c, &cache, 1_240_000);
+        assert!(
+            a.jobs.is_empty() && a.polls.is_empty() && a.wake_at.is_none(),
+            "{a:?}"
         );
     }
 

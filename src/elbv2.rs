@@ -81,6 +81,10 @@ where
 pub struct GroupSettings {
     pub interval_seconds: i32,
     pub healthy_threshold: i32,
+    /// The group is attached to at least one load balancer (`LoadBalancerArns`): a target
+    /// reported `unused` / `Target.NotInUse` then sits in an Availability Zone the load
+    /// balancer does not enable, rather than in a group no traffic goes through.
+    pub attached: bool,
 }
 
 impl GroupSettings {
@@ -278,6 +282,7 @@ impl Elbv2 {
                 let settings = GroupSettings {
                     interval_seconds: g.health_check_interval_seconds().unwrap_or(30),
                     healthy_threshold: g.healthy_threshold_count().unwrap_or(5),
+                    attached: !g.load_balancer_arns().is_empty(),
                 };
                 Some((g.target_group_arn()?.to_string(), settings))
             })

@@ -45,6 +45,9 @@ pub struct Index {
     synced: Synced,
     /// The TargetGroupBinding CRD is not installed: no bindings exist.
     pub bindings_crd_missing: bool,
+    /// The binding watch answers 404 but the CRD is not confirmed gone: the bindings are the
+    /// last known ones. Says what happened, for `/readyz`.
+    pub bindings_warning: Option<String>,
 }
 
 impl Index {

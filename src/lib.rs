@@ -1,7 +1,8 @@
 //! readygate: ELBv2 target-health readiness gates for Kubernetes pods.
 //!
 //! The decision core (`domain`, `gates`, `termination`, `target`, `condition`, `schedule`,
-//! `index`, `budget`) is pure; `cache`, `webhook`, `server`, `tls`, `elbv2`, `controller` and `writer` are thin
+//! `poller`, `index`, `crd_presence`, `budget`) is pure; `cache`, `webhook`, `server`, `tls`,
+//! `elbv2`, `controller` and `writer` are thin
 //! shells around it; `app` wires them together.
 
 pub mod app;
@@ -12,12 +13,14 @@ pub mod cli;
 pub mod condition;
 pub mod controller;
 pub mod crd;
+pub mod crd_presence;
 pub mod domain;
 pub mod elbv2;
 pub mod gates;
 pub mod index;
 pub mod leader;
 pub mod metrics;
+pub mod poller;
 pub mod schedule;
 pub mod server;
 pub mod target;

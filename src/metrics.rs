@@ -42,6 +42,10 @@ pub struct Metrics {
     pub elbv2_throttles: Counter,
     pub status_writes: Family<OutcomeLabels, Counter>,
     pub is_leader: Gauge,
+    /// 0: bindings listed; 1: the binding watch answers 404, last known bindings kept;
+    /// 2: the CRD is confirmed missing.
+    pub bindings_crd_state: Gauge,
+    pub binding_watch_not_found: Counter,
 }
 
 impl Metrics {
@@ -65,6 +69,8 @@ impl Metrics {
         let elbv2_throttles = Counter::default();
         let status_writes = Family::<OutcomeLabels, Counter>::default();
         let is_leader = Gauge::default();
+        let bindings_crd_state = Gauge::default();
+        let binding_watch_not_found = Counter::default();
 
         registry.register(
             "admissions",
@@ -136,6 +142,16 @@ impl Metrics {
             "1 while this replica holds the leader lease",
             is_leader.clone(),
         );
+        registry.register(
+            "bindings_crd_state",
+            "TargetGroupBinding CRD: 0 listed, 1 list/watch answering 404 (last known bindings kept), 2 confirmed missing",
+            bindings_crd_state.clone(),
+        );
+        registry.register(
+            "binding_watch_not_found",
+            "404 answers to the TargetGroupBinding list/watch",
+            binding_watch_not_found.clone(),
+        );
 
         Self {
             registry,
@@ -153,6 +169,8 @@ impl Metrics {
             elbv2_throttles,
             status_writes,
             is_leader,
+            bindings_crd_state,
+            binding_watch_not_found,
         }
     }
 

@@ -12,6 +12,10 @@
 //!   began between that poll and the one before, so `healthy threshold − 1` intervals later,
 //!   give or take that gap and one interval.
 //!
+//! Outside those windows, a group whose answers stay the same backs off: each poll that changed
+//! nothing doubles the regular interval, up to `max_poll_interval`; a changed answer or a new
+//! pending target brings it back to `poll_interval`.
+//!
 //! A group with nothing pending is not polled at all. Times are milliseconds on one clock.
 
 /// A target waiting on its gate.
@@ -30,9 +34,19 @@ pub struct Timing {
     pub healthy_threshold: i64,
     pub poll_interval_ms: i64,
     pub fast_interval_ms: i64,
+    /// Cap of the regular interval while a group's answers stay the same.
+    pub max_poll_interval_ms: i64,
 }
 
 impl Timing {
+    /// The regular interval after `idle_polls` polls in a row that changed nothing.
+    pub fn regular_interval_ms(&self, idle_polls: u32) -> i64 {
+        let cap = self.max_poll_interval_ms.max(self.poll_interval_ms);
+        self.poll_interval_ms
+            .saturating_mul(1i64 << idle_polls.min(20))
+            .min(cap)
+    }
+
     /// The shortest time from registration to healthy.
     pub fn healthy_after_ms(&self) -> i64 {
         self.check_interval_ms * self.healthy_threshold
@@ -61,6 +75,8 @@ pub struct GroupTimes {
     pub last_poll_ms: Option<i64>,
     /// Backoff after an error: no poll before this.
     pub not_before_ms: Option<i64>,
+    /// Polls in a row whose answer changed nothing.
+    pub idle_polls: u32,
 }
 
 /// When the group should be polled next, or `None` when no pending target can be healthy
@@ -72,7 +88,7 @@ pub fn next_poll(pending: &[Pending], timing: Timing, times: GroupTimes) -> Opti
         .map(|t| t + timing.healthy_after_ms())
         .min()?;
     let last = times.last_poll_ms.unwrap_or(i64::MIN / 2);
-    let regular = last + timing.poll_interval_ms;
+    let regular = last + timing.regular_interval_ms(times.idle_polls);
     // The first moment after the last poll + fast interval that lies in a window.
     let soon = last + timing.fast_interval_ms.min(timing.poll_interval_ms);
     let fast = pending
@@ -100,6 +116,7 @@ mod tests {
         healthy_threshold: 3,
         poll_interval_ms: 2_000,
         fast_interval_ms: 500,
+        max_poll_interval_ms: 30_000,
     };
 
     fn ready(at: i64) -> Pending {
@@ -112,7 +129,7 @@ mod tests {
     fn after(last: i64) -> GroupTimes {
         GroupTimes {
             last_poll_ms: Some(last),
-            not_before_ms: None,
+            ..GroupTimes::default()
         }
     }
 
@@ -175,8 +192,37 @@ mod tests {
         let times = GroupTimes {
             last_poll_ms: Some(31_000),
             not_before_ms: Some(47_000),
+            idle_polls: 0,
         };
         assert_eq!(next_poll(&[ready(1_000)], T, times), Some(47_000));
+    }
+
+    #[test]
+    fn a_group_whose_answers_stay_the_same_backs_off_to_the_cap() {
+        // Ready long ago, past every window: only the regular interval applies.
+        let idle = |n| GroupTimes {
+            last_poll_ms: Some(100_000),
+            not_before_ms: None,
+            idle_polls: n,
+        };
+        let after: Vec<_> = (0..7)
+            .map(|n| next_poll(&[ready(1_000)], T, idle(n)).unwrap() - 100_000)
+            .collect();
+        assert_eq!(after, [2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000]);
+        // A fast window still wins over the backoff: a new target's likely moment is not missed.
+        let fresh = ready(80_000);
+        assert_eq!(next_poll(&[ready(1_000), fresh], T, idle(6)), Some(110_000));
+        assert_eq!(
+            next_poll(
+                &[ready(1_000), fresh],
+                T,
+                GroupTimes {
+                    last_poll_ms: Some(110_000),
+                    ..idle(6)
+                }
+            ),
+            Some(110_500)
+        );
     }
 
     #[test]

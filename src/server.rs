@@ -214,6 +214,9 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
             "ready; WARNING: the TargetGroupBinding CRD (targetgroupbindings.elbv2.k8s.aws) is not installed, no readiness gates will be injected\n".to_string(),
         );
     }
+    if let Some(note) = &ix.bindings_warning {
+        return (StatusCode::OK, format!("ready; WARNING: {note}\n"));
+    }
     (StatusCode::OK, "ready\n".to_string())
 }
 

@@ -50,6 +50,10 @@ struct Rig {
 }
 
 async fn start(moto: &Moto, arn: &str, pods: Vec<(&str, Pod)>, extra: &[&str]) -> Rig {
+    start_at(&moto.url, arn, pods, extra).await
+}
+
+async fn start_at(url: &str, arn: &str, pods: Vec<(&str, Pod)>, extra: &[&str]) -> Rig {
     readygate::install_crypto_provider();
     let cache = support::shop(arn);
     {
@@ -62,7 +66,7 @@ async fn start(moto: &Moto, arn: &str, pods: Vec<(&str, Pod)>, extra: &[&str]) -
     }
     let metrics = Arc::new(Metrics::new());
     let elb = Elbv2::with_endpoint(
-        &moto.url,
+        url,
         "us-east-1",
         Arc::new(Budget::new(5.0, 10)),
         metrics.clone(),
@@ -305,4 +309,185 @@ async fn the_failsafe_releases_a_gate_even_when_nothing_else_happens() {
     assert_eq!(released.condition.status, ConditionStatus::True);
     assert_eq!(released.condition.reason, "Readygate.FailsafeTimeout");
     assert!(!rig.metrics.encode().contains("DescribeTargetHealth"));
+}
+
+#[tokio::test]
+async fn a_true_gate_turns_false_again_when_its_containers_restart() {
+    let moto = Moto::start();
+    // The restarted container's target is not back in the group yet.
+    let arn = moto.target_group("web6", (30, 5), &[]).await;
+    let mut p = pod("a", "127.0.1.1", now_s() - 600);
+    let was_true = jiff::Timestamp::from_second(now_s() - 500)
+        .unwrap()
+        .to_string();
+    p.set_condition(
+        "web-tgb",
+        Condition {
+            status: ConditionStatus::True,
+            reason: "Elb.Healthy".into(),
+            message: "Target is healthy".into(),
+            last_transition_time: Some(was_true.clone()),
+        },
+    );
+    // The container restarted and was ready again 2 s ago: the gate was True before that.
+    p.containers_ready_since = Some(now_s() - 2);
+    let mut rig = start(&moto, &arn, vec![("web-a", p)], &[]).await;
+    let w = rig.next_write().await;
+    assert_eq!(w.condition.status, ConditionStatus::False);
+    assert_eq!(w.condition.reason, "Elb.RegistrationInProgress");
+    assert_ne!(w.condition.last_transition_time, Some(was_true));
+    // Now an ordinary pending gate: no rewrite, and no poll before the target can be healthy.
+    rig.no_more_writes(Duration::from_secs(3)).await;
+    assert!(!rig.metrics.encode().contains("DescribeTargetHealth"));
+}
+
+fn calls(rig: &Rig, operation: &str) -> u64 {
+    rig.metrics
+        .encode()
+        .lines()
+        .filter(|l| {
+            l.starts_with(&format!(
+                "readygate_elbv2_calls_total{{operation=\"{operation}\""
+            ))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_target_that_stays_unregistered_is_polled_less_and_less() {
+    let moto = Moto::start();
+    let arn = moto.target_group("web7", (5, 2), &[]).await;
+    let ready = now_s() - 600;
+    let mut rig = start(
+        &moto,
+        &arn,
+        vec![("web-a", pod("a", "127.0.1.1", ready))],
+        &[],
+    )
+    .await;
+    let w = rig.next_write().await;
+    assert_eq!(w.condition.reason, "Elb.RegistrationInProgress");
+    // The same answer again and again: polls after 2, 4, 8 s, not every 2 s (7 or 8 calls).
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    let idle = calls(&rig, "DescribeTargetHealth");
+    assert!((2..=5).contains(&idle), "{idle} polls in 14 s");
+    // A new pending target: back to the short interval at once.
+    rig.cache
+        .write()
+        .apply_pod("shop", "web-b", pod("b", "127.0.1.2", ready));
+    rig.cache.notify();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        calls(&rig, "DescribeTargetHealth") > idle,
+        "the new target waited for the backed-off poll"
+    );
+}
+
+#[tokio::test]
+async fn changed_health_check_settings_apply_without_a_restart() {
+    let moto = Moto::start();
+    let arn = moto.target_group("web8", (30, 5), &["127.0.1.1"]).await;
+    // Ready now: with 30 s × 5 the first poll would wait 150 s.
+    let mut rig = start(
+        &moto,
+        &arn,
+        vec![("web-a", pod("a", "127.0.1.1", now_s()))],
+        &["--settings-ttl", "1s"],
+    )
+    .await;
+    let w = rig.next_write().await;
+    assert_eq!(w.condition.reason, "Elb.RegistrationInProgress");
+    // The group is changed to 5 s × 2: healthy possible 10 s after ready.
+    moto.admin()
+        .await
+        .modify_target_group()
+        .target_group_arn(&arn)
+        .health_check_interval_seconds(5)
+        .healthy_threshold_count(2)
+        .send()
+        .await
+        .unwrap();
+    let healthy = rig.next_write().await;
+    assert_eq!(healthy.condition.status, ConditionStatus::True);
+    assert!(calls(&rig, "DescribeTargetGroups") >= 2);
+}
+
+/// A fake ELBv2 endpoint on 127.0.0.1 that reports 127.0.1.1:8080 `unused` / `Target.NotInUse`
+/// (moto never does) in a group with or without a load balancer; returns its URL.
+async fn not_in_use_elb(attached: bool) -> String {
+    use axum::routing::post;
+    const XMLNS: &str = "http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/";
+    let handle = move |body: String| async move {
+        let arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/1";
+        let lbs = if attached {
+            "<LoadBalancerArns><member>arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/net/nlb/1</member></LoadBalancerArns>"
+        } else {
+            "<LoadBalancerArns/>"
+        };
+        let xml = if body.contains("Action=DescribeTargetGroups") {
+            format!(
+                "<DescribeTargetGroupsResponse xmlns=\"{XMLNS}\"><DescribeTargetGroupsResult><TargetGroups><member>\
+                 <TargetGroupArn>{arn}</TargetGroupArn><HealthCheckIntervalSeconds>5</HealthCheckIntervalSeconds>\
+                 <HealthyThresholdCount>2</HealthyThresholdCount><TargetType>ip</TargetType>{lbs}</member></TargetGroups>\
+                 </DescribeTargetGroupsResult><ResponseMetadata><RequestId>1</RequestId></ResponseMetadata></DescribeTargetGroupsResponse>"
+            )
+        } else {
+            format!(
+                "<DescribeTargetHealthResponse xmlns=\"{XMLNS}\"><DescribeTargetHealthResult><TargetHealthDescriptions><member>\
+                 <Target><Id>127.0.1.1</Id><Port>8080</Port><AvailabilityZone>us-east-1c</AvailabilityZone></Target>\
+                 <TargetHealth><State>unused</State><Reason>Target.NotInUse</Reason>\
+                 <Description>Target is in an Availability Zone that is not enabled for the load balancer</Description></TargetHealth>\
+                 </member></TargetHealthDescriptions></DescribeTargetHealthResult><ResponseMetadata><RequestId>2</RequestId></ResponseMetadata>\
+                 </DescribeTargetHealthResponse>"
+            )
+        };
+        ([("content-type", "text/xml")], xml)
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new().route("/", post(handle));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test]
+async fn not_in_use_releases_only_a_group_attached_to_no_load_balancer() {
+    let arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/1";
+    for attached in [true, false] {
+        let url = not_in_use_elb(attached).await;
+        let mut rig = start_at(
+            &url,
+            arn,
+            vec![("web-a", pod("a", "127.0.1.1", now_s() - 600))],
+            &[],
+        )
+        .await;
+        // The jobs up to the condition ELB's answer implies (after the prompt initial False).
+        let mut warnings = Vec::new();
+        let written = loop {
+            let job = tokio::time::timeout(Duration::from_secs(20), rig.jobs.recv())
+                .await
+                .expect("a job within 20 s")
+                .unwrap();
+            match job {
+                Job::Event(e) => warnings.push(e),
+                Job::Condition(w, _) if w.condition.reason == "Target.NotInUse" => break w,
+                Job::Condition(..) => {}
+            }
+        };
+        if attached {
+            // The target's AZ is not enabled: no traffic reaches it, so the gate stays False.
+            assert_eq!(written.condition.status, ConditionStatus::False);
+            let e = warnings
+                .iter()
+                .find(|e| e.reason == "TargetNotInUse")
+                .expect("a TargetNotInUse event");
+            assert!(e.warning && e.pod == "web-a", "{e:?}");
+            assert!(e.note.contains("Availability Zone"), "{}", e.note);
+        } else {
+            assert_eq!(written.condition.status, ConditionStatus::True);
+            assert!(warnings.iter().all(|e| e.reason != "TargetNotInUse"));
+        }
+    }
 }

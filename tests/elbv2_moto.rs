@@ -101,3 +101,67 @@ async fn unreachable_endpoint_is_an_error_not_a_hang() {
 }
 
 use support::Moto;
+
+#[tokio::test]
+async fn settings_say_whether_the_group_serves_a_load_balancer() {
+    readygate::install_crypto_provider();
+    let moto = Moto::start();
+    let detached = moto.target_group("alone", (10, 3), &[]).await;
+    let attached = moto.target_group("served", (10, 3), &[]).await;
+    // An NLB in a subnet of the group's VPC, forwarding to `served`.
+    let admin = moto.admin().await;
+    let vpc = admin
+        .describe_target_groups()
+        .target_group_arns(&attached)
+        .send()
+        .await
+        .unwrap()
+        .target_groups()[0]
+        .vpc_id()
+        .unwrap()
+        .to_string();
+    let out = moto.query(
+        "ec2",
+        &format!(
+            "Action=CreateSubnet&Version=2016-11-15&VpcId={vpc}&CidrBlock=10.0.1.0%2F24&AvailabilityZone=us-east-1a"
+        ),
+    );
+    let start = out.find("<subnetId>").expect("CreateSubnet answered") + "<subnetId>".len();
+    let subnet = &out[start..start + out[start..].find("</subnetId>").unwrap()];
+    let lb = admin
+        .create_load_balancer()
+        .name("nlb")
+        .r#type(aws_sdk_elasticloadbalancingv2::types::LoadBalancerTypeEnum::Network)
+        .subnets(subnet)
+        .send()
+        .await
+        .unwrap();
+    admin
+        .create_listener()
+        .load_balancer_arn(lb.load_balancers()[0].load_balancer_arn().unwrap())
+        .protocol(aws_sdk_elasticloadbalancingv2::types::ProtocolEnum::Tcp)
+        .port(80)
+        .default_actions(
+            aws_sdk_elasticloadbalancingv2::types::Action::builder()
+                .r#type(aws_sdk_elasticloadbalancingv2::types::ActionTypeEnum::Forward)
+                .target_group_arn(&attached)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+
+    let elb = Elbv2::with_endpoint(
+        &moto.url,
+        "us-east-1",
+        Arc::new(Budget::new(50.0, 10)),
+        Arc::new(Metrics::new()),
+    )
+    .await;
+    let both = elb
+        .groups_settings(&[detached.clone(), attached.clone()])
+        .await
+        .unwrap();
+    assert!(!both[&detached].attached);
+    assert!(both[&attached].attached);
+}

@@ -632,14 +632,15 @@ impl Scrape {
             if line.starts_with('#') || line.trim().is_empty() {
                 continue;
             }
-            let toks = tokens(line);
-            let (name, labels, value) = match toks.as_slice() {
-                [Token::Ident(n), Token::Matchers(m), Token::Num(v), ..] => (n, m.clone(), v),
-                [Token::Ident(n), Token::Num(v), ..] => (n, Vec::new(), v),
+            // `name{labels} value` (readygate exports no timestamps or exemplars).
+            let (series, value) = line.rsplit_once(' ').expect("a sample line");
+            let (name, labels) = match tokens(series).as_slice() {
+                [Token::Ident(n), Token::Matchers(m)] => (n.clone(), m.clone()),
+                [Token::Ident(n)] => (n.clone(), Vec::new()),
                 _ => panic!("unexpected exposition line {line:?}"),
             };
             samples.push(Sample {
-                name: name.clone(),
+                name,
                 labels: labels.into_iter().map(|m| (m.label, m.value)).collect(),
                 value: value.parse().unwrap_or_else(|e| panic!("{line:?}: {e}")),
             });

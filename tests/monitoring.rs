@@ -756,7 +756,8 @@ async fn scrape_until(
 }
 
 /// The real binary against the rig, driven until every metric family has series: a gated pod
-/// made Ready (admission patched, ELBv2 polled, condition written, leader), a malformed admission
+/// made Ready (admission patched, ELBv2 polled, condition written, leader) while another client
+/// drains the account's Describe* budget (throttled calls), a malformed admission
 /// request (outcome error), a rejected certificate and the good one back (TLS reload error, ok).
 /// Returns /metrics.
 async fn scrape_real_binary() -> (String, Scrape) {
@@ -785,9 +786,31 @@ async fn scrape_real_binary() -> (String, Scrape) {
     // readygate's caches see the binding and the Service before the pod is admitted.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let deployment = rig::rig::web_deployment(&app, 1, Duration::from_millis(100), None);
-    let rollout = deployment
-        .roll(&stage.rig.store, "v1", Duration::from_secs(60))
+    // Another client of the account drains the Describe* budget until readygate is throttled.
+    let elb = stage.rig.elb.clone();
+    let other_client = tokio::spawn(async move {
+        loop {
+            while elb.take_describe_token().is_ok() {}
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let throttled = async {
+        scrape_until(
+            admin,
+            Duration::from_secs(30),
+            "a throttled ELBv2 call",
+            |s| {
+                s.value("readygate_elbv2_throttles_total", &[])
+                    .is_some_and(|n| n >= 1.0)
+            },
+        )
         .await;
+        other_client.abort();
+    };
+    let (rollout, ()) = tokio::join!(
+        deployment.roll(&stage.rig.store, "v1", Duration::from_secs(60)),
+        throttled
+    );
     assert!(
         rollout.complete(),
         "the gated pod never became Ready: {rollout:?}; readygate log:\n{}",
@@ -828,6 +851,8 @@ async fn scrape_real_binary() -> (String, Scrape) {
                 &[("operation", "DescribeTargetHealth"), ("outcome", "ok")],
             )
             .is_some_and(|n| n >= 1.0)
+            && s.value("readygate_elbv2_calls_total", &[("outcome", "throttled")])
+                .is_some_and(|n| n >= 1.0)
             && s.value("readygate_tls_reloads_total", &[("outcome", "error")])
                 .is_some_and(|n| n >= 1.0)
             && s.value("readygate_tls_reloads_total", &[("outcome", "ok")])

@@ -531,6 +531,14 @@ fn round_trip_check_catches_a_misspelled_field() {
         "{failures:?}"
     );
 
+    let rule = "apiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\nmetadata: {name: x}\n\
+                spec: {groups: [{name: g, rules: [{alert: A, expr: up == 0, fro: 5m}]}]}\n";
+    let failures = round_trip_failures(&parse_yaml_stream(Path::new("rule.yaml"), rule));
+    assert!(
+        failures.len() == 1 && failures[0].contains("fro"),
+        "{failures:?}"
+    );
+
     let unknown = "apiVersion: v1\nkind: Secret\nmetadata: {name: x}\n";
     let failures = round_trip_failures(&parse_yaml_stream(Path::new("s.yaml"), unknown));
     assert!(

@@ -1298,13 +1298,9 @@ fn service_monitor_scrapes_the_admin_port_of_readygate_through_the_metrics_servi
     let deployment: Deployment = one(&base, Some("readygate"));
     let container = readygate_container(&deployment);
     let monitor: monitoring::ServiceMonitor = one_of(&monitoring, "ServiceMonitor");
-    let namespaces = monitor
-        .spec
-        .namespace_selector
-        .as_ref()
-        .and_then(|n| n.match_names.clone())
-        .unwrap_or_default();
-    assert_eq!(namespaces, [NAMESPACE]);
+    // Without a namespaceSelector the Service is looked up in the ServiceMonitor's namespace.
+    assert!(monitor.spec.namespace_selector.is_none());
+    assert_eq!(monitor.metadata.namespace.as_deref(), Some(NAMESPACE));
     assert_eq!(monitor.spec.endpoints.len(), 1);
     let endpoint = &monitor.spec.endpoints[0];
     assert_eq!(endpoint.path.as_deref(), Some("/metrics"));

@@ -12,7 +12,9 @@ use clap::Parser;
 use k8s_openapi::Resource;
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, Namespace, PodSpec, Service, ServiceAccount,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -34,6 +36,10 @@ fn manifests_dir() -> PathBuf {
 
 fn base_dir() -> PathBuf {
     manifests_dir().join("base")
+}
+
+fn monitoring_dir() -> PathBuf {
+    manifests_dir().join("monitoring")
 }
 
 fn cert_manager_dir() -> PathBuf {
@@ -283,6 +289,92 @@ mod cert_manager {
     }
 }
 
+/// monitoring.coreos.com/v1 kinds (Prometheus Operator), reduced to the fields
+/// manifests/monitoring uses, with `deny_unknown_fields` as for cert-manager.
+mod monitoring {
+    use super::*;
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct ServiceMonitor {
+        pub api_version: String,
+        pub kind: String,
+        pub metadata: ObjectMeta,
+        pub spec: ServiceMonitorSpec,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct ServiceMonitorSpec {
+        pub selector: LabelSelector,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub namespace_selector: Option<NamespaceSelector>,
+        pub endpoints: Vec<Endpoint>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct NamespaceSelector {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub any: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub match_names: Option<Vec<String>>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct Endpoint {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub port: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub path: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub scheme: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub interval: Option<String>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct PrometheusRule {
+        pub api_version: String,
+        pub kind: String,
+        pub metadata: ObjectMeta,
+        pub spec: PrometheusRuleSpec,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct PrometheusRuleSpec {
+        pub groups: Vec<RuleGroup>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RuleGroup {
+        pub name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub interval: Option<String>,
+        pub rules: Vec<Rule>,
+    }
+
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Rule {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub alert: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub record: Option<String>,
+        pub expr: String,
+        #[serde(rename = "for", default, skip_serializing_if = "Option::is_none")]
+        pub for_: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub labels: Option<BTreeMap<String, String>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub annotations: Option<BTreeMap<String, String>>,
+    }
+}
+
 type RoundTrip = fn(&Value) -> Result<Value, String>;
 
 fn round_trip<T: Serialize + DeserializeOwned>(value: &Value) -> Result<Value, String> {
@@ -307,6 +399,7 @@ fn round_trip_for(api_version: &str, kind: &str) -> Option<RoundTrip> {
         k8s::<Deployment>(),
         k8s::<PodDisruptionBudget>(),
         k8s::<MutatingWebhookConfiguration>(),
+        k8s::<ConfigMap>(),
         (
             "cert-manager.io/v1",
             "Issuer",
@@ -316,6 +409,16 @@ fn round_trip_for(api_version: &str, kind: &str) -> Option<RoundTrip> {
             "cert-manager.io/v1",
             "Certificate",
             round_trip::<cert_manager::Certificate>,
+        ),
+        (
+            "monitoring.coreos.com/v1",
+            "ServiceMonitor",
+            round_trip::<monitoring::ServiceMonitor>,
+        ),
+        (
+            "monitoring.coreos.com/v1",
+            "PrometheusRule",
+            round_trip::<monitoring::PrometheusRule>,
         ),
     ];
     table
@@ -430,6 +533,14 @@ fn round_trip_check_catches_a_misspelled_field() {
         "{failures:?}"
     );
 
+    let rule = "apiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\nmetadata: {name: x}\n\
+                spec: {groups: [{name: g, rules: [{alert: A, expr: up == 0, fro: 5m}]}]}\n";
+    let failures = round_trip_failures(&parse_yaml_stream(Path::new("rule.yaml"), rule));
+    assert!(
+        failures.len() == 1 && failures[0].contains("fro"),
+        "{failures:?}"
+    );
+
     let unknown = "apiVersion: v1\nkind: Secret\nmetadata: {name: x}\n";
     let failures = round_trip_failures(&parse_yaml_stream(Path::new("s.yaml"), unknown));
     assert!(
@@ -475,7 +586,12 @@ fn kustomization_refs(kustomization: &Value) -> Vec<String> {
 fn kustomizations_list_existing_files_and_every_manifest_is_listed() {
     let files = yaml_files(&manifests_dir());
     let kustomizations: Vec<&PathBuf> = files.iter().filter(|f| is_kustomization(f)).collect();
-    for dir in [manifests_dir(), base_dir(), cert_manager_dir()] {
+    for dir in [
+        manifests_dir(),
+        base_dir(),
+        cert_manager_dir(),
+        monitoring_dir(),
+    ] {
         assert!(
             kustomizations
                 .iter()
@@ -504,6 +620,29 @@ fn kustomizations_list_existing_files_and_every_manifest_is_listed() {
                     "{} lists {r:?}, which is neither a file nor a directory with a kustomization.yaml",
                     rel(k)
                 ));
+            }
+        }
+        // Files a generator reads (`files: [path]` or `[key=path]`) must exist.
+        for generator in value
+            .get("configMapGenerator")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            for file in generator
+                .get("files")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let file = file.as_str().unwrap_or_default();
+                let path = file.split_once('=').map_or(file, |(_, p)| p);
+                if !dir.join(path).is_file() {
+                    failures.push(format!(
+                        "{} generates from {path:?}, which does not exist",
+                        rel(k)
+                    ));
+                }
             }
         }
     }
@@ -1158,4 +1297,111 @@ fn kubectl_kustomize_renders_base_and_cert_manager_overlay() {
         Some("Ignore"),
         "the patch keeps the webhook"
     );
+}
+
+#[test]
+fn kubectl_kustomize_renders_monitoring() {
+    let Some(docs) = kustomize(&monitoring_dir()) else {
+        println!("note: kubectl not on PATH, skipping `kubectl kustomize` checks");
+        return;
+    };
+    assert_no_failures("rendered monitoring", &round_trip_failures(&docs));
+    for d in &docs {
+        assert_eq!(
+            d.namespace(),
+            NAMESPACE,
+            "rendered monitoring: {}",
+            d.describe()
+        );
+    }
+    let kinds: BTreeSet<&str> = docs.iter().map(Doc::kind).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["ConfigMap", "PrometheusRule", "ServiceMonitor"])
+    );
+    // The dashboard reaches Grafana's sidecar unchanged, under a stable name.
+    let dashboard: ConfigMap = one(&docs, Some("readygate-dashboard"));
+    assert_eq!(
+        dashboard
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("grafana_dashboard"))
+            .map(String::as_str),
+        Some("1")
+    );
+    let data = dashboard.data.unwrap_or_default();
+    let file = std::fs::read_to_string(monitoring_dir().join("readygate-dashboard.json"))
+        .expect("read the dashboard");
+    let rendered: Value =
+        serde_json::from_str(&data["readygate-dashboard.json"]).expect("dashboard JSON");
+    assert_eq!(
+        rendered,
+        serde_json::from_str::<Value>(&file).expect("dashboard JSON")
+    );
+}
+
+#[test]
+fn service_monitor_scrapes_the_admin_port_of_readygate_through_the_metrics_service() {
+    let base = load_docs(&base_dir());
+    let monitoring = load_docs(&monitoring_dir());
+    let deployment: Deployment = one(&base, Some("readygate"));
+    let container = readygate_container(&deployment);
+    let monitor: monitoring::ServiceMonitor = one_of(&monitoring, "ServiceMonitor");
+    // Without a namespaceSelector the Service is looked up in the ServiceMonitor's namespace.
+    assert!(monitor.spec.namespace_selector.is_none());
+    assert_eq!(monitor.metadata.namespace.as_deref(), Some(NAMESPACE));
+    assert_eq!(monitor.spec.endpoints.len(), 1);
+    let endpoint = &monitor.spec.endpoints[0];
+    assert_eq!(endpoint.path.as_deref(), Some("/metrics"));
+    assert!(endpoint.scheme.as_deref().is_none_or(|s| s == "http"));
+    let port_name = endpoint.port.as_deref().expect("endpoint port by name");
+
+    // The Services the selector picks that have the endpoint's port: the metrics Service only.
+    let scraped: Vec<(String, i32)> = base
+        .iter()
+        .filter(|d| d.kind() == "Service")
+        .map(|d| d.typed::<Service>())
+        .filter(|s| {
+            selector_matches(
+                &monitor.spec.selector,
+                &s.metadata.labels.clone().unwrap_or_default(),
+            )
+        })
+        .filter_map(|s| {
+            let spec = s.spec.as_ref()?;
+            assert!(
+                selector_matches(
+                    &LabelSelector {
+                        match_labels: spec.selector.clone(),
+                        match_expressions: None
+                    },
+                    &pod_labels(&deployment)
+                ),
+                "a selected Service selects readygate's pods"
+            );
+            let port = spec
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(port_name))?;
+            let target = port.target_port.as_ref().expect("targetPort");
+            Some((
+                s.metadata.name.clone().unwrap_or_default(),
+                resolve_port(container, target),
+            ))
+        })
+        .collect();
+    assert_eq!(
+        scraped,
+        [("readygate-metrics".to_owned(), 8080)],
+        "scraped: the admin port (8080) through readygate-metrics, never the webhook Service"
+    );
+}
+
+/// The single document of an apiVersion/kind that has no k8s-openapi type.
+fn one_of<T: DeserializeOwned>(docs: &[Doc], kind: &str) -> T {
+    let found: Vec<&Doc> = docs.iter().filter(|d| d.kind() == kind).collect();
+    assert_eq!(found.len(), 1, "expected exactly one {kind}");
+    found[0].typed()
 }

@@ -775,8 +775,8 @@ async fn scrape_real_binary() -> (String, Scrape) {
     .await
     .expect("starting the rig and readygate");
     let (admin, webhook, cert, ca) = {
-        let guard = stage.readygate.lock().await;
-        let opts = &guard.as_ref().expect("readygate running").opts;
+        let guard = stage.replicas.lock().await;
+        let opts = &guard.first().expect("readygate running").opts;
         let ca = opts.cert.parent().expect("certs dir").join("ca.crt");
         (opts.admin_addr, opts.webhook_addr, opts.cert.clone(), ca)
     };

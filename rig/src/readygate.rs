@@ -71,9 +71,9 @@ impl Readygate {
             .arg("--log-format")
             .arg("text")
             .args(&opts.extra_args)
-            // The rig's API server calls the webhook at a fixed address, with no endpoint
-            // removal to wait for; `stop` gives readygate 10 s before SIGKILL.
-            .env("READYGATE_SHUTDOWN_DELAY", "1s")
+            // The rig drops a terminating replica's endpoint `stage::ENDPOINT_LAG` (1 s) after
+            // SIGTERM: twice that covers it without slowing every test's teardown.
+            .env("READYGATE_SHUTDOWN_DELAY", "2s")
             .env("KUBECONFIG", &opts.kubeconfig)
             .env("AWS_ENDPOINT_URL", &opts.elb_url)
             .env("AWS_REGION", crate::elb::REGION)

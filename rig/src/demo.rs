@@ -244,7 +244,7 @@ pub async fn measured_rollout(
     let calls_before = rig.elb.calls();
     let load = Load::start(app.listener.addr, rate, timeout + Duration::from_secs(30));
     let load_started = load.started;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let roll = dep.roll(&rig.store, revision, timeout);
     let rollout = match interlude {
         Some(i) => {
@@ -275,7 +275,7 @@ pub async fn measured_rollout(
         }
         wait_all_healthy(rig, app, dep.replicas, Duration::from_secs(15)).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let samples = load.stop().await;
     let calls = diff(&rig.elb.calls(), &calls_before);
     let pods = rig

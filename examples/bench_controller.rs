@@ -340,6 +340,7 @@ fn fill_cache(cache: &Cache, w: &Workload, now_s: i64) -> HashMap<String, (usize
                 target_type: TargetType::Ip,
                 service_name: format!("svc-{g:04}"),
                 service_port: PortRef::Number(80),
+                ip_family: Default::default(),
             },
         ));
         services.push((
@@ -368,7 +369,7 @@ fn fill_cache(cache: &Cache, w: &Workload, now_s: i64) -> HashMap<String, (usize
             .into(),
             created: Some(now_s - 10),
             finished: false,
-            ip: Some(pod_ip(i)),
+            ips: vec![pod_ip(i).parse().expect("a loopback address")],
             container_ports: vec![ContainerPort {
                 name: "http".into(),
                 port: 8080,

@@ -914,13 +914,13 @@ fn pod_breakdown(cache: &Cache) {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     println!(
-        "INFO pod_fields name={} uid={} labels({})={} (as a sorted Vec: {}) ip={} container_ports({})={} gates({})={} conditions({})={} total={} inline={}",
+        "INFO pod_fields name={} uid={} labels({})={} (as a sorted Vec: {}) ips={} container_ports({})={} gates({})={} conditions({})={} total={} inline={}",
         name.len(),
         cost(&p.uid),
         p.labels.len(),
         cost(&p.labels),
         cost(&labels_vec),
-        cost(&p.ip),
+        cost(&p.ips),
         p.container_ports.len(),
         cost(&p.container_ports),
         p.gates.len(),

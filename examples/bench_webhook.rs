@@ -166,6 +166,7 @@ fn cluster(namespaces: usize, per_ns: usize) -> Cluster {
                     target_type,
                     service_name: service,
                     service_port: PortRef::Number(80),
+                    ip_family: Default::default(),
                 },
             ));
         }

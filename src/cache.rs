@@ -382,6 +382,10 @@ impl Cached for TargetGroupBinding {
             },
             service_name: svc.name.clone(),
             service_port: port_ref(port),
+            ip_family: match self.spec.ip_address_type.as_deref() {
+                Some("ipv6") => domain::IpFamily::V6,
+                _ => domain::IpFamily::V4,
+            },
         })
     }
     fn apply(ix: &mut Index, ns: &str, _name: &str, item: domain::Binding) {
@@ -505,8 +509,16 @@ pub struct WatchedPodStatus {
     pub phase: Option<String>,
     #[serde(default, rename = "podIP")]
     pub pod_ip: Option<String>,
+    #[serde(default, rename = "podIPs")]
+    pub pod_ips: Option<Vec<WatchedPodIp>>,
     #[serde(default)]
     pub conditions: Option<Vec<WatchedCondition>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct WatchedPodIp {
+    #[serde(default)]
+    pub ip: String,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -575,6 +587,20 @@ impl Resource for WatchedPod {
     }
 }
 
+/// The pod's addresses, parsed: `status.podIPs` (one per family on a dual-stack cluster), else
+/// `status.podIP`. Unparsable entries are dropped.
+fn pod_ips(status: Option<&WatchedPodStatus>) -> Vec<std::net::IpAddr> {
+    let Some(s) = status else { return Vec::new() };
+    let listed = s.pod_ips.iter().flatten().map(|p| p.ip.as_str());
+    let mut ips: Vec<std::net::IpAddr> = listed.filter_map(|ip| ip.parse().ok()).collect();
+    if ips.is_empty()
+        && let Some(ip) = s.pod_ip.as_deref().and_then(|ip| ip.parse().ok())
+    {
+        ips.push(ip);
+    }
+    ips
+}
+
 /// Strips a pod to what the controller decides on.
 pub fn pod_view(pod: &WatchedPod) -> domain::Pod {
     let spec = pod.spec.as_ref();
@@ -600,9 +626,7 @@ pub fn pod_view(pod: &WatchedPod) -> domain::Pod {
             .map(|t| t.0.as_second()),
         finished: pod.metadata.deletion_timestamp.is_some()
             || matches!(phase, Some("Succeeded" | "Failed")),
-        ip: status
-            .and_then(|s| s.pod_ip.clone())
-            .filter(|ip| !ip.is_empty()),
+        ips: pod_ips(status),
         container_ports: spec
             .into_iter()
             .flat_map(|s| {
@@ -685,7 +709,7 @@ mod tests {
         assert!(pod.metadata.managed_fields.is_none());
         let v = pod_view(&pod);
         assert_eq!(v.uid, "u-1");
-        assert_eq!(v.ip.as_deref(), Some("127.0.1.2"));
+        assert_eq!(v.ips, ["127.0.1.2".parse::<std::net::IpAddr>().unwrap()]);
         assert_eq!(v.gates, ["web-tgb"]);
         assert_eq!(v.container_ports.len(), 2);
         assert_eq!(v.containers_ready_since, Some(1_795_255_207));
@@ -919,6 +943,51 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_pods_keep_both_addresses_parsed_and_ipv6_bindings_say_so() {
+        let pod: WatchedPod = serde_json::from_value(json!({
+            "metadata": { "name": "p", "namespace": "ns" },
+            "status": { "podIP": "10.0.0.7",
+                        "podIPs": [{ "ip": "10.0.0.7" }, { "ip": "2001:0db8:0000:0000:0000:0000:0000:0007" }] }
+        }))
+        .unwrap();
+        let ips: Vec<std::net::IpAddr> = ["10.0.0.7", "2001:db8::7"]
+            .iter()
+            .map(|ip| ip.parse().unwrap())
+            .collect();
+        assert_eq!(pod_view(&pod).ips, ips);
+        // Only podIP (an older API server, or a single-stack pod): that one.
+        let single: WatchedPod = serde_json::from_value(json!({
+            "metadata": { "name": "q" }, "status": { "podIP": "2001:db8::9" }
+        }))
+        .unwrap();
+        assert_eq!(
+            pod_view(&single).ips,
+            ["2001:db8::9".parse::<std::net::IpAddr>().unwrap()]
+        );
+        let tgb = |family: serde_json::Value| -> TargetGroupBinding {
+            serde_json::from_value(json!({
+                "apiVersion": "elbv2.k8s.aws/v1beta1", "kind": "TargetGroupBinding",
+                "metadata": { "name": "web", "namespace": "shop" },
+                "spec": { "targetGroupARN": "arn:x", "targetType": "ip", "ipAddressType": family,
+                          "serviceRef": { "name": "web", "port": 80 } }
+            }))
+            .unwrap()
+        };
+        assert_eq!(
+            tgb(json!("ipv6")).convert().unwrap().ip_family,
+            domain::IpFamily::V6
+        );
+        assert_eq!(
+            tgb(json!("ipv4")).convert().unwrap().ip_family,
+            domain::IpFamily::V4
+        );
+        assert_eq!(
+            tgb(json!(null)).convert().unwrap().ip_family,
+            domain::IpFamily::V4
+        );
+    }
+
+    #[test]
     fn pods_with_nulls_and_missing_parts_still_decode() {
         let pod: WatchedPod = serde_json::from_value(json!({
             "metadata": { "name": "p", "namespace": "ns", "labels": null },
@@ -927,7 +996,7 @@ mod tests {
         }))
         .unwrap();
         let v = pod_view(&pod);
-        assert!(v.gates.is_empty() && v.ip.is_none() && v.labels.is_empty());
+        assert!(v.gates.is_empty() && v.ips.is_empty() && v.labels.is_empty());
         let bare: WatchedPod =
             serde_json::from_value(json!({ "metadata": { "name": "q" } })).unwrap();
         assert_eq!(pod_view(&bare).containers_ready_since, None);

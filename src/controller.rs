@@ -76,7 +76,7 @@ pub struct GateWork {
 pub fn plan(ix: &Index, now_ms: i64, failsafe: Option<Duration>) -> Vec<GateWork> {
     let mut work = Vec::new();
     for (ns, name, pod) in ix.pods() {
-        if pod.finished || pod.ip.is_none() {
+        if pod.finished || pod.ips.is_empty() {
             continue;
         }
         for binding in &pod.gates {
@@ -908,6 +908,7 @@ mod tests {
                 target_type: TargetType::Ip,
                 service_name: "web".into(),
                 service_port: PortRef::Number(80),
+                ip_family: Default::default(),
             },
         );
         ix
@@ -918,7 +919,7 @@ mod tests {
             uid: uid.into(),
             labels: [("app".to_string(), "web".to_string())].into(),
             created: Some(1_000),
-            ip: ip.map(Into::into),
+            ips: ip.iter().map(|ip| ip.parse().unwrap()).collect(),
             container_ports: vec![ContainerPort {
                 name: "http".into(),
                 port: 8080,
@@ -955,7 +956,7 @@ mod tests {
             Need::Health(Waiting {
                 arn: "arn:tg/web".into(),
                 target: Target {
-                    ip: "127.0.1.1".into(),
+                    ip: "127.0.1.1".parse().unwrap(),
                     port: 8080
                 },
                 ready_since_ms: Some(1_005_000)
@@ -1176,7 +1177,7 @@ mod tests {
             );
             assert_eq!(pass_at(&mut c, &cache, t0).polls, [ARN.to_string()]);
             let target = Target {
-                ip: "127.0.1.1".into(),
+                ip: "127.0.1.1".parse().unwrap(),
                 port: 8080,
             };
             let answer: HashMap<_, _> = [(target, not_in_use.clone())].into();
@@ -1243,7 +1244,7 @@ mod tests {
             t0,
         );
         let target = Target {
-            ip: "127.0.1.1".into(),
+            ip: "127.0.1.1".parse().unwrap(),
             port: 8080,
         };
         for (at, state, reason, status) in [

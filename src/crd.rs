@@ -26,6 +26,9 @@ pub struct TargetGroupBindingSpec {
     pub target_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_ref: Option<ServiceReference>,
+    /// `ipv4` (the default) or `ipv6`: which of the pod's addresses is its target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_address_type: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

@@ -39,6 +39,23 @@ pub enum TargetType {
     Unspecified,
 }
 
+/// Which of a pod's addresses a target group holds (`spec.ipAddressType`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IpFamily {
+    #[default]
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    pub fn of(ip: &std::net::IpAddr) -> Self {
+        match ip {
+            std::net::IpAddr::V4(_) => Self::V4,
+            std::net::IpAddr::V6(_) => Self::V6,
+        }
+    }
+}
+
 /// What readygate needs of a TargetGroupBinding.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Binding {
@@ -47,6 +64,7 @@ pub struct Binding {
     pub target_type: TargetType,
     pub service_name: String,
     pub service_port: PortRef,
+    pub ip_family: IpFamily,
 }
 
 /// One port of a Service.
@@ -167,7 +185,8 @@ pub struct Pod {
     pub created: Option<i64>,
     /// Terminating, Succeeded or Failed: no longer a candidate for traffic.
     pub finished: bool,
-    pub ip: Option<String>,
+    /// The pod's addresses (`status.podIPs`; one per family on a dual-stack cluster).
+    pub ips: Vec<std::net::IpAddr>,
     pub container_ports: Vec<ContainerPort>,
     /// Binding names of our readiness gates, in spec order.
     pub gates: Vec<String>,

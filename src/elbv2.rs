@@ -230,8 +230,9 @@ impl Elbv2 {
             .filter_map(|d| {
                 let t = d.target()?;
                 let h = d.target_health()?;
+                // IP targets only: an instance id does not parse and is no pod's target.
                 let target = Target {
-                    ip: t.id()?.to_string(),
+                    ip: t.id()?.parse().ok()?,
                     port: t.port()?,
                 };
                 let health = Health {

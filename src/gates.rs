@@ -115,6 +115,7 @@ mod tests {
             target_type: tt,
             service_name: svc.into(),
             service_port: PortRef::Number(80),
+            ip_family: Default::default(),
         }
     }
 

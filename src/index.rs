@@ -219,6 +219,7 @@ mod tests {
             target_type: TargetType::Ip,
             service_name: svc.into(),
             service_port: PortRef::Number(80),
+            ip_family: Default::default(),
         }
     }
     fn s(app: &str) -> Service {

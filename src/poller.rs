@@ -144,7 +144,7 @@ mod tests {
 
     fn t(ip: &str) -> Target {
         Target {
-            ip: ip.into(),
+            ip: ip.parse().unwrap(),
             port: 8080,
         }
     }

@@ -1,12 +1,25 @@
 //! Where the load balancer sends a gated pod's traffic: (pod, binding, service) → target.
 
-use crate::domain::{Binding, Pod, PortRef, Service};
+use std::net::IpAddr;
 
-/// An ELBv2 IP target.
+use crate::domain::{Binding, IpFamily, Pod, PortRef, Service};
+
+/// An ELBv2 IP target. The address is parsed, so ELB's and Kubernetes' spellings of one IPv6
+/// address (`2001:db8::1`, `2001:0db8:0:0:0:0:0:1`) are the same target.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Target {
-    pub ip: String,
+    pub ip: IpAddr,
     pub port: i32,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}",
+            std::net::SocketAddr::new(self.ip, self.port as u16)
+        )
+    }
 }
 
 /// Why a gate has no target (yet, or at all).
@@ -14,6 +27,8 @@ pub struct Target {
 pub enum TargetError {
     #[error("pod has no IP yet")]
     NoPodIp,
+    #[error("pod has no IPv6 address (the binding's ipAddressType is ipv6)")]
+    NoPodIpv6,
     #[error("service has no port {0}")]
     NoServicePort(String),
     #[error("pod has no container port named {0:?}")]
@@ -52,11 +67,21 @@ pub fn resolve_port(pod: &Pod, binding: &Binding, service: &Service) -> Result<i
     }
 }
 
+/// The pod's address a target group of `family` holds.
+pub fn pod_ip(pod: &Pod, family: IpFamily) -> Result<IpAddr, TargetError> {
+    match pod.ips.iter().find(|ip| IpFamily::of(ip) == family) {
+        Some(ip) => Ok(*ip),
+        None if pod.ips.is_empty() => Err(TargetError::NoPodIp),
+        // An IPv4 group and an IPv6-only pod has no target either: say "no IP" as for IPv4.
+        None if family == IpFamily::V4 => Err(TargetError::NoPodIp),
+        None => Err(TargetError::NoPodIpv6),
+    }
+}
+
 /// The pod's target for the binding.
 pub fn resolve(pod: &Pod, binding: &Binding, service: &Service) -> Result<Target, TargetError> {
-    let ip = pod.ip.clone().ok_or(TargetError::NoPodIp)?;
     Ok(Target {
-        ip,
+        ip: pod_ip(pod, binding.ip_family)?,
         port: resolve_port(pod, binding, service)?,
     })
 }
@@ -73,6 +98,7 @@ mod tests {
             target_type: TargetType::Ip,
             service_name: "svc".into(),
             service_port: port,
+            ip_family: IpFamily::V4,
         }
     }
 
@@ -101,7 +127,7 @@ mod tests {
 
     fn pod() -> Pod {
         Pod {
-            ip: Some("127.0.3.4".into()),
+            ips: vec!["127.0.3.4".parse().unwrap()],
             container_ports: vec![ContainerPort {
                 name: "admin-port".into(),
                 port: 9901,
@@ -115,7 +141,7 @@ mod tests {
         assert_eq!(
             resolve(&pod(), &binding(PortRef::Number(80)), &svc()),
             Ok(Target {
-                ip: "127.0.3.4".into(),
+                ip: "127.0.3.4".parse().unwrap(),
                 port: 8080
             })
         );
@@ -158,10 +184,33 @@ mod tests {
     #[test]
     fn no_ip_no_target() {
         let mut p = pod();
-        p.ip = None;
+        p.ips.clear();
         assert_eq!(
             resolve(&p, &binding(PortRef::Number(80)), &svc()),
             Err(TargetError::NoPodIp)
         );
+    }
+
+    #[test]
+    fn an_ipv6_binding_targets_the_pods_ipv6_address() {
+        // A dual-stack pod: IPv4 first in status.podIPs, as on a cluster whose primary family
+        // is IPv4; an IPv6 target group holds the other one.
+        let mut p = pod();
+        p.ips = vec![
+            "10.0.3.4".parse().unwrap(),
+            "2001:db8:0:0:0:0:0:7".parse().unwrap(),
+        ];
+        let mut b = binding(PortRef::Number(80));
+        assert_eq!(
+            resolve(&p, &b, &svc()).unwrap().ip,
+            "10.0.3.4".parse::<IpAddr>().unwrap()
+        );
+        b.ip_family = IpFamily::V6;
+        let t = resolve(&p, &b, &svc()).unwrap();
+        // Parsed: ELB's compressed spelling names the same target.
+        assert_eq!(t.ip, "2001:db8::7".parse::<IpAddr>().unwrap());
+        assert_eq!(t.to_string(), "[2001:db8::7]:8080");
+        p.ips.truncate(1);
+        assert_eq!(resolve(&p, &b, &svc()), Err(TargetError::NoPodIpv6));
     }
 }

@@ -232,6 +232,7 @@ mod tests {
                 target_type: TargetType::Ip,
                 service_name: "web".into(),
                 service_port: PortRef::Number(80),
+                ip_family: Default::default(),
             },
         )]);
     }

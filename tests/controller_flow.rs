@@ -30,7 +30,7 @@ fn pod(uid: &str, ip: &str, ready_since: i64) -> Pod {
         uid: uid.into(),
         labels: [("app".to_string(), "web".to_string())].into(),
         created: Some(ready_since - 5),
-        ip: Some(ip.into()),
+        ips: vec![ip.parse().unwrap()],
         container_ports: vec![ContainerPort {
             name: "http".into(),
             port: 8080,

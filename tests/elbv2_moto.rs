@@ -29,7 +29,7 @@ async fn target_health_from_moto() {
     // Registered → healthy → the gate turns True.
     let health = elb.target_health(&arn).await.unwrap();
     let registered = Target {
-        ip: "127.0.1.1".into(),
+        ip: "127.0.1.1".parse().unwrap(),
         port: 8080,
     };
     assert_eq!(health[&registered].state, "healthy");
@@ -40,7 +40,7 @@ async fn target_health_from_moto() {
 
     // Unregistered → absent from the group's answer → "registration in progress".
     let unregistered = Target {
-        ip: "127.0.1.2".into(),
+        ip: "127.0.1.2".parse().unwrap(),
         port: 8080,
     };
     assert!(!health.contains_key(&unregistered));

@@ -124,7 +124,7 @@ async fn the_group_is_polled_again_after_a_hung_call() {
             uid: "u1".into(),
             labels: [("app".to_string(), "web".to_string())].into(),
             created: Some(ready - 5),
-            ip: Some("127.0.1.1".into()),
+            ips: vec!["127.0.1.1".parse().unwrap()],
             container_ports: vec![ContainerPort {
                 name: "http".into(),
                 port: 8080,

@@ -169,6 +169,7 @@ pub fn shop(arn: &str) -> std::sync::Arc<Cache> {
                 target_type: TargetType::Ip,
                 service_name: "web".into(),
                 service_port: PortRef::Number(80),
+                ip_family: Default::default(),
             },
         )]);
         ix.replace_pods(Vec::new());

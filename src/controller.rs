@@ -251,6 +251,9 @@ pub struct Controller {
     sent: HashMap<Key, Sent>,
     /// When a target was first seen healthy, for the lag metric.
     healthy_seen: HashMap<Key, i64>,
+    /// The same moment for True writes on their way: the watch may bring the True condition
+    /// back, and a pass drop the gate from `healthy_seen`, before the writer reports.
+    healthy_in_flight: HashMap<Key, i64>,
     warned_missing: HashSet<String>,
     /// Gates warned about a `Target.NotInUse` target in an attached group, by (uid, binding).
     warned_not_in_use: HashSet<Key>,
@@ -286,6 +289,7 @@ impl Controller {
             out: Actions::default(),
             sent: HashMap::new(),
             healthy_seen: HashMap::new(),
+            healthy_in_flight: HashMap::new(),
             warned_missing: HashSet::new(),
             warned_not_in_use: HashSet::new(),
             last_missing_check: i64::MIN / 2,
@@ -549,6 +553,11 @@ impl Controller {
         {
             return;
         }
+        if desired.status == ConditionStatus::True
+            && let Some(seen) = self.healthy_seen.get(&key)
+        {
+            self.healthy_in_flight.insert(key.clone(), *seen);
+        }
         self.sent.insert(
             key,
             Sent {
@@ -583,9 +592,12 @@ impl Controller {
     /// What became of a condition write, learnt at `now`.
     pub fn written(&mut self, done: Done, now: i64) {
         let key = (done.write.uid.clone(), done.write.binding.clone());
+        // Every write reports once: the entry goes whatever the outcome.
+        let healthy_since = self.healthy_in_flight.remove(&key);
         match done.outcome {
             Outcome::Written if done.write.condition.status == ConditionStatus::True => {
-                if let Some(seen) = self.healthy_seen.remove(&key) {
+                self.healthy_seen.remove(&key);
+                if let Some(seen) = healthy_since {
                     self.metrics
                         .healthy_to_written_seconds
                         .observe((now - seen).max(0) as f64 / 1000.0);
@@ -1207,6 +1219,58 @@ mod tests {
                 assert!(!warned);
             }
         }
+    }
+
+    #[test]
+    fn healthy_to_written_is_observed_even_when_the_watch_outruns_the_writer() {
+        const ARN: &str = "arn:tg/web";
+        let mut ix = index();
+        ix.apply_pod("shop", "a", pod("a", Some("127.0.1.1")));
+        let (mut c, cache) = core(ix);
+        let t0 = 2_000_000;
+        pass_at(&mut c, &cache, t0);
+        let settings = GroupSettings {
+            interval_seconds: 10,
+            healthy_threshold: 3,
+            attached: true,
+        };
+        c.reply(
+            Reply::Settings(vec![ARN.into()], Ok([(ARN.to_string(), settings)].into())),
+            t0,
+        );
+        assert_eq!(pass_at(&mut c, &cache, t0).polls, [ARN.to_string()]);
+        let healthy = Health {
+            state: "healthy".into(),
+            reason: None,
+            description: None,
+        };
+        let target = Target {
+            ip: "127.0.1.1".parse().unwrap(),
+            port: 8080,
+        };
+        c.reply(
+            Reply::Health(ARN.into(), Ok([(target, healthy)].into()), t0 + 100),
+            t0 + 100,
+        );
+        // The write goes out and the API server applies it; the watch brings the True
+        // condition back and another pass runs before the writer reports.
+        let a = pass_at(&mut c, &cache, t0 + 100);
+        let write = conditions(&a)[0].clone();
+        assert_eq!(write.condition.status, ConditionStatus::True);
+        c.pass(t0 + 150);
+        c.written(
+            Done {
+                write,
+                outcome: Outcome::Written,
+            },
+            t0 + 400,
+        );
+        let metrics = c.metrics.encode();
+        assert!(
+            metrics.contains("readygate_healthy_to_written_seconds_count 1"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("readygate_healthy_to_written_seconds_sum 0.3"));
     }
 
     #[test]

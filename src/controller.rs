@@ -301,10 +301,13 @@ impl Controller {
         std::mem::take(&mut self.out)
     }
 
-    /// Not the leader: forget what was handed to the writer (the next leader decides anew).
+    /// Not the leader: forget what was handed to the writer (the next leader decides anew), and
+    /// stop reporting the leader's gauges, so alerts read the new leader's figures only.
     pub fn step_down(&mut self) {
         self.sent.clear();
+        self.healthy_in_flight.clear();
         self.metrics.pending_pods.set(0);
+        self.metrics.pods_missing_gates.set(0);
     }
 
     /// The writer could not take a condition: decide again next pass.
@@ -1219,6 +1222,24 @@ mod tests {
                 assert!(!warned);
             }
         }
+    }
+
+    #[test]
+    fn a_replica_that_steps_down_reports_no_leader_gauges() {
+        let mut ix = index();
+        ix.apply_pod("shop", "a", pod("a", Some("127.0.1.1")));
+        let (mut c, cache) = core(ix);
+        pass_at(&mut c, &cache, 2_000_000);
+        c.metrics.pods_missing_gates.set(3);
+        assert!(
+            c.metrics
+                .encode()
+                .contains("readygate_gated_pods_pending 1")
+        );
+        c.step_down();
+        let m = c.metrics.encode();
+        assert!(m.contains("readygate_gated_pods_pending 0"), "{m}");
+        assert!(m.contains("readygate_pods_missing_gates 0"), "{m}");
     }
 
     #[test]

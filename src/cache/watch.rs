@@ -1,0 +1,110 @@
+//! The watchers: one kube-runtime watcher per kind, feeding the index; the binding watcher asks
+//! discovery before a 404 may drop what it knows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource};
+
+use super::{Cache, Cached, Feed};
+use crate::crd::TargetGroupBinding;
+use crate::crd_presence::Discovery;
+use crate::index::Kind;
+use crate::metrics::Metrics;
+
+pub(super) async fn drive<K: Cached>(api: Api<K>, cache: Arc<Cache>) {
+    let mut feed = Feed::<K>::new(cache);
+    let config = watcher::Config::default().page_size(K::PAGE_SIZE);
+    let mut stream = std::pin::pin!(watcher::watcher(api, config).default_backoff());
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(e) => feed.event(e),
+            Err(e) => {
+                tracing::warn!(kind = ?K::KIND, error = %e, "watch failed; retrying with backoff")
+            }
+        }
+    }
+}
+
+/// The binding watcher: like `drive`, but a 404 is checked against discovery before anything
+/// is dropped (see `crd_presence`).
+pub(super) async fn drive_bindings(
+    client: Client,
+    cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
+    grace: Duration,
+) {
+    let mut feed = Feed::<TargetGroupBinding>::new(cache.clone()).crd_missing_grace(grace);
+    let clock = Clock::new();
+    let config = watcher::Config::default().page_size(TargetGroupBinding::PAGE_SIZE);
+    let api = Api::<TargetGroupBinding>::all(client.clone());
+    let mut stream = std::pin::pin!(watcher::watcher(api, config).default_backoff());
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(e) => feed.event(e),
+            Err(e) if is_not_found(&e) => {
+                metrics.binding_watch_not_found.inc();
+                let discovery = discover_bindings(&client).await;
+                feed.not_found(clock.now_ms(), &discovery);
+            }
+            Err(e) => {
+                tracing::warn!(kind = ?Kind::Binding, error = %e, "watch failed; retrying with backoff")
+            }
+        }
+        let ix = cache.read();
+        metrics
+            .bindings_crd_state
+            .set(match (ix.bindings_crd_missing, &ix.bindings_warning) {
+                (true, _) => 2,
+                (false, Some(_)) => 1,
+                (false, None) => 0,
+            });
+    }
+}
+
+/// Wall-clock milliseconds that advance with tokio's clock (so paused-time tests can pass the
+/// grace period).
+struct Clock {
+    start: tokio::time::Instant,
+    start_ms: i64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            start_ms: jiff::Timestamp::now().as_millisecond(),
+        }
+    }
+    fn now_ms(&self) -> i64 {
+        self.start_ms + self.start.elapsed().as_millis() as i64
+    }
+}
+
+/// Whether the API server's discovery serves elbv2.k8s.aws/v1beta1 targetgroupbindings.
+async fn discover_bindings(client: &Client) -> Discovery {
+    let version = format!(
+        "{}/{}",
+        TargetGroupBinding::group(&()),
+        TargetGroupBinding::version(&())
+    );
+    let plural = TargetGroupBinding::plural(&());
+    match client.list_api_group_resources(&version).await {
+        Ok(list) if list.resources.iter().any(|r| r.name == plural) => Discovery::Present,
+        Ok(_) => Discovery::Absent,
+        Err(kube::Error::Api(s)) if s.code == 404 => Discovery::Absent,
+        Err(e) => Discovery::Unknown(e.to_string()),
+    }
+}
+
+fn is_not_found(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code == 404,
+        _ => false,
+    }
+}

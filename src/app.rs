@@ -10,6 +10,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::cache::{self, Cache};
 use crate::certs;
 use crate::cli::{CertsArgs, Command, LogFormat, ServeArgs};
+use crate::gates_view::GatesBoard;
 use crate::metrics::Metrics;
 use crate::server::{self, AdminState, HttpsLimits};
 use crate::tls::{self, KeyPairPaths, ReloadingResolver};
@@ -100,12 +101,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    let gates = GatesBoard::default();
     let mut controller = match args.controller.controller {
         true => tokio::spawn(crate::controller::run(
             client,
             cache.clone(),
             metrics.clone(),
             args.controller.clone(),
+            gates.clone(),
             stopped(),
         )),
         false => tokio::spawn(std::future::pending()),
@@ -132,6 +135,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             cache,
             metrics,
             shutting_down: Arc::default(),
+            gates,
         },
         shutdown_delay: args.webhook.shutdown_delay,
     };

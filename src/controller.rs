@@ -20,6 +20,7 @@ use crate::cli::ControllerArgs;
 use crate::condition::{self, Desired, Health, Policy};
 use crate::domain::{ConditionStatus, Pod, TargetType, gate_type};
 use crate::elbv2::{ElbError, Elbv2, GroupSettings};
+use crate::gates_view::{ElbAnswer, GatesBoard, GatesView, PendingGate, PolicyView};
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::poller::{self, Group, Settings};
@@ -255,6 +256,9 @@ pub struct Controller {
     /// Gates warned about a `Target.NotInUse` target in an attached group, by (uid, binding).
     warned_not_in_use: HashSet<Key>,
     last_missing_check: i64,
+    /// The gates of the last pass and when each group is polled next, for `/debug/gates`.
+    last_work: Vec<GateWork>,
+    next_poll: HashMap<String, i64>,
 }
 
 const RESEND_AFTER_MS: i64 = 10_000;
@@ -289,6 +293,8 @@ impl Controller {
             warned_missing: HashSet::new(),
             warned_not_in_use: HashSet::new(),
             last_missing_check: i64::MIN / 2,
+            last_work: Vec::new(),
+            next_poll: HashMap::new(),
         }
     }
 
@@ -336,6 +342,8 @@ impl Controller {
             }
             plan(&ix, now, self.failsafe)
         };
+        self.last_work = work.clone();
+        self.next_poll.clear();
 
         let pending_pods: HashSet<&str> = work.iter().map(|w| w.uid.as_str()).collect();
         self.metrics.pending_pods.set(pending_pods.len() as i64);
@@ -426,7 +434,10 @@ impl Controller {
                     g.in_flight = true;
                     self.out.polls.push(arn);
                 }
-                Some(t) => next = min_opt(next, Some(t)),
+                Some(t) => {
+                    next = min_opt(next, Some(t));
+                    self.next_poll.insert(arn, t);
+                }
                 None => {}
             }
         }
@@ -732,6 +743,93 @@ impl Controller {
     }
 }
 
+impl Controller {
+    /// What this controller knows about its pending gates, as `/debug/gates` serves it.
+    pub fn view(&self, now: i64, leader: bool) -> GatesView {
+        let gates = if leader {
+            self.last_work
+                .iter()
+                .map(|w| self.pending_gate(w))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        GatesView {
+            controller: true,
+            leader,
+            generated_at: rfc3339(now),
+            policy: PolicyView {
+                unused_is_ready: self.policy.unused_is_ready,
+                unavailable_is_ready: self.policy.unavailable_is_ready,
+                failsafe_timeout_seconds: self.failsafe.map(|d| d.as_secs()),
+            },
+            gates,
+        }
+    }
+
+    fn pending_gate(&self, w: &GateWork) -> PendingGate {
+        let mut p = PendingGate {
+            namespace: w.namespace.clone(),
+            pod: w.pod.clone(),
+            binding: w.binding.clone(),
+            failsafe_at: self
+                .failsafe
+                .zip(w.created)
+                .map(|(f, c)| rfc3339(c * 1000 + f.as_millis() as i64)),
+            ..PendingGate::default()
+        };
+        match &w.need {
+            Need::Release(d) | Need::Hold(d) => {
+                p.decision = if matches!(w.need, Need::Release(_)) {
+                    "release"
+                } else {
+                    "hold"
+                }
+                .into();
+                p.reason = Some(d.reason.clone());
+                p.message = Some(d.message.clone());
+            }
+            Need::Health(wait) => {
+                p.decision = "waiting".into();
+                p.target = Some(format!("{}:{}", wait.target.ip, wait.target.port));
+                p.target_group_arn = Some(wait.arn.clone());
+                p.next_poll_at = self.next_poll.get(&wait.arn).map(|t| rfc3339(*t));
+                if let Some(g) = self.groups.get(&wait.arn) {
+                    p.poll_in_flight = g.in_flight;
+                    p.backing_off_until = g.times.not_before_ms.map(rfc3339);
+                    // As `health_condition`: only an answer after the containers turned ready
+                    // speaks for this pod.
+                    p.elb = g
+                        .health
+                        .as_ref()
+                        .filter(|(_, at)| wait.ready_since_ms.is_some_and(|r| *at >= r))
+                        .map(|(targets, at)| match targets.get(&wait.target) {
+                            Some(h) => ElbAnswer {
+                                state: h.state.clone(),
+                                reason: h.reason.clone(),
+                                description: h.description.clone(),
+                                at: rfc3339(*at),
+                            },
+                            None => ElbAnswer {
+                                state: "notRegistered".into(),
+                                reason: None,
+                                description: Some(
+                                    "the target group's answer does not list this target".into(),
+                                ),
+                                at: rfc3339(*at),
+                            },
+                        });
+                    if let Some(msg) = &g.not_found {
+                        p.reason = Some("Readygate.TargetGroupNotFound".into());
+                        p.message = Some(msg.clone());
+                    }
+                }
+            }
+        }
+        p
+    }
+}
+
 fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     match (a, b) {
         (Some(x), Some(y)) => Some(x.min(y)),
@@ -747,6 +845,7 @@ pub async fn run(
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     args: ControllerArgs,
+    board: GatesBoard,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let identity = args
@@ -781,7 +880,7 @@ pub async fn run(
     ));
     let writer_task = tokio::spawn(writer::run(writer, jobs_rx, done_tx, 16));
     tokio::select! {
-        () = run_loop(cache, elb, metrics, &args, leadership.leading.clone(), jobs_tx, done_rx) => {}
+        () = run_loop(cache, elb, metrics, &args, leadership.leading.clone(), jobs_tx, done_rx, board) => {}
         () = shutdown => {}
     }
     // The loop is gone, so the writer's queue is closed: let queued writes finish, then step down.
@@ -790,7 +889,9 @@ pub async fn run(
     Ok(())
 }
 
-/// The decision loop, separate from the wiring so tests can drive it.
+/// The decision loop, separate from the wiring so tests can drive it. It publishes its view of
+/// the pending gates on `board` after every pass.
+#[allow(clippy::too_many_arguments)] // the loop's inputs and outputs, each its own channel
 pub async fn run_loop(
     cache: Arc<Cache>,
     elb: Elbv2,
@@ -799,6 +900,7 @@ pub async fn run_loop(
     mut leader: watch::Receiver<bool>,
     jobs: mpsc::Sender<Job>,
     mut done: mpsc::Receiver<Done>,
+    board: GatesBoard,
 ) {
     let (replies_tx, mut replies) = mpsc::channel(1024);
     let mut c = Controller::new(cache.clone(), metrics, args);
@@ -810,6 +912,7 @@ pub async fn run_loop(
     loop {
         if !*leader.borrow_and_update() {
             c.step_down();
+            board.publish(c.view(now_ms(), false));
             if leader.changed().await.is_err() {
                 return;
             }
@@ -820,6 +923,7 @@ pub async fn run_loop(
             Duration::from_millis((t - now_ms()).max(0) as u64)
         });
         shell.execute(&mut c, actions);
+        board.publish(c.view(now_ms(), true));
         tokio::select! {
             _ = cache.changed() => {
                 // Let a burst of watch events land before the next pass.
@@ -838,6 +942,7 @@ pub async fn run_loop(
         }
         let actions = c.take_actions();
         shell.execute(&mut c, actions);
+        board.publish(c.view(now_ms(), true));
     }
 }
 

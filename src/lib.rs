@@ -17,6 +17,7 @@ pub mod crd_presence;
 pub mod domain;
 pub mod elbv2;
 pub mod gates;
+pub mod gates_view;
 pub mod index;
 pub mod leader;
 pub mod metrics;

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::cache::Cache;
+use crate::gates_view::GatesBoard;
 use crate::metrics::Metrics;
 
 /// A listener on `addr` (the socket of `listen_socket`).
@@ -118,6 +119,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Set when shutdown starts: `/readyz` fails from then on.
     pub shutting_down: Arc<AtomicBool>,
+    /// The status controller's view of its pending gates (`/debug/gates`).
+    pub gates: GatesBoard,
 }
 
 /// Both listeners, and how this replica leaves the webhook Service's endpoints.
@@ -173,12 +176,14 @@ impl Servers {
     }
 }
 
-/// `/healthz` (the process answers), `/readyz` (caches synced), `/metrics`.
+/// `/healthz` (the process answers), `/readyz` (caches synced), `/metrics`, `/debug/gates`
+/// (the leader's pending gates, for `readygate status`).
 pub fn admin_router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/debug/gates", get(debug_gates))
         .with_state(state)
 }
 
@@ -220,6 +225,10 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     (StatusCode::OK, "ready\n".to_string())
 }
 
+async fn debug_gates(State(state): State<AdminState>) -> impl IntoResponse {
+    axum::Json(state.gates.get())
+}
+
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     (
         [(
@@ -254,6 +263,7 @@ mod tests {
             cache: Arc::new(Cache::default()),
             metrics: Arc::new(Metrics::new()),
             shutting_down: Arc::default(),
+            gates: GatesBoard::default(),
         };
         assert_eq!(get(state.clone(), "/healthz").await.0, StatusCode::OK);
         let (status, body) = get(state.clone(), "/readyz").await;

@@ -14,6 +14,7 @@ pub mod condition;
 pub mod controller;
 pub mod crd;
 pub mod crd_presence;
+pub mod doctor;
 pub mod domain;
 pub mod elbv2;
 pub mod gates;

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod poller;
 pub mod schedule;
 pub mod server;
+pub mod status;
 pub mod target;
 pub mod termination;
 pub mod tls;

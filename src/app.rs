@@ -27,10 +27,23 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
-pub async fn run(command: Command) -> anyhow::Result<()> {
+/// Logging for the operator commands: warnings only, to stderr, so stdout stays the output.
+pub fn init_cli_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,kube=error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs a command; returns the process's exit code.
+pub async fn run(command: Command) -> anyhow::Result<i32> {
     match command {
-        Command::Serve(args) => serve(*args).await,
-        Command::Certs(args) => write_certs(args),
+        Command::Serve(args) => serve(*args).await.map(|()| 0),
+        Command::Certs(args) => write_certs(args).map(|()| 0),
+        Command::Status(args) => crate::operate::status(args).await.map(|()| 0),
+        Command::Doctor(args) => crate::operate::doctor(args).await,
     }
 }
 

@@ -3,7 +3,9 @@
 //! The decision core (`domain`, `gates`, `termination`, `target`, `condition`, `schedule`,
 //! `poller`, `index`, `crd_presence`, `budget`) is pure; `cache`, `webhook`, `server`, `tls`,
 //! `elbv2`, `controller` and `writer` are thin
-//! shells around it; `app` wires them together.
+//! shells around it; `app` wires them together. The operator commands follow the same split:
+//! `status` and `doctor` decide, `operate` fetches and prints; `gates_view` is what the leader
+//! serves at `/debug/gates`.
 
 pub mod app;
 pub mod budget;
@@ -22,6 +24,7 @@ pub mod gates_view;
 pub mod index;
 pub mod leader;
 pub mod metrics;
+pub mod operate;
 pub mod poller;
 pub mod schedule;
 pub mod server;

@@ -32,6 +32,16 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The admin port when the leader's pod names none (the manifests' `admin`: 8080).
 const DEFAULT_ADMIN_PORT: i32 = 8080;
 
+/// A client for the kube context, as kubectl's. Without kube's default retries: they back off
+/// on 503 for minutes, and the pod proxy answers 503 for a leader it cannot reach.
+async fn client() -> anyhow::Result<Client> {
+    let mut config = kube::Config::infer()
+        .await
+        .context("reading the kube context (KUBECONFIG, ~/.kube/config or in-cluster)")?;
+    config.default_retry = false;
+    Client::try_from(config).context("building the Kubernetes client")
+}
+
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
@@ -88,9 +98,7 @@ fn fill<K: Cached>(ix: &mut Index, items: &[K]) {
 
 /// `readygate status`.
 pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let client = Client::try_default()
-        .await
-        .context("building a client from the kube context (KUBECONFIG)")?;
+    let client = client().await?;
     let ns = args
         .namespace
         .clone()
@@ -321,9 +329,7 @@ async fn http_get(url: &str) -> anyhow::Result<String> {
 
 /// `readygate doctor`; returns the exit code.
 pub async fn doctor(args: DoctorArgs) -> anyhow::Result<i32> {
-    let client = Client::try_default()
-        .await
-        .context("building a client from the kube context (KUBECONFIG)")?;
+    let client = client().await?;
     let crd = match lookup(
         Api::<CustomResourceDefinition>::all(client.clone()),
         doctor::BINDING_CRD,

@@ -476,6 +476,40 @@ async fn slow_app(stage: &Stage) -> (String, rig::elb::listener::Listener) {
 async fn status_lists_and_explains_a_pod_pending_on_initial_health_checks() {
     let (stage, _lock) = start().await;
     let (target, _listener) = slow_app(&stage).await;
+    // Beside it: a pod whose gate turned True, and one created without its gate.
+    let _web = stage.rig.app("shop", "web").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stage
+        .rig
+        .create(
+            resources::pods(),
+            "shop",
+            app_pod("web-1", "web", json!({PROBE_PERIOD_ANNOTATION: "100"})),
+        )
+        .await
+        .unwrap();
+    stage.rig.store.set_admission(None);
+    stage
+        .rig
+        .create(
+            resources::pods(),
+            "shop",
+            app_pod("web-old", "web", json!({PROBE_PERIOD_ANNOTATION: "100"})),
+        )
+        .await
+        .unwrap();
+    stage.rig.store.set_admission(Some(stage.admission.clone()));
+    until("web-1's gate True", Duration::from_secs(30), || {
+        object(&stage, resources::pods(), "shop", "web-1")
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c["type"] == "target-health.elbv2.k8s.aws/web" && c["status"] == "True"
+                })
+            })
+    })
+    .await;
 
     // The table, with ELB's view from the leader through the API server's pod proxy.
     let r = run(&stage, &["status", "-n", "shop"]).await;
@@ -507,13 +541,44 @@ async fn status_lists_and_explains_a_pod_pending_on_initial_health_checks() {
     );
     assert_eq!(cells.last(), Some(&target.as_str()), "{line}");
     assert!(!r.stdout.contains('\x1b'), "no colour in a pipe");
+    // Stuck first: the pod missing its gate, the pending one, then the one whose gate is True.
+    let order: Vec<(&str, &str)> = r
+        .stdout
+        .lines()
+        .skip(2)
+        .map(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            (c[1], c[3])
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("web-old", "missing"),
+            ("slow-1", "False"),
+            ("web-1", "True")
+        ],
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.contains("web-1") && l.contains("Elb.Healthy") && l.contains("took ")),
+        "{}",
+        r.stdout
+    );
 
     // -o json parses, and carries the leader's view of the gate.
     let r = run(&stage, &["status", "-n", "shop", "-o", "json"]).await;
     let v: Value = serde_json::from_str(&r.stdout).expect("status -o json parses");
     assert_eq!(v["source"]["kind"], "controller");
-    let row = &v["rows"][0];
-    assert_eq!(row["pod"], "slow-1");
+    let row = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["pod"] == "slow-1")
+        .expect("slow-1's row");
     assert_eq!(row["reason"], "Elb.InitialHealthChecking");
     assert_eq!(row["target"], target.as_str());
     assert_eq!(row["controller"]["elb"]["state"], "initial");

@@ -1246,6 +1246,61 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_view_names_each_pending_gates_target_last_answer_and_next_poll() {
+        const ARN: &str = "arn:tg/web";
+        let mut ix = index();
+        ix.apply_pod("shop", "a", pod("a", Some("127.0.1.1")));
+        let (mut c, cache) = core(ix);
+        let t0 = 2_000_000_000;
+        pass_at(&mut c, &cache, t0);
+        // Before any answer: waiting on its target, nothing from ELB yet.
+        let v = c.view(t0, true);
+        assert!(v.leader && v.controller);
+        assert_eq!(v.gates.len(), 1);
+        let g = &v.gates[0];
+        assert_eq!(
+            (g.pod.as_str(), g.decision.as_str(), g.target.as_deref()),
+            ("a", "waiting", Some("127.0.1.1:8080"))
+        );
+        assert!(g.elb.is_none());
+        let settings = GroupSettings {
+            interval_seconds: 10,
+            healthy_threshold: 3,
+            attached: true,
+        };
+        c.reply(
+            Reply::Settings(vec![ARN.into()], Ok([(ARN.to_string(), settings)].into())),
+            t0,
+        );
+        assert_eq!(pass_at(&mut c, &cache, t0).polls, [ARN.to_string()]);
+        let initial = Health {
+            state: "initial".into(),
+            reason: Some("Elb.InitialHealthChecking".into()),
+            description: Some("Initial health checks in progress".into()),
+        };
+        let target = Target {
+            ip: "127.0.1.1".into(),
+            port: 8080,
+        };
+        c.reply(
+            Reply::Health(ARN.into(), Ok([(target, initial)].into()), t0 + 100),
+            t0 + 100,
+        );
+        let a = pass_at(&mut c, &cache, t0 + 100);
+        let g = c.view(t0 + 100, true).gates.remove(0);
+        let elb = g.elb.expect("the answer");
+        assert_eq!(
+            (elb.state.as_str(), elb.reason.as_deref()),
+            ("initial", Some("Elb.InitialHealthChecking"))
+        );
+        assert_eq!(elb.at, rfc3339(t0 + 100));
+        assert_eq!(g.next_poll_at, a.wake_at.map(rfc3339));
+        assert!(g.next_poll_at.is_some() && !g.poll_in_flight);
+        // A replica that does not lead serves no gates.
+        assert!(c.view(t0 + 100, false).gates.is_empty());
+    }
+
     fn conditions(a: &Actions) -> Vec<&ConditionWrite> {
         a.jobs
             .iter()

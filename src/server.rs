@@ -286,6 +286,20 @@ mod tests {
             body.contains("TargetGroupBinding CRD") && body.contains("not installed"),
             "{body}"
         );
+        // The controller's view, as published.
+        let (status, body) = get(state.clone(), "/debug/gates").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            serde_json::from_str::<crate::gates_view::GatesView>(&body).unwrap(),
+            crate::gates_view::GatesView::default()
+        );
+        state.gates.publish(crate::gates_view::GatesView {
+            controller: true,
+            leader: true,
+            ..Default::default()
+        });
+        let (_, body) = get(state.clone(), "/debug/gates").await;
+        assert!(body.contains("\"leader\":true"), "{body}");
         state.cache.write().bindings_crd_missing = false;
         assert_eq!(get(state.clone(), "/readyz").await.1, "ready\n");
         // Shutting down: not ready whatever the caches say; alive still.

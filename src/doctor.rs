@@ -126,6 +126,9 @@ pub struct Observed<'a> {
     pub ours: &'a str,
     /// The Service behind readygate's webhook, when it calls one.
     pub service: Option<ServiceState>,
+    /// For a webhook called by `clientConfig.url`: the TLS probe of that URL (or of
+    /// `--webhook-url`) under the URL's host name.
+    pub url_probe: Option<Probe>,
     pub namespaces: &'a [Namespace],
     /// Pods, Services and bindings; `None` when bindings could not be listed.
     pub index: Option<&'a Index>,
@@ -141,7 +144,12 @@ pub fn findings(o: &Observed<'_>) -> Vec<Finding> {
         .webhook_configurations
         .iter()
         .find(|c| c.metadata.name.as_deref() == Some(o.ours));
-    out.extend(webhook(ours, o.ours, o.service.as_ref()));
+    let probe = o
+        .service
+        .as_ref()
+        .map(|s| &s.probe)
+        .or(o.url_probe.as_ref());
+    out.extend(webhook(ours, o.ours, o.service.as_ref(), probe));
     let opted_in = opted_in(o.namespaces);
     out.push(double_injection(
         o.webhook_configurations,
@@ -181,6 +189,7 @@ fn webhook(
     ours: Option<&MutatingWebhookConfiguration>,
     name: &str,
     service: Option<&ServiceState>,
+    probe: Option<&Probe>,
 ) -> Vec<Finding> {
     let Some(config) = ours else {
         return vec![Finding::problem(
@@ -217,7 +226,7 @@ fn webhook(
         ),
     ));
     out.extend(endpoints(service, cc.url.is_some()));
-    out.push(ca_bundle(w, service));
+    out.push(ca_bundle(w, probe));
     out.push(failure_policy(w));
     out.push(timeout(w));
     out
@@ -263,7 +272,7 @@ fn endpoints(service: Option<&ServiceState>, url: bool) -> Option<Finding> {
     })
 }
 
-fn ca_bundle(w: &MutatingWebhook, service: Option<&ServiceState>) -> Finding {
+fn ca_bundle(w: &MutatingWebhook, probe: Option<&Probe>) -> Finding {
     let empty = w
         .client_config
         .ca_bundle
@@ -284,8 +293,9 @@ fn ca_bundle(w: &MutatingWebhook, service: Option<&ServiceState>) -> Finding {
         .service
         .as_ref()
         .map(|s| format!("{}.{}.svc", s.name, s.namespace))
-        .unwrap_or_else(|| "the URL's host".into());
-    match service.map(|s| &s.probe) {
+        .or_else(|| w.client_config.url.as_deref().map(url_host))
+        .unwrap_or_default();
+    match probe {
         Some(Probe::Verified { addr }) => Finding::ok(
             "ca-bundle",
             format!("caBundle verifies the certificate served at {addr} for {name}"),
@@ -309,9 +319,23 @@ fn ca_bundle(w: &MutatingWebhook, service: Option<&ServiceState>) -> Finding {
         ),
         None => Finding::warning(
             "ca-bundle",
-            "cannot check the caBundle: the webhook is called by URL, not through a Service",
-            "pass --webhook-url with that URL if it is reachable from here",
+            "cannot check the caBundle: the webhook names neither a Service nor a URL",
+            "set clientConfig.service (manifests/base/mutatingwebhookconfiguration.yaml)",
         ),
+    }
+}
+
+/// The host of a webhook URL (`https://HOST[:PORT]/path`): the name its certificate must carry.
+pub fn url_host(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or_default();
+    match authority.strip_prefix('[') {
+        // [IPv6]:port
+        Some(v6) => v6.split(']').next().unwrap_or_default().to_string(),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(h, _)| h)
+            .to_string(),
     }
 }
 
@@ -714,6 +738,7 @@ mod tests {
         index: Index,
         crd: Lookup<()>,
         service: Option<ServiceState>,
+        url_probe: Option<Probe>,
         lease: Lookup<Lease>,
     }
 
@@ -724,6 +749,7 @@ mod tests {
             index: index(true),
             crd: Lookup::Found(()),
             service: Some(service(verified(), &["10.0.0.5:9443"])),
+            url_probe: None,
             lease: Lookup::Found(lease("readygate-abc", NOW - 3_000)),
         }
     }
@@ -735,6 +761,7 @@ mod tests {
             webhook_configurations: &s.configs,
             ours: "readygate",
             service: s.service.clone(),
+            url_probe: s.url_probe.clone(),
             namespaces: &s.namespaces,
             index: Some(&s.index),
             lease: s.lease.clone(),
@@ -952,6 +979,34 @@ mod tests {
         let n = only(&run(&s), "namespaces");
         assert_eq!(n.level, Level::Warning);
         assert!(n.fix.unwrap().contains("kubectl label namespace"));
+    }
+
+    #[test]
+    fn a_webhook_called_by_url_is_probed_at_that_url() {
+        let mut s = healthy();
+        s.configs = vec![ours(
+            json!({"clientConfig": {"url": "https://dev.example:9443/mutate-v1-pod", "caBundle": "Y2E="}}),
+        )];
+        s.service = None;
+        s.url_probe = Some(Probe::Rejected {
+            addr: "dev.example:9443".into(),
+            error: "invalid peer certificate: NotValidForName".into(),
+        });
+        let p = sole_problem(&s, "ca-bundle");
+        assert!(
+            p.summary
+                .contains("for dev.example: invalid peer certificate"),
+            "{p:?}"
+        );
+        let f = run(&s);
+        assert!(
+            only(&f, "webhook")
+                .summary
+                .contains("calls URL https://dev.example:9443/mutate-v1-pod")
+        );
+        assert_eq!(only(&f, "endpoints").level, Level::Ok);
+        assert_eq!(url_host("https://[::1]:9443/x"), "::1");
+        assert_eq!(url_host("https://localhost/x"), "localhost");
     }
 
     #[test]

@@ -367,6 +367,26 @@ pub async fn doctor(args: DoctorArgs) -> anyhow::Result<i32> {
         ),
         None => None,
     };
+    // A webhook called by URL: probe that URL (or --webhook-url) under the URL's host name.
+    let url_probe = match ours
+        .and_then(|c| c.webhooks.as_ref()?.first().cloned())
+        .filter(|w| w.client_config.service.is_none())
+        .and_then(|w| Some((w.client_config.url.clone()?, w.client_config.ca_bundle)))
+    {
+        Some((url, ca)) => {
+            let target = args.webhook_url.as_deref().unwrap_or(&url);
+            let uri: hyper::Uri = target
+                .parse()
+                .with_context(|| format!("bad webhook URL {target}"))?;
+            let host = uri.host().context("webhook URL without host")?;
+            let addr = format!("{host}:{}", uri.port_u16().unwrap_or(443));
+            Some(match ca.as_ref().map(|b| b.0.as_slice()) {
+                None | Some([]) => Probe::NotTried("the webhook has no caBundle".into()),
+                Some(ca) => probe(&[addr], ca, &doctor::url_host(&url)).await,
+            })
+        }
+        None => None,
+    };
     let namespaces: Vec<Namespace> = list(
         Api::all(client.clone()),
         &ListParams::default(),
@@ -417,6 +437,7 @@ pub async fn doctor(args: DoctorArgs) -> anyhow::Result<i32> {
         webhook_configurations: &configs,
         ours: &args.webhook_configuration,
         service,
+        url_probe,
         namespaces: &namespaces,
         index: index.as_ref(),
         lease,

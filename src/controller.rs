@@ -342,7 +342,6 @@ impl Controller {
             }
             plan(&ix, now, self.failsafe)
         };
-        self.last_work = work.clone();
         self.next_poll.clear();
 
         let pending_pods: HashSet<&str> = work.iter().map(|w| w.uid.as_str()).collect();
@@ -457,6 +456,7 @@ impl Controller {
         if !self.sent.is_empty() {
             next = min_opt(next, Some(now + RESEND_AFTER_MS));
         }
+        self.last_work = work;
         next
     }
 
@@ -890,7 +890,7 @@ pub async fn run(
 }
 
 /// The decision loop, separate from the wiring so tests can drive it. It publishes its view of
-/// the pending gates on `board` after every pass.
+/// the pending gates on `board` when asked (`/debug/gates`).
 #[allow(clippy::too_many_arguments)] // the loop's inputs and outputs, each its own channel
 pub async fn run_loop(
     cache: Arc<Cache>,
@@ -904,6 +904,7 @@ pub async fn run_loop(
 ) {
     let (replies_tx, mut replies) = mpsc::channel(1024);
     let mut c = Controller::new(cache.clone(), metrics, args);
+    board.attach();
     let shell = Shell {
         elb,
         replies: replies_tx,
@@ -913,8 +914,9 @@ pub async fn run_loop(
         if !*leader.borrow_and_update() {
             c.step_down();
             board.publish(c.view(now_ms(), false));
-            if leader.changed().await.is_err() {
-                return;
+            tokio::select! {
+                r = leader.changed() => if r.is_err() { return },
+                () = board.requested() => board.publish(c.view(now_ms(), false)),
             }
             continue;
         }
@@ -923,8 +925,8 @@ pub async fn run_loop(
             Duration::from_millis((t - now_ms()).max(0) as u64)
         });
         shell.execute(&mut c, actions);
-        board.publish(c.view(now_ms(), true));
         tokio::select! {
+            () = board.requested() => board.publish(c.view(now_ms(), true)),
             _ = cache.changed() => {
                 // Let a burst of watch events land before the next pass.
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -942,7 +944,6 @@ pub async fn run_loop(
         }
         let actions = c.take_actions();
         shell.execute(&mut c, actions);
-        board.publish(c.view(now_ms(), true));
     }
 }
 

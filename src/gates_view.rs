@@ -2,7 +2,11 @@
 //! and read by `readygate status`: per gate, the target it waits on, what ELB last said about
 //! it and when, and when its target group is polled next. Plain serde data, no I/O.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
 
 use serde::{Deserialize, Serialize};
 
@@ -69,16 +73,95 @@ pub struct ElbAnswer {
     pub at: String,
 }
 
-/// Where the controller publishes its view and the admin server reads it.
-#[derive(Clone, Debug, Default)]
-pub struct GatesBoard(Arc<RwLock<GatesView>>);
+/// Where the admin server asks the controller loop for its view and the loop answers. The view
+/// is built only when asked (a pass over 10,000 pending gates need not serialise them all), and
+/// the last one is kept for when the loop is busy.
+#[derive(Clone, Debug)]
+pub struct GatesBoard(Arc<Board>);
+
+#[derive(Debug)]
+struct Board {
+    view: RwLock<GatesView>,
+    /// A controller loop answers requests (none on a `--controller false` replica).
+    attached: AtomicBool,
+    requested: Notify,
+    published: watch::Sender<u64>,
+}
+
+impl Default for GatesBoard {
+    fn default() -> Self {
+        Self(Arc::new(Board {
+            view: RwLock::default(),
+            attached: AtomicBool::new(false),
+            requested: Notify::new(),
+            published: watch::channel(0).0,
+        }))
+    }
+}
 
 impl GatesBoard {
-    pub fn publish(&self, view: GatesView) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = view;
+    /// A controller loop will answer `fresh`.
+    pub fn attach(&self) {
+        self.0.attached.store(true, Ordering::SeqCst);
     }
 
+    pub fn publish(&self, view: GatesView) {
+        *self.0.view.write().unwrap_or_else(|e| e.into_inner()) = view;
+        self.0.published.send_modify(|v| *v += 1);
+    }
+
+    /// The last view published.
     pub fn get(&self) -> GatesView {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0
+            .view
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Resolves when someone asks for a fresh view.
+    pub async fn requested(&self) {
+        self.0.requested.notified().await
+    }
+
+    /// A view the loop publishes for this request, or the last one if it does not within
+    /// `within`.
+    pub async fn fresh(&self, within: Duration) -> GatesView {
+        if self.0.attached.load(Ordering::SeqCst) {
+            let mut rx = self.0.published.subscribe();
+            rx.borrow_and_update();
+            self.0.requested.notify_one();
+            let _ = tokio::time::timeout(within, rx.changed()).await;
+        }
+        self.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_gets_the_view_published_for_it() {
+        let board = GatesBoard::default();
+        // No loop attached: the last view at once.
+        assert!(!board.fresh(Duration::from_secs(60)).await.controller);
+        board.attach();
+        let loop_side = board.clone();
+        tokio::spawn(async move {
+            loop {
+                loop_side.requested().await;
+                loop_side.publish(GatesView {
+                    controller: true,
+                    leader: true,
+                    ..GatesView::default()
+                });
+            }
+        });
+        let view =
+            tokio::time::timeout(Duration::from_secs(5), board.fresh(Duration::from_secs(60)))
+                .await
+                .expect("answered before the fallback");
+        assert!(view.leader);
     }
 }

@@ -225,8 +225,11 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     (StatusCode::OK, "ready\n".to_string())
 }
 
+/// How long `/debug/gates` waits for the controller loop's fresh view before serving its last.
+const FRESH_VIEW_WAIT: Duration = Duration::from_secs(1);
+
 async fn debug_gates(State(state): State<AdminState>) -> impl IntoResponse {
-    axum::Json(state.gates.get())
+    axum::Json(state.gates.fresh(FRESH_VIEW_WAIT).await)
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {

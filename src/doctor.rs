@@ -8,7 +8,8 @@ use std::fmt;
 
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Endpoints, Namespace};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::Serialize;
 
@@ -114,6 +115,60 @@ pub struct ServiceState {
     /// Endpoints present but not ready.
     pub not_ready: usize,
     pub probe: Probe,
+}
+
+fn host_port(ip: &str, port: i32) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+/// The ready `ip:port`s of a Service's EndpointSlices (on the port named `port_name`, the
+/// Service port's name, which slices carry) and how many addresses are not ready.
+pub fn slice_addresses(slices: &[EndpointSlice], port_name: Option<&str>) -> (Vec<String>, usize) {
+    let (mut ready, mut not_ready) = (Vec::new(), 0);
+    for s in slices {
+        let port = s
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| port_name.is_none() || p.name.as_deref() == port_name)
+            .and_then(|p| p.port);
+        for e in &s.endpoints {
+            // discovery.k8s.io/v1: an absent `ready` means ready.
+            let is_ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            for ip in &e.addresses {
+                match (is_ready, port) {
+                    (true, Some(p)) => ready.push(host_port(ip, p)),
+                    _ => not_ready += 1,
+                }
+            }
+        }
+    }
+    (ready, not_ready)
+}
+
+/// The same from a (legacy) Endpoints object.
+pub fn endpoints_addresses(ep: &Endpoints, port_name: Option<&str>) -> (Vec<String>, usize) {
+    let (mut ready, mut not_ready) = (Vec::new(), 0);
+    for subset in ep.subsets.iter().flatten() {
+        let port = subset
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| port_name.is_none() || p.name.as_deref() == port_name)
+            .map(|p| p.port);
+        for a in subset.addresses.iter().flatten() {
+            match port {
+                Some(p) => ready.push(host_port(&a.ip, p)),
+                None => not_ready += 1,
+            }
+        }
+        not_ready += subset.not_ready_addresses.as_ref().map_or(0, Vec::len);
+    }
+    (ready, not_ready)
 }
 
 /// Everything doctor looks at.
@@ -1007,6 +1062,41 @@ mod tests {
         assert_eq!(only(&f, "endpoints").level, Level::Ok);
         assert_eq!(url_host("https://[::1]:9443/x"), "::1");
         assert_eq!(url_host("https://localhost/x"), "localhost");
+    }
+
+    #[test]
+    fn endpoint_addresses_come_from_slices_or_endpoints_on_the_services_port() {
+        let slices: Vec<EndpointSlice> = serde_json::from_value(json!([
+            {"metadata": {"name": "a"}, "addressType": "IPv4",
+             "ports": [{"name": "metrics", "port": 8080}, {"name": "https", "port": 9443}],
+             "endpoints": [{"addresses": ["10.0.0.5"], "conditions": {"ready": true}},
+                           {"addresses": ["10.0.0.6"]},
+                           {"addresses": ["10.0.0.7"], "conditions": {"ready": false}}]},
+            {"metadata": {"name": "b"}, "addressType": "IPv6",
+             "ports": [{"name": "https", "port": 9443}],
+             "endpoints": [{"addresses": ["fd00::5"], "conditions": {"ready": true}}]}
+        ]))
+        .unwrap();
+        assert_eq!(
+            slice_addresses(&slices, Some("https")),
+            (
+                vec![
+                    "10.0.0.5:9443".to_string(),
+                    "10.0.0.6:9443".into(),
+                    "[fd00::5]:9443".into()
+                ],
+                1
+            )
+        );
+        let ep: Endpoints = serde_json::from_value(json!({"metadata": {"name": "s"}, "subsets": [
+            {"addresses": [{"ip": "10.0.0.5"}], "notReadyAddresses": [{"ip": "10.0.0.7"}],
+             "ports": [{"name": "https", "port": 9443}]}]}))
+        .unwrap();
+        assert_eq!(
+            endpoints_addresses(&ep, Some("https")),
+            (vec!["10.0.0.5:9443".to_string()], 1)
+        );
+        assert_eq!(endpoints_addresses(&ep, Some("other")), (vec![], 1 + 1));
     }
 
     #[test]

@@ -524,14 +524,6 @@ async fn webhook_service(
     })
 }
 
-fn host_port(ip: &str, port: i32) -> String {
-    if ip.contains(':') {
-        format!("[{ip}]:{port}")
-    } else {
-        format!("{ip}:{port}")
-    }
-}
-
 /// Ready and not-ready endpoint addresses of a Service: from its EndpointSlices, or from its
 /// Endpoints where EndpointSlices are not served.
 async fn endpoints(
@@ -547,56 +539,22 @@ async fn endpoints(
         "listing EndpointSlices",
     )
     .await;
-    let (mut ready, mut not_ready) = (Vec::new(), 0);
     match slices {
-        Ok(slices) => {
-            for s in slices {
-                let port = s
-                    .ports
-                    .iter()
-                    .flatten()
-                    .find(|p| port_name.is_none() || p.name.as_deref() == port_name)
-                    .and_then(|p| p.port);
-                for e in &s.endpoints {
-                    // A nil `ready` means ready (discovery.k8s.io/v1).
-                    let is_ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-                    for ip in &e.addresses {
-                        match (is_ready, port) {
-                            (true, Some(p)) => ready.push(host_port(ip, p)),
-                            _ => not_ready += 1,
-                        }
-                    }
-                }
-            }
-        }
-        Err(e) if is_not_found(&e) => {
-            if let Lookup::Found(ep) = lookup(
+        Ok(slices) => Ok(doctor::slice_addresses(&slices, port_name)),
+        Err(e) if is_not_found(&e) => Ok(
+            match lookup(
                 Api::<Endpoints>::namespaced(client.clone(), ns),
                 service,
                 "reading Endpoints",
             )
             .await
             {
-                for subset in ep.subsets.iter().flatten() {
-                    let port = subset
-                        .ports
-                        .iter()
-                        .flatten()
-                        .find(|p| port_name.is_none() || p.name.as_deref() == port_name)
-                        .map(|p| p.port);
-                    for a in subset.addresses.iter().flatten() {
-                        match port {
-                            Some(p) => ready.push(host_port(&a.ip, p)),
-                            None => not_ready += 1,
-                        }
-                    }
-                    not_ready += subset.not_ready_addresses.as_ref().map_or(0, Vec::len);
-                }
-            }
-        }
-        Err(e) => return Err(e),
+                Lookup::Found(ep) => doctor::endpoints_addresses(&ep, port_name),
+                _ => (Vec::new(), 0),
+            },
+        ),
+        Err(e) => Err(e),
     }
-    Ok((ready, not_ready))
 }
 
 /// A TLS handshake with the first reachable address, verifying the served certificate against

@@ -551,8 +551,17 @@ async fn run(s: &Scenario, args: &ControllerArgs) -> Outcome1 {
     let controller = {
         let (cache, metrics, args) = (cache.clone(), metrics.clone(), args.clone());
         tokio::spawn(async move {
-            readygate::controller::run_loop(cache, elb, metrics, &args, leader_rx, jobs_tx, done_rx)
-                .await
+            readygate::controller::run_loop(
+                cache,
+                elb,
+                metrics,
+                &args,
+                leader_rx,
+                jobs_tx,
+                done_rx,
+                Default::default(),
+            )
+            .await
         })
     };
 

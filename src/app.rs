@@ -10,6 +10,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::cache::{self, Cache};
 use crate::certs;
 use crate::cli::{CertsArgs, Command, LogFormat, ServeArgs};
+use crate::gates_view::GatesBoard;
 use crate::metrics::Metrics;
 use crate::server::{self, AdminState, HttpsLimits};
 use crate::tls::{self, KeyPairPaths, ReloadingResolver};
@@ -26,10 +27,23 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
-pub async fn run(command: Command) -> anyhow::Result<()> {
+/// Logging for the operator commands: warnings only, to stderr, so stdout stays the output.
+pub fn init_cli_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,kube=error"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs a command; returns the process's exit code.
+pub async fn run(command: Command) -> anyhow::Result<i32> {
     match command {
-        Command::Serve(args) => serve(*args).await,
-        Command::Certs(args) => write_certs(args),
+        Command::Serve(args) => serve(*args).await.map(|()| 0),
+        Command::Certs(args) => write_certs(args).map(|()| 0),
+        Command::Status(args) => crate::operate::status(args).await.map(|()| 0),
+        Command::Doctor(args) => crate::operate::doctor(args).await,
     }
 }
 
@@ -100,12 +114,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    let gates = GatesBoard::default();
     let mut controller = match args.controller.controller {
         true => tokio::spawn(crate::controller::run(
             client,
             cache.clone(),
             metrics.clone(),
             args.controller.clone(),
+            gates.clone(),
             stopped(),
         )),
         false => tokio::spawn(std::future::pending()),
@@ -132,6 +148,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             cache,
             metrics,
             shutting_down: Arc::default(),
+            gates,
         },
         shutdown_delay: args.webhook.shutdown_delay,
     };

@@ -37,6 +37,95 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Generate a CA and a serving certificate for the webhook Service.
     Certs(CertsArgs),
+    /// Show gated pods and their gates (stuck first), or explain one pod; uses the kube context
+    /// as kubectl does.
+    Status(StatusArgs),
+    /// Check the installation against the kube context; exits 1 on any problem.
+    Doctor(DoctorArgs),
+}
+
+/// The name the binary answers to: as a kubectl plugin (`kubectl-readygate` on the PATH, run
+/// as `kubectl readygate`) its usage says so; it behaves the same either way.
+pub fn bin_name(argv0: &std::ffi::OsStr) -> &'static str {
+    let file = std::path::Path::new(argv0)
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or_default();
+    if file == "kubectl-readygate" {
+        "kubectl readygate"
+    } else {
+        "readygate"
+    }
+}
+
+/// Parses `args` (argv[0] first) under the name argv[0] calls for.
+pub fn parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::{CommandFactory, FromArgMatches};
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let name = bin_name(args.first().map(|a| a.as_os_str()).unwrap_or_default());
+    let matches = Cli::command().bin_name(name).try_get_matches_from(args)?;
+    Cli::from_arg_matches(&matches)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// Where readygate is installed, and how to reach its leader.
+#[derive(Clone, Debug, Args)]
+pub struct InstallArgs {
+    /// Namespace of readygate's Lease (its own namespace).
+    #[arg(long, default_value = "readygate-system")]
+    pub lease_namespace: String,
+    /// Name of readygate's Lease.
+    #[arg(long, default_value = "readygate")]
+    pub lease_name: String,
+    /// The leader's admin server (e.g. http://127.0.0.1:8080 after a port-forward); by default
+    /// it is reached through the API server's pod proxy, from the Lease's holder.
+    #[arg(long)]
+    pub controller_url: Option<String>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct StatusArgs {
+    /// Only this pod, explained in sentences.
+    pub pod: Option<String>,
+    /// Namespace (default: the kube context's).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// Every namespace.
+    #[arg(short = 'A', long, conflicts_with_all = ["namespace", "pod"])]
+    pub all_namespaces: bool,
+    /// Label selector of the pods, as kubectl's (`app=web,tier!=db`).
+    #[arg(short = 'l', long)]
+    pub selector: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    #[command(flatten)]
+    pub install: InstallArgs,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct DoctorArgs {
+    /// Name of readygate's MutatingWebhookConfiguration.
+    #[arg(long, default_value = "readygate")]
+    pub webhook_configuration: String,
+    /// Probe the webhook's TLS at this address (https://HOST:PORT) instead of the Service's
+    /// endpoint addresses, e.g. when those are not reachable from here.
+    #[arg(long)]
+    pub webhook_url: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    #[command(flatten)]
+    pub install: InstallArgs,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -233,6 +322,46 @@ mod tests {
         );
         assert!(!s.controller.unused_is_ready);
         assert!(Cli::try_parse_from(["readygate", "serve", "--poll-interval", "soon"]).is_err());
+    }
+
+    #[test]
+    fn the_binary_answers_as_a_kubectl_plugin() {
+        assert_eq!(
+            bin_name(std::ffi::OsStr::new("/usr/local/bin/kubectl-readygate")),
+            "kubectl readygate"
+        );
+        assert_eq!(bin_name(std::ffi::OsStr::new("./readygate")), "readygate");
+        let cli = parse_from([
+            "/usr/local/bin/kubectl-readygate",
+            "status",
+            "-A",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        let Command::Status(s) = cli.command else {
+            panic!("not status")
+        };
+        assert!(s.all_namespaces && s.output == Output::Json);
+        let err = parse_from(["kubectl-readygate", "status", "--bogus"]).unwrap_err();
+        assert!(
+            err.to_string().contains("kubectl readygate status"),
+            "{err}"
+        );
+        let cli = parse_from([
+            "readygate",
+            "doctor",
+            "--webhook-url",
+            "https://127.0.0.1:9443",
+        ])
+        .unwrap();
+        let Command::Doctor(d) = cli.command else {
+            panic!("not doctor")
+        };
+        assert_eq!(d.webhook_configuration, "readygate");
+        assert_eq!(d.install.lease_namespace, "readygate-system");
+        // -A lists everything: a namespace or a pod with it is a mistake.
+        assert!(parse_from(["readygate", "status", "-A", "-n", "shop"]).is_err());
     }
 
     fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {

@@ -20,6 +20,7 @@ use crate::cli::ControllerArgs;
 use crate::condition::{self, Desired, Health, Policy};
 use crate::domain::{ConditionStatus, Pod, TargetType, gate_type};
 use crate::elbv2::{ElbError, Elbv2, GroupSettings};
+use crate::gates_view::{ElbAnswer, GatesBoard, GatesView, PendingGate, PolicyView};
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::poller::{self, Group, Settings};
@@ -258,6 +259,9 @@ pub struct Controller {
     /// Gates warned about a `Target.NotInUse` target in an attached group, by (uid, binding).
     warned_not_in_use: HashSet<Key>,
     last_missing_check: i64,
+    /// The gates of the last pass and when each group is polled next, for `/debug/gates`.
+    last_work: Vec<GateWork>,
+    next_poll: HashMap<String, i64>,
 }
 
 const RESEND_AFTER_MS: i64 = 10_000;
@@ -293,6 +297,8 @@ impl Controller {
             warned_missing: HashSet::new(),
             warned_not_in_use: HashSet::new(),
             last_missing_check: i64::MIN / 2,
+            last_work: Vec::new(),
+            next_poll: HashMap::new(),
         }
     }
 
@@ -343,6 +349,7 @@ impl Controller {
             }
             plan(&ix, now, self.failsafe)
         };
+        self.next_poll.clear();
 
         let pending_pods: HashSet<&str> = work.iter().map(|w| w.uid.as_str()).collect();
         self.metrics.pending_pods.set(pending_pods.len() as i64);
@@ -433,7 +440,10 @@ impl Controller {
                     g.in_flight = true;
                     self.out.polls.push(arn);
                 }
-                Some(t) => next = min_opt(next, Some(t)),
+                Some(t) => {
+                    next = min_opt(next, Some(t));
+                    self.next_poll.insert(arn, t);
+                }
                 None => {}
             }
         }
@@ -453,6 +463,7 @@ impl Controller {
         if !self.sent.is_empty() {
             next = min_opt(next, Some(now + RESEND_AFTER_MS));
         }
+        self.last_work = work;
         next
     }
 
@@ -747,6 +758,93 @@ impl Controller {
     }
 }
 
+impl Controller {
+    /// What this controller knows about its pending gates, as `/debug/gates` serves it.
+    pub fn view(&self, now: i64, leader: bool) -> GatesView {
+        let gates = if leader {
+            self.last_work
+                .iter()
+                .map(|w| self.pending_gate(w))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        GatesView {
+            controller: true,
+            leader,
+            generated_at: rfc3339(now),
+            policy: PolicyView {
+                unused_is_ready: self.policy.unused_is_ready,
+                unavailable_is_ready: self.policy.unavailable_is_ready,
+                failsafe_timeout_seconds: self.failsafe.map(|d| d.as_secs()),
+            },
+            gates,
+        }
+    }
+
+    fn pending_gate(&self, w: &GateWork) -> PendingGate {
+        let mut p = PendingGate {
+            namespace: w.namespace.clone(),
+            pod: w.pod.clone(),
+            binding: w.binding.clone(),
+            failsafe_at: self
+                .failsafe
+                .zip(w.created)
+                .map(|(f, c)| rfc3339(c * 1000 + f.as_millis() as i64)),
+            ..PendingGate::default()
+        };
+        match &w.need {
+            Need::Release(d) | Need::Hold(d) => {
+                p.decision = if matches!(w.need, Need::Release(_)) {
+                    "release"
+                } else {
+                    "hold"
+                }
+                .into();
+                p.reason = Some(d.reason.clone());
+                p.message = Some(d.message.clone());
+            }
+            Need::Health(wait) => {
+                p.decision = "waiting".into();
+                p.target = Some(wait.target.to_string());
+                p.target_group_arn = Some(wait.arn.clone());
+                p.next_poll_at = self.next_poll.get(&wait.arn).map(|t| rfc3339(*t));
+                if let Some(g) = self.groups.get(&wait.arn) {
+                    p.poll_in_flight = g.in_flight;
+                    p.backing_off_until = g.times.not_before_ms.map(rfc3339);
+                    // As `health_condition`: only an answer after the containers turned ready
+                    // speaks for this pod.
+                    p.elb = g
+                        .health
+                        .as_ref()
+                        .filter(|(_, at)| wait.ready_since_ms.is_some_and(|r| *at >= r))
+                        .map(|(targets, at)| match targets.get(&wait.target) {
+                            Some(h) => ElbAnswer {
+                                state: h.state.clone(),
+                                reason: h.reason.clone(),
+                                description: h.description.clone(),
+                                at: rfc3339(*at),
+                            },
+                            None => ElbAnswer {
+                                state: "notRegistered".into(),
+                                reason: None,
+                                description: Some(
+                                    "the target group's answer does not list this target".into(),
+                                ),
+                                at: rfc3339(*at),
+                            },
+                        });
+                    if let Some(msg) = &g.not_found {
+                        p.reason = Some("Readygate.TargetGroupNotFound".into());
+                        p.message = Some(msg.clone());
+                    }
+                }
+            }
+        }
+        p
+    }
+}
+
 fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     match (a, b) {
         (Some(x), Some(y)) => Some(x.min(y)),
@@ -762,6 +860,7 @@ pub async fn run(
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     args: ControllerArgs,
+    board: GatesBoard,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let identity = args
@@ -796,7 +895,7 @@ pub async fn run(
     ));
     let writer_task = tokio::spawn(writer::run(writer, jobs_rx, done_tx, 16));
     tokio::select! {
-        () = run_loop(cache, elb, metrics, &args, leadership.leading.clone(), jobs_tx, done_rx) => {}
+        () = run_loop(cache, elb, metrics, &args, leadership.leading.clone(), jobs_tx, done_rx, board) => {}
         () = shutdown => {}
     }
     // The loop is gone, so the writer's queue is closed: let queued writes finish, then step down.
@@ -805,7 +904,9 @@ pub async fn run(
     Ok(())
 }
 
-/// The decision loop, separate from the wiring so tests can drive it.
+/// The decision loop, separate from the wiring so tests can drive it. It publishes its view of
+/// the pending gates on `board` when asked (`/debug/gates`).
+#[allow(clippy::too_many_arguments)] // the loop's inputs and outputs, each its own channel
 pub async fn run_loop(
     cache: Arc<Cache>,
     elb: Elbv2,
@@ -814,9 +915,11 @@ pub async fn run_loop(
     mut leader: watch::Receiver<bool>,
     jobs: mpsc::Sender<Job>,
     mut done: mpsc::Receiver<Done>,
+    board: GatesBoard,
 ) {
     let (replies_tx, mut replies) = mpsc::channel(1024);
     let mut c = Controller::new(cache.clone(), metrics, args);
+    board.attach();
     let shell = Shell {
         elb,
         replies: replies_tx,
@@ -825,8 +928,10 @@ pub async fn run_loop(
     loop {
         if !*leader.borrow_and_update() {
             c.step_down();
-            if leader.changed().await.is_err() {
-                return;
+            board.publish(c.view(now_ms(), false));
+            tokio::select! {
+                r = leader.changed() => if r.is_err() { return },
+                () = board.requested() => board.publish(c.view(now_ms(), false)),
             }
             continue;
         }
@@ -836,6 +941,7 @@ pub async fn run_loop(
         });
         shell.execute(&mut c, actions);
         tokio::select! {
+            () = board.requested() => board.publish(c.view(now_ms(), true)),
             _ = cache.changed() => {
                 // Let a burst of watch events land before the next pass.
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1155,6 +1261,61 @@ mod tests {
             [ARN.to_string()],
             "polls go on with the old settings"
         );
+    }
+
+    #[test]
+    fn the_view_names_each_pending_gates_target_last_answer_and_next_poll() {
+        const ARN: &str = "arn:tg/web";
+        let mut ix = index();
+        ix.apply_pod("shop", "a", pod("a", Some("127.0.1.1")));
+        let (mut c, cache) = core(ix);
+        let t0 = 2_000_000_000;
+        pass_at(&mut c, &cache, t0);
+        // Before any answer: waiting on its target, nothing from ELB yet.
+        let v = c.view(t0, true);
+        assert!(v.leader && v.controller);
+        assert_eq!(v.gates.len(), 1);
+        let g = &v.gates[0];
+        assert_eq!(
+            (g.pod.as_str(), g.decision.as_str(), g.target.as_deref()),
+            ("a", "waiting", Some("127.0.1.1:8080"))
+        );
+        assert!(g.elb.is_none());
+        let settings = GroupSettings {
+            interval_seconds: 10,
+            healthy_threshold: 3,
+            attached: true,
+        };
+        c.reply(
+            Reply::Settings(vec![ARN.into()], Ok([(ARN.to_string(), settings)].into())),
+            t0,
+        );
+        assert_eq!(pass_at(&mut c, &cache, t0).polls, [ARN.to_string()]);
+        let initial = Health {
+            state: "initial".into(),
+            reason: Some("Elb.InitialHealthChecking".into()),
+            description: Some("Initial health checks in progress".into()),
+        };
+        let target = Target {
+            ip: "127.0.1.1".parse().unwrap(),
+            port: 8080,
+        };
+        c.reply(
+            Reply::Health(ARN.into(), Ok([(target, initial)].into()), t0 + 100),
+            t0 + 100,
+        );
+        let a = pass_at(&mut c, &cache, t0 + 100);
+        let g = c.view(t0 + 100, true).gates.remove(0);
+        let elb = g.elb.expect("the answer");
+        assert_eq!(
+            (elb.state.as_str(), elb.reason.as_deref()),
+            ("initial", Some("Elb.InitialHealthChecking"))
+        );
+        assert_eq!(elb.at, rfc3339(t0 + 100));
+        assert_eq!(g.next_poll_at, a.wake_at.map(rfc3339));
+        assert!(g.next_poll_at.is_some() && !g.poll_in_flight);
+        // A replica that does not lead serves no gates.
+        assert!(c.view(t0 + 100, false).gates.is_empty());
     }
 
     fn conditions(a: &Actions) -> Vec<&ConditionWrite> {

@@ -191,6 +191,18 @@ impl Index {
         }
     }
 
+    /// The bindings of a namespace, by name.
+    pub fn bindings(&self, ns: &str) -> impl Iterator<Item = &Binding> {
+        let mut all: Vec<&Binding> = self
+            .namespaces
+            .get(ns)
+            .into_iter()
+            .flat_map(|n| n.bindings.values())
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all.into_iter()
+    }
+
     /// Every pod, with its namespace and name.
     pub fn pods(&self) -> impl Iterator<Item = (&str, &str, &Pod)> {
         self.namespaces.iter().flat_map(|(ns, n)| {

@@ -3,7 +3,9 @@
 //! The decision core (`domain`, `gates`, `termination`, `target`, `condition`, `schedule`,
 //! `poller`, `index`, `crd_presence`, `budget`) is pure; `cache`, `webhook`, `server`, `tls`,
 //! `elbv2`, `controller` and `writer` are thin
-//! shells around it; `app` wires them together.
+//! shells around it; `app` wires them together. The operator commands follow the same split:
+//! `status` and `doctor` decide, `operate` fetches and prints; `gates_view` is what the leader
+//! serves at `/debug/gates`.
 
 pub mod app;
 pub mod budget;
@@ -14,15 +16,19 @@ pub mod condition;
 pub mod controller;
 pub mod crd;
 pub mod crd_presence;
+pub mod doctor;
 pub mod domain;
 pub mod elbv2;
 pub mod gates;
+pub mod gates_view;
 pub mod index;
 pub mod leader;
 pub mod metrics;
+pub mod operate;
 pub mod poller;
 pub mod schedule;
 pub mod server;
+pub mod status;
 pub mod target;
 pub mod termination;
 pub mod tls;

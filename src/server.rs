@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::cache::Cache;
+use crate::gates_view::GatesBoard;
 use crate::metrics::Metrics;
 
 /// A listener on `addr` (the socket of `listen_socket`).
@@ -118,6 +119,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Set when shutdown starts: `/readyz` fails from then on.
     pub shutting_down: Arc<AtomicBool>,
+    /// The status controller's view of its pending gates (`/debug/gates`).
+    pub gates: GatesBoard,
 }
 
 /// Both listeners, and how this replica leaves the webhook Service's endpoints.
@@ -173,12 +176,14 @@ impl Servers {
     }
 }
 
-/// `/healthz` (the process answers), `/readyz` (caches synced), `/metrics`.
+/// `/healthz` (the process answers), `/readyz` (caches synced), `/metrics`, `/debug/gates`
+/// (the leader's pending gates, for `readygate status`).
 pub fn admin_router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/debug/gates", get(debug_gates))
         .with_state(state)
 }
 
@@ -220,6 +225,13 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     (StatusCode::OK, "ready\n".to_string())
 }
 
+/// How long `/debug/gates` waits for the controller loop's fresh view before serving its last.
+const FRESH_VIEW_WAIT: Duration = Duration::from_secs(1);
+
+async fn debug_gates(State(state): State<AdminState>) -> impl IntoResponse {
+    axum::Json(state.gates.fresh(FRESH_VIEW_WAIT).await)
+}
+
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     (
         [(
@@ -254,6 +266,7 @@ mod tests {
             cache: Arc::new(Cache::default()),
             metrics: Arc::new(Metrics::new()),
             shutting_down: Arc::default(),
+            gates: GatesBoard::default(),
         };
         assert_eq!(get(state.clone(), "/healthz").await.0, StatusCode::OK);
         let (status, body) = get(state.clone(), "/readyz").await;
@@ -276,6 +289,20 @@ mod tests {
             body.contains("TargetGroupBinding CRD") && body.contains("not installed"),
             "{body}"
         );
+        // The controller's view, as published.
+        let (status, body) = get(state.clone(), "/debug/gates").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            serde_json::from_str::<crate::gates_view::GatesView>(&body).unwrap(),
+            crate::gates_view::GatesView::default()
+        );
+        state.gates.publish(crate::gates_view::GatesView {
+            controller: true,
+            leader: true,
+            ..Default::default()
+        });
+        let (_, body) = get(state.clone(), "/debug/gates").await;
+        assert!(body.contains("\"leader\":true"), "{body}");
         state.cache.write().bindings_crd_missing = false;
         assert_eq!(get(state.clone(), "/readyz").await.1, "ready\n");
         // Shutting down: not ready whatever the caches say; alive still.

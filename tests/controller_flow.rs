@@ -78,7 +78,17 @@ async fn start_at(url: &str, arn: &str, pods: Vec<(&str, Pod)>, extra: &[&str]) 
     let args = args(extra);
     let (c, m) = (cache.clone(), metrics.clone());
     tokio::spawn(async move {
-        readygate::controller::run_loop(c, elb, m, &args, leader, jobs_tx, done_rx).await
+        readygate::controller::run_loop(
+            c,
+            elb,
+            m,
+            &args,
+            leader,
+            jobs_tx,
+            done_rx,
+            Default::default(),
+        )
+        .await
     });
     Rig {
         cache,

@@ -142,8 +142,17 @@ async fn the_group_is_polled_again_after_a_hung_call() {
     let (done, done_rx) = mpsc::channel(64);
     let (c, m) = (cache.clone(), metrics.clone());
     tokio::spawn(async move {
-        readygate::controller::run_loop(c, elb, m, &serve.controller, leader, jobs_tx, done_rx)
-            .await
+        readygate::controller::run_loop(
+            c,
+            elb,
+            m,
+            &serve.controller,
+            leader,
+            jobs_tx,
+            done_rx,
+            Default::default(),
+        )
+        .await
     });
 
     // Writes land in the cache as the API server and the watch would, until the gate is True.

@@ -616,6 +616,7 @@ async fn webhook_and_admin_listen_on_ipv6_and_ipv4_by_default() {
                 cache,
                 metrics: Arc::new(Metrics::new()),
                 shutting_down: Default::default(),
+                gates: Default::default(),
             }),
         )
         .await
@@ -667,6 +668,7 @@ async fn shutdown_fails_readiness_first_and_serves_new_connections_for_the_delay
             cache,
             metrics,
             shutting_down: Default::default(),
+            gates: Default::default(),
         },
         shutdown_delay: delay,
     };

@@ -18,6 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// A pod whose process the rig runs outside the kubelet (a readygate replica, given a Pod
+/// object so that its leader can be reached through the pod proxy): the kubelet leaves it alone.
+pub const EXTERNAL_ANNOTATION: &str = "rig.readygate.io/external";
 /// Pod annotation: milliseconds between the container start and its server listening.
 pub const START_DELAY_ANNOTATION: &str = "rig.readygate.io/start-delay-ms";
 /// Pod annotation: `fail` makes the pod answer its load balancer health check path with 503
@@ -222,6 +225,15 @@ impl Kubelet {
                     .pointer("/metadata/deletionTimestamp")
                     .is_some();
                 let mut pods = p2.lock().expect("pods lock");
+                // A process the rig runs itself (a readygate replica): not the kubelet's.
+                if change
+                    .object
+                    .pointer("/metadata/annotations")
+                    .and_then(|a| a.get(EXTERNAL_ANNOTATION))
+                    .is_some()
+                {
+                    continue;
+                }
                 match change.event {
                     EventType::Added => {
                         let (tx, rx) = watch::channel(terminating);

@@ -4,15 +4,18 @@
 //! Service as the endpoints controller would: in when ready, out a moment after they start
 //! terminating.
 
-use crate::apiserver::admission::Admission;
+use crate::apiserver::admission::{Admission, find_webhook_configuration};
 use crate::apiserver::resources;
-use crate::apiserver::store::str_at;
+use crate::apiserver::selector::{FieldSelector, LabelSelector};
+use crate::apiserver::store::{PatchKind, Subresource, WriteOpts, str_at};
 use crate::certs::Certs;
 use crate::readygate::{Readygate, ReadygateOpts, free_addr};
 use crate::rig::{Rig, RigConfig, webhook_service};
+use base64::Engine;
+use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::Mutex;
 
@@ -33,6 +36,10 @@ pub struct Stage {
     pub service: (String, String),
     template: ReadygateOpts,
     started: AtomicUsize,
+    /// readygate's MutatingWebhookConfiguration as the manifests have it, with the rig's CA.
+    webhook_configuration: Value,
+    /// `install_objects` was called: replica changes also update their Pods and EndpointSlices.
+    objects: AtomicBool,
 }
 
 impl Stage {
@@ -70,6 +77,15 @@ impl Stage {
             extra_args: readygate_args.to_vec(),
         };
         let admission = rig.install_webhook(manifests, template.webhook_addr, &certs.ca_pem)?;
+        let mut webhook_configuration = find_webhook_configuration(manifests)?;
+        let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&certs.ca_pem);
+        for w in webhook_configuration["webhooks"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+        {
+            w["clientConfig"]["caBundle"] = json!(ca_bundle);
+        }
         admission.set_endpoints(&service_ns, &service, vec![]);
         // readygate's own namespace holds its Lease.
         rig.namespace(&service_ns, false).await?;
@@ -80,6 +96,8 @@ impl Stage {
             service: (service, service_ns),
             template,
             started: AtomicUsize::new(0),
+            webhook_configuration,
+            objects: AtomicBool::new(false),
         };
         for _ in 0..replicas {
             stage.add_replica().await?;
@@ -110,6 +128,179 @@ impl Stage {
             name,
             replicas.iter().map(|r| r.opts.webhook_addr).collect(),
         );
+        if self.objects.load(Ordering::SeqCst)
+            && let Err(e) = self.sync_replica_objects(Some(replicas), replicas).await
+        {
+            tracing::error!(error = %e, "the rig could not update readygate's Pods and EndpointSlices");
+        }
+    }
+
+    /// Creates the objects of a real installation that the rig does not need to run readygate,
+    /// so that `readygate doctor` and `readygate status` find them: the TargetGroupBinding CRD,
+    /// the MutatingWebhookConfiguration (caBundle: the rig's CA), the webhook Service, and per
+    /// running replica a Pod (IP 127.0.0.1 with its webhook and admin ports; the kubelet leaves
+    /// it alone, and the pod proxy reaches its admin port) and an EndpointSlice. From then on
+    /// they follow the replicas. The rig's admission keeps calling the configuration it loaded
+    /// at start: editing the stored copy changes what doctor reads, not admission.
+    pub async fn install_objects(&self) -> anyhow::Result<()> {
+        let store = &self.rig.store;
+        let opts = WriteOpts::default();
+        let tgb = resources::target_group_bindings();
+        store
+            .create(
+                resources::custom_resource_definitions(),
+                "",
+                json!({"metadata": {"name": format!("{}.{}", tgb.plural, tgb.group)},
+                    "spec": {"group": tgb.group, "scope": "Namespaced",
+                        "names": {"kind": tgb.kind, "listKind": tgb.list_kind(), "plural": tgb.plural, "singular": tgb.singular},
+                        "versions": [{"name": tgb.version, "served": true, "storage": true, "subresources": {"status": {}},
+                            "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}}),
+                &opts,
+            )
+            .await?;
+        store
+            .create(
+                resources::mutating_webhook_configurations(),
+                "",
+                self.webhook_configuration.clone(),
+                &opts,
+            )
+            .await?;
+        let (name, ns) = &self.service;
+        store
+            .create(
+                resources::services(),
+                ns,
+                json!({"metadata": {"name": name, "labels": {"app.kubernetes.io/name": "readygate"}},
+                    "spec": {"type": "ClusterIP", "selector": {"app.kubernetes.io/name": "readygate"},
+                        "ports": [{"name": "https", "port": 443, "targetPort": "webhook", "protocol": "TCP"}]}}),
+                &opts,
+            )
+            .await?;
+        self.objects.store(true, Ordering::SeqCst);
+        let replicas = self.replicas.lock().await;
+        self.sync_replica_objects(Some(&replicas), &replicas).await
+    }
+
+    /// One Pod per running replica (when `running` is known; those of replicas gone are
+    /// deleted) and one EndpointSlice per replica in `endpoints`.
+    async fn sync_replica_objects(
+        &self,
+        running: Option<&[Readygate]>,
+        endpoints: &[Readygate],
+    ) -> anyhow::Result<()> {
+        let store = &self.rig.store;
+        let opts = WriteOpts::default();
+        let (service, ns) = &self.service;
+        let selector = LabelSelector::parse(&format!("kubernetes.io/service-name={service}"))
+            .map_err(anyhow::Error::msg)?;
+        let (slices, _) = store.list(
+            resources::endpoint_slices(),
+            Some(ns),
+            &selector,
+            &FieldSelector::default(),
+        );
+        for s in slices {
+            store.delete(
+                resources::endpoint_slices(),
+                ns,
+                &str_at(&s, "/metadata/name"),
+                None,
+                None,
+                false,
+            )?;
+        }
+        if let Some(replicas) = running {
+            self.sync_replica_pods(replicas).await?;
+        }
+        for r in endpoints {
+            let o = &r.opts;
+            store
+                .create(
+                    resources::endpoint_slices(),
+                    ns,
+                    json!({"metadata": {"name": format!("{service}-{}", o.identity),
+                            "labels": {"kubernetes.io/service-name": service,
+                                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+                        "addressType": "IPv4",
+                        "endpoints": [{"addresses": [o.webhook_addr.ip().to_string()],
+                            "conditions": {"ready": true, "serving": true, "terminating": false},
+                            "targetRef": {"kind": "Pod", "namespace": ns, "name": o.identity}}],
+                        "ports": [{"name": "https", "port": o.webhook_addr.port(), "protocol": "TCP"}]}),
+                    &opts,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn sync_replica_pods(&self, replicas: &[Readygate]) -> anyhow::Result<()> {
+        let store = &self.rig.store;
+        let opts = WriteOpts::default();
+        let ns = &self.service.1;
+        let (pods, _) = store.list(
+            resources::pods(),
+            Some(ns),
+            &LabelSelector::default(),
+            &FieldSelector::default(),
+        );
+        for p in pods {
+            let pod = str_at(&p, "/metadata/name");
+            let external = p
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(crate::kubelet::EXTERNAL_ANNOTATION))
+                .is_some();
+            if external && !replicas.iter().any(|r| r.opts.identity == pod) {
+                store.delete(resources::pods(), ns, &pod, Some(0), None, false)?;
+            }
+        }
+        for r in replicas {
+            let o = &r.opts;
+            if store.get(resources::pods(), ns, &o.identity).is_err() {
+                store
+                    .create(
+                        resources::pods(),
+                        ns,
+                        json!({"metadata": {"name": o.identity, "labels": {"app.kubernetes.io/name": "readygate"},
+                                "annotations": {crate::kubelet::EXTERNAL_ANNOTATION: "true"}},
+                            "spec": {"containers": [{"name": "readygate", "image": "readygate:latest", "ports": [
+                                {"name": "webhook", "containerPort": o.webhook_addr.port()},
+                                {"name": "admin", "containerPort": o.admin_addr.port()}]}]}}),
+                        &opts,
+                    )
+                    .await?;
+                let ip = o.webhook_addr.ip().to_string();
+                store.patch(
+                    resources::pods(),
+                    ns,
+                    &o.identity,
+                    PatchKind::Merge,
+                    &json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                        "conditions": [{"type": "Ready", "status": "True"}]}}),
+                    Subresource::Status,
+                    &opts,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes every replica out of the webhook Service's endpoints (they keep running), as when
+    /// their readiness fails.
+    pub async fn drop_endpoints(&self) -> anyhow::Result<()> {
+        let (name, ns) = &self.service;
+        self.admission.set_endpoints(ns, name, vec![]);
+        if self.objects.load(Ordering::SeqCst) {
+            self.sync_replica_objects(None, &[]).await?;
+        }
+        Ok(())
+    }
+
+    /// Puts the running replicas back behind the webhook Service.
+    pub async fn restore_endpoints(&self) -> anyhow::Result<()> {
+        let replicas = self.replicas.lock().await;
+        self.publish_endpoints(&replicas).await;
+        Ok(())
     }
 
     /// Starts one more replica and adds it to the webhook Service once it is ready.

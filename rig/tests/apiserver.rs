@@ -504,3 +504,135 @@ async fn an_outage_ends_watches_and_answers_404_then_the_resource_is_back() {
         "served again"
     );
 }
+
+/// What `readygate doctor` and `status` read: MutatingWebhookConfigurations, EndpointSlices
+/// (by the service-name label), CustomResourceDefinitions, and the pod proxy to a pod's port.
+#[tokio::test]
+async fn operator_resources_and_the_pod_proxy() {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let (_server, client, _store) = start().await;
+    let pp = PostParams::default();
+
+    let mwcs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    mwcs.create(&pp, &serde_json::from_value(json!({"metadata": {"name": "readygate"}, "webhooks": [
+        {"name": "pod-readiness-gate.readygate.io", "clientConfig": {"service": {"namespace": "readygate-system", "name": "readygate-webhook", "port": 443}, "caBundle": "Y2E="},
+         "failurePolicy": "Ignore", "timeoutSeconds": 5, "sideEffects": "None", "admissionReviewVersions": ["v1"]}]})).unwrap())
+        .await
+        .unwrap();
+    let listed = mwcs.list(&ListParams::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    let w = &listed.items[0].webhooks.as_ref().unwrap()[0];
+    assert_eq!(w.timeout_seconds, Some(5));
+    assert_eq!(w.client_config.ca_bundle.as_ref().unwrap().0, b"ca");
+
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "app");
+    for (name, service) in [("web-abc", "web"), ("other-abc", "other")] {
+        slices
+            .create(&pp, &serde_json::from_value(json!({"metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
+                "addressType": "IPv4", "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": true}}],
+                "ports": [{"name": "https", "port": 9443, "protocol": "TCP"}]})).unwrap())
+            .await
+            .unwrap();
+    }
+    let web = slices
+        .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+        .await
+        .unwrap();
+    assert_eq!(web.items.len(), 1);
+    assert_eq!(web.items[0].endpoints[0].addresses, ["10.0.0.1"]);
+
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    assert!(
+        crds.get_opt("targetgroupbindings.elbv2.k8s.aws")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // The pod proxy forwards a GET (with its query) to the pod's IP and port.
+    let app = axum::Router::new().route(
+        "/debug/gates",
+        axum::routing::get(|q: axum::extract::RawQuery| async move {
+            format!("gates {}", q.0.unwrap_or_default())
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "app");
+    let mut p = pod("leader", json!({}));
+    p.spec.as_mut().unwrap().containers[0].ports = Some(vec![
+        serde_json::from_value(json!({"name": "admin", "containerPort": port})).unwrap(),
+    ]);
+    pods.create(&pp, &p).await.unwrap();
+    let get = |path: String| {
+        let client = client.clone();
+        async move {
+            client
+                .request_text(hyper::Request::get(path).body(Vec::new()).unwrap())
+                .await
+        }
+    };
+    // No IP yet: nothing to proxy to.
+    let err = get(format!(
+        "/api/v1/namespaces/app/pods/leader:{port}/proxy/debug/gates"
+    ))
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("has no IP"), "{err}");
+    pods.patch_status(
+        "leader",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"podIP": "127.0.0.1"}})),
+    )
+    .await
+    .unwrap();
+    for name_port in [
+        format!("leader:{port}"),
+        "leader:admin".into(),
+        "leader".into(),
+    ] {
+        let body = get(format!(
+            "/api/v1/namespaces/app/pods/{name_port}/proxy/debug/gates?x=1"
+        ))
+        .await
+        .unwrap();
+        assert_eq!(body, "gates x=1", "{name_port}");
+    }
+    // Nothing listens there: 503, as kube-apiserver's "error trying to reach service" (asked
+    // without kube's default retries, which back off on 503 for minutes).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(&_server.kubeconfig()).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    config.default_retry = false;
+    let once = kube::Client::try_from(config).unwrap();
+    let err = once
+        .request_text(
+            hyper::Request::get(format!(
+                "/api/v1/namespaces/app/pods/leader:{closed}/proxy/debug/gates"
+            ))
+            .body(Vec::new())
+            .unwrap(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 503),
+        "{err:?}"
+    );
+    let err = get("/api/v1/namespaces/app/pods/ghost:80/proxy/x".into())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 404),
+        "{err:?}"
+    );
+}

@@ -186,6 +186,13 @@ struct Target {
 enum Route {
     Discovery(Response),
     Resource(Target),
+    /// `GET /api/v1/namespaces/{ns}/pods/{name}[:{port}]/proxy/{path}`: the pod proxy.
+    PodProxy {
+        namespace: String,
+        pod: String,
+        port: Option<String>,
+        path: String,
+    },
 }
 
 fn parse_path(path: &str, headers: &HeaderMap) -> Result<Route, ApiError> {
@@ -227,6 +234,27 @@ fn parse_path(path: &str, headers: &HeaderMap) -> Result<Route, ApiError> {
             g["kind"] = json!("APIGroup");
             g["apiVersion"] = json!("v1");
             return Ok(Route::Discovery(json_response(200, &g)));
+        }
+        [
+            "api",
+            "v1",
+            "namespaces",
+            ns,
+            "pods",
+            name_port,
+            "proxy",
+            path @ ..,
+        ] => {
+            let (pod, port) = match name_port.split_once(':') {
+                Some((pod, port)) => (pod, Some(port.to_string())),
+                None => (*name_port, None),
+            };
+            return Ok(Route::PodProxy {
+                namespace: ns.to_string(),
+                pod: pod.to_string(),
+                port,
+                path: format!("/{}", path.join("/")),
+            });
         }
         ["api", "v1", rest @ ..] => ("", "v1", rest),
         ["apis", g, v, rest @ ..] => (g, v, rest),
@@ -284,6 +312,26 @@ async fn route(
     let target = match parse_path(uri.path(), headers) {
         Ok(Route::Discovery(r)) => return r,
         Ok(Route::Resource(t)) => t,
+        Ok(Route::PodProxy {
+            namespace,
+            pod,
+            port,
+            path,
+        }) => {
+            if method != Method::GET {
+                return error_response(&ApiError::method_not_allowed(
+                    "the rig's pod proxy forwards GET only",
+                ));
+            }
+            let path = match uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            return match pod_proxy(&state.store, &namespace, &pod, port.as_deref(), &path).await {
+                Ok(r) => r,
+                Err(e) => error_response(&e),
+            };
+        }
         Err(e) => return error_response(&e),
     };
     if state.outages.active(target.res.plural) {
@@ -297,6 +345,91 @@ async fn route(
         Ok(r) => r,
         Err(e) => error_response(&e),
     }
+}
+
+/// Forwards a GET to the pod's IP, as kube-apiserver's pod proxy does: the port is a number, a
+/// container port's name, or absent (the first container port).
+async fn pod_proxy(
+    store: &Store,
+    ns: &str,
+    name: &str,
+    port: Option<&str>,
+    path: &str,
+) -> Result<Response, ApiError> {
+    use http_body_util::BodyExt;
+    let pod = store.get(resources::pods(), ns, name)?;
+    let ip = super::store::str_at(&pod, "/status/podIP");
+    if ip.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "address not allowed: pod {name} has no IP yet"
+        )));
+    }
+    let ports: Vec<(String, u64)> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .flat_map(|c| {
+            c.get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .filter_map(|p| Some((str_at(p, "/name"), p.get("containerPort")?.as_u64()?)))
+        .collect();
+    let port = match port {
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) => n,
+            Err(_) => ports
+                .iter()
+                .find(|(n, _)| n == p)
+                .map(|(_, n)| *n as u16)
+                .ok_or_else(|| ApiError::bad_request(format!("no such port: {p}")))?,
+        },
+        None => ports
+            .first()
+            .map(|(_, n)| *n as u16)
+            .ok_or_else(|| ApiError::bad_request("the pod names no container port"))?,
+    };
+    let authority = if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    };
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(&authority)
+            .await
+            .map_err(|e| format!("dial tcp {authority}: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .map_err(|e| e.to_string())?;
+        let conn = tokio::spawn(conn);
+        let req = hyper::Request::get(path)
+            .header(header::HOST, &authority)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let res = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = res.status();
+        let content_type = res.headers().get(header::CONTENT_TYPE).cloned();
+        let body = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        conn.abort();
+        Ok::<_, String>((status, content_type, body))
+    };
+    let (status, content_type, body) = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| ApiError::unreachable(format!("dial tcp {authority}: i/o timeout")))?
+        .map_err(ApiError::unreachable)?;
+    let mut res = Response::builder().status(status);
+    if let Some(ct) = content_type {
+        res = res.header(header::CONTENT_TYPE, ct);
+    }
+    Ok(res.body(Body::from(body)).expect("response"))
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, ApiError> {

@@ -100,6 +100,37 @@ pub static RESOURCES: &[ResourceType] = &[
         true,
         false,
     ),
+    // What `readygate doctor` reads of an installation.
+    rt(
+        "admissionregistration.k8s.io",
+        "v1",
+        "mutatingwebhookconfigurations",
+        "mutatingwebhookconfiguration",
+        "MutatingWebhookConfiguration",
+        false,
+        false,
+        true,
+    ),
+    rt(
+        "discovery.k8s.io",
+        "v1",
+        "endpointslices",
+        "endpointslice",
+        "EndpointSlice",
+        true,
+        false,
+        true,
+    ),
+    rt(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "customresourcedefinition",
+        "CustomResourceDefinition",
+        false,
+        true,
+        true,
+    ),
 ];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
@@ -123,6 +154,20 @@ pub fn namespaces() -> &'static ResourceType {
 }
 pub fn services() -> &'static ResourceType {
     find("", "v1", "services").expect("services")
+}
+pub fn mutating_webhook_configurations() -> &'static ResourceType {
+    find(
+        "admissionregistration.k8s.io",
+        "v1",
+        "mutatingwebhookconfigurations",
+    )
+    .expect("mutatingwebhookconfigurations")
+}
+pub fn endpoint_slices() -> &'static ResourceType {
+    find("discovery.k8s.io", "v1", "endpointslices").expect("endpointslices")
+}
+pub fn custom_resource_definitions() -> &'static ResourceType {
+    find("apiextensions.k8s.io", "v1", "customresourcedefinitions").expect("crds")
 }
 pub fn target_group_bindings() -> &'static ResourceType {
     find("elbv2.k8s.aws", "v1beta1", "targetgroupbindings").expect("tgb")

@@ -126,6 +126,17 @@ impl ApiError {
         Self::new(403, "Forbidden", message.into(), Value::Null)
     }
 
+    /// The pod proxy could not reach the pod (kube-apiserver: 503 "error trying to reach
+    /// service").
+    pub fn unreachable(message: impl Into<String>) -> Self {
+        Self::new(
+            503,
+            "ServiceUnavailable",
+            format!("error trying to reach service: {}", message.into()),
+            Value::Null,
+        )
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(
             500,

@@ -329,13 +329,27 @@ fn assert_clean(stage: &Stage, r: &rig::demo::RolloutResult) {
     }
 }
 
+/// Rolls the deployed app to `v2` under load, with `interlude` mid-rollout, and prints the report.
+async fn roll_to_v2(
+    stage: &Stage,
+    (app, dep, o): &(rig::rig::App, rig::deploy::Deployment, ModeOptions),
+    interlude: Option<Interlude>,
+) -> rig::demo::RolloutResult {
+    let r = measured_rollout(
+        &stage.rig, app, dep, "v2", "v1", o.rate, o.timeout, interlude,
+    )
+    .await;
+    report(&r);
+    r
+}
+
 #[tokio::test]
 async fn readygate_rolled_while_the_app_rolls_gives_every_pod_its_gates() {
     let _serial = common::exclusive().await;
     let Some(stage) = stage_with(2).await else {
         return;
     };
-    let (app, dep, o) = deployed(&stage).await;
+    let deployment = deployed(&stage).await;
     let s2 = stage.clone();
     // Both replicas replaced, one after the other, while the app's pods are being created.
     let roll = Interlude {
@@ -346,21 +360,11 @@ async fn readygate_rolled_while_the_app_rolls_gives_every_pod_its_gates() {
         }),
     };
     let before = stage.pids().await;
-    let r = measured_rollout(
-        &stage.rig,
-        &app,
-        &dep,
-        "v2",
-        "v1",
-        o.rate,
-        o.timeout,
-        Some(roll),
-    )
-    .await;
-    report(&r);
+    let r = roll_to_v2(&stage, &deployment, Some(roll)).await;
     let after = stage.pids().await;
     let failed = failed_admissions(&stage);
     stage.stop().await.unwrap();
+    assert_eq!(after.len(), 2, "two replicas serve after the roll");
     assert!(
         before.iter().all(|p| !after.contains(p)),
         "both replicas were replaced: {before:?} → {after:?}"
@@ -375,7 +379,7 @@ async fn leader_killed_mid_rollout_the_other_replica_takes_over() {
     let Some(stage) = stage_with(2).await else {
         return;
     };
-    let (app, dep, o) = deployed(&stage).await;
+    let deployment = deployed(&stage).await;
     let s2 = stage.clone();
     let killed = std::sync::Arc::new(std::sync::Mutex::new(None));
     let k2 = killed.clone();
@@ -391,18 +395,7 @@ async fn leader_killed_mid_rollout_the_other_replica_takes_over() {
             *k2.lock().unwrap() = Some((old, s2.leader(), at.elapsed()));
         }),
     };
-    let r = measured_rollout(
-        &stage.rig,
-        &app,
-        &dep,
-        "v2",
-        "v1",
-        o.rate,
-        o.timeout,
-        Some(kill),
-    )
-    .await;
-    report(&r);
+    let r = roll_to_v2(&stage, &deployment, Some(kill)).await;
     stage.stop().await.unwrap();
     let (old, new, took) = killed
         .lock()
@@ -423,7 +416,7 @@ async fn an_api_blip_on_bindings_releases_no_gate_early() {
     let Some(stage) = stage_with(1).await else {
         return;
     };
-    let (app, dep, o) = deployed(&stage).await;
+    let deployment = deployed(&stage).await;
     let s2 = stage.clone();
     let blip = Interlude {
         after: Duration::from_millis(1000),
@@ -433,18 +426,7 @@ async fn an_api_blip_on_bindings_releases_no_gate_early() {
                 .outage("targetgroupbindings", Duration::from_secs(4));
         }),
     };
-    let r = measured_rollout(
-        &stage.rig,
-        &app,
-        &dep,
-        "v2",
-        "v1",
-        o.rate,
-        o.timeout,
-        Some(blip),
-    )
-    .await;
-    report(&r);
+    let r = roll_to_v2(&stage, &deployment, Some(blip)).await;
     stage.stop().await.unwrap();
     assert_clean(&stage, &r);
 }
@@ -455,10 +437,9 @@ async fn an_elbv2_black_hole_does_not_stall_the_rollout() {
     let Some(stage) = stage_with(1).await else {
         return;
     };
-    let (app, dep, o) = deployed(&stage).await;
+    let deployment = deployed(&stage).await;
     stage.rig.elb.black_hole("DescribeTargetHealth", 1);
-    let r = measured_rollout(&stage.rig, &app, &dep, "v2", "v1", o.rate, o.timeout, None).await;
-    report(&r);
+    let r = roll_to_v2(&stage, &deployment, None).await;
     stage.stop().await.unwrap();
     assert_clean(&stage, &r);
 }

@@ -21,6 +21,7 @@ pub mod index;
 pub mod leader;
 pub mod metrics;
 pub mod poller;
+pub mod review;
 pub mod schedule;
 pub mod server;
 pub mod target;

@@ -16,12 +16,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use kube::core::{DynamicObject, Resource};
+use serde_json::Value;
 
 use crate::cache::Cache;
 use crate::gates;
 use crate::metrics::{Metrics, SourceLabels};
+use crate::review::PodView;
 use crate::termination::{self, PRESTOP_SLEEP_ANNOTATION, PrestopSleep};
 
 pub const PATH: &str = "/mutate-v1-pod";
@@ -96,11 +98,39 @@ fn review(
     state: &WebhookState,
     body: &[u8],
 ) -> Result<(&'static str, AdmissionReview<DynamicObject>), Failure> {
+    // The one-pass read; a body it does not take is read the full way, which answers (and
+    // refuses) exactly as before.
+    if let Some(req) = crate::review::request(body) {
+        return decide(state, req);
+    }
     let review: AdmissionReview<DynamicObject> =
         serde_json::from_slice(body).map_err(|e| Failure::Invalid(e.to_string()))?;
     let req: AdmissionRequest<DynamicObject> = review
         .try_into()
         .map_err(|_| Failure::Invalid("no request".into()))?;
+    decide(state, req)
+}
+
+/// An admitted object: its metadata, and its other fields as JSON (all of them, or at least
+/// those the patches read).
+trait Admitted: Resource {
+    fn data(&self) -> &Value;
+}
+impl Admitted for DynamicObject {
+    fn data(&self) -> &Value {
+        &self.data
+    }
+}
+impl Admitted for PodView {
+    fn data(&self) -> &Value {
+        &self.data
+    }
+}
+
+fn decide<T: Admitted>(
+    state: &WebhookState,
+    req: AdmissionRequest<T>,
+) -> Result<(&'static str, AdmissionReview<DynamicObject>), Failure> {
     let allowed = AdmissionResponse::from(&req);
 
     let is_pod = req.kind.group.is_empty() && req.kind.kind == "Pod" && req.sub_resource.is_none();
@@ -113,10 +143,10 @@ fn review(
     let namespace = req
         .namespace
         .as_deref()
-        .or(pod.metadata.namespace.as_deref())
+        .or(pod.meta().namespace.as_deref())
         .unwrap_or("default");
     let no_labels = BTreeMap::new();
-    let labels = pod.metadata.labels.as_ref().unwrap_or(&no_labels);
+    let labels = pod.meta().labels.as_ref().unwrap_or(&no_labels);
 
     let (wanted, namespace_sleep) = {
         let ix = state.cache.read();
@@ -133,17 +163,17 @@ fn review(
         (wanted, namespace_sleep)
     };
     let pod_name = pod
-        .metadata
+        .meta()
         .name
         .as_deref()
-        .or(pod.metadata.generate_name.as_deref())
+        .or(pod.meta().generate_name.as_deref())
         .unwrap_or("");
     // A pod that gets no gate is behind no load balancer of ours: left as it is.
     let sleep = if wanted.is_empty() {
         PrestopSleep::Off
     } else {
         let on_pod = pod
-            .metadata
+            .meta()
             .annotations
             .as_ref()
             .and_then(|a| a.get(PRESTOP_SLEEP_ANNOTATION))
@@ -156,9 +186,10 @@ fn review(
             namespace_sleep.as_deref(),
         )
     };
-    // `data` holds the raw JSON of everything but apiVersion, kind and metadata.
-    let gates = gates::gate_patch(&pod.data, &wanted);
-    let prestop = termination::prestop_patch(&pod.data, &wanted, sleep);
+    // `data` holds the raw JSON of everything but apiVersion, kind and metadata (at least the
+    // parts the patches read).
+    let gates = gates::gate_patch(pod.data(), &wanted);
+    let prestop = termination::prestop_patch(pod.data(), &wanted, sleep);
     let Some(patch) = termination::admission_patch(gates.as_ref(), prestop.as_ref()) else {
         tracing::info!(namespace, pod = pod_name, uid = %req.uid, dry_run = req.dry_run, "admitted; nothing to add");
         return Ok(("allowed", allowed.into_review()));
@@ -578,5 +609,146 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["response"]["allowed"], true);
+    }
+
+    /// The old way: the whole review through kube-core's `AdmissionReview<DynamicObject>`.
+    fn full_read(
+        state: &WebhookState,
+        body: &[u8],
+    ) -> Result<(&'static str, AdmissionReview<DynamicObject>), Failure> {
+        let review: AdmissionReview<DynamicObject> =
+            serde_json::from_slice(body).map_err(|e| Failure::Invalid(e.to_string()))?;
+        let req: AdmissionRequest<DynamicObject> = review
+            .try_into()
+            .map_err(|_| Failure::Invalid("no request".into()))?;
+        decide(state, req)
+    }
+
+    /// What the API server gets: HTTP status, outcome, and the body's bytes or the message.
+    fn answer(r: Result<(&'static str, AdmissionReview<DynamicObject>), Failure>) -> (u16, String) {
+        match r {
+            Ok((outcome, review)) => (
+                200,
+                format!("{outcome} {}", serde_json::to_string(&review).unwrap()),
+            ),
+            Err(f) => (f.status().as_u16(), f.to_string()),
+        }
+    }
+
+    /// Random reviews over the shapes a pod can take (and some it should not): the one-pass
+    /// read answers each exactly as the full read, byte for byte, and takes the ordinary ones.
+    #[test]
+    fn the_one_pass_read_answers_as_the_full_read() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(10);
+        let states = [
+            state(true),
+            state(false),
+            state_with(Some("15s"), "5s".parse().unwrap()),
+            state_with(Some("soon"), PrestopSleep::Off),
+        ];
+        let pick = |rng: &mut StdRng, from: &[Value]| from[rng.random_range(0..from.len())].clone();
+        let labels = [
+            json!({ "app": "web" }),
+            json!({ "app": "api" }),
+            json!({}),
+            Value::Null,
+            json!({ "app": "web", "x": "y" }),
+        ];
+        let gates = [
+            Value::Null,
+            json!([]),
+            json!([{ "conditionType": "target-health.alb.ingress.k8s.aws/old" }]),
+            json!([{ "conditionType": "example.com/x" }, { "conditionType": "target-health.elbv2.k8s.aws/web-tgb" }]),
+            json!([{ "conditionType": "example.com/x" }]),
+            json!("not a list"),
+        ];
+        let containers = [
+            json!([{ "name": "web", "image": "nginx" }]),
+            json!([{ "name": "web", "lifecycle": null }, { "name": "side", "lifecycle": { "postStart": { "exec": { "command": ["true"] } } } }]),
+            json!([{ "name": "web", "lifecycle": { "preStop": { "sleep": { "seconds": 3 } } } }, { "image": "x" }]),
+            json!([{ "name": "web", "lifecycle": "odd" }, 5, null]),
+            json!([]),
+            json!({ "not": "a list" }),
+        ];
+        let graces = [Value::Null, json!(30), json!("30"), json!(-1), json!(1.5)];
+        let annotations = [
+            Value::Null,
+            json!({ PRESTOP_SLEEP_ANNOTATION: "20s" }),
+            json!({ PRESTOP_SLEEP_ANNOTATION: "bad" }),
+            json!({ PRESTOP_SLEEP_ANNOTATION: "off" }),
+            json!({ "other": "x" }),
+        ];
+        let (mut fast, mut total) = (0, 0);
+        for i in 0..3000 {
+            let mut pod = web_pod();
+            match pick(&mut rng, &labels) {
+                Value::Null => drop(pod["metadata"].as_object_mut().unwrap().remove("labels")),
+                l => pod["metadata"]["labels"] = l,
+            }
+            if let a @ Value::Object(_) = pick(&mut rng, &annotations) {
+                pod["metadata"]["annotations"] = a;
+            }
+            let g = pick(&mut rng, &gates);
+            if !g.is_null() || rng.random_bool(0.3) {
+                pod["spec"]["readinessGates"] = g;
+            }
+            pod["spec"]["containers"] = pick(&mut rng, &containers);
+            if let g @ (Value::Number(_) | Value::String(_)) = pick(&mut rng, &graces) {
+                pod["spec"]["terminationGracePeriodSeconds"] = g;
+            }
+            pod["status"] = json!({ "phase": "Pending" });
+            match rng.random_range(0..40) {
+                0 => drop(pod.as_object_mut().unwrap().remove("spec")),
+                1 => pod["spec"] = json!("odd"),
+                2 => drop(pod.as_object_mut().unwrap().remove("metadata")),
+                3 => pod["metadata"]["labels"] = json!({ "app": 5 }),
+                4 => pod = json!(["not", "an", "object"]),
+                _ => {}
+            }
+            let (kind, op) = match rng.random_range(0..10) {
+                0 => ("Pod", "UPDATE"),
+                1 => ("Deployment", "CREATE"),
+                _ => ("Pod", "CREATE"),
+            };
+            let mut r = review_json(kind, op, pod);
+            match rng.random_range(0..30) {
+                0 => drop(r["request"].as_object_mut().unwrap().remove("namespace")),
+                1 => r["request"]["subResource"] = json!("status"),
+                2 => r["request"]["dryRun"] = json!(true),
+                3 => drop(r.as_object_mut().unwrap().remove("apiVersion")),
+                4 => r["response"] = json!({ "uid": "x", "allowed": true }),
+                5 => r["request"] = Value::Null,
+                6 => drop(r["request"].as_object_mut().unwrap().remove("userInfo")),
+                7 => r["request"]["operation"] = json!("EXPLODE"),
+                8 => r["request"]["object"] = Value::Null,
+                _ => {}
+            }
+            let mut body = r.to_string();
+            match rng.random_range(0..30) {
+                // A key written with an escape, and duplicate keys.
+                0 => body = body.replacen("\"spec\"", "\"sp\\u0065c\"", 1),
+                1 => {
+                    body = body.replacen("\"containers\":", "\"containers\":[],\"containers\":", 1)
+                }
+                2 => body = body.replacen("\"labels\":", "\"labels\":{},\"labels\":", 1),
+                3 => body.truncate(body.len() / 2),
+                _ => {}
+            }
+            let st = &states[i % states.len()];
+            total += 1;
+            fast += usize::from(crate::review::request(body.as_bytes()).is_some());
+            assert_eq!(
+                answer(review(st, body.as_bytes())),
+                answer(full_read(st, body.as_bytes())),
+                "{body}"
+            );
+        }
+        // Half of them or so take the one-pass read: a third of the container lists above have
+        // shapes it refuses on purpose, and so do some of the rarer changes.
+        assert!(fast * 10 > total * 4, "{fast} of {total}");
+        let ordinary = review_json("Pod", "CREATE", web_pod()).to_string();
+        assert!(crate::review::request(ordinary.as_bytes()).is_some());
     }
 }

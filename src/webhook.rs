@@ -9,13 +9,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use kube::core::{DynamicObject, Resource};
 use serde_json::Value;
@@ -76,8 +77,14 @@ async fn mutate(
     let (outcome, response) = match body
         .map_err(|e| Failure::Body(e.status(), e.body_text()))
         .and_then(|b| review(&state, &b))
-    {
-        Ok((outcome, review)) => (outcome, Json(review).into_response()),
+        .and_then(|(outcome, review)| {
+            let json = encode(&review).map_err(|e| Failure::Encode(e.to_string()))?;
+            Ok((outcome, json))
+        }) {
+        Ok((outcome, json)) => (
+            outcome,
+            ([(CONTENT_TYPE, "application/json")], json).into_response(),
+        ),
         Err(failure) => {
             tracing::warn!(error = %failure, "admission request failed");
             (
@@ -209,6 +216,62 @@ fn decide<T: Admitted>(
         .with_patch(patch)
         .map_err(|e| Failure::Encode(e.to_string()))?;
     Ok(("patched", response.into_review()))
+}
+
+/// The answer as `Json(review)` writes it, byte for byte, with the patch's bytes (a JSON array
+/// of numbers, as kube-core holds them) written from a table: serde's one call per byte was a
+/// tenth of the webhook's CPU time.
+fn encode(review: &AdmissionReview<DynamicObject>) -> Result<Vec<u8>, serde_json::Error> {
+    let r = match &review.response {
+        Some(r)
+            if review.request.is_none()
+                && r.audit_annotations.is_empty()
+                && r.warnings.is_none() =>
+        {
+            r
+        }
+        _ => return serde_json::to_vec(review),
+    };
+    let patch = r.patch.as_deref().unwrap_or_default();
+    let mut out = Vec::with_capacity(256 + 4 * patch.len());
+    out.extend_from_slice(b"{\"apiVersion\":");
+    serde_json::to_writer(&mut out, &review.types.api_version)?;
+    out.extend_from_slice(b",\"kind\":");
+    serde_json::to_writer(&mut out, &review.types.kind)?;
+    out.extend_from_slice(b",\"response\":{\"uid\":");
+    serde_json::to_writer(&mut out, &r.uid)?;
+    out.extend_from_slice(b",\"allowed\":");
+    serde_json::to_writer(&mut out, &r.allowed)?;
+    out.extend_from_slice(b",\"status\":");
+    serde_json::to_writer(&mut out, &r.result)?;
+    // `with_patch` is the only way `decide` sets a patch, and it sets the patch type with it
+    // (a private field, so it cannot be read here).
+    if r.patch.is_some() {
+        out.extend_from_slice(b",\"patch\":");
+        byte_array(&mut out, patch);
+        out.extend_from_slice(b",\"patchType\":\"JSONPatch\"");
+    }
+    out.extend_from_slice(b"}}");
+    Ok(out)
+}
+
+/// Bytes as serde writes a `Vec<u8>` to JSON: `[91,123,34]`.
+fn byte_array(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.push(b'[');
+    for (i, b) in bytes.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let (hundreds, tens, ones) = (b / 100, b / 10 % 10, b % 10);
+        if hundreds > 0 {
+            out.push(b'0' + hundreds);
+        }
+        if hundreds > 0 || tens > 0 {
+            out.push(b'0' + tens);
+        }
+        out.push(b'0' + ones);
+    }
+    out.push(b']');
 }
 
 /// The sleep for a pod from its annotation, its namespace's and the flag. An annotation that
@@ -750,5 +813,15 @@ mod tests {
         assert!(fast * 10 > total * 4, "{fast} of {total}");
         let ordinary = review_json("Pod", "CREATE", web_pod()).to_string();
         assert!(crate::review::request(ordinary.as_bytes()).is_some());
+    }
+
+    #[test]
+    fn byte_arrays_are_written_as_serde_writes_them() {
+        let all: Vec<u8> = (0..=255).collect();
+        for bytes in [&all[..], &[], &[0], &[100, 7, 255]] {
+            let mut out = Vec::new();
+            byte_array(&mut out, bytes);
+            assert_eq!(out, serde_json::to_vec(&bytes.to_vec()).unwrap());
+        }
     }
 }

@@ -4,7 +4,11 @@
 //! ```text
 //! cargo run --release --example bench_webhook            # 2,000 req/s, 2 s warm-up + 10 s, 3 reps
 //! cargo run --release --example bench_webhook -- --help  # rate, duration, connections, cache size
+//! scripts/bench-admission   # saturation under wrk against nginx, using --serve-for below
 //! ```
+//!
+//! `--serve-for SECS --out DIR` only serves the webhook (same path, same cache) for an outside
+//! load generator, and writes its certificate, one review and the checked answer to it.
 //!
 //! Both servers are the real path: `server::serve_https` with a `tls::ReloadingResolver` on rcgen
 //! certificates from `certs`, on 127.0.0.1. One serves `webhook::router` over a cache holding

@@ -106,6 +106,10 @@ struct Args {
     /// Where --serve-for writes tls.crt, tls.key, ca.crt, review.json, answer.json and port.
     #[arg(long)]
     out: Option<std::path::PathBuf>,
+    /// Only the router, in process and without TLS: the same review through a cache of 10 and
+    /// one of --bindings bindings in one namespace, alternating, this many requests per run.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    handler_only: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -881,8 +885,9 @@ fn med(results: &[&RunResult], f: impl Fn(&RunResult) -> f64) -> f64 {
 fn main() -> ExitCode {
     readygate::install_crypto_provider();
     let args = Args::parse();
-    let outcome = match (args.serve_for, &args.out) {
-        (Some(secs), Some(out)) => serve_only(&args, secs, out).map(|()| true),
+    let outcome = match (args.serve_for, &args.out, args.handler_only) {
+        (Some(secs), Some(out), _) => serve_only(&args, secs, out).map(|()| true),
+        (_, _, Some(requests)) => handler_only(&args, requests).map(|()| true),
         _ => bench(&args),
     };
     match outcome {
@@ -1013,6 +1018,81 @@ fn serve_only(args: &Args, secs: u64, out: &Path) -> anyhow::Result<()> {
     let _ = stop.send(());
     rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), server).await })
         .context("the server did not drain")??;
+    Ok(())
+}
+
+/// `--handler-only`: what one admission costs the router (body to answer bytes, decision,
+/// patch, logging) with 10 bindings and Services in the pod's namespace and with --bindings,
+/// run alternately on one thread, without the network and TLS noise of the other modes.
+fn handler_only(args: &Args, requests: u64) -> anyhow::Result<()> {
+    use tower::ServiceExt;
+    ensure!(args.bindings >= 10, "--bindings must be at least 10");
+    log_to_devnull(&args.log)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut rows = Vec::new();
+    for n in [10, args.bindings] {
+        let c = cluster(1, n);
+        let sample = samples(&c, n, args.pods)
+            .into_iter()
+            .find(|s| s.gates_after.is_some())
+            .context("no review needs a gate")?;
+        let state = WebhookState {
+            cache: filled_cache(&c),
+            metrics: Arc::new(Metrics::new()),
+            prestop_sleep: PrestopSleep::Off,
+        };
+        rows.push((n, sample, webhook::router(state, 3 * 1024 * 1024)));
+    }
+    ensure!(
+        rows[0].1.body == rows[1].1.body,
+        "the two caches got different reviews"
+    );
+    println!(
+        "router only, one thread, {requests} requests per run, the same {} B review ({} gates after the patch), {} repetitions alternating",
+        rows[0].1.body.len(),
+        rows[0].1.gates_after.as_ref().map_or(0, Vec::len),
+        args.reps
+    );
+    let mut per_request: Vec<Vec<f64>> = vec![Vec::new(); 2];
+    for rep in 0..args.reps {
+        let order: [usize; 2] = if rep % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let (n, sample, router) = &rows[i];
+            let took = rt.block_on(async {
+                let started = Instant::now();
+                for k in 0..requests {
+                    let request = axum::http::Request::post(webhook::PATH)
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(axum::body::Body::from(sample.body.clone()))?;
+                    let res = router.clone().oneshot(request).await?;
+                    ensure!(res.status() == 200, "HTTP {}", res.status());
+                    let body = res.into_body().collect().await?.to_bytes();
+                    if k == 0 {
+                        verify(sample, &body).map_err(|e| anyhow::anyhow!("answer: {e}"))?;
+                    }
+                }
+                Ok(started.elapsed())
+            })?;
+            let us = took.as_secs_f64() * 1e6 / requests as f64;
+            per_request[i].push(us);
+            println!(
+                "  rep {} {:>5} bindings: {us:.2} µs per request",
+                rep + 1,
+                n
+            );
+        }
+    }
+    let (a, b) = (
+        median(per_request[0].clone()),
+        median(per_request[1].clone()),
+    );
+    println!(
+        "median: {a:.2} µs with 10 bindings, {b:.2} µs with {}; ratio {:.3}",
+        args.bindings,
+        b / a
+    );
     Ok(())
 }
 

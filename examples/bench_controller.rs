@@ -573,7 +573,8 @@ async fn run(s: &Scenario, args: &ControllerArgs) -> Outcome1 {
     let mut events = 0usize;
     let mut done_all: Option<Instant> = None;
     let deadline = t0 + s.deadline;
-    let idle = args.poll_interval + Duration::from_secs(1);
+    // Long enough for several poll intervals and the idle backoff to show any stray call.
+    let idle = (args.poll_interval * 5).max(Duration::from_secs(10));
     let mut progress = tokio::time::interval_at(
         (t0 + Duration::from_secs(30)).into(),
         Duration::from_secs(30),
@@ -748,6 +749,20 @@ async fn run(s: &Scenario, args: &ControllerArgs) -> Outcome1 {
     println!(
         "   first DescribeTargetHealth of each group, time from start: {}",
         dist(first_asked.values().copied().collect())
+    );
+    // The last group's first poll against the earliest the budget allows it: one token per
+    // call made until then, after the initial burst.
+    let last_first = first_asked.values().copied().fold(0.0, f64::max);
+    let before = f
+        .calls
+        .iter()
+        .filter(|c| ms(c.at) / 1000.0 <= last_first)
+        .count();
+    println!(
+        "   last group's first poll: {last_first:.1} s after start ({}/{} groups polled); the budget allows the {before} calls up to it no sooner than {:.1} s",
+        first_asked.len(),
+        s.groups,
+        (before as f64 - f64::from(args.elbv2_burst)).max(0.0) / args.elbv2_rate
     );
     Outcome1 {
         calls: in_span,

@@ -4,7 +4,11 @@
 //! ```text
 //! cargo run --release --example bench_webhook            # 2,000 req/s, 2 s warm-up + 10 s, 3 reps
 //! cargo run --release --example bench_webhook -- --help  # rate, duration, connections, cache size
+//! scripts/bench-admission   # saturation under wrk against nginx, using --serve-for below
 //! ```
+//!
+//! `--serve-for SECS --out DIR` only serves the webhook (same path, same cache) for an outside
+//! load generator, and writes its certificate, one review and the checked answer to it.
 //!
 //! Both servers are the real path: `server::serve_https` with a `tls::ReloadingResolver` on rcgen
 //! certificates from `certs`, on 127.0.0.1. One serves `webhook::router` over a cache holding
@@ -94,6 +98,18 @@ struct Args {
     /// Log filter for the server (production's by default; "off" shows the cost of logging).
     #[arg(long, default_value = "info,kube=warn,aws=warn,hyper=warn")]
     log: String,
+    /// Serve only, for an outside load generator (scripts/bench-admission): the webhook on
+    /// 127.0.0.1 for this many seconds, its certificate, one review and the answer to it
+    /// written to --out.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600), requires = "out")]
+    serve_for: Option<u64>,
+    /// Where --serve-for writes tls.crt, tls.key, ca.crt, review.json, answer.json and port.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Only the router, in process and without TLS: the same review through a cache of 10 and
+    /// one of --bindings bindings in one namespace, alternating, this many requests per run.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    handler_only: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -870,7 +886,12 @@ fn med(results: &[&RunResult], f: impl Fn(&RunResult) -> f64) -> f64 {
 fn main() -> ExitCode {
     readygate::install_crypto_provider();
     let args = Args::parse();
-    match bench(&args) {
+    let outcome = match (args.serve_for, &args.out, args.handler_only) {
+        (Some(secs), Some(out), _) => serve_only(&args, secs, out).map(|()| true),
+        (_, _, Some(requests)) => handler_only(&args, requests).map(|()| true),
+        _ => bench(&args),
+    };
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -880,27 +901,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs the benchmark and prints its figures; `Ok(false)` when any request failed.
-fn bench(args: &Args) -> anyhow::Result<bool> {
-    ensure!(
-        args.namespaces > 0 && args.bindings.is_multiple_of(args.namespaces),
-        "--bindings must be a multiple of --namespaces"
-    );
-    let per_ns = args.bindings / args.namespaces;
-    ensure!(per_ns >= 4, "need at least 4 bindings per namespace");
-
-    // The production log format and filter, written to /dev/null: each admission logs one line.
+/// The production logger (JSON lines, `--log` filter) writing to /dev/null: each admission logs
+/// one line, as in production, without a terminal's cost.
+fn log_to_devnull(filter: &str) -> anyhow::Result<()> {
     let devnull = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/null")
         .context("opening /dev/null")?;
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter).context("--log")?)
         .json()
         .with_writer(Mutex::new(devnull))
         .init();
+    Ok(())
+}
 
-    let c = cluster(args.namespaces, per_ns);
+/// The cluster's objects listed into a fresh cache, every kind synced.
+fn filled_cache(c: &Cluster) -> Arc<Cache> {
     let cache = Arc::new(Cache::default());
     {
         let mut ix = cache.write();
@@ -914,6 +931,184 @@ fn bench(args: &Args) -> anyhow::Result<bool> {
                 .collect(),
         );
     }
+    cache
+}
+
+/// `--serve-for`: `readygate serve`'s webhook path (`serve_https` with the reloading resolver
+/// and `webhook::router` with its body limit, on a runtime sized like production's) over a
+/// prepared cache, for an outside load generator. Writes the first review that needs gates
+/// (the same bytes whatever the cache size) and the webhook's checked answer to it.
+fn serve_only(args: &Args, secs: u64, out: &Path) -> anyhow::Result<()> {
+    ensure!(
+        args.namespaces > 0 && args.bindings.is_multiple_of(args.namespaces),
+        "--bindings must be a multiple of --namespaces"
+    );
+    let per_ns = args.bindings / args.namespaces;
+    ensure!(per_ns >= 4, "need at least 4 bindings per namespace");
+    log_to_devnull(&args.log)?;
+    let c = cluster(args.namespaces, per_ns);
+    let cache = filled_cache(&c);
+    let (bindings, services, _) = cache.read().counts();
+    let samples = samples(&c, per_ns, args.pods);
+    let sample = samples
+        .into_iter()
+        .find(|s| s.gates_after.is_some())
+        .context("no review needs a gate")?;
+    std::fs::create_dir_all(out)?;
+    let (acceptor, connector) = tls(out)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("server")
+        .build()?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let listener = {
+        let _in_runtime = rt.enter();
+        tokio::net::TcpListener::from_std(listener)?
+    };
+    let state = WebhookState {
+        cache,
+        metrics: Arc::new(Metrics::new()),
+        prestop_sleep: PrestopSleep::Off,
+    };
+    let limits = HttpsLimits {
+        handshake_timeout: Duration::from_secs(10),
+        header_read_timeout: Duration::from_secs(10),
+        drain_timeout: Duration::from_secs(5),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = rt.spawn(serve_https(
+        listener,
+        acceptor,
+        webhook::router(state, 3 * 1024 * 1024),
+        limits,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let load = Load {
+        addr,
+        connector,
+        samples: Arc::new(vec![]),
+        check: true,
+        verify_every: 1,
+    };
+    let answer = rt.block_on(async {
+        let (mut sender, _) = connect(&load).await?;
+        let (status, body) = send(&mut sender, sample.body.clone()).await?;
+        ensure!(
+            status == 200,
+            "HTTP {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        verify(&sample, &body).map_err(|e| anyhow::anyhow!("answer: {e}"))?;
+        Ok(body)
+    })?;
+    std::fs::write(out.join("review.json"), &sample.body)?;
+    std::fs::write(out.join("answer.json"), &answer)?;
+    std::fs::write(out.join("port"), addr.port().to_string())?;
+    println!(
+        "serving https://{addr}{} for {secs} s: {bindings} bindings and {services} Services in {} namespace(s); review {} B, answer {} B",
+        webhook::PATH,
+        args.namespaces,
+        sample.body.len(),
+        answer.len()
+    );
+    std::thread::sleep(Duration::from_secs(secs));
+    let _ = stop.send(());
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), server).await })
+        .context("the server did not drain")??;
+    Ok(())
+}
+
+/// `--handler-only`: what one admission costs the router (body to answer bytes, decision,
+/// patch, logging) with 10 bindings and Services in the pod's namespace and with --bindings,
+/// run alternately on one thread, without the network and TLS noise of the other modes.
+fn handler_only(args: &Args, requests: u64) -> anyhow::Result<()> {
+    use tower::ServiceExt;
+    ensure!(args.bindings >= 10, "--bindings must be at least 10");
+    log_to_devnull(&args.log)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut rows = Vec::new();
+    for n in [10, args.bindings] {
+        let c = cluster(1, n);
+        let sample = samples(&c, n, args.pods)
+            .into_iter()
+            .find(|s| s.gates_after.is_some())
+            .context("no review needs a gate")?;
+        let state = WebhookState {
+            cache: filled_cache(&c),
+            metrics: Arc::new(Metrics::new()),
+            prestop_sleep: PrestopSleep::Off,
+        };
+        rows.push((n, sample, webhook::router(state, 3 * 1024 * 1024)));
+    }
+    ensure!(
+        rows[0].1.body == rows[1].1.body,
+        "the two caches got different reviews"
+    );
+    println!(
+        "router only, one thread, {requests} requests per run, the same {} B review ({} gates after the patch), {} repetitions alternating",
+        rows[0].1.body.len(),
+        rows[0].1.gates_after.as_ref().map_or(0, Vec::len),
+        args.reps
+    );
+    let mut per_request: Vec<Vec<f64>> = vec![Vec::new(); 2];
+    for rep in 0..args.reps {
+        let order: [usize; 2] = if rep % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let (n, sample, router) = &rows[i];
+            let took = rt.block_on(async {
+                let started = Instant::now();
+                for k in 0..requests {
+                    let request = axum::http::Request::post(webhook::PATH)
+                        .header(header::CONTENT_TYPE, "application/json")
+                        .body(axum::body::Body::from(sample.body.clone()))?;
+                    let res = router.clone().oneshot(request).await?;
+                    ensure!(res.status() == 200, "HTTP {}", res.status());
+                    let body = res.into_body().collect().await?.to_bytes();
+                    if k == 0 {
+                        verify(sample, &body).map_err(|e| anyhow::anyhow!("answer: {e}"))?;
+                    }
+                }
+                Ok(started.elapsed())
+            })?;
+            let us = took.as_secs_f64() * 1e6 / requests as f64;
+            per_request[i].push(us);
+            println!(
+                "  rep {} {:>5} bindings: {us:.2} µs per request",
+                rep + 1,
+                n
+            );
+        }
+    }
+    let (a, b) = (
+        median(per_request[0].clone()),
+        median(per_request[1].clone()),
+    );
+    println!(
+        "median: {a:.2} µs with 10 bindings, {b:.2} µs with {}; ratio {:.3}",
+        args.bindings,
+        b / a
+    );
+    Ok(())
+}
+
+/// Runs the benchmark and prints its figures; `Ok(false)` when any request failed.
+fn bench(args: &Args) -> anyhow::Result<bool> {
+    ensure!(
+        args.namespaces > 0 && args.bindings.is_multiple_of(args.namespaces),
+        "--bindings must be a multiple of --namespaces"
+    );
+    let per_ns = args.bindings / args.namespaces;
+    ensure!(per_ns >= 4, "need at least 4 bindings per namespace");
+
+    log_to_devnull(&args.log)?;
+    let c = cluster(args.namespaces, per_ns);
+    let cache = filled_cache(&c);
     let (bindings, services, _) = cache.read().counts();
     let ip = c
         .bindings

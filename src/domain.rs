@@ -118,11 +118,16 @@ impl NamespaceSettings {
 /// cache keeps (half the memory of a map for the handful of labels a pod has).
 pub trait Labels {
     fn label(&self, key: &str) -> Option<&str>;
+    /// Every pair (the index looks up Services by them).
+    fn pairs(&self) -> impl Iterator<Item = (&str, &str)>;
 }
 
 impl Labels for BTreeMap<String, String> {
     fn label(&self, key: &str) -> Option<&str> {
         self.get(key).map(String::as_str)
+    }
+    fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 }
 
@@ -132,6 +137,9 @@ impl Labels for [(String, String)] {
         self.binary_search_by(|(k, _)| k.as_str().cmp(key))
             .ok()
             .map(|i| self[i].1.as_str())
+    }
+    fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 }
 

@@ -3,17 +3,143 @@
 //!
 //! A pure state machine (`apply`/`delete`/`replace`), fed by the watchers in `cache` and
 //! unit-tested without an API server.
+//!
+//! The webhook's question (which gates for these labels) is answered from a selector index
+//! kept beside the objects, so its cost follows the pod's labels and the Services that could
+//! select it, not the number of bindings and Services in the namespace.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use crate::domain::{Binding, Labels, NamespaceSettings, Pod, Service};
-use crate::gates;
+use crate::domain::{Binding, Labels, NamespaceSettings, Pod, Service, TargetType, gate_type};
 
 #[derive(Debug, Default)]
 struct Namespace {
     bindings: BTreeMap<String, Binding>,
     services: HashMap<String, Service>,
     pods: HashMap<String, Pod>,
+    selectors: Selectors,
+}
+
+/// Every Service filed under one pair of its selector, and the `ip` bindings by the Service
+/// they name. A Service selects a pod only if the pod carries every pair of its selector, so
+/// the pod's own labels find every candidate: one lookup per label, then a full check of the
+/// few Services filed there.
+#[derive(Debug, Default)]
+struct Selectors {
+    /// Selector key → value → the Services filed under that pair.
+    by_pair: HashMap<String, HashMap<String, Vec<String>>>,
+    /// Service → the pair it is filed under (Services with an empty selector select nothing
+    /// and are not filed).
+    filed: HashMap<String, (String, String)>,
+    /// Service name → the `ip` bindings naming it (the Service may not exist yet).
+    bindings: HashMap<String, BTreeSet<String>>,
+}
+
+impl Selectors {
+    /// Files `service` under the pair of its selector whose bucket is smallest now, so Services
+    /// sharing a common pair (`part-of: shop`) spread over their distinguishing ones.
+    fn file_service(&mut self, name: &str, service: &Service) {
+        self.unfile_service(name);
+        let size = |k: &str, v: &str| {
+            self.by_pair
+                .get(k)
+                .and_then(|m| m.get(v))
+                .map_or(0, Vec::len)
+        };
+        let Some((k, v)) = service
+            .selector
+            .iter()
+            .min_by_key(|(k, v)| size(k.as_str(), v.as_str()))
+        else {
+            return;
+        };
+        self.by_pair
+            .entry(k.clone())
+            .or_default()
+            .entry(v.clone())
+            .or_default()
+            .push(name.to_string());
+        self.filed.insert(name.to_string(), (k.clone(), v.clone()));
+    }
+
+    fn unfile_service(&mut self, name: &str) {
+        let Some((k, v)) = self.filed.remove(name) else {
+            return;
+        };
+        let Some(values) = self.by_pair.get_mut(&k) else {
+            return;
+        };
+        if let Some(names) = values.get_mut(&v) {
+            names.retain(|n| n != name);
+            if names.is_empty() {
+                values.remove(&v);
+            }
+        }
+        if values.is_empty() {
+            self.by_pair.remove(&k);
+        }
+    }
+
+    fn file_binding(&mut self, b: &Binding) {
+        if b.target_type == TargetType::Ip {
+            self.bindings
+                .entry(b.service_name.clone())
+                .or_default()
+                .insert(b.name.clone());
+        }
+    }
+
+    fn unfile_binding(&mut self, b: &Binding) {
+        if let Some(names) = self.bindings.get_mut(&b.service_name) {
+            names.remove(&b.name);
+            if names.is_empty() {
+                self.bindings.remove(&b.service_name);
+            }
+        }
+    }
+}
+
+impl Namespace {
+    fn apply_binding(&mut self, b: Binding) {
+        if let Some(old) = self.bindings.get(&b.name) {
+            self.selectors.unfile_binding(old);
+        }
+        self.selectors.file_binding(&b);
+        self.bindings.insert(b.name.clone(), b);
+    }
+    fn delete_binding(&mut self, name: &str) {
+        if let Some(old) = self.bindings.remove(name) {
+            self.selectors.unfile_binding(&old);
+        }
+    }
+    fn apply_service(&mut self, name: &str, s: Service) {
+        self.selectors.file_service(name, &s);
+        self.services.insert(name.to_string(), s);
+    }
+    fn delete_service(&mut self, name: &str) {
+        if self.services.remove(name).is_some() {
+            self.selectors.unfile_service(name);
+        }
+    }
+
+    fn gates_for<L: Labels + ?Sized>(&self, labels: &L) -> Vec<String> {
+        let sel = &self.selectors;
+        let mut gates = Vec::new();
+        for (k, v) in labels.pairs() {
+            let Some(names) = sel.by_pair.get(k).and_then(|values| values.get(v)) else {
+                continue;
+            };
+            for name in names {
+                let selects = self.services.get(name).is_some_and(|s| s.selects(labels));
+                if let Some(bindings) = sel.bindings.get(name).filter(|_| selects) {
+                    gates.extend(bindings.iter().map(|b| gate_type(b)));
+                }
+            }
+        }
+        gates.sort();
+        gates.dedup();
+        gates
+    }
 }
 
 /// Which watched kinds have listed once since start.
@@ -56,19 +182,19 @@ impl Index {
     }
 
     pub fn apply_binding(&mut self, ns: &str, b: Binding) {
-        self.ns(ns).bindings.insert(b.name.clone(), b);
+        self.ns(ns).apply_binding(b);
     }
     pub fn delete_binding(&mut self, ns: &str, name: &str) {
         if let Some(n) = self.namespaces.get_mut(ns) {
-            n.bindings.remove(name);
+            n.delete_binding(name);
         }
     }
     pub fn apply_service(&mut self, ns: &str, name: &str, s: Service) {
-        self.ns(ns).services.insert(name.to_string(), s);
+        self.ns(ns).apply_service(name, s);
     }
     pub fn delete_service(&mut self, ns: &str, name: &str) {
         if let Some(n) = self.namespaces.get_mut(ns) {
-            n.services.remove(name);
+            n.delete_service(name);
         }
     }
     pub fn apply_pod(&mut self, ns: &str, name: &str, p: Pod) {
@@ -100,17 +226,20 @@ impl Index {
     }
 
     pub fn replace_bindings(&mut self, all: Vec<(String, Binding)>) {
-        self.namespaces
-            .values_mut()
-            .for_each(|n| n.bindings.clear());
+        self.namespaces.values_mut().for_each(|n| {
+            n.bindings.clear();
+            n.selectors.bindings.clear();
+        });
         all.into_iter()
             .for_each(|(ns, b)| self.apply_binding(&ns, b));
         self.synced.bindings = true;
     }
     pub fn replace_services(&mut self, all: Vec<(String, String, Service)>) {
-        self.namespaces
-            .values_mut()
-            .for_each(|n| n.services.clear());
+        self.namespaces.values_mut().for_each(|n| {
+            n.services.clear();
+            n.selectors.by_pair.clear();
+            n.selectors.filed.clear();
+        });
         all.into_iter()
             .for_each(|(ns, name, s)| self.apply_service(&ns, &name, s));
         self.synced.services = true;
@@ -138,9 +267,21 @@ impl Index {
             }
             _ => {
                 for (ns, n) in &mut self.namespaces {
+                    // Through `delete_*`, so the selector index follows.
+                    let gone = |names: Vec<&String>| -> Vec<String> {
+                        names
+                            .into_iter()
+                            .filter(|name| !keep(ns, name))
+                            .cloned()
+                            .collect()
+                    };
                     match kind {
-                        Kind::Binding => n.bindings.retain(|name, _| keep(ns, name)),
-                        Kind::Service => n.services.retain(|name, _| keep(ns, name)),
+                        Kind::Binding => gone(n.bindings.keys().collect())
+                            .iter()
+                            .for_each(|name| n.delete_binding(name)),
+                        Kind::Service => gone(n.services.keys().collect())
+                            .iter()
+                            .for_each(|name| n.delete_service(name)),
                         Kind::Pod => n.pods.retain(|name, _| keep(ns, name)),
                         Kind::Namespace => {}
                     }
@@ -185,10 +326,9 @@ impl Index {
 
     /// The gates a pod with these labels needs in `ns` (the webhook's question).
     pub fn gates_for<L: Labels + ?Sized>(&self, ns: &str, labels: &L) -> Vec<String> {
-        match self.namespaces.get(ns) {
-            Some(n) => gates::gates_for(labels, n.bindings.values(), |name| n.services.get(name)),
-            None => Vec::new(),
-        }
+        self.namespaces
+            .get(ns)
+            .map_or_else(Vec::new, |n| n.gates_for(labels))
     }
 
     /// The bindings of a namespace, by name.
@@ -335,5 +475,217 @@ mod tests {
         ix.replace_namespaces(vec![("c".into(), annotated("1m"))]);
         assert_eq!(ix.namespace_prestop_sleep("b"), None);
         assert_eq!(ix.namespace_prestop_sleep("c"), Some("1m"));
+    }
+
+    /// A small universe, so random objects collide: the same names re-applied with other
+    /// selectors and types, Services sharing pairs, bindings naming absent Services.
+    mod random {
+        use super::*;
+        use crate::gates;
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+
+        const NAMESPACES: [&str; 2] = ["a", "b"];
+        const KEYS: [&str; 3] = ["app", "tier", "zone"];
+        const VALUES: [&str; 3] = ["x", "y", "z"];
+
+        fn pick<'a>(rng: &mut StdRng, from: &[&'a str]) -> &'a str {
+            from[rng.random_range(0..from.len())]
+        }
+        fn pairs(rng: &mut StdRng, max: usize) -> BTreeMap<String, String> {
+            (0..rng.random_range(0..=max))
+                .map(|_| (pick(rng, &KEYS).to_string(), pick(rng, &VALUES).to_string()))
+                .collect()
+        }
+        fn service(rng: &mut StdRng) -> (String, Service) {
+            let name = format!("s{}", rng.random_range(0..6));
+            (
+                name,
+                Service {
+                    selector: pairs(rng, 3),
+                    ports: vec![],
+                },
+            )
+        }
+        fn binding(rng: &mut StdRng) -> Binding {
+            Binding {
+                name: format!("b{}", rng.random_range(0..8)),
+                target_group_arn: "arn".into(),
+                target_type: match rng.random_range(0..4) {
+                    0 => TargetType::Instance,
+                    1 => TargetType::Unspecified,
+                    _ => TargetType::Ip,
+                },
+                service_name: format!("s{}", rng.random_range(0..7)),
+                service_port: PortRef::Number(80),
+                ip_family: Default::default(),
+            }
+        }
+
+        /// Every label set over the universe: each key absent or with one of the values.
+        fn every_label_set() -> Vec<BTreeMap<String, String>> {
+            let mut sets = vec![BTreeMap::new()];
+            for k in KEYS {
+                sets = sets
+                    .into_iter()
+                    .flat_map(|set| {
+                        let with: Vec<_> = VALUES
+                            .iter()
+                            .map(|v| {
+                                let mut s = set.clone();
+                                s.insert(k.to_string(), v.to_string());
+                                s
+                            })
+                            .collect();
+                        std::iter::once(set).chain(with).collect::<Vec<_>>()
+                    })
+                    .collect();
+            }
+            sets
+        }
+
+        /// The indexed answer equals the brute-force one for every namespace and label set,
+        /// in both label shapes; the selector index holds exactly what the objects imply.
+        fn check(ix: &Index, label_sets: &[BTreeMap<String, String>], step: usize) {
+            for ns in NAMESPACES.iter().copied().chain(["absent"]) {
+                let n = ix.namespaces.get(ns);
+                for labels in label_sets {
+                    let brute = n.map_or_else(Vec::new, |n| {
+                        gates::gates_for(labels, n.bindings.values(), |s| n.services.get(s))
+                    });
+                    let as_pairs: Vec<(String, String)> = labels.clone().into_iter().collect();
+                    assert_eq!(
+                        ix.gates_for(ns, labels),
+                        brute,
+                        "step {step}, {ns}, {labels:?}"
+                    );
+                    assert_eq!(ix.gates_for(ns, as_pairs.as_slice()), brute, "step {step}");
+                }
+                let Some(n) = n else { continue };
+                let sel = &n.selectors;
+                let mut filed: Vec<&String> = sel.filed.keys().collect();
+                filed.sort();
+                let mut selecting: Vec<&String> = n
+                    .services
+                    .iter()
+                    .filter(|(_, s)| !s.selector.is_empty())
+                    .map(|(name, _)| name)
+                    .collect();
+                selecting.sort();
+                assert_eq!(filed, selecting, "step {step}: filed Services");
+                let filed_count: usize = sel
+                    .by_pair
+                    .values()
+                    .flat_map(|m| m.values())
+                    .map(Vec::len)
+                    .sum();
+                assert_eq!(
+                    filed_count,
+                    selecting.len(),
+                    "step {step}: no stale buckets"
+                );
+                let mut by_service: HashMap<String, BTreeSet<String>> = HashMap::new();
+                for b in n
+                    .bindings
+                    .values()
+                    .filter(|b| b.target_type == TargetType::Ip)
+                {
+                    by_service
+                        .entry(b.service_name.clone())
+                        .or_default()
+                        .insert(b.name.clone());
+                }
+                assert_eq!(sel.bindings, by_service, "step {step}: bindings by Service");
+            }
+        }
+
+        #[test]
+        fn indexed_gates_equal_brute_force_over_random_changes() {
+            let label_sets = every_label_set();
+            assert_eq!(label_sets.len(), 64);
+            for seed in 0..20u64 {
+                let mut rng = StdRng::seed_from_u64(seed);
+                let mut ix = Index::default();
+                for step in 0..150 {
+                    let ns = pick(&mut rng, &NAMESPACES);
+                    match rng.random_range(0..20) {
+                        0..=5 => ix.apply_binding(ns, binding(&mut rng)),
+                        6..=11 => {
+                            let (name, s) = service(&mut rng);
+                            ix.apply_service(ns, &name, s)
+                        }
+                        12 | 13 => ix.delete_binding(ns, &binding(&mut rng).name),
+                        14 | 15 => ix.delete_service(ns, &service(&mut rng).0),
+                        16 => ix.replace_bindings(
+                            (0..rng.random_range(0..6))
+                                .map(|_| {
+                                    (pick(&mut rng, &NAMESPACES).to_string(), binding(&mut rng))
+                                })
+                                .collect(),
+                        ),
+                        17 => ix.replace_services(
+                            (0..rng.random_range(0..6))
+                                .map(|_| {
+                                    let (name, s) = service(&mut rng);
+                                    (pick(&mut rng, &NAMESPACES).to_string(), name, s)
+                                })
+                                .collect(),
+                        ),
+                        18 => {
+                            let (kind, salt) = if rng.random_bool(0.5) {
+                                (Kind::Binding, rng.random_range(0..3))
+                            } else {
+                                (Kind::Service, rng.random_range(0..3))
+                            };
+                            // Keeps about two in three, by name.
+                            ix.retain(kind, |ns, name| {
+                                !(ns.len() + name.len() * 7 + name.as_bytes()[1] as usize + salt)
+                                    .is_multiple_of(3)
+                            });
+                        }
+                        _ => ix.compact(),
+                    }
+                    check(&ix, &label_sets, step);
+                }
+            }
+        }
+
+        #[test]
+        fn services_sharing_a_pair_are_filed_under_their_distinct_one() {
+            let mut ix = Index::default();
+            for i in 0..100 {
+                let selector = [
+                    ("app.kubernetes.io/part-of".to_string(), "shop".to_string()),
+                    ("app".to_string(), format!("app-{i}")),
+                ]
+                .into();
+                ix.apply_service(
+                    "shop",
+                    &format!("app-{i}"),
+                    Service {
+                        selector,
+                        ports: vec![],
+                    },
+                );
+                ix.apply_binding("shop", b(&format!("tgb-{i}"), &format!("app-{i}")));
+            }
+            let sel = &ix.namespaces["shop"].selectors;
+            let largest = sel
+                .by_pair
+                .values()
+                .flat_map(|m| m.values())
+                .map(Vec::len)
+                .max();
+            assert_eq!(largest, Some(1), "one candidate per pod label");
+            let pod: BTreeMap<String, String> = [
+                ("app.kubernetes.io/part-of".to_string(), "shop".to_string()),
+                ("app".to_string(), "app-42".to_string()),
+            ]
+            .into();
+            assert_eq!(
+                ix.gates_for("shop", &pod),
+                ["target-health.elbv2.k8s.aws/tgb-42"]
+            );
+        }
     }
 }

@@ -1,8 +1,8 @@
 //! readygate: ELBv2 target-health readiness gates for Kubernetes pods.
 //!
 //! The decision core (`domain`, `gates`, `termination`, `target`, `condition`, `schedule`,
-//! `poller`, `index`, `crd_presence`, `budget`) is pure; `cache`, `webhook`, `server`, `tls`,
-//! `elbv2`, `controller` and `writer` are thin
+//! `poller`, `index`, `crd_presence`, `budget`) is pure; `cache`, `webhook` (with `review`, its
+//! one-pass read of a request), `server`, `tls`, `elbv2`, `controller` and `writer` are thin
 //! shells around it; `app` wires them together. The operator commands follow the same split:
 //! `status` and `doctor` decide, `operate` fetches and prints; `gates_view` is what the leader
 //! serves at `/debug/gates`.
@@ -26,6 +26,7 @@ pub mod leader;
 pub mod metrics;
 pub mod operate;
 pub mod poller;
+pub mod review;
 pub mod schedule;
 pub mod server;
 pub mod status;

@@ -52,7 +52,13 @@ impl Group {
             .health
             .as_ref()
             .is_some_and(|(last, _)| *last == targets);
-        self.times.idle_polls = if same {
+        // A pending target still in its initial checks is about to change: ELB decides within
+        // its thresholds, so waiting longer would only add lag. Backing off is for targets that
+        // stay unhealthy, unregistered or unused.
+        let checking = targets
+            .iter()
+            .any(|(t, h)| h.state == "initial" && self.pending.contains(t));
+        self.times.idle_polls = if same && !checking {
             self.times.idle_polls.saturating_add(1)
         } else {
             0
@@ -176,6 +182,29 @@ mod tests {
         );
         g.answered(registered, 20_000, 2_000);
         assert_eq!(g.times.idle_polls, 0);
+    }
+
+    #[test]
+    fn a_target_in_its_initial_checks_is_never_idle() {
+        let mut g = Group::default();
+        g.set_pending([t("10.0.0.1")].into());
+        let checking: HashMap<_, _> = [(
+            t("10.0.0.1"),
+            h("initial", Some("Elb.InitialHealthChecking")),
+        )]
+        .into();
+        for at in [10_000, 12_000, 14_000, 16_000] {
+            g.answered(checking.clone(), at, 2_000);
+        }
+        assert_eq!(
+            g.times.idle_polls, 0,
+            "ELB decides within its thresholds: polls stay on the regular schedule"
+        );
+        // The same answer for a target no longer pending (its gate is released) is idle.
+        g.set_pending(HashSet::new());
+        g.answered(checking.clone(), 18_000, 2_000);
+        g.answered(checking, 20_000, 2_000);
+        assert_eq!(g.times.idle_polls, 2);
     }
 
     const NLB: GroupSettings = GroupSettings {

@@ -1213,6 +1213,30 @@ mod tests {
         actions
     }
 
+    /// DescribeTargetGroups' answer for the test group, as LBC sets up an NLB (10 s × 3).
+    fn reply_nlb_settings(c: &mut Controller, at: i64, attached: bool) {
+        let nlb = GroupSettings {
+            interval_seconds: 10,
+            healthy_threshold: 3,
+            attached,
+        };
+        c.reply(
+            Reply::Settings(
+                vec!["arn:tg/web".into()],
+                Ok([("arn:tg/web".to_string(), nlb)].into()),
+            ),
+            at,
+        );
+    }
+
+    /// The target of pod `a` (127.0.1.1) on the test binding.
+    fn target_a() -> Target {
+        Target {
+            ip: "127.0.1.1".parse().unwrap(),
+            port: 8080,
+        }
+    }
+
     #[test]
     fn polls_back_off_while_nothing_changes_and_settings_are_read_again_in_virtual_time() {
         const ARN: &str = "arn:tg/web";
@@ -1223,15 +1247,7 @@ mod tests {
         let first = pass_at(&mut c, &cache, t0);
         assert_eq!(first.settings, [vec![ARN.to_string()]]);
         assert!(first.polls.is_empty(), "no poll before the settings");
-        let nlb = GroupSettings {
-            interval_seconds: 10,
-            healthy_threshold: 3,
-            attached: true,
-        };
-        c.reply(
-            Reply::Settings(vec![ARN.into()], Ok([(ARN.to_string(), nlb)].into())),
-            t0,
-        );
+        reply_nlb_settings(&mut c, t0, true);
         // Ready long ago: the first poll is due at once; then the same empty answer each time.
         let mut now = t0;
         let mut gaps = Vec::new();
@@ -1281,25 +1297,14 @@ mod tests {
             ("a", "waiting", Some("127.0.1.1:8080"))
         );
         assert!(g.elb.is_none());
-        let settings = GroupSettings {
-            interval_seconds: 10,
-            healthy_threshold: 3,
-            attached: true,
-        };
-        c.reply(
-            Reply::Settings(vec![ARN.into()], Ok([(ARN.to_string(), settings)].into())),
-            t0,
-        );
+        reply_nlb_settings(&mut c, t0, true);
         assert_eq!(pass_at(&mut c, &cache, t0).polls, [ARN.to_string()]);
         let initial = Health {
             state: "initial".into(),
             reason: Some("Elb.InitialHealthChecking".into()),
             description: Some("Initial health checks in progress".into()),
         };
-        let target = Target {
-            ip: "127.0.1.1".parse().unwrap(),
-            port: 8080,
-        };
+        let target = target_a();
         c.reply(
             Reply::Health(ARN.into(), Ok([(target, initial)].into()), t0 + 100),
             t0 + 100,
@@ -1342,20 +1347,9 @@ mod tests {
             let (mut c, cache) = core(ix);
             let t0 = 2_000_000;
             pass_at(&mut c, &cache, t0);
-            let settings = GroupSettings {
-                interval_seconds: 10,
-                healthy_threshold: 3,
-                attached,
-            };
-            c.reply(
-                Reply::Settings(vec![ARN.into()], Ok([(ARN.to_string(), settings)].into())),
-                t0,
-            );
+            reply_nlb_settings(&mut c, t0, attached);
             assert_eq!(pass_at(&mut c, &cache, t0).polls, [ARN.to_string()]);
-            let target = Target {
-                ip: "127.0.1.1".parse().unwrap(),
-                port: 8080,
-            };
+            let target = target_a();
             let answer: HashMap<_, _> = [(target, not_in_use.clone())].into();
             c.reply(
                 Reply::Health(ARN.into(), Ok(answer.clone()), t0 + 100),
@@ -1411,25 +1405,14 @@ mod tests {
         let (mut c, cache) = core(ix);
         let t0 = 2_000_000;
         pass_at(&mut c, &cache, t0);
-        let settings = GroupSettings {
-            interval_seconds: 10,
-            healthy_threshold: 3,
-            attached: true,
-        };
-        c.reply(
-            Reply::Settings(vec![ARN.into()], Ok([(ARN.to_string(), settings)].into())),
-            t0,
-        );
+        reply_nlb_settings(&mut c, t0, true);
         assert_eq!(pass_at(&mut c, &cache, t0).polls, [ARN.to_string()]);
         let healthy = Health {
             state: "healthy".into(),
             reason: None,
             description: None,
         };
-        let target = Target {
-            ip: "127.0.1.1".parse().unwrap(),
-            port: 8080,
-        };
+        let target = target_a();
         c.reply(
             Reply::Health(ARN.into(), Ok([(target, healthy)].into()), t0 + 100),
             t0 + 100,
@@ -1480,19 +1463,8 @@ mod tests {
         assert_eq!(written[0].condition.reason, condition::REASON_REGISTRATION);
         assert_eq!(written[0].condition.last_transition_time, Some(rfc3339(t0)));
         // ELB says initial, then healthy: the gate follows, and is True again only then.
-        let settings = GroupSettings {
-            interval_seconds: 10,
-            healthy_threshold: 3,
-            attached: true,
-        };
-        c.reply(
-            Reply::Settings(vec![ARN.into()], Ok([(ARN.to_string(), settings)].into())),
-            t0,
-        );
-        let target = Target {
-            ip: "127.0.1.1".parse().unwrap(),
-            port: 8080,
-        };
+        reply_nlb_settings(&mut c, t0, true);
+        let target = target_a();
         for (at, state, reason, status) in [
             (
                 1_230_000,

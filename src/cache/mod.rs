@@ -14,6 +14,7 @@ use watch::{drive, drive_bindings};
 
 pub use feed::Feed;
 pub use kinds::Cached;
+pub(crate) use pod_view::pod_resource;
 pub use pod_view::{
     WatchedCondition, WatchedContainer, WatchedGate, WatchedPod, WatchedPodIp, WatchedPodSpec,
     WatchedPodStatus, WatchedPort, pod_view,

@@ -497,6 +497,22 @@ impl Default for ModeOptions {
     }
 }
 
+/// The mode's namespace and app, with `v1` deployed and healthy behind the load balancer.
+pub async fn deployed_app(
+    rig: &Rig,
+    mode: Mode,
+    o: &ModeOptions,
+) -> anyhow::Result<(App, Deployment)> {
+    rig.annotated_namespace(mode.namespace(), mode.gated(), mode.annotations())
+        .await?;
+    let app = rig.app(mode.namespace(), "web").await?;
+    // readygate's caches see the binding and the Service before the first pod is admitted.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let dep = crate::rig::web_deployment(&app, o.replicas, o.start_delay, o.own_pre_stop_secs);
+    deploy(rig, &app, &dep, "v1").await?;
+    Ok((app, dep))
+}
+
 /// Creates the mode's namespace and app, deploys `v1`, then measures `o.rollouts` rollouts.
 pub async fn run_mode(
     rig: &Rig,
@@ -504,14 +520,7 @@ pub async fn run_mode(
     o: &ModeOptions,
     mut on_rollout: impl FnMut(&RolloutResult),
 ) -> anyhow::Result<ModeReport> {
-    let namespace = mode.namespace();
-    rig.annotated_namespace(namespace, mode.gated(), mode.annotations())
-        .await?;
-    let app = rig.app(namespace, "web").await?;
-    // readygate's caches see the binding and the Service before the first pod is admitted.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let dep = crate::rig::web_deployment(&app, o.replicas, o.start_delay, o.own_pre_stop_secs);
-    deploy(rig, &app, &dep, "v1").await?;
+    let (app, dep) = deployed_app(rig, mode, o).await?;
     let mut rollouts = Vec::new();
     for i in 0..o.rollouts {
         let (prev, next) = (format!("v{}", i + 1), format!("v{}", i + 2));
@@ -521,7 +530,7 @@ pub async fn run_mode(
     }
     Ok(ModeReport {
         mode,
-        namespace: namespace.into(),
+        namespace: app.namespace.clone(),
         rollouts,
     })
 }

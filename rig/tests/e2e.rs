@@ -5,7 +5,7 @@ mod common;
 
 use rig::apiserver::resources;
 use rig::demo::{
-    Interlude, Mode, ModeOptions, deploy, measured_rollout, prestop_sleep_arg, run_mode,
+    Interlude, Mode, ModeOptions, deployed_app, measured_rollout, prestop_sleep_arg, run_mode,
     summary_line, timeline_table,
 };
 use rig::kubelet::LB_HEALTH_ANNOTATION;
@@ -187,12 +187,8 @@ async fn readygate_restarted_mid_rollout_still_loses_nothing() {
     let _serial = common::exclusive().await; // one rollout scenario at a time on this machine
     let Some(stage) = stage().await else { return };
     let rig = &stage.rig;
-    rig.namespace("gated", true).await.unwrap();
-    let app = rig.app("gated", "web").await.unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let o = ModeOptions::default();
-    let dep = rig::rig::web_deployment(&app, o.replicas, o.start_delay, o.own_pre_stop_secs);
-    deploy(rig, &app, &dep, "v1").await.unwrap();
+    let (app, dep) = deployed_app(rig, Mode::Readygate, &o).await.unwrap();
     let first_pid = stage.pids().await;
     let s2 = stage.clone();
     let restart = Interlude {
@@ -229,12 +225,8 @@ async fn a_pod_whose_target_never_turns_healthy_keeps_the_rollout_waiting() {
     let _serial = common::exclusive().await; // one rollout scenario at a time on this machine
     let Some(stage) = stage().await else { return };
     let rig = &stage.rig;
-    rig.namespace("gated", true).await.unwrap();
-    let app = rig.app("gated", "web").await.unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let o = ModeOptions::default();
-    let mut dep = rig::rig::web_deployment(&app, o.replicas, o.start_delay, o.own_pre_stop_secs);
-    deploy(rig, &app, &dep, "v1").await.unwrap();
+    let (app, mut dep) = deployed_app(rig, Mode::Readygate, &o).await.unwrap();
     // The new revision passes its readiness probe but fails the load balancer's health check.
     dep.template["metadata"]["annotations"][LB_HEALTH_ANNOTATION] = "fail".into();
     let r = measured_rollout(
@@ -264,7 +256,7 @@ async fn a_pod_whose_target_never_turns_healthy_keeps_the_rollout_waiting() {
     );
     let pod = rig
         .store
-        .get(resources::pods(), "gated", &new_pod.name)
+        .get(resources::pods(), &app.namespace, &new_pod.name)
         .unwrap();
     let gate = pod["status"]["conditions"]
         .as_array()
@@ -286,12 +278,8 @@ async fn a_pod_whose_target_never_turns_healthy_keeps_the_rollout_waiting() {
 /// A gated namespace with the app deployed at `v1`, ready for a measured rollout.
 async fn deployed(stage: &Stage) -> (rig::rig::App, rig::deploy::Deployment, ModeOptions) {
     let rig = &stage.rig;
-    rig.namespace("gated", true).await.unwrap();
-    let app = rig.app("gated", "web").await.unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let o = ModeOptions::default();
-    let dep = rig::rig::web_deployment(&app, o.replicas, o.start_delay, o.own_pre_stop_secs);
-    deploy(rig, &app, &dep, "v1").await.unwrap();
+    let (app, dep) = deployed_app(rig, Mode::Readygate, &o).await.unwrap();
     (app, dep, o)
 }
 

@@ -763,7 +763,7 @@ async fn scrape_until(
 async fn scrape_real_binary() -> (String, Scrape) {
     readygate::install_crypto_provider();
     let started = Instant::now();
-    let _serial = rollouts_lock().await;
+    let _serial = rig::serial::exclusive().await;
     println!("rollouts lock after {:?}", started.elapsed());
     let manifests = repo().join("manifests");
     let args = ["--tls-reload-interval".to_owned(), "200ms".to_owned()];
@@ -862,24 +862,6 @@ async fn scrape_real_binary() -> (String, Scrape) {
     println!("scraped after {:?}", started.elapsed());
     stage.stop().await.unwrap();
     scraped
-}
-
-/// The rig's rollout scenarios run one at a time across test processes (rig/tests/common); this
-/// one takes the same lock so that it does not skew their timings.
-async fn rollouts_lock() -> std::fs::File {
-    let path = std::env::temp_dir().join("readygate-rig-rollouts.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    tokio::task::spawn_blocking(move || {
-        file.lock().unwrap();
-        file
-    })
-    .await
-    .unwrap()
 }
 
 /// String literals of readygate's sources: where label values such as outcomes are defined.

@@ -32,24 +32,6 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_readygate"))
 }
 
-/// The rig's rollout scenarios run one at a time across test processes; these take the same
-/// lock so that they do not skew their timings (as tests/monitoring.rs).
-async fn rollouts_lock() -> std::fs::File {
-    let path = std::env::temp_dir().join("readygate-rig-rollouts.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    tokio::task::spawn_blocking(move || {
-        file.lock().unwrap();
-        file
-    })
-    .await
-    .unwrap()
-}
-
 struct Run {
     code: i32,
     stdout: String,
@@ -138,9 +120,9 @@ async fn until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-async fn start() -> (Stage, std::fs::File) {
+async fn start() -> (Stage, rig::serial::Exclusive) {
     readygate::install_crypto_provider();
-    let lock = rollouts_lock().await;
+    let lock = rig::serial::exclusive().await;
     let stage = Stage::start(bin(), &repo().join("manifests"), &[])
         .await
         .expect("starting the rig and readygate");

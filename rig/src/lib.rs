@@ -12,6 +12,7 @@ pub mod lbc;
 pub mod load;
 pub mod readygate;
 pub mod rig;
+pub mod serial;
 pub mod stage;
 pub mod time;
 pub mod timeline;

@@ -56,7 +56,7 @@ fn report(r: &rig::demo::RolloutResult) {
 
 #[tokio::test]
 async fn readygate_rollouts_lose_no_request_three_times_in_a_row() {
-    let _serial = common::exclusive().await; // one rollout scenario at a time on this machine
+    let _serial = rig::serial::exclusive().await; // one rollout scenario at a time on this machine
     let Some(stage) = stage().await else { return };
     let options = ModeOptions {
         rollouts: 3,
@@ -130,7 +130,7 @@ async fn readygate_rollouts_lose_no_request_three_times_in_a_row() {
 
 #[tokio::test]
 async fn gates_only_still_loses_requests_on_the_termination_side() {
-    let _serial = common::exclusive().await; // one rollout scenario at a time on this machine
+    let _serial = rig::serial::exclusive().await; // one rollout scenario at a time on this machine
     let Some(stage) = stage().await else { return };
     let mode = run_mode(&stage.rig, Mode::GatesOnly, &ModeOptions::default(), report)
         .await
@@ -149,7 +149,7 @@ async fn gates_only_still_loses_requests_on_the_termination_side() {
 
 #[tokio::test]
 async fn an_ungated_rollout_loses_requests() {
-    let _serial = common::exclusive().await; // one rollout scenario at a time on this machine
+    let _serial = rig::serial::exclusive().await; // one rollout scenario at a time on this machine
     let Some(stage) = stage().await else { return };
     let mode = run_mode(&stage.rig, Mode::NoGates, &ModeOptions::default(), report)
         .await
@@ -184,7 +184,7 @@ async fn an_ungated_rollout_loses_requests() {
 
 #[tokio::test]
 async fn readygate_restarted_mid_rollout_still_loses_nothing() {
-    let _serial = common::exclusive().await; // one rollout scenario at a time on this machine
+    let _serial = rig::serial::exclusive().await; // one rollout scenario at a time on this machine
     let Some(stage) = stage().await else { return };
     let rig = &stage.rig;
     let o = ModeOptions::default();
@@ -222,7 +222,7 @@ async fn readygate_restarted_mid_rollout_still_loses_nothing() {
 
 #[tokio::test]
 async fn a_pod_whose_target_never_turns_healthy_keeps_the_rollout_waiting() {
-    let _serial = common::exclusive().await; // one rollout scenario at a time on this machine
+    let _serial = rig::serial::exclusive().await; // one rollout scenario at a time on this machine
     let Some(stage) = stage().await else { return };
     let rig = &stage.rig;
     let o = ModeOptions::default();
@@ -333,7 +333,7 @@ async fn roll_to_v2(
 
 #[tokio::test]
 async fn readygate_rolled_while_the_app_rolls_gives_every_pod_its_gates() {
-    let _serial = common::exclusive().await;
+    let _serial = rig::serial::exclusive().await;
     let Some(stage) = stage_with(2).await else {
         return;
     };
@@ -363,7 +363,7 @@ async fn readygate_rolled_while_the_app_rolls_gives_every_pod_its_gates() {
 
 #[tokio::test]
 async fn leader_killed_mid_rollout_the_other_replica_takes_over() {
-    let _serial = common::exclusive().await;
+    let _serial = rig::serial::exclusive().await;
     let Some(stage) = stage_with(2).await else {
         return;
     };
@@ -400,7 +400,7 @@ async fn leader_killed_mid_rollout_the_other_replica_takes_over() {
 
 #[tokio::test]
 async fn an_api_blip_on_bindings_releases_no_gate_early() {
-    let _serial = common::exclusive().await;
+    let _serial = rig::serial::exclusive().await;
     let Some(stage) = stage_with(1).await else {
         return;
     };
@@ -421,7 +421,7 @@ async fn an_api_blip_on_bindings_releases_no_gate_early() {
 
 #[tokio::test]
 async fn an_elbv2_black_hole_does_not_stall_the_rollout() {
-    let _serial = common::exclusive().await;
+    let _serial = rig::serial::exclusive().await;
     let Some(stage) = stage_with(1).await else {
         return;
     };

@@ -18,7 +18,7 @@ use std::time::Duration;
 #[tokio::test]
 async fn ungated_rollout_loses_requests_and_a_gated_one_with_a_stand_in_controller_does_not() {
     common::crypto();
-    let _serial = common::exclusive().await; // one rollout scenario at a time on this machine
+    let _serial = rig::serial::exclusive().await; // one rollout scenario at a time on this machine
     let rig = Rig::start(RigConfig::default()).await.unwrap();
 
     // Ungated: pods count as available as soon as their containers are ready.

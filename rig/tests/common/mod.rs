@@ -111,25 +111,3 @@ async fn review(State(hook): State<FakeWebhook>, Json(review): Json<Value>) -> J
 pub fn manifests_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests")
 }
-
-/// Holds an exclusive lock on a file shared by every test process, so that timing-sensitive
-/// rollout scenarios run one at a time even under a runner that runs tests in parallel
-/// processes (cargo-nextest). Released when dropped.
-pub struct Exclusive(std::fs::File);
-
-pub async fn exclusive() -> Exclusive {
-    let path = std::env::temp_dir().join("readygate-rig-rollouts.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .unwrap();
-    let file = tokio::task::spawn_blocking(move || {
-        file.lock().unwrap();
-        file
-    })
-    .await
-    .unwrap();
-    Exclusive(file)
-}

@@ -1004,35 +1004,11 @@ impl Shell {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Binding, Condition, ContainerPort, PortRef, Service, ServicePort};
+    use crate::domain::{Condition, ContainerPort, PortRef, Service};
     use crate::index::Kind;
 
     fn index() -> Index {
-        let mut ix = Index::default();
-        ix.apply_service(
-            "shop",
-            "web",
-            Service {
-                selector: [("app".to_string(), "web".to_string())].into(),
-                ports: vec![ServicePort {
-                    name: Some("http".into()),
-                    port: 80,
-                    target_port: Some(PortRef::Name("http".into())),
-                }],
-            },
-        );
-        ix.apply_binding(
-            "shop",
-            Binding {
-                name: "web-tgb".into(),
-                target_group_arn: "arn:tg/web".into(),
-                target_type: TargetType::Ip,
-                service_name: "web".into(),
-                service_port: PortRef::Number(80),
-                ip_family: Default::default(),
-            },
-        );
-        ix
+        crate::index::shop_index(false, "web-tgb", "arn:tg/web", PortRef::Name("http".into()))
     }
 
     fn pod(uid: &str, ip: Option<&str>) -> Pod {

@@ -677,9 +677,7 @@ pub fn render(findings: &[Finding], colour: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{
-        Binding, NamespaceSettings, Pod, PortRef, Service, ServicePort, TargetType,
-    };
+    use crate::domain::{Pod, PortRef};
     use serde_json::{Value, json};
 
     const NOW: i64 = 1_800_000_000_000;
@@ -746,31 +744,7 @@ mod tests {
 
     /// `shop` opted in, with binding `web` selecting `app=web`, and pod web-1 with its gate.
     fn index(with_gate: bool) -> Index {
-        let mut ix = Index::default();
-        ix.apply_namespace("shop", NamespaceSettings::opted_in());
-        ix.apply_service(
-            "shop",
-            "web",
-            Service {
-                selector: [("app".to_string(), "web".to_string())].into(),
-                ports: vec![ServicePort {
-                    name: Some("http".into()),
-                    port: 80,
-                    target_port: Some(PortRef::Number(8080)),
-                }],
-            },
-        );
-        ix.apply_binding(
-            "shop",
-            Binding {
-                name: "web".into(),
-                target_group_arn: "arn:tg".into(),
-                target_type: TargetType::Ip,
-                service_name: "web".into(),
-                service_port: PortRef::Number(80),
-                ip_family: Default::default(),
-            },
-        );
+        let mut ix = crate::index::shop_index(true, "web", "arn:tg", PortRef::Number(8080));
         ix.apply_pod(
             "shop",
             "web-1",

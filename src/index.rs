@@ -359,6 +359,47 @@ impl Index {
     }
 }
 
+/// Test fixture shared by the modules that decide over an index: namespace `shop` (opted in
+/// when `opted_in`) with Service `web` (selector `app=web`, port 80 named `http` → `target_port`)
+/// and an IP-mode binding named `binding` on it, target group `arn`.
+#[cfg(test)]
+pub(crate) fn shop_index(
+    opted_in: bool,
+    binding: &str,
+    arn: &str,
+    target_port: crate::domain::PortRef,
+) -> Index {
+    use crate::domain::{NamespaceSettings, PortRef, ServicePort, TargetType};
+    let mut ix = Index::default();
+    if opted_in {
+        ix.apply_namespace("shop", NamespaceSettings::opted_in());
+    }
+    ix.apply_service(
+        "shop",
+        "web",
+        Service {
+            selector: [("app".to_string(), "web".to_string())].into(),
+            ports: vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: Some(target_port),
+            }],
+        },
+    );
+    ix.apply_binding(
+        "shop",
+        Binding {
+            name: binding.into(),
+            target_group_arn: arn.into(),
+            target_type: TargetType::Ip,
+            service_name: "web".into(),
+            service_port: PortRef::Number(80),
+            ip_family: Default::default(),
+        },
+    );
+    ix
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -571,9 +571,7 @@ fn gate_sentences(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{
-        Condition, ContainerPort, NamespaceSettings, Service, ServicePort, TargetType,
-    };
+    use crate::domain::{Condition, ContainerPort};
     use crate::gates_view::{ElbAnswer, PolicyView};
 
     const NOW: i64 = 1_800_000_100_000;
@@ -608,31 +606,8 @@ mod tests {
     }
 
     fn index() -> Index {
-        let mut ix = Index::default();
-        ix.apply_namespace("shop", NamespaceSettings::opted_in());
-        ix.apply_service(
-            "shop",
-            "web",
-            Service {
-                selector: [("app".to_string(), "web".to_string())].into(),
-                ports: vec![ServicePort {
-                    name: Some("http".into()),
-                    port: 80,
-                    target_port: Some(PortRef::Name("http".into())),
-                }],
-            },
-        );
-        ix.apply_binding(
-            "shop",
-            Binding {
-                name: "web".into(),
-                target_group_arn: "arn:aws:tg/web".into(),
-                target_type: TargetType::Ip,
-                service_name: "web".into(),
-                service_port: PortRef::Number(80),
-                ip_family: Default::default(),
-            },
-        );
+        let mut ix =
+            crate::index::shop_index(true, "web", "arn:aws:tg/web", PortRef::Name("http".into()));
         ix.apply_pod(
             "shop",
             "web-ready",

@@ -7,7 +7,7 @@
 //! when to wake next; per-group poll state lives in `poller`. The shell (`run_loop`), active
 //! only on the leader, carries the actions out and feeds the answers back.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,27 +77,40 @@ pub struct GateWork {
 pub fn plan(ix: &Index, now_ms: i64, failsafe: Option<Duration>) -> Vec<GateWork> {
     let mut work = Vec::new();
     for (ns, name, pod) in ix.pods() {
-        if pod.finished || pod.ips.is_empty() {
-            continue;
-        }
-        for binding in &pod.gates {
-            let reopened = restarted_since_true(pod, binding);
-            if pod.gate_is_true(binding) && !reopened {
-                continue;
-            }
-            work.push(GateWork {
-                namespace: ns.to_string(),
-                pod: name.to_string(),
-                uid: pod.uid.clone(),
-                created: pod.created,
-                binding: binding.clone(),
-                current: pod.condition(binding).cloned(),
-                reopened,
-                need: need(ix, ns, pod, binding, now_ms, failsafe),
-            });
-        }
+        plan_pod(ix, ns, name, pod, now_ms, failsafe, &mut work);
     }
     work
+}
+
+/// The pending gates of one pod, and what each needs.
+fn plan_pod(
+    ix: &Index,
+    ns: &str,
+    name: &str,
+    pod: &Pod,
+    now_ms: i64,
+    failsafe: Option<Duration>,
+    work: &mut Vec<GateWork>,
+) {
+    if pod.finished || pod.ips.is_empty() {
+        return;
+    }
+    for binding in &pod.gates {
+        let reopened = restarted_since_true(pod, binding);
+        if pod.gate_is_true(binding) && !reopened {
+            continue;
+        }
+        work.push(GateWork {
+            namespace: ns.to_string(),
+            pod: name.to_string(),
+            uid: pod.uid.clone(),
+            created: pod.created,
+            binding: binding.clone(),
+            current: pod.condition(binding).cloned(),
+            reopened,
+            need: need(ix, ns, pod, binding, now_ms, failsafe),
+        });
+    }
 }
 
 /// The gate is True but the containers turned ready after it did (a container restarted, and
@@ -259,9 +272,76 @@ pub struct Controller {
     /// Gates warned about a `Target.NotInUse` target in an attached group, by (uid, binding).
     warned_not_in_use: HashSet<Key>,
     last_missing_check: i64,
-    /// The gates of the last pass and when each group is polled next, for `/debug/gates`.
-    last_work: Vec<GateWork>,
+    /// The pending gates of each pod, as its last plan left them (only pods that have some).
+    work: HashMap<PodKey, Vec<GateWork>>,
+    /// The pods waiting on each group's answers.
+    members: HashMap<String, HashSet<PodKey>>,
+    /// What the next pass looks at: pods to plan and decide again, groups to schedule again.
+    dirty_pods: HashSet<PodKey>,
+    dirty_groups: BTreeSet<String>,
+    /// Every pod is planned again on the next pass (first pass, new leadership).
+    full_due: bool,
+    /// Plan every pod on every pass (the reference the incremental passes are tested against).
+    always_full: bool,
+    timers: Timers,
+    /// Groups whose settings to read, batched at the end of the pass.
+    need_settings: Vec<String>,
+    passes: Passes,
+    /// When each group is polled next, for `/debug/gates`.
     next_poll: HashMap<String, i64>,
+}
+
+/// A pod by namespace and name.
+type PodKey = (String, String);
+
+/// How many passes planned every pod, and how many only what changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Passes {
+    pub full: u64,
+    pub incremental: u64,
+}
+
+/// What a timer looks at again when it fires.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Timer {
+    /// A pod's failsafe deadline, or a write to re-send.
+    Pod(PodKey),
+    /// A group's next poll, settings refresh or end of backoff.
+    Group(String),
+}
+
+/// At most one pending time per timer, in time order.
+#[derive(Debug, Default)]
+struct Timers {
+    queue: BTreeSet<(i64, Timer)>,
+    at: HashMap<Timer, i64>,
+}
+
+impl Timers {
+    fn set(&mut self, timer: Timer, at: Option<i64>) {
+        if let Some(old) = self.at.remove(&timer) {
+            self.queue.remove(&(old, timer.clone()));
+        }
+        if let Some(at) = at {
+            self.queue.insert((at, timer.clone()));
+            self.at.insert(timer, at);
+        }
+    }
+    fn next(&self) -> Option<i64> {
+        self.queue.first().map(|(at, _)| *at)
+    }
+    /// The timers due at `now`, removed.
+    fn due(&mut self, now: i64) -> Vec<Timer> {
+        let mut due = Vec::new();
+        while let Some((at, _)) = self.queue.first()
+            && *at <= now
+        {
+            let (_, timer) = self.queue.pop_first().expect("first exists");
+            self.at.remove(&timer);
+            due.push(timer);
+        }
+        due
+    }
 }
 
 const RESEND_AFTER_MS: i64 = 10_000;
@@ -297,7 +377,15 @@ impl Controller {
             warned_missing: HashSet::new(),
             warned_not_in_use: HashSet::new(),
             last_missing_check: i64::MIN / 2,
-            last_work: Vec::new(),
+            work: HashMap::new(),
+            members: HashMap::new(),
+            dirty_pods: HashSet::new(),
+            dirty_groups: BTreeSet::new(),
+            full_due: true,
+            always_full: false,
+            timers: Timers::default(),
+            need_settings: Vec::new(),
+            passes: Passes::default(),
             next_poll: HashMap::new(),
         }
     }
@@ -310,6 +398,7 @@ impl Controller {
     /// Not the leader: forget what was handed to the writer (the next leader decides anew), and
     /// stop reporting the leader's gauges, so alerts read the new leader's figures only.
     pub fn step_down(&mut self) {
+        self.full_due = true;
         self.sent.clear();
         self.healthy_in_flight.clear();
         self.metrics.pending_pods.set(0);
@@ -319,6 +408,27 @@ impl Controller {
     /// The writer could not take a condition: decide again next pass.
     pub fn unsent(&mut self, w: &ConditionWrite) {
         self.sent.remove(&(w.uid.clone(), w.binding.clone()));
+        self.dirty_pods.insert((w.namespace.clone(), w.pod.clone()));
+    }
+
+    /// Plan every pod on every pass, as the reference for the incremental passes.
+    pub fn always_full(mut self) -> Self {
+        self.always_full = true;
+        self
+    }
+
+    /// How many passes so far planned every pod, and how many only what changed.
+    pub fn passes(&self) -> Passes {
+        self.passes
+    }
+
+    /// A group's state changed (an answer, a failure): its pods are decided again and it is
+    /// scheduled again on the next pass.
+    fn group_changed(&mut self, arn: &str) {
+        if let Some(m) = self.members.get(arn) {
+            self.dirty_pods.extend(m.iter().cloned());
+        }
+        self.dirty_groups.insert(arn.to_string());
     }
 
     fn group(&mut self, arn: &str) -> &mut Group {
@@ -335,157 +445,265 @@ impl Controller {
     }
 
     /// Returns when the next pass is due at the latest (ms).
+    ///
+    /// A pass looks only at what changed: pods the watch changed, pods whose group ELB just
+    /// answered about, groups and pods whose timer is due. Every pod is planned again only when
+    /// the index changed shape (a binding or Service changed, a kind was listed) or after
+    /// leadership changed hands.
     fn decide(&mut self, now: i64) -> Option<i64> {
         let cache = self.cache.clone();
-        let work = {
+        let s = cache.read().synced();
+        if !(s.bindings && s.services && s.pods) {
+            self.full_due = true;
+            return None;
+        }
+        let changes = cache.write().take_changes();
+        let pods;
+        {
             let ix = cache.read();
-            let s = ix.synced();
-            if !(s.bindings && s.services && s.pods) {
-                return None;
-            }
             if s.namespaces && now - self.last_missing_check >= MISSING_CHECK_EVERY_MS {
                 self.last_missing_check = now;
                 self.check_missing(&ix);
             }
-            plan(&ix, now, self.failsafe)
+            if self.full_due || self.always_full || changes.shape {
+                self.full_due = false;
+                self.passes.full += 1;
+                let known: Vec<PodKey> = self.work.keys().cloned().collect();
+                self.dirty_pods.extend(known);
+                self.dirty_pods.extend(
+                    ix.pods()
+                        .filter(|(_, _, p)| !p.gates.is_empty())
+                        .map(|(ns, name, _)| (ns.to_string(), name.to_string())),
+                );
+                self.dirty_groups.extend(self.groups.keys().cloned());
+            } else {
+                self.passes.incremental += 1;
+                self.dirty_pods.extend(changes.pods);
+            }
+            for timer in self.timers.due(now) {
+                match timer {
+                    Timer::Pod(key) => {
+                        self.dirty_pods.insert(key);
+                    }
+                    Timer::Group(arn) => {
+                        self.dirty_groups.insert(arn);
+                    }
+                }
+            }
+            pods = std::mem::take(&mut self.dirty_pods);
+            for key in &pods {
+                self.replan(&ix, key, now);
+            }
+        }
+        for key in &pods {
+            self.decide_pod(key, now);
+        }
+        for arn in std::mem::take(&mut self.dirty_groups) {
+            self.schedule_group(arn, now);
+        }
+        for batch in std::mem::take(&mut self.need_settings).chunks(SETTINGS_BATCH) {
+            self.out.settings.push(batch.to_vec());
+        }
+        self.metrics.pending_pods.set(self.work.len() as i64);
+        self.timers.next()
+    }
+
+    /// Plans `key`'s pod again from the index: its pending gates, the groups it waits on, and
+    /// what was remembered for gates that are no longer pending.
+    fn replan(&mut self, ix: &Index, key: &PodKey, now: i64) {
+        let mut new = Vec::new();
+        if let Some(pod) = ix.pod(&key.0, &key.1) {
+            plan_pod(ix, &key.0, &key.1, pod, now, self.failsafe, &mut new);
+        }
+        let old = self.work.remove(key).unwrap_or_default();
+        // A group's schedule depends on its pending targets: look at it again only when this
+        // pod's share of them changed.
+        let waits = |work: &[GateWork]| -> Vec<Waiting> {
+            work.iter()
+                .filter_map(|w| match &w.need {
+                    Need::Health(wait) => Some(wait.clone()),
+                    _ => None,
+                })
+                .collect()
         };
-        self.next_poll.clear();
+        let (old_waits, new_waits) = (waits(&old), waits(&new));
+        if old_waits != new_waits {
+            for wait in &old_waits {
+                if let Some(m) = self.members.get_mut(&wait.arn) {
+                    m.remove(key);
+                    if m.is_empty() {
+                        self.members.remove(&wait.arn);
+                    }
+                }
+                self.dirty_groups.insert(wait.arn.clone());
+            }
+            for wait in &new_waits {
+                self.members
+                    .entry(wait.arn.clone())
+                    .or_default()
+                    .insert(key.clone());
+                self.dirty_groups.insert(wait.arn.clone());
+            }
+        }
+        for w in &old {
+            let k = (w.uid.clone(), w.binding.clone());
+            if !new.iter().any(|n| n.uid == w.uid && n.binding == w.binding) {
+                self.sent.remove(&k);
+                self.healthy_seen.remove(&k);
+                self.warned_not_in_use.remove(&k);
+            }
+        }
+        if new.is_empty() {
+            self.timers.set(Timer::Pod(key.clone()), None);
+        } else {
+            self.work.insert(key.clone(), new);
+        }
+    }
 
-        let pending_pods: HashSet<&str> = work.iter().map(|w| w.uid.as_str()).collect();
-        self.metrics.pending_pods.set(pending_pods.len() as i64);
-        let live: HashSet<Key> = work
-            .iter()
-            .map(|w| (w.uid.clone(), w.binding.clone()))
-            .collect();
-        self.sent.retain(|k, _| live.contains(k));
-        self.healthy_seen.retain(|k, _| live.contains(k));
-        self.warned_not_in_use.retain(|k| live.contains(k));
-
-        // Pending targets per group, for scheduling.
-        let mut pending: BTreeMap<String, Vec<Pending>> = BTreeMap::new();
-        let mut pending_targets: HashMap<String, HashSet<Target>> = HashMap::new();
+    /// Decides what each pending gate of `key`'s pod should say, and when to look at the pod
+    /// again on its own (failsafe deadline, re-sending a write that got lost).
+    fn decide_pod(&mut self, key: &PodKey, now: i64) {
+        let Some(work) = self.work.remove(key) else {
+            return;
+        };
+        let mut wake: Option<i64> = None;
         for w in &work {
             let desired = match &w.need {
                 Need::Release(d) | Need::Hold(d) => Some(d.clone()),
                 Need::Health(wait) => {
-                    let checks_began_between = self
+                    let seen = self
                         .groups
                         .get(&wait.arn)
                         .and_then(|g| g.checks_began.get(&wait.target))
-                        .copied();
-                    pending.entry(wait.arn.clone()).or_default().push(Pending {
-                        ready_since_ms: wait.ready_since_ms,
-                        checks_began_between,
-                    });
-                    pending_targets
-                        .entry(wait.arn.clone())
-                        .or_default()
-                        .insert(wait.target.clone());
-                    self.doubt_settings(wait, checks_began_between.map(|(_, seen)| seen));
+                        .map(|(_, seen)| *seen);
+                    if self.doubt_settings(wait, seen) {
+                        self.dirty_groups.insert(wait.arn.clone());
+                    }
                     self.health_condition(w, wait, now)
                 }
             };
             if let Some(desired) = desired {
                 self.write(w, &desired, now);
             }
+            if let (Some(limit), Some(created), false) =
+                (self.failsafe, w.created, matches!(w.need, Need::Release(_)))
+            {
+                wake = min_opt(wake, Some(created * 1000 + limit.as_millis() as i64));
+            }
+            if let Some(sent) = self.sent.get(&(w.uid.clone(), w.binding.clone())) {
+                wake = min_opt(wake, Some(sent.at_ms + RESEND_AFTER_MS));
+            }
         }
+        self.timers.set(Timer::Pod(key.clone()), wake);
+        self.work.insert(key.clone(), work);
+    }
 
-        // Forget groups nothing waits on; poll the ones that are due.
-        self.groups
-            .retain(|arn, g| pending.contains_key(arn) || g.in_flight || g.settings_in_flight);
+    /// Reads, refreshes or polls one group as its pending targets and times say, and sets when
+    /// to look at it again; forgets it when nothing waits on it.
+    fn schedule_group(&mut self, arn: String, now: i64) {
+        self.next_poll.remove(&arn);
+        let mut targets: Vec<Pending> = Vec::new();
+        let mut pending: HashSet<Target> = HashSet::new();
+        for key in self.members.get(&arn).into_iter().flatten() {
+            for w in self.work.get(key).into_iter().flatten() {
+                if let Need::Health(wait) = &w.need
+                    && wait.arn == arn
+                {
+                    targets.push(Pending {
+                        ready_since_ms: wait.ready_since_ms,
+                        checks_began_between: self
+                            .groups
+                            .get(&arn)
+                            .and_then(|g| g.checks_began.get(&wait.target))
+                            .copied(),
+                    });
+                    pending.insert(wait.target.clone());
+                }
+            }
+        }
+        if targets.is_empty() {
+            // Forget a group nothing waits on, once no call of its own is out.
+            if self
+                .groups
+                .get(&arn)
+                .is_some_and(|g| !(g.in_flight || g.settings_in_flight))
+            {
+                self.groups.remove(&arn);
+            }
+            self.timers.set(Timer::Group(arn), None);
+            return;
+        }
         let mut next: Option<i64> = None;
-        let mut need_settings = Vec::new();
-        for (arn, targets) in pending {
-            let timing_base = Timing {
-                check_interval_ms: 0,
-                healthy_threshold: 0,
-                poll_interval_ms: self.poll_interval_ms,
-                fast_interval_ms: self.fast_poll_interval_ms,
-                max_poll_interval_ms: self.max_poll_interval_ms,
-            };
-            let settings = self.settings.get(&arn).copied();
-            let ttl = self.settings_ttl_ms;
-            let g = self.groups.entry(arn.clone()).or_default();
-            g.set_pending(pending_targets.remove(&arn).unwrap_or_default());
-            let backing_off = g.times.not_before_ms.is_some_and(|t| t > now);
-            // Settings: read them first; later, refresh them beside the polls.
-            let refresh = match settings {
-                None => !backing_off,
-                Some(s) => s.refresh_due(now, ttl),
-            };
-            if refresh && !g.settings_in_flight {
-                g.settings_in_flight = true;
-                need_settings.push(arn.clone());
-            }
-            let Some(settings) = settings else {
+        let settings = self.settings.get(&arn).copied();
+        let ttl = self.settings_ttl_ms;
+        let g = self.groups.entry(arn.clone()).or_default();
+        g.set_pending(pending);
+        let backing_off = g.times.not_before_ms.is_some_and(|t| t > now);
+        // Settings: read them first; later, refresh them beside the polls.
+        let refresh = match settings {
+            None => !backing_off,
+            Some(s) => s.refresh_due(now, ttl),
+        };
+        if refresh && !g.settings_in_flight {
+            g.settings_in_flight = true;
+            self.need_settings.push(arn.clone());
+        }
+        match settings {
+            None => {
                 if backing_off {
-                    next = min_opt(next, g.times.not_before_ms);
+                    next = g.times.not_before_ms;
                 }
-                continue;
-            };
-            if !g.settings_in_flight {
-                next = min_opt(next, Some(settings.refresh_at(ttl)));
             }
-            if g.in_flight {
-                continue;
-            }
-            let timing = Timing {
-                check_interval_ms: i64::from(settings.value.interval_seconds.max(0)) * 1000,
-                healthy_threshold: i64::from(settings.value.healthy_threshold.max(0)),
-                ..timing_base
-            };
-            let due = schedule::next_poll(&targets, timing, g.times);
-            match due {
-                Some(t) if t <= now => {
-                    g.in_flight = true;
-                    self.out.polls.push(arn);
+            Some(settings) => {
+                if !g.settings_in_flight {
+                    next = Some(settings.refresh_at(ttl));
                 }
-                Some(t) => {
-                    next = min_opt(next, Some(t));
-                    self.next_poll.insert(arn, t);
+                if !g.in_flight {
+                    let timing = Timing {
+                        check_interval_ms: i64::from(settings.value.interval_seconds.max(0)) * 1000,
+                        healthy_threshold: i64::from(settings.value.healthy_threshold.max(0)),
+                        poll_interval_ms: self.poll_interval_ms,
+                        fast_interval_ms: self.fast_poll_interval_ms,
+                        max_poll_interval_ms: self.max_poll_interval_ms,
+                    };
+                    match schedule::next_poll(&targets, timing, g.times) {
+                        Some(t) if t <= now => {
+                            g.in_flight = true;
+                            self.out.polls.push(arn.clone());
+                        }
+                        Some(t) => {
+                            next = min_opt(next, Some(t));
+                            self.next_poll.insert(arn.clone(), t);
+                        }
+                        None => {}
+                    }
                 }
-                None => {}
             }
         }
-        for batch in need_settings.chunks(SETTINGS_BATCH) {
-            self.out.settings.push(batch.to_vec());
-        }
-        // Wake for the failsafe even when nothing else would.
-        if let Some(limit) = self.failsafe {
-            let limit_ms = limit.as_millis() as i64;
-            let deadlines = work
-                .iter()
-                .filter(|w| !matches!(w.need, Need::Release(_)))
-                .filter_map(|w| w.created.map(|c| c * 1000 + limit_ms));
-            next = min_opt(next, deadlines.min());
-        }
-        // Re-send writes that got lost.
-        if !self.sent.is_empty() {
-            next = min_opt(next, Some(now + RESEND_AFTER_MS));
-        }
-        self.last_work = work;
-        next
+        self.timers.set(Timer::Group(arn), next);
     }
 
     /// Marks the group's settings for a re-read when its last answer about `wait`'s target
     /// contradicts them (the interval or threshold changed since they were read).
-    fn doubt_settings(&mut self, wait: &Waiting, checks_seen_ms: Option<i64>) {
+    fn doubt_settings(&mut self, wait: &Waiting, checks_seen_ms: Option<i64>) -> bool {
         let Some(s) = self.settings.get_mut(&wait.arn) else {
-            return;
+            return false;
         };
         let Some((targets, at)) = self.groups.get(&wait.arn).and_then(|g| g.health.as_ref()) else {
-            return;
+            return false;
         };
         // Only answers given after the settings were read can contradict them.
         if s.doubted || *at < s.read_at_ms {
-            return;
+            return false;
         }
         if let Some(h) = targets.get(&wait.target)
             && poller::contradicts(s.value, wait.ready_since_ms, checks_seen_ms, h, *at)
         {
             tracing::info!(arn = %wait.arn, state = %h.state, "an answer contradicts the group's health-check settings; reading them again");
             s.doubted = true;
+            return true;
         }
+        false
     }
 
     /// The condition ELB's last answer implies for a waiting gate.
@@ -622,9 +840,9 @@ impl Controller {
                     None => self
                         .cache
                         .read()
-                        .pods()
-                        .find(|(_, _, p)| p.uid == done.write.uid)
-                        .and_then(|(_, _, p)| p.created),
+                        .pod(&done.write.namespace, &done.write.pod)
+                        .filter(|p| p.uid == done.write.uid)
+                        .and_then(|p| p.created),
                 };
                 if let Some(c) = created {
                     self.metrics
@@ -637,6 +855,8 @@ impl Controller {
             // Decide again on the next pass.
             Outcome::Conflict | Outcome::NotLeader | Outcome::Timeout | Outcome::Failed => {
                 self.sent.remove(&key);
+                self.dirty_pods
+                    .insert((done.write.namespace.clone(), done.write.pod.clone()));
             }
         }
     }
@@ -680,6 +900,10 @@ impl Controller {
 
     /// An ELBv2 answer, received at `now`.
     pub fn reply(&mut self, reply: Reply, now: i64) {
+        match &reply {
+            Reply::Settings(arns, _) => arns.iter().for_each(|a| self.group_changed(a)),
+            Reply::Health(arn, _, _) => self.group_changed(arn),
+        }
         match reply {
             Reply::Settings(arns, Ok(mut found)) => {
                 for arn in arns {
@@ -762,8 +986,9 @@ impl Controller {
     /// What this controller knows about its pending gates, as `/debug/gates` serves it.
     pub fn view(&self, now: i64, leader: bool) -> GatesView {
         let gates = if leader {
-            self.last_work
-                .iter()
+            self.work
+                .values()
+                .flatten()
                 .map(|w| self.pending_gate(w))
                 .collect()
         } else {

@@ -160,6 +160,38 @@ pub enum Kind {
     Namespace,
 }
 
+/// What changed in the index since the controller last asked (`Index::take_changes`), so that
+/// its passes follow what changed instead of reading every pod again.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// A binding or Service changed, or a kind was (re-)listed: any gate may need deciding
+    /// again.
+    pub shape: bool,
+    /// Pods applied with new content, or deleted, by namespace and name.
+    pub pods: HashSet<(String, String)>,
+}
+
+/// Pods journaled at most between two passes; past that the journal says `shape` instead (a
+/// full pass), so a replica whose controller does not read it keeps it small.
+const MAX_JOURNALED_PODS: usize = 8192;
+
+impl Changes {
+    fn pod(&mut self, ns: &str, name: &str) {
+        if self.shape {
+            return;
+        }
+        if self.pods.len() >= MAX_JOURNALED_PODS {
+            self.everything();
+            return;
+        }
+        self.pods.insert((ns.to_string(), name.to_string()));
+    }
+    fn everything(&mut self) {
+        self.shape = true;
+        self.pods = HashSet::new();
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Index {
     namespaces: HashMap<String, Namespace>,
@@ -174,6 +206,7 @@ pub struct Index {
     /// The binding watch answers 404 but the CRD is not confirmed gone: the bindings are the
     /// last known ones. Says what happened, for `/readyz`.
     pub bindings_warning: Option<String>,
+    changes: Changes,
 }
 
 impl Index {
@@ -181,28 +214,53 @@ impl Index {
         self.namespaces.entry(ns.to_string()).or_default()
     }
 
+    /// What changed since the last call (the controller's journal).
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
     pub fn apply_binding(&mut self, ns: &str, b: Binding) {
+        if self.binding(ns, &b.name) == Some(&b) {
+            return;
+        }
+        self.changes.everything();
         self.ns(ns).apply_binding(b);
     }
     pub fn delete_binding(&mut self, ns: &str, name: &str) {
-        if let Some(n) = self.namespaces.get_mut(ns) {
+        if let Some(n) = self.namespaces.get_mut(ns)
+            && n.bindings.contains_key(name)
+        {
+            self.changes.everything();
             n.delete_binding(name);
         }
     }
     pub fn apply_service(&mut self, ns: &str, name: &str, s: Service) {
+        if self.service(ns, name) == Some(&s) {
+            return;
+        }
+        self.changes.everything();
         self.ns(ns).apply_service(name, s);
     }
     pub fn delete_service(&mut self, ns: &str, name: &str) {
-        if let Some(n) = self.namespaces.get_mut(ns) {
+        if let Some(n) = self.namespaces.get_mut(ns)
+            && n.services.contains_key(name)
+        {
+            self.changes.everything();
             n.delete_service(name);
         }
     }
     pub fn apply_pod(&mut self, ns: &str, name: &str, p: Pod) {
+        if self.pod(ns, name) == Some(&p) {
+            return;
+        }
+        self.changes.pod(ns, name);
         self.ns(ns).pods.insert(name.to_string(), p);
     }
     pub fn delete_pod(&mut self, ns: &str, name: &str) {
-        if let Some(n) = self.namespaces.get_mut(ns) {
-            n.pods.remove(name);
+        if let Some(n) = self.namespaces.get_mut(ns)
+            && n.pods.remove(name).is_some()
+        {
+            self.changes.pod(ns, name);
         }
     }
     pub fn apply_namespace(&mut self, name: &str, settings: NamespaceSettings) {
@@ -226,6 +284,7 @@ impl Index {
     }
 
     pub fn replace_bindings(&mut self, all: Vec<(String, Binding)>) {
+        self.changes.everything();
         self.namespaces.values_mut().for_each(|n| {
             n.bindings.clear();
             n.selectors.bindings.clear();
@@ -235,6 +294,7 @@ impl Index {
         self.synced.bindings = true;
     }
     pub fn replace_services(&mut self, all: Vec<(String, String, Service)>) {
+        self.changes.everything();
         self.namespaces.values_mut().for_each(|n| {
             n.services.clear();
             n.selectors.by_pair.clear();
@@ -245,6 +305,7 @@ impl Index {
         self.synced.services = true;
     }
     pub fn replace_pods(&mut self, all: Vec<(String, String, Pod)>) {
+        self.changes.everything();
         self.namespaces.values_mut().for_each(|n| n.pods.clear());
         all.into_iter()
             .for_each(|(ns, name, p)| self.apply_pod(&ns, &name, p));
@@ -266,6 +327,7 @@ impl Index {
                 self.prestop_sleep.retain(|name, _| keep("", name));
             }
             _ => {
+                let changes = &mut self.changes;
                 for (ns, n) in &mut self.namespaces {
                     // Through `delete_*`, so the selector index follows.
                     let gone = |names: Vec<&String>| -> Vec<String> {
@@ -276,13 +338,25 @@ impl Index {
                             .collect()
                     };
                     match kind {
-                        Kind::Binding => gone(n.bindings.keys().collect())
-                            .iter()
-                            .for_each(|name| n.delete_binding(name)),
-                        Kind::Service => gone(n.services.keys().collect())
-                            .iter()
-                            .for_each(|name| n.delete_service(name)),
-                        Kind::Pod => n.pods.retain(|name, _| keep(ns, name)),
+                        Kind::Binding => {
+                            gone(n.bindings.keys().collect()).iter().for_each(|name| {
+                                changes.everything();
+                                n.delete_binding(name)
+                            })
+                        }
+                        Kind::Service => {
+                            gone(n.services.keys().collect()).iter().for_each(|name| {
+                                changes.everything();
+                                n.delete_service(name)
+                            })
+                        }
+                        Kind::Pod => n.pods.retain(|name, _| {
+                            let kept = keep(ns, name);
+                            if !kept {
+                                changes.pod(ns, name);
+                            }
+                            kept
+                        }),
                         Kind::Namespace => {}
                     }
                 }
@@ -292,6 +366,7 @@ impl Index {
 
     /// Marks a kind as listed (also when there is nothing to list: its CRD is absent).
     pub fn mark_synced(&mut self, kind: Kind) {
+        self.changes.everything();
         match kind {
             Kind::Binding => self.synced.bindings = true,
             Kind::Service => self.synced.services = true,
@@ -315,6 +390,9 @@ impl Index {
     }
     pub fn service(&self, ns: &str, name: &str) -> Option<&Service> {
         self.namespaces.get(ns)?.services.get(name)
+    }
+    pub fn pod(&self, ns: &str, name: &str) -> Option<&Pod> {
+        self.namespaces.get(ns)?.pods.get(name)
     }
     pub fn is_opted_in(&self, ns: &str) -> bool {
         self.opted_in.contains(ns)

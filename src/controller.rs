@@ -1710,4 +1710,272 @@ mod tests {
             matches!(&plan(&ix, 2_000_000, None)[0].need, Need::Hold(d) if d.status == ConditionStatus::False)
         );
     }
+
+    /// Incremental passes decide exactly what passes that plan every pod decide: the same
+    /// polls, settings reads, writes, events and wake-up times, over random pod changes, ELB
+    /// answers, writer outcomes, binding and Service changes and the passing of time.
+    mod incremental {
+        use super::*;
+        use crate::domain::{Binding, ServicePort};
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+
+        const APPS: [&str; 3] = ["a", "b", "c"];
+
+        fn service(app: &str) -> Service {
+            Service {
+                selector: [("app".to_string(), app.to_string())].into(),
+                ports: vec![ServicePort {
+                    name: Some("http".into()),
+                    port: 80,
+                    target_port: Some(PortRef::Name("http".into())),
+                }],
+            }
+        }
+
+        fn binding(name: &str, svc: &str, arn: &str) -> Binding {
+            Binding {
+                name: name.into(),
+                target_group_arn: arn.into(),
+                target_type: TargetType::Ip,
+                service_name: svc.into(),
+                service_port: PortRef::Number(80),
+                ip_family: Default::default(),
+            }
+        }
+
+        /// Three Services with a binding each on groups a, b, c, and a second binding on
+        /// Service a that shares group b.
+        fn start() -> Index {
+            let mut ix = Index::default();
+            for app in APPS {
+                ix.apply_service("shop", app, service(app));
+                ix.apply_binding(
+                    "shop",
+                    binding(&format!("tgb-{app}"), app, &format!("arn:tg/{app}")),
+                );
+            }
+            ix.apply_binding("shop", binding("tgb-a2", "a", "arn:tg/b"));
+            ix
+        }
+
+        fn random_pod(rng: &mut StdRng, slot: usize, now: i64, generation: u32) -> Pod {
+            let app = APPS[rng.random_range(0..APPS.len())];
+            let mut gates = vec![format!("tgb-{app}")];
+            if app == "a" && rng.random_bool(0.5) {
+                gates.push("tgb-a2".into());
+            }
+            if rng.random_bool(0.1) {
+                gates.push("ghost".into());
+            }
+            let created = now / 1000 - rng.random_range(0..400);
+            Pod {
+                uid: format!("uid-{slot}-{generation}"),
+                labels: vec![("app".to_string(), app.to_string())],
+                created: Some(created),
+                finished: rng.random_bool(0.05),
+                ips: if rng.random_bool(0.85) {
+                    vec![format!("127.0.2.{slot}").parse().unwrap()]
+                } else {
+                    vec![]
+                },
+                container_ports: vec![ContainerPort {
+                    name: "http".into(),
+                    port: 8080,
+                }],
+                gates,
+                conditions: vec![],
+                containers_ready_since: rng
+                    .random_bool(0.8)
+                    .then(|| created + rng.random_range(0..20)),
+            }
+        }
+
+        fn random_health(rng: &mut StdRng) -> Health {
+            let (state, reason) = [
+                ("healthy", None),
+                ("initial", Some("Elb.InitialHealthChecking")),
+                ("initial", Some("Elb.RegistrationInProgress")),
+                ("unhealthy", Some("Target.FailedHealthChecks")),
+                ("unused", Some("Target.NotInUse")),
+                ("draining", Some("Target.DeregistrationInProgress")),
+            ][rng.random_range(0..6)];
+            Health {
+                state: state.into(),
+                reason: reason.map(str::to_string),
+                description: None,
+            }
+        }
+
+        /// The actions, in an order that does not depend on hash order.
+        fn normal(a: &Actions) -> (Vec<String>, Vec<String>, Vec<String>, String) {
+            let mut polls = a.polls.clone();
+            polls.sort();
+            let mut settings: Vec<String> = a.settings.iter().flatten().cloned().collect();
+            settings.sort();
+            let mut jobs: Vec<String> = a.jobs.iter().map(|j| format!("{j:?}")).collect();
+            jobs.sort();
+            (
+                polls,
+                settings,
+                jobs,
+                format!("{:?} {:?}", a.hold_budget, a.wake_at),
+            )
+        }
+
+        fn view(c: &Controller, now: i64) -> Vec<String> {
+            let mut gates: Vec<String> = c
+                .view(now, true)
+                .gates
+                .iter()
+                .map(|g| format!("{g:?}"))
+                .collect();
+            gates.sort();
+            gates
+        }
+
+        fn run(seed: u64, steps: usize) -> Passes {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let (mut inc, inc_cache) = core(start());
+            let (full, full_cache) = core(start());
+            let mut full = full.always_full();
+            let caches = [inc_cache.clone(), full_cache.clone()];
+            let mut now = 2_000_000_000;
+            let mut generation = 0;
+            let mut last_writes: Vec<ConditionWrite> = Vec::new();
+            for step in 0..steps {
+                let both = |f: &dyn Fn(&mut Index)| caches.iter().for_each(|c| f(&mut c.write()));
+                match rng.random_range(0..100) {
+                    0..30 => {
+                        let slot = rng.random_range(0..12);
+                        generation += 1;
+                        let mut p = random_pod(&mut rng, slot, now, generation);
+                        // Most changes keep the pod (same uid, conditions kept).
+                        if let Some(old) = inc_cache.read().pod("shop", &format!("p{slot}"))
+                            && rng.random_bool(0.7)
+                        {
+                            p.uid = old.uid.clone();
+                            p.conditions = old.conditions.clone();
+                            p.gates = old.gates.clone();
+                            p.labels = old.labels.clone();
+                        }
+                        both(&|ix| ix.apply_pod("shop", &format!("p{slot}"), p.clone()));
+                    }
+                    30..37 => {
+                        let slot = rng.random_range(0..12);
+                        both(&|ix| ix.delete_pod("shop", &format!("p{slot}")));
+                    }
+                    37..55 => {
+                        let group = APPS[rng.random_range(0..APPS.len())];
+                        let arn = format!("arn:tg/{group}");
+                        let mut targets = HashMap::new();
+                        for slot in 0..12 {
+                            if rng.random_bool(0.6) {
+                                targets.insert(
+                                    Target {
+                                        ip: format!("127.0.2.{slot}").parse().unwrap(),
+                                        port: 8080,
+                                    },
+                                    random_health(&mut rng),
+                                );
+                            }
+                        }
+                        let at = now - rng.random_range(0..500);
+                        for c in [&mut inc, &mut full] {
+                            c.reply(Reply::Health(arn.clone(), Ok(targets.clone()), at), now);
+                        }
+                    }
+                    55..63 => {
+                        let group = APPS[rng.random_range(0..APPS.len())];
+                        let arn = format!("arn:tg/{group}");
+                        let settings = GroupSettings {
+                            interval_seconds: rng.random_range(1..=10),
+                            healthy_threshold: rng.random_range(2..=5),
+                            attached: rng.random_bool(0.8),
+                        };
+                        for c in [&mut inc, &mut full] {
+                            c.reply(
+                                Reply::Settings(
+                                    vec![arn.clone()],
+                                    Ok([(arn.clone(), settings)].into()),
+                                ),
+                                now,
+                            );
+                        }
+                    }
+                    63..67 => {
+                        // The shape changes: a Service's selector moves, or a binding's group.
+                        let app = APPS[rng.random_range(0..APPS.len())];
+                        if rng.random_bool(0.5) {
+                            let target = APPS[rng.random_range(0..APPS.len())];
+                            both(&|ix| ix.apply_service("shop", app, service(target)));
+                        } else {
+                            let group = APPS[rng.random_range(0..APPS.len())];
+                            both(&|ix| {
+                                ix.apply_binding(
+                                    "shop",
+                                    binding(&format!("tgb-{app}"), app, &format!("arn:tg/{group}")),
+                                )
+                            });
+                        }
+                    }
+                    67..80 => {
+                        // The writer reports on the last pass's writes.
+                        for w in std::mem::take(&mut last_writes) {
+                            let outcome = if rng.random_bool(0.8) {
+                                both(&|ix| {
+                                    if let Some(mut p) = ix.pod(&w.namespace, &w.pod).cloned()
+                                        && p.uid == w.uid
+                                    {
+                                        p.set_condition(&w.binding, w.condition.clone());
+                                        ix.apply_pod(&w.namespace, &w.pod, p);
+                                    }
+                                });
+                                Outcome::Written
+                            } else {
+                                Outcome::Conflict
+                            };
+                            for c in [&mut inc, &mut full] {
+                                let done = Done {
+                                    write: w.clone(),
+                                    outcome,
+                                };
+                                c.written(done, now);
+                            }
+                        }
+                    }
+                    _ => now += rng.random_range(0..12_000),
+                }
+                let (a, b) = (inc.pass(now), full.pass(now));
+                assert_eq!(
+                    normal(&a),
+                    normal(&b),
+                    "seed {seed} step {step}: incremental (left) and full (right) passes differ"
+                );
+                assert_eq!(view(&inc, now), view(&full, now), "seed {seed} step {step}");
+                last_writes.extend(a.jobs.iter().filter_map(|j| match j {
+                    Job::Condition(w, _) => Some(w.clone()),
+                    Job::Event(_) => None,
+                }));
+            }
+            inc.passes()
+        }
+
+        #[test]
+        fn incremental_passes_decide_what_full_passes_decide() {
+            let mut total = Passes::default();
+            for seed in 0..40 {
+                let p = run(seed, 300);
+                total.full += p.full;
+                total.incremental += p.incremental;
+            }
+            // The comparison means something only if most passes were incremental.
+            assert!(
+                total.incremental > 4 * total.full,
+                "incremental {} vs full {}",
+                total.incremental,
+                total.full
+            );
+        }
+    }
 }

@@ -8,6 +8,11 @@
 //! only on the leader, carries the actions out and feeds the answers back.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// Maps and sets of the controller's own bookkeeping, with a fast hasher: a pass hashes pod
+/// keys several times per pending gate.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -256,28 +261,28 @@ pub struct Controller {
     max_poll_interval_ms: i64,
     settings_ttl_ms: i64,
     failsafe: Option<Duration>,
-    groups: HashMap<String, Group>,
+    groups: FastMap<String, Group>,
     /// Health-check settings by group, kept while idle and read again when stale or doubted.
-    settings: HashMap<String, Settings>,
+    settings: FastMap<String, Settings>,
     /// What the decisions so far ask for, until the shell takes it.
     out: Actions,
     /// Conditions handed to the writer and not yet seen in the cache, by (uid, binding).
-    sent: HashMap<Key, Sent>,
+    sent: FastMap<Key, Sent>,
     /// When a target was first seen healthy, for the lag metric.
-    healthy_seen: HashMap<Key, i64>,
+    healthy_seen: FastMap<Key, i64>,
     /// The same moment for True writes on their way: the watch may bring the True condition
     /// back, and a pass drop the gate from `healthy_seen`, before the writer reports.
-    healthy_in_flight: HashMap<Key, i64>,
-    warned_missing: HashSet<String>,
+    healthy_in_flight: FastMap<Key, i64>,
+    warned_missing: FastSet<String>,
     /// Gates warned about a `Target.NotInUse` target in an attached group, by (uid, binding).
-    warned_not_in_use: HashSet<Key>,
+    warned_not_in_use: FastSet<Key>,
     last_missing_check: i64,
     /// The pending gates of each pod, as its last plan left them (only pods that have some).
-    work: HashMap<PodKey, Vec<GateWork>>,
+    work: FastMap<PodKey, Vec<GateWork>>,
     /// The pods waiting on each group's answers.
-    members: HashMap<String, HashSet<PodKey>>,
+    members: FastMap<String, FastSet<PodKey>>,
     /// What the next pass looks at: pods to plan and decide again, groups to schedule again.
-    dirty_pods: HashSet<PodKey>,
+    dirty_pods: FastSet<PodKey>,
     dirty_groups: BTreeSet<String>,
     /// Every pod is planned again on the next pass (first pass, new leadership).
     full_due: bool,
@@ -288,7 +293,9 @@ pub struct Controller {
     need_settings: Vec<String>,
     passes: Passes,
     /// When each group is polled next, for `/debug/gates`.
-    next_poll: HashMap<String, i64>,
+    next_poll: FastMap<String, i64>,
+    /// `now` as a condition's time, formatted once per pass.
+    now_text: (i64, Arc<str>),
 }
 
 /// A pod by namespace and name.
@@ -299,6 +306,8 @@ type PodKey = (String, String);
 pub struct Passes {
     pub full: u64,
     pub incremental: u64,
+    /// Pods planned and decided again, over all passes.
+    pub pods_planned: u64,
 }
 
 /// What a timer looks at again when it fires.
@@ -314,11 +323,14 @@ enum Timer {
 #[derive(Debug, Default)]
 struct Timers {
     queue: BTreeSet<(i64, Timer)>,
-    at: HashMap<Timer, i64>,
+    at: FastMap<Timer, i64>,
 }
 
 impl Timers {
     fn set(&mut self, timer: Timer, at: Option<i64>) {
+        if self.at.get(&timer) == at.as_ref() {
+            return;
+        }
         if let Some(old) = self.at.remove(&timer) {
             self.queue.remove(&(old, timer.clone()));
         }
@@ -368,25 +380,26 @@ impl Controller {
             max_poll_interval_ms: args.max_poll_interval.as_millis() as i64,
             settings_ttl_ms: args.settings_ttl.as_millis() as i64,
             failsafe: args.failsafe_timeout,
-            groups: HashMap::new(),
-            settings: HashMap::new(),
+            groups: FastMap::default(),
+            settings: FastMap::default(),
             out: Actions::default(),
-            sent: HashMap::new(),
-            healthy_seen: HashMap::new(),
-            healthy_in_flight: HashMap::new(),
-            warned_missing: HashSet::new(),
-            warned_not_in_use: HashSet::new(),
+            sent: FastMap::default(),
+            healthy_seen: FastMap::default(),
+            healthy_in_flight: FastMap::default(),
+            warned_missing: FastSet::default(),
+            warned_not_in_use: FastSet::default(),
             last_missing_check: i64::MIN / 2,
-            work: HashMap::new(),
-            members: HashMap::new(),
-            dirty_pods: HashSet::new(),
+            work: FastMap::default(),
+            members: FastMap::default(),
+            dirty_pods: FastSet::default(),
             dirty_groups: BTreeSet::new(),
             full_due: true,
             always_full: false,
             timers: Timers::default(),
             need_settings: Vec::new(),
             passes: Passes::default(),
-            next_poll: HashMap::new(),
+            next_poll: FastMap::default(),
+            now_text: (i64::MIN, Arc::from("")),
         }
     }
 
@@ -491,6 +504,7 @@ impl Controller {
                 }
             }
             pods = std::mem::take(&mut self.dirty_pods);
+            self.passes.pods_planned += pods.len() as u64;
             for key in &pods {
                 self.replan(&ix, key, now);
             }
@@ -515,7 +529,11 @@ impl Controller {
         if let Some(pod) = ix.pod(&key.0, &key.1) {
             plan_pod(ix, &key.0, &key.1, pod, now, self.failsafe, &mut new);
         }
-        let old = self.work.remove(key).unwrap_or_default();
+        let old = self
+            .work
+            .get_mut(key)
+            .map(std::mem::take)
+            .unwrap_or_default();
         // A group's schedule depends on its pending targets: look at it again only when this
         // pod's share of them changed.
         let waits = |work: &[GateWork]| -> Vec<Waiting> {
@@ -554,7 +572,10 @@ impl Controller {
             }
         }
         if new.is_empty() {
+            self.work.remove(key);
             self.timers.set(Timer::Pod(key.clone()), None);
+        } else if let Some(slot) = self.work.get_mut(key) {
+            *slot = new;
         } else {
             self.work.insert(key.clone(), new);
         }
@@ -563,7 +584,7 @@ impl Controller {
     /// Decides what each pending gate of `key`'s pod should say, and when to look at the pod
     /// again on its own (failsafe deadline, re-sending a write that got lost).
     fn decide_pod(&mut self, key: &PodKey, now: i64) {
-        let Some(work) = self.work.remove(key) else {
+        let Some(work) = self.work.get_mut(key).map(std::mem::take) else {
             return;
         };
         let mut wake: Option<i64> = None;
@@ -595,7 +616,9 @@ impl Controller {
             }
         }
         self.timers.set(Timer::Pod(key.clone()), wake);
-        self.work.insert(key.clone(), work);
+        if let Some(slot) = self.work.get_mut(key) {
+            *slot = work;
+        }
     }
 
     /// Reads, refreshes or polls one group as its pending targets and times say, and sets when
@@ -768,11 +791,19 @@ impl Controller {
         }));
     }
 
+    fn now_text(&mut self, now: i64) -> Arc<str> {
+        if self.now_text.0 != now {
+            self.now_text = (now, Arc::from(rfc3339(now)));
+        }
+        self.now_text.1.clone()
+    }
+
     fn write(&mut self, w: &GateWork, desired: &Desired, now: i64) {
+        let now_text = self.now_text(now);
         let condition = if w.reopened {
-            Some(condition::recheck(desired, &rfc3339(now)))
+            Some(condition::recheck(desired, &now_text))
         } else {
-            condition::next(w.current.as_ref(), desired, &rfc3339(now))
+            condition::next(w.current.as_ref(), desired, &now_text)
         };
         let Some(condition) = condition else {
             self.sent.remove(&(w.uid.clone(), w.binding.clone()));
@@ -1959,6 +1990,49 @@ mod tests {
                 }));
             }
             inc.passes()
+        }
+
+        #[test]
+        fn a_pass_plans_the_pods_that_changed_and_every_pod_only_when_the_shape_did() {
+            let mut rng = StdRng::seed_from_u64(7);
+            let mut ix = start();
+            let now = 2_000_000_000;
+            for slot in 0..12 {
+                let mut p = random_pod(&mut rng, slot, now, 0);
+                (p.finished, p.ips) = (false, vec![format!("127.0.2.{slot}").parse().unwrap()]);
+                p.labels = vec![("app".to_string(), APPS[slot % 3].to_string())];
+                p.gates = vec![format!("tgb-{}", APPS[slot % 3])];
+                ix.apply_pod("shop", &format!("p{slot}"), p);
+            }
+            let (mut c, cache) = core(ix);
+            let planned = |c: &mut Controller, now: i64| {
+                let before = c.passes().pods_planned;
+                c.pass(now);
+                c.passes().pods_planned - before
+            };
+            assert_eq!(planned(&mut c, now), 12, "the first pass plans every pod");
+            assert_eq!(planned(&mut c, now + 1), 0, "nothing changed");
+            // One pod's status changes: only that pod.
+            let mut p = cache.read().pod("shop", "p4").unwrap().clone();
+            p.containers_ready_since = p.containers_ready_since.map(|t| t + 1);
+            cache.write().apply_pod("shop", "p4", p.clone());
+            assert_eq!(planned(&mut c, now + 2), 1);
+            // The same pod again, unchanged: nothing.
+            cache.write().apply_pod("shop", "p4", p);
+            assert_eq!(planned(&mut c, now + 3), 0);
+            // ELB answers about group b: its four pods.
+            c.reply(
+                Reply::Health("arn:tg/b".into(), Ok(HashMap::new()), now + 4),
+                now + 4,
+            );
+            assert_eq!(planned(&mut c, now + 4), 4);
+            // A binding changes: every pod.
+            cache
+                .write()
+                .apply_binding("shop", binding("tgb-c", "c", "arn:tg/other"));
+            assert_eq!(planned(&mut c, now + 5), 12);
+            let passes = c.passes();
+            assert_eq!((passes.full, passes.incremental), (2, 4));
         }
 
         #[test]

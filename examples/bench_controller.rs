@@ -19,8 +19,8 @@
 //!   The budget is not the bottleneck, so this measures the lag. The same workload is then
 //!   simulated for the AWS Load Balancer Controller's way (one DescribeTargetHealth per binding
 //!   every 15 s while any of its pods is pending) to show the ratio.
-//! - budget: the call budget alone with 40 waiters (grant order against arrival order), and the
-//!   cost of one `controller::plan` pass over 10,000 pending pods.
+//! - budget: the call budget alone with 40 waiters (grant order against arrival order). (The
+//!   controller's CPU cost per pass is `bench_passes`'.)
 //! - large: 500 target groups × 2 pods, same health timing, every 50th call throttled. Checks
 //!   that calls never exceed the budget and every pod still gets its condition. At 5 calls/s,
 //!   500 DescribeTargetGroups plus 500 DescribeTargetHealth take at least 200 s, so this part
@@ -886,40 +886,6 @@ async fn budget_under_load(args: &ControllerArgs, waiters: usize) {
 }
 
 /// Cost of one `plan` over many pending pods (the controller runs one per pass).
-fn plan_cost(pods: usize) {
-    let groups = pods.div_ceil(10);
-    let s = Scenario {
-        name: "plan",
-        groups,
-        pods_per_group: 10,
-        healthy_from_ms: 0,
-        healthy_to_ms: 1,
-        throttle_every: None,
-        deadline: Duration::ZERO,
-    };
-    let w = workload(&s);
-    let cache = Cache::default();
-    let now_s = jiff::Timestamp::now().as_second();
-    fill_cache(&cache, &w, now_s);
-    let ix = cache.read();
-    let rounds = 20;
-    let t = Instant::now();
-    let mut n = 0;
-    for _ in 0..rounds {
-        n = readygate::controller::plan(&ix, now_s * 1000, None).len();
-    }
-    println!(
-        "== controller::plan over {n} pending gates ({} pods, {groups} groups): {:.2} ms per pass ({} build)",
-        w.pods.len(),
-        t.elapsed().as_secs_f64() * 1000.0 / rounds as f64,
-        if cfg!(debug_assertions) {
-            "dev"
-        } else {
-            "release"
-        }
-    );
-}
-
 fn main() {
     // --groups N (large scenario), --small-groups N, --only small|budget|large; every other
     // argument goes to `readygate serve` (e.g. --poll-interval 1s, --elbv2-rate 10).
@@ -993,7 +959,6 @@ fn main() {
         }
         if want("budget") {
             budget_under_load(&controller_args, 40).await;
-            plan_cost(10_000);
         }
         if want("large") {
             eprintln!(

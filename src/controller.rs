@@ -1,18 +1,20 @@
 //! The status controller: ELBv2 target health → pod readiness-gate conditions.
 //!
 //! A decision core and a thin shell. The core (`Controller`) takes the index, ELB's answers and
-//! the time as inputs and returns `Actions`: each pass decides what every pending gate should
-//! say (`plan`, pure), which condition writes and events go to the writer, which target groups
-//! to poll — one DescribeTargetHealth per group, shared by every binding and pod on it — and
-//! when to wake next; per-group poll state lives in `poller`. The shell (`run_loop`), active
-//! only on the leader, carries the actions out and feeds the answers back.
+//! the time as inputs and returns `Actions`: what each pending gate should say (`plan`, pure),
+//! which condition writes and events go to the writer, which target groups to poll — one
+//! DescribeTargetHealth per group, shared by every binding and pod on it — and when to wake
+//! next; per-group poll state lives in `poller`. The shell (`run_loop`), active only on the
+//! leader, carries the actions out and feeds the answers back.
+//!
+//! A pass follows what changed: the index journals the pods the watch changed (`Changes`), an
+//! answer marks its group's pods, and timers (a group's next poll, a pod's failsafe deadline, a
+//! write to re-send) mark theirs; only those are planned and decided again, so a pod event costs
+//! work for that pod. A binding or Service change plans its namespace's pods again; every pod
+//! is planned again only when a kind was listed or leadership changed hands.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-/// Maps and sets of the controller's own bookkeeping, with a fast hasher: a pass hashes pod
-/// keys several times per pending gate.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -261,28 +263,28 @@ pub struct Controller {
     max_poll_interval_ms: i64,
     settings_ttl_ms: i64,
     failsafe: Option<Duration>,
-    groups: FastMap<String, Group>,
+    groups: HashMap<String, Group>,
     /// Health-check settings by group, kept while idle and read again when stale or doubted.
-    settings: FastMap<String, Settings>,
+    settings: HashMap<String, Settings>,
     /// What the decisions so far ask for, until the shell takes it.
     out: Actions,
     /// Conditions handed to the writer and not yet seen in the cache, by (uid, binding).
-    sent: FastMap<Key, Sent>,
+    sent: HashMap<Key, Sent>,
     /// When a target was first seen healthy, for the lag metric.
-    healthy_seen: FastMap<Key, i64>,
+    healthy_seen: HashMap<Key, i64>,
     /// The same moment for True writes on their way: the watch may bring the True condition
     /// back, and a pass drop the gate from `healthy_seen`, before the writer reports.
-    healthy_in_flight: FastMap<Key, i64>,
-    warned_missing: FastSet<String>,
+    healthy_in_flight: HashMap<Key, i64>,
+    warned_missing: HashSet<String>,
     /// Gates warned about a `Target.NotInUse` target in an attached group, by (uid, binding).
-    warned_not_in_use: FastSet<Key>,
+    warned_not_in_use: HashSet<Key>,
     last_missing_check: i64,
     /// The pending gates of each pod, as its last plan left them (only pods that have some).
-    work: FastMap<PodKey, Vec<GateWork>>,
+    work: HashMap<PodKey, Vec<GateWork>>,
     /// The pods waiting on each group's answers.
-    members: FastMap<String, FastSet<PodKey>>,
+    members: HashMap<String, HashSet<PodKey>>,
     /// What the next pass looks at: pods to plan and decide again, groups to schedule again.
-    dirty_pods: FastSet<PodKey>,
+    dirty_pods: HashSet<PodKey>,
     dirty_groups: BTreeSet<String>,
     /// Every pod is planned again on the next pass (first pass, new leadership).
     full_due: bool,
@@ -293,7 +295,7 @@ pub struct Controller {
     need_settings: Vec<String>,
     passes: Passes,
     /// When each group is polled next, for `/debug/gates`.
-    next_poll: FastMap<String, i64>,
+    next_poll: HashMap<String, i64>,
     /// `now` as a condition's time, formatted once per pass.
     now_text: (i64, Arc<str>),
 }
@@ -323,20 +325,34 @@ enum Timer {
 #[derive(Debug, Default)]
 struct Timers {
     queue: BTreeSet<(i64, Timer)>,
-    at: FastMap<Timer, i64>,
+    pods: HashMap<PodKey, i64>,
+    groups: HashMap<String, i64>,
 }
 
 impl Timers {
-    fn set(&mut self, timer: Timer, at: Option<i64>) {
-        if self.at.get(&timer) == at.as_ref() {
+    /// Sets (or with `None` clears) a pod's timer; costs nothing when it stays the same.
+    fn set_pod(&mut self, key: &PodKey, at: Option<i64>) {
+        if self.pods.get(key) == at.as_ref() {
             return;
         }
-        if let Some(old) = self.at.remove(&timer) {
-            self.queue.remove(&(old, timer.clone()));
+        if let Some(old) = self.pods.remove(key) {
+            self.queue.remove(&(old, Timer::Pod(key.clone())));
         }
         if let Some(at) = at {
-            self.queue.insert((at, timer.clone()));
-            self.at.insert(timer, at);
+            self.queue.insert((at, Timer::Pod(key.clone())));
+            self.pods.insert(key.clone(), at);
+        }
+    }
+    fn set_group(&mut self, arn: &str, at: Option<i64>) {
+        if self.groups.get(arn) == at.as_ref() {
+            return;
+        }
+        if let Some(old) = self.groups.remove(arn) {
+            self.queue.remove(&(old, Timer::Group(arn.to_string())));
+        }
+        if let Some(at) = at {
+            self.queue.insert((at, Timer::Group(arn.to_string())));
+            self.groups.insert(arn.to_string(), at);
         }
     }
     fn next(&self) -> Option<i64> {
@@ -349,7 +365,10 @@ impl Timers {
             && *at <= now
         {
             let (_, timer) = self.queue.pop_first().expect("first exists");
-            self.at.remove(&timer);
+            match &timer {
+                Timer::Pod(key) => self.pods.remove(key),
+                Timer::Group(arn) => self.groups.remove(arn),
+            };
             due.push(timer);
         }
         due
@@ -380,25 +399,25 @@ impl Controller {
             max_poll_interval_ms: args.max_poll_interval.as_millis() as i64,
             settings_ttl_ms: args.settings_ttl.as_millis() as i64,
             failsafe: args.failsafe_timeout,
-            groups: FastMap::default(),
-            settings: FastMap::default(),
+            groups: HashMap::new(),
+            settings: HashMap::new(),
             out: Actions::default(),
-            sent: FastMap::default(),
-            healthy_seen: FastMap::default(),
-            healthy_in_flight: FastMap::default(),
-            warned_missing: FastSet::default(),
-            warned_not_in_use: FastSet::default(),
+            sent: HashMap::new(),
+            healthy_seen: HashMap::new(),
+            healthy_in_flight: HashMap::new(),
+            warned_missing: HashSet::new(),
+            warned_not_in_use: HashSet::new(),
             last_missing_check: i64::MIN / 2,
-            work: FastMap::default(),
-            members: FastMap::default(),
-            dirty_pods: FastSet::default(),
+            work: HashMap::new(),
+            members: HashMap::new(),
+            dirty_pods: HashSet::new(),
             dirty_groups: BTreeSet::new(),
             full_due: true,
             always_full: false,
             timers: Timers::default(),
             need_settings: Vec::new(),
             passes: Passes::default(),
-            next_poll: FastMap::default(),
+            next_poll: HashMap::new(),
             now_text: (i64::MIN, Arc::from("")),
         }
     }
@@ -460,8 +479,8 @@ impl Controller {
     /// Returns when the next pass is due at the latest (ms).
     ///
     /// A pass looks only at what changed: pods the watch changed, pods whose group ELB just
-    /// answered about, groups and pods whose timer is due. Every pod is planned again only when
-    /// the index changed shape (a binding or Service changed, a kind was listed) or after
+    /// answered about, groups and pods whose timer is due, the pods of a namespace whose bindings
+    /// or Services changed. Every pod is planned again only when a kind was listed or after
     /// leadership changed hands.
     fn decide(&mut self, now: i64) -> Option<i64> {
         let cache = self.cache.clone();
@@ -492,6 +511,17 @@ impl Controller {
             } else {
                 self.passes.incremental += 1;
                 self.dirty_pods.extend(changes.pods);
+                // A binding or Service changed: the namespace's pods, and those planned there.
+                for ns in &changes.namespaces {
+                    let known: Vec<PodKey> =
+                        self.work.keys().filter(|(n, _)| n == ns).cloned().collect();
+                    self.dirty_pods.extend(known);
+                    self.dirty_pods.extend(
+                        ix.pods_in(ns)
+                            .filter(|(_, p)| !p.gates.is_empty())
+                            .map(|(name, _)| (ns.clone(), name.to_string())),
+                    );
+                }
             }
             for timer in self.timers.due(now) {
                 match timer {
@@ -573,7 +603,7 @@ impl Controller {
         }
         if new.is_empty() {
             self.work.remove(key);
-            self.timers.set(Timer::Pod(key.clone()), None);
+            self.timers.set_pod(key, None);
         } else if let Some(slot) = self.work.get_mut(key) {
             *slot = new;
         } else {
@@ -615,7 +645,7 @@ impl Controller {
                 wake = min_opt(wake, Some(sent.at_ms + RESEND_AFTER_MS));
             }
         }
-        self.timers.set(Timer::Pod(key.clone()), wake);
+        self.timers.set_pod(key, wake);
         if let Some(slot) = self.work.get_mut(key) {
             *slot = work;
         }
@@ -653,7 +683,7 @@ impl Controller {
             {
                 self.groups.remove(&arn);
             }
-            self.timers.set(Timer::Group(arn), None);
+            self.timers.set_group(&arn, None);
             return;
         }
         let mut next: Option<i64> = None;
@@ -703,7 +733,7 @@ impl Controller {
                 }
             }
         }
-        self.timers.set(Timer::Group(arn), next);
+        self.timers.set_group(&arn, next);
     }
 
     /// Marks the group's settings for a re-read when its last answer about `wait`'s target
@@ -1775,19 +1805,28 @@ mod tests {
             }
         }
 
-        /// Three Services with a binding each on groups a, b, c, and a second binding on
-        /// Service a that shares group b.
+        /// Two namespaces, each with three Services with a binding each on groups a, b, c
+        /// (shared by both namespaces), and a second binding on Service a that shares group b.
         fn start() -> Index {
             let mut ix = Index::default();
-            for app in APPS {
-                ix.apply_service("shop", app, service(app));
-                ix.apply_binding(
-                    "shop",
-                    binding(&format!("tgb-{app}"), app, &format!("arn:tg/{app}")),
-                );
+            for ns in NAMESPACES {
+                for app in APPS {
+                    ix.apply_service(ns, app, service(app));
+                    ix.apply_binding(
+                        ns,
+                        binding(&format!("tgb-{app}"), app, &format!("arn:tg/{app}")),
+                    );
+                }
+                ix.apply_binding(ns, binding("tgb-a2", "a", "arn:tg/b"));
             }
-            ix.apply_binding("shop", binding("tgb-a2", "a", "arn:tg/b"));
             ix
+        }
+
+        const NAMESPACES: [&str; 2] = ["shop", "depot"];
+
+        /// Pods of even slots live in `shop`, of odd ones in `depot`.
+        fn ns_of(slot: usize) -> &'static str {
+            NAMESPACES[slot % 2]
         }
 
         fn random_pod(rng: &mut StdRng, slot: usize, now: i64, generation: u32) -> Pod {
@@ -1882,7 +1921,7 @@ mod tests {
                         generation += 1;
                         let mut p = random_pod(&mut rng, slot, now, generation);
                         // Most changes keep the pod (same uid, conditions kept).
-                        if let Some(old) = inc_cache.read().pod("shop", &format!("p{slot}"))
+                        if let Some(old) = inc_cache.read().pod(ns_of(slot), &format!("p{slot}"))
                             && rng.random_bool(0.7)
                         {
                             p.uid = old.uid.clone();
@@ -1890,11 +1929,11 @@ mod tests {
                             p.gates = old.gates.clone();
                             p.labels = old.labels.clone();
                         }
-                        both(&|ix| ix.apply_pod("shop", &format!("p{slot}"), p.clone()));
+                        both(&|ix| ix.apply_pod(ns_of(slot), &format!("p{slot}"), p.clone()));
                     }
                     30..37 => {
                         let slot = rng.random_range(0..12);
-                        both(&|ix| ix.delete_pod("shop", &format!("p{slot}")));
+                        both(&|ix| ix.delete_pod(ns_of(slot), &format!("p{slot}")));
                     }
                     37..55 => {
                         let group = APPS[rng.random_range(0..APPS.len())];
@@ -1937,14 +1976,15 @@ mod tests {
                     63..67 => {
                         // The shape changes: a Service's selector moves, or a binding's group.
                         let app = APPS[rng.random_range(0..APPS.len())];
+                        let ns = NAMESPACES[rng.random_range(0..2)];
                         if rng.random_bool(0.5) {
                             let target = APPS[rng.random_range(0..APPS.len())];
-                            both(&|ix| ix.apply_service("shop", app, service(target)));
+                            both(&|ix| ix.apply_service(ns, app, service(target)));
                         } else {
                             let group = APPS[rng.random_range(0..APPS.len())];
                             both(&|ix| {
                                 ix.apply_binding(
-                                    "shop",
+                                    ns,
                                     binding(&format!("tgb-{app}"), app, &format!("arn:tg/{group}")),
                                 )
                             });
@@ -2026,13 +2066,16 @@ mod tests {
                 now + 4,
             );
             assert_eq!(planned(&mut c, now + 4), 4);
-            // A binding changes: every pod.
+            // A binding changes: the pods of its namespace.
             cache
                 .write()
                 .apply_binding("shop", binding("tgb-c", "c", "arn:tg/other"));
-            assert_eq!(planned(&mut c, now + 5), 12);
+            assert_eq!(planned(&mut c, now + 5), 12, "every pod of the namespace");
+            // A Service of another namespace changes: none of these pods.
+            cache.write().apply_service("depot", "a", service("b"));
+            assert_eq!(planned(&mut c, now + 6), 0);
             let passes = c.passes();
-            assert_eq!((passes.full, passes.incremental), (2, 4));
+            assert_eq!((passes.full, passes.incremental), (1, 6));
         }
 
         #[test]

@@ -164,9 +164,11 @@ pub enum Kind {
 /// its passes follow what changed instead of reading every pod again.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
-    /// A binding or Service changed, or a kind was (re-)listed: any gate may need deciding
-    /// again.
+    /// A kind was (re-)listed: any gate may need deciding again.
     pub shape: bool,
+    /// Namespaces where a binding or Service changed: their pods' gates may need deciding
+    /// again (a binding only names a Service of its own namespace).
+    pub namespaces: HashSet<String>,
     /// Pods applied with new content, or deleted, by namespace and name.
     pub pods: HashSet<(String, String)>,
 }
@@ -189,6 +191,12 @@ impl Changes {
     fn everything(&mut self) {
         self.shape = true;
         self.pods = HashSet::new();
+        self.namespaces = HashSet::new();
+    }
+    fn namespace(&mut self, ns: &str) {
+        if !self.shape {
+            self.namespaces.insert(ns.to_string());
+        }
     }
 }
 
@@ -223,14 +231,14 @@ impl Index {
         if self.binding(ns, &b.name) == Some(&b) {
             return;
         }
-        self.changes.everything();
+        self.changes.namespace(ns);
         self.ns(ns).apply_binding(b);
     }
     pub fn delete_binding(&mut self, ns: &str, name: &str) {
         if let Some(n) = self.namespaces.get_mut(ns)
             && n.bindings.contains_key(name)
         {
-            self.changes.everything();
+            self.changes.namespace(ns);
             n.delete_binding(name);
         }
     }
@@ -238,14 +246,14 @@ impl Index {
         if self.service(ns, name) == Some(&s) {
             return;
         }
-        self.changes.everything();
+        self.changes.namespace(ns);
         self.ns(ns).apply_service(name, s);
     }
     pub fn delete_service(&mut self, ns: &str, name: &str) {
         if let Some(n) = self.namespaces.get_mut(ns)
             && n.services.contains_key(name)
         {
-            self.changes.everything();
+            self.changes.namespace(ns);
             n.delete_service(name);
         }
     }
@@ -419,6 +427,14 @@ impl Index {
             .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all.into_iter()
+    }
+
+    /// The pods of one namespace, by name.
+    pub fn pods_in(&self, ns: &str) -> impl Iterator<Item = (&str, &Pod)> {
+        self.namespaces
+            .get(ns)
+            .into_iter()
+            .flat_map(|n| n.pods.iter().map(|(name, p)| (name.as_str(), p)))
     }
 
     /// Every pod, with its namespace and name.

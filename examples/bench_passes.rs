@@ -14,8 +14,9 @@
 //! - ELB answer: one group's DescribeTargetHealth answer (every member still `initial`, one
 //!   reason changed, so the gates of that group are decided again);
 //! - nothing: a pass that nothing asked for (a wake-up by a timer of another group);
-//! - binding change: one TargetGroupBinding's ARN changes and changes back (every pod may be
-//!   concerned: both cores plan every pod).
+//! - binding change: one TargetGroupBinding's ARN changes and changes back (every pod of its
+//!   namespace may be concerned, and here every pod is in that one namespace: both cores plan
+//!   every pod).
 //!
 //! Pure CPU: no network, no clock but the one the cores are given.
 
@@ -292,7 +293,7 @@ fn main() {
         "one pod event",
         "one ELB answer (one group)",
         "nothing (a timer of another group)",
-        "one binding change (shape)",
+        "one binding change (its namespace: all)",
     ];
     for k in 0..kinds.len() {
         let inc = median(&mut times[0][k]);
@@ -309,7 +310,7 @@ fn main() {
         );
     }
     println!(
-        "  passes of the incremental core: {} planned every pod (binding changes), {} only what changed",
+        "  passes of the incremental core after the start: {} planned every pod, {} only what changed",
         end.full - start.full,
         end.incremental - start.incremental
     );

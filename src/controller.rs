@@ -490,38 +490,11 @@ impl Controller {
             return None;
         }
         let changes = cache.write().take_changes();
-        let pods;
         {
             let ix = cache.read();
             if s.namespaces && now - self.last_missing_check >= MISSING_CHECK_EVERY_MS {
                 self.last_missing_check = now;
                 self.check_missing(&ix);
-            }
-            if self.full_due || self.always_full || changes.shape {
-                self.full_due = false;
-                self.passes.full += 1;
-                let known: Vec<PodKey> = self.work.keys().cloned().collect();
-                self.dirty_pods.extend(known);
-                self.dirty_pods.extend(
-                    ix.pods()
-                        .filter(|(_, _, p)| !p.gates.is_empty())
-                        .map(|(ns, name, _)| (ns.to_string(), name.to_string())),
-                );
-                self.dirty_groups.extend(self.groups.keys().cloned());
-            } else {
-                self.passes.incremental += 1;
-                self.dirty_pods.extend(changes.pods);
-                // A binding or Service changed: the namespace's pods, and those planned there.
-                for ns in &changes.namespaces {
-                    let known: Vec<PodKey> =
-                        self.work.keys().filter(|(n, _)| n == ns).cloned().collect();
-                    self.dirty_pods.extend(known);
-                    self.dirty_pods.extend(
-                        ix.pods_in(ns)
-                            .filter(|(_, p)| !p.gates.is_empty())
-                            .map(|(name, _)| (ns.clone(), name.to_string())),
-                    );
-                }
             }
             for timer in self.timers.due(now) {
                 match timer {
@@ -533,14 +506,26 @@ impl Controller {
                     }
                 }
             }
-            pods = std::mem::take(&mut self.dirty_pods);
-            self.passes.pods_planned += pods.len() as u64;
-            for key in &pods {
-                self.replan(&ix, key, now);
+            if self.full_due || self.always_full || changes.shape {
+                self.full_due = false;
+                self.passes.full += 1;
+                self.dirty_pods.clear();
+                self.dirty_groups.extend(self.groups.keys().cloned());
+                self.refresh_every(&ix, None, now);
+            } else {
+                self.passes.incremental += 1;
+                self.dirty_pods.extend(changes.pods);
+                // A binding or Service changed: every pod of the namespace.
+                for ns in &changes.namespaces {
+                    self.dirty_pods.retain(|(n, _)| n != ns);
+                    self.refresh_every(&ix, Some(ns), now);
+                }
+                for key in std::mem::take(&mut self.dirty_pods) {
+                    let pod = ix.pod(&key.0, &key.1);
+                    self.refresh(&ix, &key, pod, now);
+                    self.passes.pods_planned += 1;
+                }
             }
-        }
-        for key in &pods {
-            self.decide_pod(key, now);
         }
         for arn in std::mem::take(&mut self.dirty_groups) {
             self.schedule_group(arn, now);
@@ -552,18 +537,51 @@ impl Controller {
         self.timers.next()
     }
 
-    /// Plans `key`'s pod again from the index: its pending gates, the groups it waits on, and
-    /// what was remembered for gates that are no longer pending.
-    fn replan(&mut self, ix: &Index, key: &PodKey, now: i64) {
+    /// Refreshes every pod of the index, or of namespace `only`: straight from the index, then
+    /// those planned before that are gone from it.
+    fn refresh_every(&mut self, ix: &Index, only: Option<&str>, now: i64) {
+        let in_scope = |ns: &str| only.is_none_or(|o| o == ns);
+        let before = self.work.keys().filter(|(ns, _)| in_scope(ns)).count();
+        let mut again = 0;
+        let pods: Box<dyn Iterator<Item = (&str, &str, &Pod)>> = match only {
+            None => Box::new(ix.pods()),
+            Some(ns) => Box::new(ix.pods_in(ns).map(move |(name, p)| (ns, name, p))),
+        };
+        for (ns, name, pod) in pods {
+            if pod.gates.is_empty() {
+                continue;
+            }
+            let key = (ns.to_string(), name.to_string());
+            again += usize::from(self.refresh(ix, &key, Some(pod), now));
+            self.passes.pods_planned += 1;
+        }
+        if again < before {
+            let gone: Vec<PodKey> = self
+                .work
+                .keys()
+                .filter(|(ns, name)| {
+                    in_scope(ns) && ix.pod(ns, name).is_none_or(|p| p.gates.is_empty())
+                })
+                .cloned()
+                .collect();
+            for key in gone {
+                self.refresh(ix, &key, None, now);
+                self.passes.pods_planned += 1;
+            }
+        }
+    }
+
+    /// Plans `key`'s pod again (`pod`: what the index holds of it now) and decides its pending
+    /// gates: the groups it waits on, what is remembered for gates no longer pending, and when
+    /// to look at it again on its own. Returns whether it had pending gates before.
+    fn refresh(&mut self, ix: &Index, key: &PodKey, pod: Option<&Pod>, now: i64) -> bool {
         let mut new = Vec::new();
-        if let Some(pod) = ix.pod(&key.0, &key.1) {
+        if let Some(pod) = pod {
             plan_pod(ix, &key.0, &key.1, pod, now, self.failsafe, &mut new);
         }
-        let old = self
-            .work
-            .get_mut(key)
-            .map(std::mem::take)
-            .unwrap_or_default();
+        let old = self.work.get_mut(key).map(std::mem::take);
+        let had = old.is_some();
+        let old = old.unwrap_or_default();
         // A group's schedule depends on its pending targets: look at it again only when this
         // pod's share of them changed.
         let waits = |work: &[GateWork]| -> Vec<Waiting> {
@@ -594,31 +612,37 @@ impl Controller {
             }
         }
         for w in &old {
-            let k = (w.uid.clone(), w.binding.clone());
             if !new.iter().any(|n| n.uid == w.uid && n.binding == w.binding) {
+                let k = (w.uid.clone(), w.binding.clone());
                 self.sent.remove(&k);
                 self.healthy_seen.remove(&k);
                 self.warned_not_in_use.remove(&k);
             }
         }
-        if new.is_empty() {
-            self.work.remove(key);
-            self.timers.set_pod(key, None);
-        } else if let Some(slot) = self.work.get_mut(key) {
-            *slot = new;
-        } else {
-            self.work.insert(key.clone(), new);
+        let wake = self.decide_gates(&new, now);
+        self.timers.set_pod(key, wake);
+        match (new.is_empty(), had) {
+            (true, true) => {
+                self.work.remove(key);
+            }
+            (true, false) => {}
+            (false, true) => {
+                if let Some(slot) = self.work.get_mut(key) {
+                    *slot = new;
+                }
+            }
+            (false, false) => {
+                self.work.insert(key.clone(), new);
+            }
         }
+        had
     }
 
-    /// Decides what each pending gate of `key`'s pod should say, and when to look at the pod
+    /// Decides what each of a pod's pending gates should say; returns when to look at the pod
     /// again on its own (failsafe deadline, re-sending a write that got lost).
-    fn decide_pod(&mut self, key: &PodKey, now: i64) {
-        let Some(work) = self.work.get_mut(key).map(std::mem::take) else {
-            return;
-        };
+    fn decide_gates(&mut self, work: &[GateWork], now: i64) -> Option<i64> {
         let mut wake: Option<i64> = None;
-        for w in &work {
+        for w in work {
             let desired = match &w.need {
                 Need::Release(d) | Need::Hold(d) => Some(d.clone()),
                 Need::Health(wait) => {
@@ -645,10 +669,7 @@ impl Controller {
                 wake = min_opt(wake, Some(sent.at_ms + RESEND_AFTER_MS));
             }
         }
-        self.timers.set_pod(key, wake);
-        if let Some(slot) = self.work.get_mut(key) {
-            *slot = work;
-        }
+        wake
     }
 
     /// Reads, refreshes or polls one group as its pending targets and times say, and sets when

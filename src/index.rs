@@ -142,7 +142,8 @@ impl Namespace {
     }
 }
 
-/// Which watched kinds have listed once since start.
+/// Which watched kinds have listed once since start (pods: since this replica's controller
+/// last became the leader; they are forgotten when it steps down).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Synced {
     pub bindings: bool,
@@ -174,6 +175,8 @@ pub struct Index {
     /// The binding watch answers 404 but the CRD is not confirmed gone: the bindings are the
     /// last known ones. Says what happened, for `/readyz`.
     pub bindings_warning: Option<String>,
+    /// How many times a namespace turned opted in (the leader's pod watch lists again then).
+    opt_ins: u64,
 }
 
 impl Index {
@@ -207,7 +210,9 @@ impl Index {
     }
     pub fn apply_namespace(&mut self, name: &str, settings: NamespaceSettings) {
         if settings.opted_in {
-            self.opted_in.insert(name.to_string());
+            if self.opted_in.insert(name.to_string()) {
+                self.opt_ins += 1;
+            }
         } else {
             self.opted_in.remove(name);
         }
@@ -288,6 +293,27 @@ impl Index {
                 }
             }
         }
+    }
+
+    /// Keeps only the pods of namespace `ns` for which `keep` holds.
+    pub fn retain_pods_in(&mut self, ns: &str, keep: impl Fn(&Pod) -> bool) {
+        if let Some(n) = self.namespaces.get_mut(ns) {
+            n.pods.retain(|_, p| keep(p));
+        }
+    }
+
+    /// Drops every pod and marks pods not listed: the replica no longer watches them.
+    pub fn forget_pods(&mut self) {
+        for n in self.namespaces.values_mut() {
+            n.pods = HashMap::new();
+        }
+        self.synced.pods = false;
+        self.compact();
+    }
+
+    /// How many times a namespace turned opted in so far.
+    pub fn opt_ins(&self) -> u64 {
+        self.opt_ins
     }
 
     /// Marks a kind as listed (also when there is nothing to list: its CRD is absent).

@@ -23,6 +23,10 @@ pub trait Cached:
     type Item: Send;
     /// The stripped copy, or `None` when the object is unusable (it is then dropped).
     fn convert(&self) -> Option<Self::Item>;
+    /// Whether the index keeps `item` of namespace `ns` at all (it is dropped otherwise).
+    fn keep(_ix: &Index, _ns: &str, _item: &Self::Item) -> bool {
+        true
+    }
     fn apply(ix: &mut Index, ns: &str, name: &str, item: Self::Item);
     fn delete(ix: &mut Index, ns: &str, name: &str);
 }
@@ -105,12 +109,22 @@ impl Cached for Service {
     }
 }
 
+/// The pods the leader keeps: those that carry one of our gates (the controller follows them)
+/// and those of opted-in namespaces (it looks there for pods lacking gates they should have).
+/// A pod's readinessGates are immutable, so whether it carries one of ours never changes.
+fn keep_pod(ix: &Index, ns: &str, pod: &domain::Pod) -> bool {
+    !pod.gates.is_empty() || ix.is_opted_in(ns)
+}
+
 impl Cached for WatchedPod {
     const KIND: Kind = Kind::Pod;
     const PAGE_SIZE: u32 = 100;
     type Item = domain::Pod;
     fn convert(&self) -> Option<domain::Pod> {
         Some(pod_view(self))
+    }
+    fn keep(ix: &Index, ns: &str, pod: &domain::Pod) -> bool {
+        keep_pod(ix, ns, pod)
     }
     fn apply(ix: &mut Index, ns: &str, name: &str, item: domain::Pod) {
         ix.apply_pod(ns, name, item)
@@ -131,7 +145,12 @@ impl Cached for Namespace {
         })
     }
     fn apply(ix: &mut Index, _ns: &str, name: &str, settings: NamespaceSettings) {
-        ix.apply_namespace(name, settings)
+        let opted_out = !settings.opted_in && ix.is_opted_in(name);
+        ix.apply_namespace(name, settings);
+        if opted_out {
+            // Out of an opted-in namespace, only the pods that carry one of our gates are kept.
+            ix.retain_pods_in(name, |pod| !pod.gates.is_empty());
+        }
     }
     fn delete(ix: &mut Index, _ns: &str, name: &str) {
         ix.delete_namespace(name)

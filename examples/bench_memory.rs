@@ -3,7 +3,7 @@
 //!
 //!     cargo build --bin readygate && cargo run --example bench_memory
 //!     (options: --pods 10000 --gated 10000 --services 1000 --bindings 1000 --namespaces 50
-//!      --only real)
+//!      --only real --keep DIR)
 //!
 //! (dev profile; the heap figures are the same in release, only the time and the binary's own
 //! pages differ.) The parent generates realistic objects once — labels, annotations, owner
@@ -209,6 +209,7 @@ const APPS: &[&str] = &[
     "reviews",
 ];
 
+#[derive(Debug)]
 struct Shape {
     namespaces: usize,
     services: usize,
@@ -1855,8 +1856,29 @@ fn main() {
         shape.pods, shape.services, shape.bindings, shape.namespaces
     );
     let t = Instant::now();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let sizes = generate(&shape, dir.path());
+    let temp = tempfile::tempdir().expect("temp dir");
+    // `--keep DIR`: generate there once, and reuse what an earlier run left with the same
+    // options (the shape takes minutes to generate).
+    let dir = match arg(&args, "--keep") {
+        Some(d) => Path::new(d).to_path_buf(),
+        None => temp.path().to_path_buf(),
+    };
+    std::fs::create_dir_all(&dir).expect("objects dir");
+    let stamp = format!("{shape:?}");
+    let sizes = if std::fs::read_to_string(dir.join("shape")).ok() == Some(stamp.clone()) {
+        KINDS
+            .iter()
+            .map(|&k| {
+                let text = std::fs::read_to_string(dir.join(k.file())).expect("read objects");
+                (k, text.lines().count(), text.len())
+            })
+            .collect()
+    } else {
+        let sizes = generate(&shape, &dir);
+        std::fs::write(dir.join("shape"), &stamp).expect("write shape");
+        sizes
+    };
+    let dir = dir.as_path();
     for (kind, n, bytes) in &sizes {
         println!(
             "  {kind:?}: {n} objects, {} B of JSON each on average",
@@ -1866,13 +1888,13 @@ fn main() {
     eprintln!("  generated in {:.1}s", t.elapsed().as_secs_f64());
 
     if arg(&args, "--only") == Some("real") {
-        real::measure(dir.path(), &shape);
+        real::measure(dir, &shape);
         return;
     }
     let mut reports = BTreeMap::new();
     for (v, _) in VARIANTS {
         let t = Instant::now();
-        reports.insert(v, run_child(v, dir.path()));
+        reports.insert(v, run_child(v, dir));
         eprintln!("  {v}: {:.1}s", t.elapsed().as_secs_f64());
     }
     let r = |v: &str| &reports[v];
@@ -1951,5 +1973,5 @@ fn main() {
         mib_b(rg.live("relisted")),
         mib_at("relisted_trimmed"),
     );
-    real::measure(dir.path(), &shape);
+    real::measure(dir, &shape);
 }

@@ -65,7 +65,7 @@ use kube::Resource;
 use kube::core::ObjectList;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::{self, Event};
-use readygate::cache::{Cache, Cached, Feed, WatchedPod};
+use readygate::cache::{Cache, Cached, Feed, WatchedPod, WatchedService};
 use readygate::crd::TargetGroupBinding;
 use serde_json::{Value, json};
 // ---------------------------------------------------------------------------------------------
@@ -755,7 +755,7 @@ fn default_page() -> usize {
 struct Readygate {
     cache: Arc<Cache>,
     pods: Feed<WatchedPod>,
-    services: Feed<Service>,
+    services: Feed<WatchedService>,
     bindings: Feed<TargetGroupBinding>,
 }
 
@@ -1360,6 +1360,22 @@ mod real {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
+    /// (anonymous, file-backed) resident KiB from /proc/PID/smaps_rollup: the heap and stacks,
+    /// and the binary's own pages.
+    fn rollup(pid: u32) -> (u64, u64) {
+        let text =
+            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        let field = |name: &str| -> u64 {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        let anon = field("Anonymous:");
+        (anon, field("Rss:").saturating_sub(anon))
+    }
+
     /// Resets VmHWM to the current RSS (`clear_refs` 5); whether it worked.
     fn reset_peak(pid: u32) -> bool {
         std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok() && {
@@ -1670,6 +1686,7 @@ mod real {
             let at_ready = status(r.pid());
             tokio::time::sleep(Duration::from_secs(5)).await;
             let webhook = status(r.pid());
+            let webhook_split = rollup(r.pid());
             let webhook_peak = webhook.1.max(at_ready.1);
             let webhook_pods = cached_pods(r.admin).await;
             r.stop();
@@ -1683,6 +1700,12 @@ mod real {
                 mib(webhook_peak),
                 webhook_pods.map_or("?".into(), |n| n.to_string()),
                 verdict(webhook.0.max(at_ready.0), webhook_peak, 48)
+            );
+            println!(
+                "  {:<44} of which anonymous (heap, stacks) {:.1} MiB, file-backed (the binary's pages) {:.1} MiB",
+                "",
+                mib(webhook_split.0),
+                mib(webhook_split.1)
             );
 
             // 3. A follower (another replica holds the lease), then its takeover.

@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use super::{WatchedPod, pod_view};
+use super::{WatchedPod, WatchedService, pod_view};
 use crate::crd::TargetGroupBinding;
 use crate::domain::{
     self, INJECT_LABEL, INJECT_LABEL_VALUE, NamespaceSettings, PortRef, TargetType,
@@ -83,6 +83,33 @@ impl Cached for TargetGroupBinding {
 }
 
 impl Cached for Service {
+    const KIND: Kind = Kind::Service;
+    type Item = domain::Service;
+    fn convert(&self) -> Option<domain::Service> {
+        let spec = self.spec.as_ref()?;
+        Some(domain::Service {
+            selector: spec.selector.clone().unwrap_or_default(),
+            ports: spec
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| domain::ServicePort {
+                    name: p.name.clone(),
+                    port: p.port,
+                    target_port: p.target_port.as_ref().map(port_ref),
+                })
+                .collect(),
+        })
+    }
+    fn apply(ix: &mut Index, ns: &str, name: &str, item: domain::Service) {
+        ix.apply_service(ns, name, item)
+    }
+    fn delete(ix: &mut Index, ns: &str, name: &str) {
+        ix.delete_service(ns, name)
+    }
+}
+
+impl Cached for WatchedService {
     const KIND: Kind = Kind::Service;
     type Item = domain::Service;
     fn convert(&self) -> Option<domain::Service> {

@@ -3,8 +3,8 @@
 //!
 //! A thin shell, one room per concern: `watch` drives kube-runtime watchers (and asks discovery
 //! before a 404 may drop the bindings), `feed` folds their events into the index (re-lists in
-//! place), `kinds` strips each API kind to its domain type, `pod_view` decodes pods through a
-//! slim type so 10,000 pods cost little memory.
+//! place), `kinds` strips each API kind to its domain type, `pod_view` and `service_view` decode
+//! pods and Services through slim types so 10,000 of them cost little memory.
 //!
 //! Every replica watches bindings, Services and Namespaces: the webhook needs nothing else.
 //! Only the controller reads pods, and only while it leads, so pods are watched only then
@@ -15,6 +15,7 @@
 mod feed;
 mod kinds;
 mod pod_view;
+mod service_view;
 mod watch;
 
 use watch::{drive, drive_bindings, drive_pods_while_leading};
@@ -26,11 +27,12 @@ pub use pod_view::{
     WatchedCondition, WatchedContainer, WatchedGate, WatchedPod, WatchedPodIp, WatchedPodSpec,
     WatchedPodStatus, WatchedPort, pod_view,
 };
+pub use service_view::{WatchedService, WatchedServicePort, WatchedServiceSpec};
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, Client};
 use tokio::sync::{Notify, watch as signal};
 use tokio::task::JoinHandle;
@@ -103,7 +105,10 @@ pub fn spawn_watchers(
         metrics,
         crd_missing_grace,
     ));
-    tokio::spawn(drive::<Service>(Api::all(client.clone()), cache.clone()));
+    tokio::spawn(drive::<WatchedService>(
+        Api::all(client.clone()),
+        cache.clone(),
+    ));
     tokio::spawn(drive::<Namespace>(Api::all(client), cache));
 }
 

@@ -65,7 +65,7 @@ use kube::Resource;
 use kube::core::ObjectList;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::{self, Event};
-use readygate::cache::{Cache, Cached, Feed, WatchedPod, WatchedService};
+use readygate::cache::{Cache, Cached, Feed, WatchedBinding, WatchedPod, WatchedService};
 use readygate::crd::TargetGroupBinding;
 use serde_json::{Value, json};
 // ---------------------------------------------------------------------------------------------
@@ -756,7 +756,7 @@ struct Readygate {
     cache: Arc<Cache>,
     pods: Feed<WatchedPod>,
     services: Feed<WatchedService>,
-    bindings: Feed<TargetGroupBinding>,
+    bindings: Feed<WatchedBinding>,
 }
 
 impl Default for Readygate {
@@ -1363,8 +1363,7 @@ mod real {
     /// (anonymous, file-backed) resident KiB from /proc/PID/smaps_rollup: the heap and stacks,
     /// and the binary's own pages.
     fn rollup(pid: u32) -> (u64, u64) {
-        let text =
-            std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+        let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
         let field = |name: &str| -> u64 {
             text.lines()
                 .find(|l| l.starts_with(name))

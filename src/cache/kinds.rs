@@ -5,8 +5,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
-use super::{WatchedPod, WatchedService, pod_view};
-use crate::crd::TargetGroupBinding;
+use super::{WatchedBinding, WatchedPod, WatchedService, pod_view};
+use crate::crd::{TargetGroupBinding, TargetGroupBindingSpec};
 use crate::domain::{
     self, INJECT_LABEL, INJECT_LABEL_VALUE, NamespaceSettings, PortRef, TargetType,
 };
@@ -41,38 +41,53 @@ fn port_ref(p: &IntOrString) -> PortRef {
     }
 }
 
+/// The domain binding of a TargetGroupBinding's spec, or `None` when it names no Service port.
+fn binding<K: Resource>(o: &K, spec: &TargetGroupBindingSpec) -> Option<domain::Binding> {
+    let name = o.name_any();
+    let Some(svc) = spec.service_ref.as_ref().filter(|s| !s.name.is_empty()) else {
+        tracing::warn!(binding = %name, namespace = ?o.namespace(), "TargetGroupBinding has no serviceRef; ignored");
+        return None;
+    };
+    let Some(port) = svc.port.as_ref() else {
+        tracing::warn!(binding = %name, namespace = ?o.namespace(), "TargetGroupBinding has no serviceRef.port; ignored");
+        return None;
+    };
+    Some(domain::Binding {
+        name,
+        target_group_arn: spec.target_group_arn.clone().unwrap_or_default(),
+        target_type: match spec.target_type.as_deref() {
+            Some("ip") => TargetType::Ip,
+            Some(_) => TargetType::Instance,
+            None => TargetType::Unspecified,
+        },
+        service_name: svc.name.clone(),
+        service_port: port_ref(port),
+        ip_family: match spec.ip_address_type.as_deref() {
+            Some("ipv6") => domain::IpFamily::V6,
+            _ => domain::IpFamily::V4,
+        },
+    })
+}
+
 impl Cached for TargetGroupBinding {
     const KIND: Kind = Kind::Binding;
     type Item = domain::Binding;
     fn convert(&self) -> Option<domain::Binding> {
-        let Some(svc) = self
-            .spec
-            .service_ref
-            .as_ref()
-            .filter(|s| !s.name.is_empty())
-        else {
-            tracing::warn!(binding = %self.name_any(), namespace = ?self.namespace(), "TargetGroupBinding has no serviceRef; ignored");
-            return None;
-        };
-        let Some(port) = svc.port.as_ref() else {
-            tracing::warn!(binding = %self.name_any(), namespace = ?self.namespace(), "TargetGroupBinding has no serviceRef.port; ignored");
-            return None;
-        };
-        Some(domain::Binding {
-            name: self.name_any(),
-            target_group_arn: self.spec.target_group_arn.clone().unwrap_or_default(),
-            target_type: match self.spec.target_type.as_deref() {
-                Some("ip") => TargetType::Ip,
-                Some(_) => TargetType::Instance,
-                None => TargetType::Unspecified,
-            },
-            service_name: svc.name.clone(),
-            service_port: port_ref(port),
-            ip_family: match self.spec.ip_address_type.as_deref() {
-                Some("ipv6") => domain::IpFamily::V6,
-                _ => domain::IpFamily::V4,
-            },
-        })
+        binding(self, &self.spec)
+    }
+    fn apply(ix: &mut Index, ns: &str, _name: &str, item: domain::Binding) {
+        ix.apply_binding(ns, item)
+    }
+    fn delete(ix: &mut Index, ns: &str, name: &str) {
+        ix.delete_binding(ns, name)
+    }
+}
+
+impl Cached for WatchedBinding {
+    const KIND: Kind = Kind::Binding;
+    type Item = domain::Binding;
+    fn convert(&self) -> Option<domain::Binding> {
+        binding(self, &self.spec)
     }
     fn apply(ix: &mut Index, ns: &str, _name: &str, item: domain::Binding) {
         ix.apply_binding(ns, item)

@@ -4,7 +4,7 @@
 //! A thin shell, one room per concern: `watch` drives kube-runtime watchers (and asks discovery
 //! before a 404 may drop the bindings), `feed` folds their events into the index (re-lists in
 //! place), `kinds` strips each API kind to its domain type, `pod_view` and `service_view` decode
-//! pods and Services through slim types so 10,000 of them cost little memory.
+//! pods, Services and bindings through slim types so 10,000 of them cost little memory.
 //!
 //! Every replica watches bindings, Services and Namespaces: the webhook needs nothing else.
 //! Only the controller reads pods, and only while it leads, so pods are watched only then
@@ -27,7 +27,7 @@ pub use pod_view::{
     WatchedCondition, WatchedContainer, WatchedGate, WatchedPod, WatchedPodIp, WatchedPodSpec,
     WatchedPodStatus, WatchedPort, pod_view,
 };
-pub use service_view::{WatchedService, WatchedServicePort, WatchedServiceSpec};
+pub use service_view::{WatchedBinding, WatchedService, WatchedServicePort, WatchedServiceSpec};
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;

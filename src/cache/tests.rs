@@ -618,3 +618,52 @@ async fn pods_are_listed_only_while_leading_and_forgotten_after() {
         "the pod watch let `leading` go"
     );
 }
+
+#[test]
+fn the_slim_service_and_binding_views_convert_as_the_full_types_do() {
+    let managed = json!([{ "manager": "helm", "operation": "Update", "fieldsType": "FieldsV1",
+                           "fieldsV1": { "f:spec": { "f:selector": {} } } }]);
+    let svc = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": "web", "namespace": "shop", "resourceVersion": "7", "uid": "u",
+                      "labels": { "team": "a" }, "annotations": { "x": "y" }, "managedFields": managed },
+        "spec": { "selector": { "app": "web", "tier": "front" }, "type": "ClusterIP",
+                  "ports": [{ "name": "http", "port": 80, "targetPort": "http", "protocol": "TCP" },
+                            { "port": 8443, "targetPort": 8443 }, { "port": 9000 }] },
+        "status": { "loadBalancer": {} }
+    });
+    let slim: WatchedService = serde_json::from_value(svc.clone()).unwrap();
+    let full: Service = serde_json::from_value(svc).unwrap();
+    assert_eq!(slim.convert(), full.convert());
+    assert_eq!(
+        (slim.name_any(), slim.namespace(), slim.resource_version()),
+        ("web".into(), Some("shop".into()), Some("7".into()))
+    );
+    assert!(slim.metadata.managed_fields.is_none() && slim.metadata.labels.is_none());
+    let no_spec = json!({ "metadata": { "name": "x", "namespace": "shop" } });
+    let slim: WatchedService = serde_json::from_value(no_spec.clone()).unwrap();
+    assert!(
+        slim.convert().is_none()
+            && serde_json::from_value::<Service>(no_spec)
+                .unwrap()
+                .convert()
+                .is_none()
+    );
+
+    for spec in [
+        json!({ "targetGroupARN": "arn:x", "targetType": "ip", "ipAddressType": "ipv6",
+                "serviceRef": { "name": "web", "port": "http" }, "networking": { "ingress": [] } }),
+        json!({ "targetGroupARN": "arn:y", "serviceRef": { "name": "web", "port": 80 } }),
+        json!({ "targetGroupName": "tg", "serviceRef": { "name": "web" } }),
+    ] {
+        let tgb = json!({
+            "apiVersion": "elbv2.k8s.aws/v1beta1", "kind": "TargetGroupBinding",
+            "metadata": { "name": "web-tgb", "namespace": "shop", "resourceVersion": "9", "managedFields": managed },
+            "spec": spec
+        });
+        let slim: WatchedBinding = serde_json::from_value(tgb.clone()).unwrap();
+        let full: TargetGroupBinding = serde_json::from_value(tgb).unwrap();
+        assert_eq!(slim.convert(), full.convert(), "{spec}");
+        assert_eq!(slim.resource_version().as_deref(), Some("9"));
+    }
+}

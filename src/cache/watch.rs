@@ -11,7 +11,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 
-use super::{Cache, Cached, Feed, WatchedPod};
+use super::{Cache, Cached, Feed, WatchedBinding, WatchedPod};
 use crate::crd::TargetGroupBinding;
 use crate::crd_presence::Discovery;
 use crate::index::Kind;
@@ -39,10 +39,10 @@ pub(super) async fn drive_bindings(
     metrics: Arc<Metrics>,
     grace: Duration,
 ) {
-    let mut feed = Feed::<TargetGroupBinding>::new(cache.clone()).crd_missing_grace(grace);
+    let mut feed = Feed::<WatchedBinding>::new(cache.clone()).crd_missing_grace(grace);
     let clock = Clock::new();
-    let config = watcher::Config::default().page_size(TargetGroupBinding::PAGE_SIZE);
-    let api = Api::<TargetGroupBinding>::all(client.clone());
+    let config = watcher::Config::default().page_size(WatchedBinding::PAGE_SIZE);
+    let api = Api::<WatchedBinding>::all(client.clone());
     let mut stream = std::pin::pin!(watcher::watcher(api, config).default_backoff());
     while let Some(event) = stream.next().await {
         match event {

@@ -297,15 +297,25 @@ impl Index {
 
     /// Keeps only the pods of namespace `ns` for which `keep` holds.
     pub fn retain_pods_in(&mut self, ns: &str, keep: impl Fn(&Pod) -> bool) {
-        if let Some(n) = self.namespaces.get_mut(ns) {
-            n.pods.retain(|_, p| keep(p));
+        let gone: Vec<String> = self.namespaces.get(ns).map_or_else(Vec::new, |n| {
+            n.pods
+                .iter()
+                .filter(|(_, p)| !keep(p))
+                .map(|(name, _)| name.clone())
+                .collect()
+        });
+        // Through `delete_pod`, like every other change of a pod.
+        for name in gone {
+            self.delete_pod(ns, &name);
         }
     }
 
     /// Drops every pod and marks pods not listed: the replica no longer watches them.
     pub fn forget_pods(&mut self) {
+        // Through `retain`, like a re-list that saw none; then the maps' room goes too.
+        self.retain(Kind::Pod, |_, _| false);
         for n in self.namespaces.values_mut() {
-            n.pods = HashMap::new();
+            n.pods.shrink_to_fit();
         }
         self.synced.pods = false;
         self.compact();

@@ -1186,6 +1186,12 @@ pub async fn run(
         crate::leader::Election::new(&args.lease_name, &namespace, &identity),
         metrics.clone(),
     );
+    // Only the leader reads pods: they are watched while it leads, and forgotten when it does not.
+    let pods = crate::cache::watch_pods_while_leading(
+        client.clone(),
+        cache.clone(),
+        leadership.leading.clone(),
+    );
 
     let budget = Arc::new(Budget::new(args.elbv2_rate, args.elbv2_burst));
     let elb = Elbv2::from_env(budget, metrics.clone())
@@ -1207,6 +1213,7 @@ pub async fn run(
     }
     // The loop is gone, so the writer's queue is closed: let queued writes finish, then step down.
     let _ = tokio::time::timeout(args.write_timeout * 2, writer_task).await;
+    pods.stop().await;
     leadership.release(Duration::from_secs(5)).await;
     Ok(())
 }

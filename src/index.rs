@@ -142,7 +142,8 @@ impl Namespace {
     }
 }
 
-/// Which watched kinds have listed once since start.
+/// Which watched kinds have listed once since start (pods: since this replica's controller
+/// last became the leader; they are forgotten when it steps down).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Synced {
     pub bindings: bool,
@@ -215,6 +216,8 @@ pub struct Index {
     /// last known ones. Says what happened, for `/readyz`.
     pub bindings_warning: Option<String>,
     changes: Changes,
+    /// How many times a namespace turned opted in (the leader's pod watch lists again then).
+    opt_ins: u64,
 }
 
 impl Index {
@@ -273,7 +276,9 @@ impl Index {
     }
     pub fn apply_namespace(&mut self, name: &str, settings: NamespaceSettings) {
         if settings.opted_in {
-            self.opted_in.insert(name.to_string());
+            if self.opted_in.insert(name.to_string()) {
+                self.opt_ins += 1;
+            }
         } else {
             self.opted_in.remove(name);
         }
@@ -370,6 +375,37 @@ impl Index {
                 }
             }
         }
+    }
+
+    /// Keeps only the pods of namespace `ns` for which `keep` holds.
+    pub fn retain_pods_in(&mut self, ns: &str, keep: impl Fn(&Pod) -> bool) {
+        let gone: Vec<String> = self.namespaces.get(ns).map_or_else(Vec::new, |n| {
+            n.pods
+                .iter()
+                .filter(|(_, p)| !keep(p))
+                .map(|(name, _)| name.clone())
+                .collect()
+        });
+        // Through `delete_pod`, like every other change of a pod.
+        for name in gone {
+            self.delete_pod(ns, &name);
+        }
+    }
+
+    /// Drops every pod and marks pods not listed: the replica no longer watches them.
+    pub fn forget_pods(&mut self) {
+        // Through `retain`, like a re-list that saw none; then the maps' room goes too.
+        self.retain(Kind::Pod, |_, _| false);
+        for n in self.namespaces.values_mut() {
+            n.pods.shrink_to_fit();
+        }
+        self.synced.pods = false;
+        self.compact();
+    }
+
+    /// How many times a namespace turned opted in so far.
+    pub fn opt_ins(&self) -> u64 {
+        self.opt_ins
     }
 
     /// Marks a kind as listed (also when there is nothing to list: its CRD is absent).

@@ -46,6 +46,9 @@ pub struct Metrics {
     /// 2: the CRD is confirmed missing.
     pub bindings_crd_state: Gauge,
     pub binding_watch_not_found: Counter,
+    /// Pods held in the cache: the leader's gated pods and the pods of opted-in namespaces;
+    /// none on a webhook-only replica or a follower. Set when scraped.
+    pub cached_pods: Gauge,
 }
 
 impl Metrics {
@@ -71,6 +74,7 @@ impl Metrics {
         let is_leader = Gauge::default();
         let bindings_crd_state = Gauge::default();
         let binding_watch_not_found = Counter::default();
+        let cached_pods = Gauge::default();
 
         registry.register(
             "admissions",
@@ -152,6 +156,11 @@ impl Metrics {
             "404 answers to the TargetGroupBinding list/watch",
             binding_watch_not_found.clone(),
         );
+        registry.register(
+            "cached_pods",
+            "Pods held in the cache (only the leader holds pods: those with our gates or in opted-in namespaces)",
+            cached_pods.clone(),
+        );
 
         Self {
             registry,
@@ -171,6 +180,7 @@ impl Metrics {
             is_leader,
             bindings_crd_state,
             binding_watch_not_found,
+            cached_pods,
         }
     }
 

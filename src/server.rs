@@ -176,7 +176,7 @@ impl Servers {
     }
 }
 
-/// `/healthz` (the process answers), `/readyz` (caches synced), `/metrics`, `/debug/gates`
+/// `/healthz` (the process answers), `/readyz` (the webhook's caches synced), `/metrics`, `/debug/gates`
 /// (the leader's pending gates, for `readygate status`).
 pub fn admin_router(state: AdminState) -> Router {
     Router::new()
@@ -196,6 +196,8 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     }
     let ix = state.cache.read();
     let s = ix.synced();
+    // The webhook needs bindings, Services and Namespaces. Pods are the leading controller's
+    // alone (it waits for them itself): named while listed, never waited for.
     let mut missing = Vec::new();
     for (synced, kind) in [
         (s.bindings, "targetgroupbindings"),
@@ -207,10 +209,18 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
             missing.push(kind);
         }
     }
-    if !missing.is_empty() {
+    if !(s.bindings && s.services && s.namespaces) {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: caches not synced: {}\n", missing.join(", ")),
+            format!(
+                "not ready: caches not synced: {}{}\n",
+                missing.join(", "),
+                match s.pods {
+                    true => "",
+                    false =>
+                        " (pods are listed only by the leading controller; readiness does not wait for them)",
+                }
+            ),
         );
     }
     if ix.bindings_crd_missing {
@@ -233,6 +243,8 @@ async fn debug_gates(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let pods = state.cache.read().counts().2;
+    state.metrics.cached_pods.set(pods as i64);
     (
         [(
             header::CONTENT_TYPE,
@@ -258,6 +270,35 @@ mod tests {
         let status = res.status();
         let body = res.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn readyz_waits_for_the_webhooks_caches_not_for_pods() {
+        let state = AdminState {
+            cache: Arc::new(Cache::default()),
+            metrics: Arc::new(Metrics::new()),
+            shutting_down: Arc::default(),
+            gates: GatesBoard::default(),
+        };
+        {
+            let mut ix = state.cache.write();
+            ix.replace_bindings(vec![]);
+            ix.replace_services(vec![]);
+        }
+        let (status, body) = get(state.clone(), "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("pods, namespaces"), "{body}");
+        // A webhook-only replica or a follower never lists pods: ready all the same.
+        state.cache.write().replace_namespaces(vec![]);
+        assert_eq!(
+            get(state.clone(), "/readyz").await,
+            (StatusCode::OK, "ready\n".into())
+        );
+        // The leader's pods, counted when scraped.
+        let pod = crate::domain::Pod::default();
+        state.cache.write().apply_pod("shop", "a", pod);
+        let (_, body) = get(state, "/metrics").await;
+        assert!(body.contains("readygate_cached_pods 1"), "{body}");
     }
 
     #[tokio::test]

@@ -16,7 +16,9 @@ use crate::index::Kind;
 /// Folds one kind's watch events into the cache.
 ///
 /// A re-list is applied in place, object by object, and what it did not see is dropped at the
-/// end: one copy of the objects at any time, never an old and a new list side by side.
+/// end: one copy of the objects at any time, never an old and a new list side by side. Objects
+/// the index does not keep (`Cached::keep`: pods without our gates outside opted-in
+/// namespaces) are neither stored nor remembered as seen.
 pub struct Feed<K> {
     cache: Arc<Cache>,
     seen: HashSet<(String, String)>,
@@ -60,8 +62,9 @@ impl<K: Cached> Feed<K> {
     /// One object of the list.
     pub fn init_apply(&mut self, o: &K) {
         let (ns, name) = (o.namespace().unwrap_or_default(), o.name_any());
-        upsert(&self.cache, &ns, &name, o);
-        self.seen.insert((ns, name));
+        if upsert(&self.cache, &ns, &name, o) {
+            self.seen.insert((ns, name));
+        }
     }
 
     /// The list is complete: drop what it did not have.
@@ -87,7 +90,7 @@ impl<K: Cached> Feed<K> {
         tracing::info!(?kind, objects = self.seen.len(), "cache synced");
         self.seen = HashSet::new();
         release_free_memory();
-        self.cache.notify();
+        self.notify();
     }
 
     pub fn apply(&mut self, o: &K) {
@@ -97,7 +100,7 @@ impl<K: Cached> Feed<K> {
             &o.name_any(),
             o,
         );
-        self.cache.notify();
+        self.notify();
     }
 
     pub fn delete(&mut self, o: &K) {
@@ -106,7 +109,14 @@ impl<K: Cached> Feed<K> {
             &o.namespace().unwrap_or_default(),
             &o.name_any(),
         );
+        self.notify();
+    }
+
+    fn notify(&self) {
         self.cache.notify();
+        if K::KIND == Kind::Namespace {
+            self.cache.notify_namespaces();
+        }
     }
 
     /// The list or watch answered 404 at `now_ms`, and discovery then said `discovery`. The
@@ -161,19 +171,26 @@ impl<K: Cached> Feed<K> {
     }
 }
 
-/// Stores the stripped copy of `o`, or drops the entry when `o` is unusable.
-fn upsert<K: Cached>(cache: &Cache, ns: &str, name: &str, o: &K) {
+/// Stores the stripped copy of `o` and returns true, or drops the entry when `o` is unusable or
+/// not kept (`Cached::keep`).
+fn upsert<K: Cached>(cache: &Cache, ns: &str, name: &str, o: &K) -> bool {
     let item = o.convert();
     let mut ix = cache.write();
     match item {
-        Some(item) => K::apply(&mut ix, ns, name, item),
-        None => K::delete(&mut ix, ns, name),
+        Some(item) if K::keep(&ix, ns, &item) => {
+            K::apply(&mut ix, ns, name, item);
+            true
+        }
+        _ => {
+            K::delete(&mut ix, ns, name);
+            false
+        }
     }
 }
 
 /// Hands memory freed by a re-list back to the system (glibc keeps it otherwise, and the
 /// list's transient JSON leaves the heap fragmented).
-fn release_free_memory() {
+pub(super) fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks glibc's own heap; it takes no pointers of ours.
     unsafe {

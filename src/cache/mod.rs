@@ -1,16 +1,24 @@
-//! Watches TargetGroupBindings, Services, Pods and Namespaces and keeps the `Index` current.
+//! Watches TargetGroupBindings, Services, Namespaces and (on the leader only) Pods and keeps the
+//! `Index` current.
 //!
 //! A thin shell, one room per concern: `watch` drives kube-runtime watchers (and asks discovery
 //! before a 404 may drop the bindings), `feed` folds their events into the index (re-lists in
-//! place), `kinds` strips each API kind to its domain type, `pod_view` decodes pods through a
-//! slim type so 10,000 pods cost little memory.
+//! place), `kinds` strips each API kind to its domain type, `pod_view` and `service_view` decode
+//! pods, Services and bindings through slim types so 10,000 of them cost little memory.
+//!
+//! Every replica watches bindings, Services and Namespaces: the webhook needs nothing else.
+//! Only the controller reads pods, and only while it leads, so pods are watched only then
+//! (`watch_pods_while_leading`), and only the pods the controller can act on are kept: those
+//! that carry one of our gates or live in an opted-in namespace. A webhook-only replica and a
+//! follower hold no pods at all; memory follows the gated pods, not the cluster.
 
 mod feed;
 mod kinds;
 mod pod_view;
+mod service_view;
 mod watch;
 
-use watch::{drive, drive_bindings};
+use watch::{drive, drive_bindings, drive_pods_while_leading};
 
 pub use feed::Feed;
 pub use kinds::Cached;
@@ -19,13 +27,15 @@ pub use pod_view::{
     WatchedCondition, WatchedContainer, WatchedGate, WatchedPod, WatchedPodIp, WatchedPodSpec,
     WatchedPodStatus, WatchedPort, pod_view,
 };
+pub use service_view::{WatchedBinding, WatchedService, WatchedServicePort, WatchedServiceSpec};
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, Client};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch as signal};
+use tokio::task::JoinHandle;
 
 use crate::index::Index;
 use crate::metrics::Metrics;
@@ -35,6 +45,8 @@ use crate::metrics::Metrics;
 pub struct Cache {
     index: RwLock<Index>,
     changed: Notify,
+    /// The namespace settings changed (the leader's pod watch waits on it).
+    namespaces_changed: Notify,
 }
 
 impl Cache {
@@ -51,13 +63,36 @@ impl Cache {
     pub fn notify(&self) {
         self.changed.notify_one();
     }
+    fn notify_namespaces(&self) {
+        self.namespaces_changed.notify_one();
+    }
+    /// Resolves after the namespace settings changed (at most one wake-up is remembered).
+    async fn namespaces_changed(&self) {
+        self.namespaces_changed.notified().await
+    }
+    /// Drops every pod, marks pods not listed, and hands the memory back to the system.
+    fn forget_pods(&self) {
+        let held = {
+            let mut ix = self.write();
+            let held = ix.counts().2;
+            ix.forget_pods();
+            held
+        };
+        feed::release_free_memory();
+        tracing::info!(
+            pods = held,
+            "pods forgotten: this replica no longer watches them"
+        );
+        self.notify();
+    }
 }
 
 /// How long the TargetGroupBinding CRD must be confirmed absent before its bindings are dropped.
 pub const DEFAULT_CRD_MISSING_GRACE: Duration = Duration::from_secs(120);
 
-/// Starts the four watchers; they run until the process ends. `crd_missing_grace`: see
-/// `crd_presence`.
+/// Starts the watchers of bindings, Services and Namespaces (what the webhook needs; pods are
+/// the leader's: `watch_pods_while_leading`); they run until the process ends.
+/// `crd_missing_grace`: see `crd_presence`.
 pub fn spawn_watchers(
     client: Client,
     cache: Arc<Cache>,
@@ -70,9 +105,42 @@ pub fn spawn_watchers(
         metrics,
         crd_missing_grace,
     ));
-    tokio::spawn(drive::<Service>(Api::all(client.clone()), cache.clone()));
-    tokio::spawn(drive::<WatchedPod>(Api::all(client.clone()), cache.clone()));
+    tokio::spawn(drive::<WatchedService>(
+        Api::all(client.clone()),
+        cache.clone(),
+    ));
     tokio::spawn(drive::<Namespace>(Api::all(client), cache));
+}
+
+/// Watches pods while `leading` says so, once the Namespaces are listed (a pod of an opted-in
+/// namespace not known yet would be dropped); lists them again when a namespace opts in (its
+/// pods were not kept); forgets them all when `leading` turns false.
+pub fn watch_pods_while_leading(
+    client: Client,
+    cache: Arc<Cache>,
+    leading: signal::Receiver<bool>,
+) -> PodWatch {
+    let task = tokio::spawn(drive_pods_while_leading(
+        Api::all(client),
+        cache.clone(),
+        leading,
+    ));
+    PodWatch { task, cache }
+}
+
+/// The leader's pod watch, running in the background.
+pub struct PodWatch {
+    task: JoinHandle<()>,
+    cache: Arc<Cache>,
+}
+
+impl PodWatch {
+    /// Stops watching (which drops its clone of `leading`) and forgets every pod.
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        self.cache.forget_pods();
+    }
 }
 
 #[cfg(test)]

@@ -351,3 +351,319 @@ fn binding_conversion_reads_lbc_fields_and_ignores_the_rest() {
     .unwrap();
     assert!(no_ref.convert().is_none());
 }
+
+fn watched_pod(ns: &str, name: &str, gated: bool) -> Value {
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": ns, "uid": format!("uid-{name}"), "resourceVersion": "1",
+                      "labels": { "app": "web" } },
+        "spec": { "containers": [{ "name": "c" }] }
+    });
+    if gated {
+        pod["spec"]["readinessGates"] =
+            json!([{ "conditionType": "target-health.elbv2.k8s.aws/web-tgb" }]);
+    }
+    pod
+}
+
+fn pod_of(v: Value) -> WatchedPod {
+    serde_json::from_value(v).unwrap()
+}
+
+fn held_pods(cache: &Cache) -> Vec<String> {
+    let mut names: Vec<String> = cache
+        .read()
+        .pods()
+        .map(|(ns, name, _)| format!("{ns}/{name}"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A cache whose namespaces are listed: `shop` opted in, `other` not.
+fn namespaces_listed() -> (Arc<Cache>, Feed<Namespace>) {
+    let cache = Arc::new(Cache::default());
+    let mut feed = Feed::<Namespace>::new(cache.clone());
+    feed.init();
+    feed.init_apply(&namespace(
+        "shop",
+        json!({ INJECT_LABEL: INJECT_LABEL_VALUE }),
+        json!({}),
+    ));
+    feed.init_apply(&namespace("other", json!({}), json!({})));
+    feed.init_done();
+    (cache, feed)
+}
+
+#[test]
+fn the_pod_feed_keeps_only_gated_pods_and_the_pods_of_opted_in_namespaces() {
+    let (cache, _) = namespaces_listed();
+    let mut feed = Feed::<WatchedPod>::new(cache.clone());
+    feed.init();
+    feed.init_apply(&pod_of(watched_pod("shop", "plain", false)));
+    feed.init_apply(&pod_of(watched_pod("other", "gated", true)));
+    feed.init_apply(&pod_of(watched_pod("other", "batch", false)));
+    feed.init_done();
+    assert!(cache.read().synced().pods);
+    assert_eq!(held_pods(&cache), ["other/gated", "shop/plain"]);
+    // Watch events: the same rule.
+    feed.apply(&pod_of(watched_pod("other", "batch-2", false)));
+    feed.apply(&pod_of(watched_pod("other", "gated-2", true)));
+    assert_eq!(
+        held_pods(&cache),
+        ["other/gated", "other/gated-2", "shop/plain"]
+    );
+    // A re-list in place keeps the same pods (those not kept are not "seen", and not missed).
+    feed.init();
+    feed.init_apply(&pod_of(watched_pod("shop", "plain", false)));
+    feed.init_apply(&pod_of(watched_pod("other", "gated", true)));
+    feed.init_apply(&pod_of(watched_pod("other", "batch", false)));
+    feed.init_done();
+    assert_eq!(held_pods(&cache), ["other/gated", "shop/plain"]);
+}
+
+#[test]
+fn a_namespace_opting_out_drops_its_pods_without_our_gates() {
+    let (cache, mut namespaces) = namespaces_listed();
+    let mut feed = Feed::<WatchedPod>::new(cache.clone());
+    feed.init();
+    feed.init_apply(&pod_of(watched_pod("shop", "plain", false)));
+    feed.init_apply(&pod_of(watched_pod("shop", "gated", true)));
+    feed.init_done();
+    assert_eq!(held_pods(&cache), ["shop/gated", "shop/plain"]);
+    namespaces.apply(&namespace("shop", json!({}), json!({})));
+    assert_eq!(held_pods(&cache), ["shop/gated"]);
+    // Opting in again counts: the leader's pod watch lists again to take the others back in.
+    let before = cache.read().opt_ins();
+    namespaces.apply(&namespace(
+        "shop",
+        json!({ INJECT_LABEL: INJECT_LABEL_VALUE }),
+        json!({}),
+    ));
+    assert_eq!(cache.read().opt_ins(), before + 1);
+}
+
+type Handle = tower_test::mock::Handle<
+    hyper::Request<kube::client::Body>,
+    hyper::Response<kube::client::Body>,
+>;
+
+/// A scripted API server: every list answers the items `lists` holds for its path (none when
+/// absent) and each path listed is reported on `listed`; watches are held open unanswered.
+async fn serve_lists(
+    mut handle: Handle,
+    lists: Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<Value>>>>,
+    listed: tokio::sync::mpsc::UnboundedSender<String>,
+) {
+    let mut watches = Vec::new();
+    while let Some((req, send)) = handle.next_request().await {
+        let query = req.uri().query().unwrap_or_default();
+        if query.split('&').any(|kv| kv == "watch=true") {
+            watches.push(send);
+            continue;
+        }
+        let path = req.uri().path().to_string();
+        let items = lists
+            .lock()
+            .unwrap()
+            .get(&path)
+            .cloned()
+            .unwrap_or_default();
+        let body = json!({ "apiVersion": "v1", "kind": "List", "metadata": { "resourceVersion": "1" }, "items": items });
+        send.send_response(
+            hyper::Response::builder()
+                .body(kube::client::Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+        let _ = listed.send(path);
+    }
+}
+
+/// Every path listed so far (waiting `for_` of paused time first).
+async fn listed_within(
+    listed: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    for_: Duration,
+) -> Vec<String> {
+    tokio::time::sleep(for_).await;
+    let mut paths = Vec::new();
+    while let Ok(p) = listed.try_recv() {
+        paths.push(p);
+    }
+    paths
+}
+
+const PODS: &str = "/api/v1/pods";
+
+#[tokio::test(start_paused = true)]
+async fn a_webhook_only_replica_never_lists_pods() {
+    let (service, handle) = tower_test::mock::pair();
+    let (tx, mut listed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(serve_lists(handle, Arc::default(), tx));
+    let cache = Arc::new(Cache::default());
+    spawn_watchers(
+        Client::new(service, "default"),
+        cache.clone(),
+        Arc::new(Metrics::new()),
+        Duration::from_secs(120),
+    );
+    let paths = listed_within(&mut listed, Duration::from_secs(60)).await;
+    assert!(
+        paths.contains(&"/api/v1/namespaces".to_string()),
+        "{paths:?}"
+    );
+    assert!(!paths.iter().any(|p| p == PODS), "{paths:?}");
+    let s = cache.read().synced();
+    assert!(s.bindings && s.services && s.namespaces && !s.pods);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pods_are_listed_only_while_leading_and_forgotten_after() {
+    let (service, handle) = tower_test::mock::pair();
+    let (tx, mut listed) = tokio::sync::mpsc::unbounded_channel();
+    let lists = Arc::new(std::sync::Mutex::new(std::collections::HashMap::from([(
+        PODS.to_string(),
+        vec![
+            watched_pod("shop", "plain", false),
+            watched_pod("other", "gated", true),
+            watched_pod("other", "batch", false),
+        ],
+    )])));
+    tokio::spawn(serve_lists(handle, lists.clone(), tx));
+    let cache = Arc::new(Cache::default());
+    let (leading_tx, leading) = tokio::sync::watch::channel(false);
+    let pods = watch_pods_while_leading(Client::new(service, "default"), cache.clone(), leading);
+
+    // A follower: no pod list, however long.
+    assert!(
+        listed_within(&mut listed, Duration::from_secs(60))
+            .await
+            .is_empty()
+    );
+    // Leading, but the Namespaces are not listed yet: still none (the opted-in namespaces'
+    // pods would be dropped).
+    leading_tx.send_replace(true);
+    assert!(
+        listed_within(&mut listed, Duration::from_secs(10))
+            .await
+            .is_empty()
+    );
+    let (_, mut namespaces) = {
+        let mut feed = Feed::<Namespace>::new(cache.clone());
+        feed.init();
+        feed.init_apply(&namespace(
+            "shop",
+            json!({ INJECT_LABEL: INJECT_LABEL_VALUE }),
+            json!({}),
+        ));
+        feed.init_apply(&namespace("other", json!({}), json!({})));
+        feed.init_done();
+        ((), feed)
+    };
+    assert_eq!(
+        listed_within(&mut listed, Duration::from_secs(1)).await,
+        [PODS]
+    );
+    assert!(cache.read().synced().pods);
+    assert_eq!(held_pods(&cache), ["other/gated", "shop/plain"]);
+
+    // `other` opts in: its pods are listed again and come in.
+    namespaces.apply(&namespace(
+        "other",
+        json!({ INJECT_LABEL: INJECT_LABEL_VALUE }),
+        json!({}),
+    ));
+    assert_eq!(
+        listed_within(&mut listed, Duration::from_secs(1)).await,
+        [PODS]
+    );
+    assert_eq!(
+        held_pods(&cache),
+        ["other/batch", "other/gated", "shop/plain"]
+    );
+    // Another change of a namespace that is no opt-in lists nothing.
+    namespaces.apply(&namespace(
+        "shop",
+        json!({ INJECT_LABEL: INJECT_LABEL_VALUE }),
+        json!({ PRESTOP_SLEEP_ANNOTATION: "5s" }),
+    ));
+    assert!(
+        listed_within(&mut listed, Duration::from_secs(1))
+            .await
+            .is_empty()
+    );
+
+    // Stepping down forgets every pod; leading again lists them again.
+    leading_tx.send_replace(false);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(held_pods(&cache).is_empty());
+    assert!(!cache.read().synced().pods);
+    assert!(
+        listed_within(&mut listed, Duration::from_secs(60))
+            .await
+            .is_empty()
+    );
+    leading_tx.send_replace(true);
+    assert_eq!(
+        listed_within(&mut listed, Duration::from_secs(1)).await,
+        [PODS]
+    );
+    assert_eq!(held_pods(&cache).len(), 3);
+
+    // Shutdown: stopped and forgotten.
+    pods.stop().await;
+    assert!(held_pods(&cache).is_empty() && !cache.read().synced().pods);
+    assert_eq!(
+        leading_tx.receiver_count(),
+        0,
+        "the pod watch let `leading` go"
+    );
+}
+
+#[test]
+fn the_slim_service_and_binding_views_convert_as_the_full_types_do() {
+    let managed = json!([{ "manager": "helm", "operation": "Update", "fieldsType": "FieldsV1",
+                           "fieldsV1": { "f:spec": { "f:selector": {} } } }]);
+    let svc = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": "web", "namespace": "shop", "resourceVersion": "7", "uid": "u",
+                      "labels": { "team": "a" }, "annotations": { "x": "y" }, "managedFields": managed },
+        "spec": { "selector": { "app": "web", "tier": "front" }, "type": "ClusterIP",
+                  "ports": [{ "name": "http", "port": 80, "targetPort": "http", "protocol": "TCP" },
+                            { "port": 8443, "targetPort": 8443 }, { "port": 9000 }] },
+        "status": { "loadBalancer": {} }
+    });
+    let slim: WatchedService = serde_json::from_value(svc.clone()).unwrap();
+    let full: Service = serde_json::from_value(svc).unwrap();
+    assert_eq!(slim.convert(), full.convert());
+    assert_eq!(
+        (slim.name_any(), slim.namespace(), slim.resource_version()),
+        ("web".into(), Some("shop".into()), Some("7".into()))
+    );
+    assert!(slim.metadata.managed_fields.is_none() && slim.metadata.labels.is_none());
+    let no_spec = json!({ "metadata": { "name": "x", "namespace": "shop" } });
+    let slim: WatchedService = serde_json::from_value(no_spec.clone()).unwrap();
+    assert!(
+        slim.convert().is_none()
+            && serde_json::from_value::<Service>(no_spec)
+                .unwrap()
+                .convert()
+                .is_none()
+    );
+
+    for spec in [
+        json!({ "targetGroupARN": "arn:x", "targetType": "ip", "ipAddressType": "ipv6",
+                "serviceRef": { "name": "web", "port": "http" }, "networking": { "ingress": [] } }),
+        json!({ "targetGroupARN": "arn:y", "serviceRef": { "name": "web", "port": 80 } }),
+        json!({ "targetGroupName": "tg", "serviceRef": { "name": "web" } }),
+    ] {
+        let tgb = json!({
+            "apiVersion": "elbv2.k8s.aws/v1beta1", "kind": "TargetGroupBinding",
+            "metadata": { "name": "web-tgb", "namespace": "shop", "resourceVersion": "9", "managedFields": managed },
+            "spec": spec
+        });
+        let slim: WatchedBinding = serde_json::from_value(tgb.clone()).unwrap();
+        let full: TargetGroupBinding = serde_json::from_value(tgb).unwrap();
+        assert_eq!(slim.convert(), full.convert(), "{spec}");
+        assert_eq!(slim.resource_version().as_deref(), Some("9"));
+    }
+}

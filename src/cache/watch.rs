@@ -1,5 +1,6 @@
 //! The watchers: one kube-runtime watcher per kind, feeding the index; the binding watcher asks
-//! discovery before a 404 may drop what it knows.
+//! discovery before a 404 may drop what it knows; the pod watcher runs only while this replica
+//! leads.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource};
 
-use super::{Cache, Cached, Feed};
+use super::{Cache, Cached, Feed, WatchedBinding, WatchedPod};
 use crate::crd::TargetGroupBinding;
 use crate::crd_presence::Discovery;
 use crate::index::Kind;
@@ -38,10 +39,10 @@ pub(super) async fn drive_bindings(
     metrics: Arc<Metrics>,
     grace: Duration,
 ) {
-    let mut feed = Feed::<TargetGroupBinding>::new(cache.clone()).crd_missing_grace(grace);
+    let mut feed = Feed::<WatchedBinding>::new(cache.clone()).crd_missing_grace(grace);
     let clock = Clock::new();
-    let config = watcher::Config::default().page_size(TargetGroupBinding::PAGE_SIZE);
-    let api = Api::<TargetGroupBinding>::all(client.clone());
+    let config = watcher::Config::default().page_size(WatchedBinding::PAGE_SIZE);
+    let api = Api::<WatchedBinding>::all(client.clone());
     let mut stream = std::pin::pin!(watcher::watcher(api, config).default_backoff());
     while let Some(event) = stream.next().await {
         match event {
@@ -106,5 +107,66 @@ fn is_not_found(e: &watcher::Error) -> bool {
         watcher::Error::InitialListFailed(kube::Error::Api(s))
         | watcher::Error::WatchStartFailed(kube::Error::Api(s)) => s.code == 404,
         _ => false,
+    }
+}
+
+/// The leader's pod watcher (`watch_pods_while_leading`): runs while `leading` holds, forgets
+/// every pod when it turns false.
+pub(super) async fn drive_pods_while_leading(
+    api: Api<WatchedPod>,
+    cache: Arc<Cache>,
+    mut leading: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        if leading.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            () = drive_pods(api.clone(), &cache) => {}
+            r = leading.wait_for(|l| !*l) => {
+                cache.forget_pods();
+                if r.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Watches pods once the Namespaces are listed, and starts over (a re-list, applied in place)
+/// when a namespace opts in: its pods were not kept until then. Never returns.
+async fn drive_pods(api: Api<WatchedPod>, cache: &Arc<Cache>) {
+    loop {
+        // Namespaces first: the pods of an opted-in namespace not known yet would be dropped.
+        let opt_ins = loop {
+            if let Some(n) = {
+                let ix = cache.read();
+                ix.synced().namespaces.then(|| ix.opt_ins())
+            } {
+                break n;
+            }
+            cache.namespaces_changed().await;
+        };
+        let mut feed = Feed::<WatchedPod>::new(cache.clone());
+        let config = watcher::Config::default().page_size(WatchedPod::PAGE_SIZE);
+        let mut stream = std::pin::pin!(watcher::watcher(api.clone(), config).default_backoff());
+        loop {
+            tokio::select! {
+                event = stream.next() => match event {
+                    Some(Ok(e)) => feed.event(e),
+                    Some(Err(e)) => {
+                        tracing::warn!(kind = ?Kind::Pod, error = %e, "watch failed; retrying with backoff")
+                    }
+                    None => break,
+                },
+                () = cache.namespaces_changed() => {
+                    let now = cache.read().opt_ins();
+                    if now != opt_ins {
+                        tracing::info!("a namespace opted in: listing the pods again to take in its pods");
+                        break;
+                    }
+                }
+            }
+        }
     }
 }

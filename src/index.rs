@@ -216,8 +216,12 @@ pub struct Index {
     /// last known ones. Says what happened, for `/readyz`.
     pub bindings_warning: Option<String>,
     changes: Changes,
-    /// How many times a namespace turned opted in (the leader's pod watch lists again then).
+    /// How many times a namespace already known turned opted in (the leader's pod watch lists
+    /// again then: the pods of that namespace without our gates were not kept).
     opt_ins: u64,
+    /// Every namespace seen and not deleted (a pod of a namespace not seen yet is kept until
+    /// its namespace says whether it is opted in).
+    known_namespaces: HashSet<String>,
 }
 
 impl Index {
@@ -275,8 +279,13 @@ impl Index {
         }
     }
     pub fn apply_namespace(&mut self, name: &str, settings: NamespaceSettings) {
+        let known = self.known_namespaces.contains(name);
+        if !known {
+            self.known_namespaces.insert(name.to_string());
+        }
         if settings.opted_in {
-            if self.opted_in.insert(name.to_string()) {
+            // A namespace created opted in needs no re-list: its pods were kept until now.
+            if self.opted_in.insert(name.to_string()) && known {
                 self.opt_ins += 1;
             }
         } else {
@@ -292,6 +301,7 @@ impl Index {
         }
     }
     pub fn delete_namespace(&mut self, name: &str) {
+        self.known_namespaces.remove(name);
         self.opted_in.remove(name);
         self.prestop_sleep.remove(name);
     }
@@ -325,6 +335,7 @@ impl Index {
         self.synced.pods = true;
     }
     pub fn replace_namespaces(&mut self, all: Vec<(String, NamespaceSettings)>) {
+        self.known_namespaces.clear();
         self.opted_in.clear();
         self.prestop_sleep.clear();
         all.into_iter()
@@ -336,6 +347,7 @@ impl Index {
     pub fn retain(&mut self, kind: Kind, keep: impl Fn(&str, &str) -> bool) {
         match kind {
             Kind::Namespace => {
+                self.known_namespaces.retain(|name| keep("", name));
                 self.opted_in.retain(|name| keep("", name));
                 self.prestop_sleep.retain(|name, _| keep("", name));
             }
@@ -403,7 +415,7 @@ impl Index {
         self.compact();
     }
 
-    /// How many times a namespace turned opted in so far.
+    /// How many times a namespace already known turned opted in so far.
     pub fn opt_ins(&self) -> u64 {
         self.opt_ins
     }
@@ -440,6 +452,10 @@ impl Index {
     }
     pub fn is_opted_in(&self, ns: &str) -> bool {
         self.opted_in.contains(ns)
+    }
+    /// Whether the namespace was seen (listed or watched) and not deleted.
+    pub fn knows_namespace(&self, ns: &str) -> bool {
+        self.known_namespaces.contains(ns)
     }
     /// The namespace's raw `readygate.io/prestop-sleep` annotation, if it has one.
     pub fn namespace_prestop_sleep(&self, ns: &str) -> Option<&str> {

@@ -155,7 +155,9 @@ impl Cached for WatchedService {
 /// and those of opted-in namespaces (it looks there for pods lacking gates they should have).
 /// A pod's readinessGates are immutable, so whether it carries one of ours never changes.
 fn keep_pod(ix: &Index, ns: &str, pod: &domain::Pod) -> bool {
-    !pod.gates.is_empty() || ix.is_opted_in(ns)
+    // A pod of a namespace not seen yet (the Namespace's watch event may come after its first
+    // pods') is kept until the namespace says whether it is opted in.
+    !pod.gates.is_empty() || ix.is_opted_in(ns) || !ix.knows_namespace(ns)
 }
 
 impl Cached for WatchedPod {
@@ -187,7 +189,8 @@ impl Cached for Namespace {
         })
     }
     fn apply(ix: &mut Index, _ns: &str, name: &str, settings: NamespaceSettings) {
-        let opted_out = !settings.opted_in && ix.is_opted_in(name);
+        // Opted out, or seen for the first time without the label.
+        let opted_out = !settings.opted_in && (ix.is_opted_in(name) || !ix.knows_namespace(name));
         ix.apply_namespace(name, settings);
         if opted_out {
             // Out of an opted-in namespace, only the pods that carry one of our gates are kept.

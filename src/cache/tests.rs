@@ -443,6 +443,35 @@ fn a_namespace_opting_out_drops_its_pods_without_our_gates() {
     assert_eq!(cache.read().opt_ins(), before + 1);
 }
 
+#[test]
+fn a_namespace_created_opted_in_keeps_its_early_pods_without_a_relist() {
+    let (cache, mut namespaces) = namespaces_listed();
+    let mut feed = Feed::<WatchedPod>::new(cache.clone());
+    feed.init();
+    feed.init_done();
+    let before = cache.read().opt_ins();
+    // A new namespace's first pods may come before the Namespace itself: kept until it says.
+    feed.apply(&pod_of(watched_pod("fresh", "early", false)));
+    feed.apply(&pod_of(watched_pod("scratch", "early", false)));
+    assert_eq!(held_pods(&cache), ["fresh/early", "scratch/early"]);
+    namespaces.apply(&namespace(
+        "fresh",
+        json!({ INJECT_LABEL: INJECT_LABEL_VALUE }),
+        json!({}),
+    ));
+    namespaces.apply(&namespace("scratch", json!({}), json!({})));
+    assert_eq!(held_pods(&cache), ["fresh/early"]);
+    // Created with the label: nothing was dropped, so no re-list of every pod is asked for.
+    assert_eq!(cache.read().opt_ins(), before);
+    // A known namespace that gets the label does ask for one.
+    namespaces.apply(&namespace(
+        "scratch",
+        json!({ INJECT_LABEL: INJECT_LABEL_VALUE }),
+        json!({}),
+    ));
+    assert_eq!(cache.read().opt_ins(), before + 1);
+}
+
 type Handle = tower_test::mock::Handle<
     hyper::Request<kube::client::Body>,
     hyper::Response<kube::client::Body>,

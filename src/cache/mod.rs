@@ -20,6 +20,8 @@ mod watch;
 
 use watch::{drive, drive_bindings, drive_pods_while_leading};
 
+pub use watch::KEEP_PODS_AFTER_LEADING;
+
 pub use feed::Feed;
 pub use kinds::Cached;
 pub(crate) use pod_view::pod_resource;

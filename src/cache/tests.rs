@@ -621,9 +621,23 @@ async fn pods_are_listed_only_while_leading_and_forgotten_after() {
             .is_empty()
     );
 
-    // Stepping down forgets every pod; leading again lists them again.
+    // A blip: leadership lost and back within the grace keeps the watch, lists nothing.
     leading_tx.send_replace(false);
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(held_pods(&cache).len(), 3);
+    leading_tx.send_replace(true);
+    assert!(
+        listed_within(&mut listed, Duration::from_secs(60))
+            .await
+            .is_empty()
+    );
+    assert!(cache.read().synced().pods);
+
+    // Stepping down for longer than the grace forgets every pod; leading again lists them again.
+    leading_tx.send_replace(false);
+    tokio::time::sleep(KEEP_PODS_AFTER_LEADING - Duration::from_secs(1)).await;
+    assert_eq!(held_pods(&cache).len(), 3, "kept through the grace");
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(held_pods(&cache).is_empty());
     assert!(!cache.read().synced().pods);
     assert!(

@@ -110,8 +110,14 @@ fn is_not_found(e: &watcher::Error) -> bool {
     }
 }
 
-/// The leader's pod watcher (`watch_pods_while_leading`): runs while `leading` holds, forgets
-/// every pod when it turns false.
+/// How long pods stay watched after leadership is lost: a renewal blip (the API server
+/// unreachable past the renew deadline) hands leadership back within a lease or two, and
+/// forgetting every pod then would cost a list of every pod in the cluster at the moment the API
+/// server recovers.
+pub const KEEP_PODS_AFTER_LEADING: Duration = Duration::from_secs(30);
+
+/// The leader's pod watcher (`watch_pods_while_leading`): runs while `leading` holds, and
+/// forgets every pod once it has not held for `KEEP_PODS_AFTER_LEADING`.
 pub(super) async fn drive_pods_while_leading(
     api: Api<WatchedPod>,
     cache: Arc<Cache>,
@@ -121,12 +127,40 @@ pub(super) async fn drive_pods_while_leading(
         if leading.wait_for(|l| *l).await.is_err() {
             return;
         }
-        tokio::select! {
-            () = drive_pods(api.clone(), &cache) => {}
-            r = leading.wait_for(|l| !*l) => {
+        let watch = drive_pods(api.clone(), &cache);
+        let mut watch = std::pin::pin!(watch);
+        loop {
+            // Leading: watch until that ends.
+            let open = tokio::select! {
+                () = &mut watch => unreachable!("the pod watch never ends"),
+                r = leading.wait_for(|l| !*l) => r.is_ok(),
+            };
+            if !open {
                 cache.forget_pods();
-                if r.is_err() {
+                return;
+            }
+            // Not leading: go on watching a while, in case leadership comes back.
+            let back = tokio::time::timeout(KEEP_PODS_AFTER_LEADING, async {
+                tokio::select! {
+                    () = &mut watch => unreachable!("the pod watch never ends"),
+                    r = leading.wait_for(|l| *l) => r.is_ok(),
+                }
+            })
+            .await;
+            match back {
+                Ok(true) => {
+                    tracing::info!(
+                        "leading again within the grace: the pods watched meanwhile are current"
+                    );
+                    continue;
+                }
+                Ok(false) => {
+                    cache.forget_pods();
                     return;
+                }
+                Err(_) => {
+                    cache.forget_pods();
+                    break;
                 }
             }
         }

@@ -321,6 +321,31 @@ enum Timer {
     Group(String),
 }
 
+/// Moves `key`'s timer to `at` (none: cleared) in `queue` and `times`; `owned` makes the owned
+/// key and the timer, only when something changes.
+fn reschedule<K, Q>(
+    queue: &mut BTreeSet<(i64, Timer)>,
+    times: &mut HashMap<K, i64>,
+    key: &Q,
+    at: Option<i64>,
+    owned: impl Fn() -> (K, Timer),
+) where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
+    if times.get(key) == at.as_ref() {
+        return;
+    }
+    if let Some(old) = times.remove(key) {
+        queue.remove(&(old, owned().1));
+    }
+    if let Some(at) = at {
+        let (k, timer) = owned();
+        queue.insert((at, timer));
+        times.insert(k, at);
+    }
+}
+
 /// At most one pending time per timer, in time order.
 #[derive(Debug, Default)]
 struct Timers {
@@ -332,28 +357,14 @@ struct Timers {
 impl Timers {
     /// Sets (or with `None` clears) a pod's timer; costs nothing when it stays the same.
     fn set_pod(&mut self, key: &PodKey, at: Option<i64>) {
-        if self.pods.get(key) == at.as_ref() {
-            return;
-        }
-        if let Some(old) = self.pods.remove(key) {
-            self.queue.remove(&(old, Timer::Pod(key.clone())));
-        }
-        if let Some(at) = at {
-            self.queue.insert((at, Timer::Pod(key.clone())));
-            self.pods.insert(key.clone(), at);
-        }
+        reschedule(&mut self.queue, &mut self.pods, key, at, || {
+            (key.clone(), Timer::Pod(key.clone()))
+        });
     }
     fn set_group(&mut self, arn: &str, at: Option<i64>) {
-        if self.groups.get(arn) == at.as_ref() {
-            return;
-        }
-        if let Some(old) = self.groups.remove(arn) {
-            self.queue.remove(&(old, Timer::Group(arn.to_string())));
-        }
-        if let Some(at) = at {
-            self.queue.insert((at, Timer::Group(arn.to_string())));
-            self.groups.insert(arn.to_string(), at);
-        }
+        reschedule(&mut self.queue, &mut self.groups, arn, at, || {
+            (arn.to_string(), Timer::Group(arn.to_string()))
+        });
     }
     fn next(&self) -> Option<i64> {
         self.queue.first().map(|(at, _)| *at)

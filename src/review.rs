@@ -31,7 +31,7 @@ pub struct PodView {
     pub data: Value,
 }
 
-crate::cache::pod_resource!(PodView);
+crate::cache::view_resource!(PodView, "Pod", "pods");
 
 /// Reads the request of an AdmissionReview as `AdmissionReview::try_into` would give it, or
 /// `None` when the body is anything this read does not take (then read it the full way).

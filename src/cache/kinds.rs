@@ -69,87 +69,61 @@ fn binding<K: Resource>(o: &K, spec: &TargetGroupBindingSpec) -> Option<domain::
     })
 }
 
-impl Cached for TargetGroupBinding {
-    const KIND: Kind = Kind::Binding;
-    type Item = domain::Binding;
-    fn convert(&self) -> Option<domain::Binding> {
-        binding(self, &self.spec)
-    }
-    fn apply(ix: &mut Index, ns: &str, _name: &str, item: domain::Binding) {
-        ix.apply_binding(ns, item)
-    }
-    fn delete(ix: &mut Index, ns: &str, name: &str) {
-        ix.delete_binding(ns, name)
-    }
+/// `Cached` for a TargetGroupBinding type: the full one, and the slim one the watcher decodes.
+macro_rules! binding_kind {
+    ($t:ty) => {
+        impl Cached for $t {
+            const KIND: Kind = Kind::Binding;
+            type Item = domain::Binding;
+            fn convert(&self) -> Option<domain::Binding> {
+                binding(self, &self.spec)
+            }
+            fn apply(ix: &mut Index, ns: &str, _name: &str, item: domain::Binding) {
+                ix.apply_binding(ns, item)
+            }
+            fn delete(ix: &mut Index, ns: &str, name: &str) {
+                ix.delete_binding(ns, name)
+            }
+        }
+    };
 }
+binding_kind!(TargetGroupBinding);
+binding_kind!(WatchedBinding);
 
-impl Cached for WatchedBinding {
-    const KIND: Kind = Kind::Binding;
-    type Item = domain::Binding;
-    fn convert(&self) -> Option<domain::Binding> {
-        binding(self, &self.spec)
-    }
-    fn apply(ix: &mut Index, ns: &str, _name: &str, item: domain::Binding) {
-        ix.apply_binding(ns, item)
-    }
-    fn delete(ix: &mut Index, ns: &str, name: &str) {
-        ix.delete_binding(ns, name)
-    }
-}
-
-impl Cached for Service {
-    const KIND: Kind = Kind::Service;
-    type Item = domain::Service;
-    fn convert(&self) -> Option<domain::Service> {
-        let spec = self.spec.as_ref()?;
-        Some(domain::Service {
-            selector: spec.selector.clone().unwrap_or_default(),
-            ports: spec
-                .ports
-                .iter()
-                .flatten()
-                .map(|p| domain::ServicePort {
-                    name: p.name.clone(),
-                    port: p.port,
-                    target_port: p.target_port.as_ref().map(port_ref),
+/// `Cached` for a Service type: the full one, and the slim one the watcher decodes (the same
+/// field names and shapes).
+macro_rules! service_kind {
+    ($t:ty) => {
+        impl Cached for $t {
+            const KIND: Kind = Kind::Service;
+            type Item = domain::Service;
+            fn convert(&self) -> Option<domain::Service> {
+                let spec = self.spec.as_ref()?;
+                Some(domain::Service {
+                    selector: spec.selector.clone().unwrap_or_default(),
+                    ports: spec
+                        .ports
+                        .iter()
+                        .flatten()
+                        .map(|p| domain::ServicePort {
+                            name: p.name.clone(),
+                            port: p.port,
+                            target_port: p.target_port.as_ref().map(port_ref),
+                        })
+                        .collect(),
                 })
-                .collect(),
-        })
-    }
-    fn apply(ix: &mut Index, ns: &str, name: &str, item: domain::Service) {
-        ix.apply_service(ns, name, item)
-    }
-    fn delete(ix: &mut Index, ns: &str, name: &str) {
-        ix.delete_service(ns, name)
-    }
+            }
+            fn apply(ix: &mut Index, ns: &str, name: &str, item: domain::Service) {
+                ix.apply_service(ns, name, item)
+            }
+            fn delete(ix: &mut Index, ns: &str, name: &str) {
+                ix.delete_service(ns, name)
+            }
+        }
+    };
 }
-
-impl Cached for WatchedService {
-    const KIND: Kind = Kind::Service;
-    type Item = domain::Service;
-    fn convert(&self) -> Option<domain::Service> {
-        let spec = self.spec.as_ref()?;
-        Some(domain::Service {
-            selector: spec.selector.clone().unwrap_or_default(),
-            ports: spec
-                .ports
-                .iter()
-                .flatten()
-                .map(|p| domain::ServicePort {
-                    name: p.name.clone(),
-                    port: p.port,
-                    target_port: p.target_port.as_ref().map(port_ref),
-                })
-                .collect(),
-        })
-    }
-    fn apply(ix: &mut Index, ns: &str, name: &str, item: domain::Service) {
-        ix.apply_service(ns, name, item)
-    }
-    fn delete(ix: &mut Index, ns: &str, name: &str) {
-        ix.delete_service(ns, name)
-    }
-}
+service_kind!(Service);
+service_kind!(WatchedService);
 
 /// The pods the leader keeps: those that carry one of our gates (the controller follows them)
 /// and those of opted-in namespaces (it looks there for pods lacking gates they should have).

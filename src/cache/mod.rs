@@ -24,7 +24,7 @@ pub use watch::KEEP_PODS_AFTER_LEADING;
 
 pub use feed::Feed;
 pub use kinds::Cached;
-pub(crate) use pod_view::pod_resource;
+pub(crate) use pod_view::view_resource;
 pub use pod_view::{
     WatchedCondition, WatchedContainer, WatchedGate, WatchedPod, WatchedPodIp, WatchedPodSpec,
     WatchedPodStatus, WatchedPort, pod_view,

@@ -115,15 +115,16 @@ fn slim_meta<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Er
     })
 }
 
-/// `Resource` for a partial view of a Pod whose `metadata` field is an `ObjectMeta`: what
-/// kube's clients and watchers need to treat it as `v1/pods`.
-macro_rules! pod_resource {
-    ($view:ty) => {
+/// `Resource` for a partial view of a core (`v1`) kind whose `metadata` field is an
+/// `ObjectMeta`: what kube's clients and watchers need to treat it as that kind, e.g.
+/// `view_resource!(WatchedPod, "Pod", "pods")`.
+macro_rules! view_resource {
+    ($view:ty, $kind:literal, $plural:literal) => {
         impl kube::Resource for $view {
             type DynamicType = ();
             type Scope = k8s_openapi::NamespaceResourceScope;
             fn kind(_: &()) -> std::borrow::Cow<'_, str> {
-                "Pod".into()
+                $kind.into()
             }
             fn group(_: &()) -> std::borrow::Cow<'_, str> {
                 "".into()
@@ -132,7 +133,7 @@ macro_rules! pod_resource {
                 "v1".into()
             }
             fn plural(_: &()) -> std::borrow::Cow<'_, str> {
-                "pods".into()
+                $plural.into()
             }
             fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
                 &self.metadata
@@ -145,9 +146,9 @@ macro_rules! pod_resource {
         }
     };
 }
-pub(crate) use pod_resource;
+pub(crate) use view_resource;
 
-pod_resource!(WatchedPod);
+view_resource!(WatchedPod, "Pod", "pods");
 
 /// The pod's addresses, parsed: `status.podIPs` (one per family on a dual-stack cluster), else
 /// `status.podIP`. Unparsable entries are dropped.

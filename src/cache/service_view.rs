@@ -58,28 +58,7 @@ pub(super) fn name_meta<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Object
     })
 }
 
-impl kube::Resource for WatchedService {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
-        "Service".into()
-    }
-    fn group(_: &()) -> std::borrow::Cow<'_, str> {
-        "".into()
-    }
-    fn version(_: &()) -> std::borrow::Cow<'_, str> {
-        "v1".into()
-    }
-    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
-        "services".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+super::view_resource!(WatchedService, "Service", "services");
 
 /// A TargetGroupBinding as the watcher decodes it: name, namespace, resourceVersion and the
 /// spec readygate reads; managedFields, labels and annotations are skipped.

@@ -383,6 +383,12 @@ fn held_pods(cache: &Cache) -> Vec<String> {
 /// A cache whose namespaces are listed: `shop` opted in, `other` not.
 fn namespaces_listed() -> (Arc<Cache>, Feed<Namespace>) {
     let cache = Arc::new(Cache::default());
+    let feed = namespaces_listed_in(&cache);
+    (cache, feed)
+}
+
+/// Lists the namespaces of `namespaces_listed` into `cache`; the feed for later changes.
+fn namespaces_listed_in(cache: &Arc<Cache>) -> Feed<Namespace> {
     let mut feed = Feed::<Namespace>::new(cache.clone());
     feed.init();
     feed.init_apply(&namespace(
@@ -392,7 +398,7 @@ fn namespaces_listed() -> (Arc<Cache>, Feed<Namespace>) {
     ));
     feed.init_apply(&namespace("other", json!({}), json!({})));
     feed.init_done();
-    (cache, feed)
+    feed
 }
 
 #[test]
@@ -576,18 +582,7 @@ async fn pods_are_listed_only_while_leading_and_forgotten_after() {
             .await
             .is_empty()
     );
-    let (_, mut namespaces) = {
-        let mut feed = Feed::<Namespace>::new(cache.clone());
-        feed.init();
-        feed.init_apply(&namespace(
-            "shop",
-            json!({ INJECT_LABEL: INJECT_LABEL_VALUE }),
-            json!({}),
-        ));
-        feed.init_apply(&namespace("other", json!({}), json!({})));
-        feed.init_done();
-        ((), feed)
-    };
+    let mut namespaces = namespaces_listed_in(&cache);
     assert_eq!(
         listed_within(&mut listed, Duration::from_secs(1)).await,
         [PODS]

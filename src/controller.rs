@@ -595,17 +595,14 @@ impl Controller {
         let old = old.unwrap_or_default();
         // A group's schedule depends on its pending targets: look at it again only when this
         // pod's share of them changed.
-        let waits = |work: &[GateWork]| -> Vec<Waiting> {
-            work.iter()
-                .filter_map(|w| match &w.need {
-                    Need::Health(wait) => Some(wait.clone()),
-                    _ => None,
-                })
-                .collect()
-        };
-        let (old_waits, new_waits) = (waits(&old), waits(&new));
-        if old_waits != new_waits {
-            for wait in &old_waits {
+        fn waits(work: &[GateWork]) -> impl Iterator<Item = &Waiting> {
+            work.iter().filter_map(|w| match &w.need {
+                Need::Health(wait) => Some(wait),
+                _ => None,
+            })
+        }
+        if !waits(&old).eq(waits(&new)) {
+            for wait in waits(&old) {
                 if let Some(m) = self.members.get_mut(&wait.arn) {
                     m.remove(key);
                     if m.is_empty() {
@@ -614,7 +611,7 @@ impl Controller {
                 }
                 self.dirty_groups.insert(wait.arn.clone());
             }
-            for wait in &new_waits {
+            for wait in waits(&new) {
                 self.members
                     .entry(wait.arn.clone())
                     .or_default()

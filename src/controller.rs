@@ -1450,19 +1450,21 @@ mod tests {
         );
     }
 
+    /// The condition of a gate ELB released at `ms`.
+    fn healthy_since(ms: i64) -> Condition {
+        Condition {
+            status: ConditionStatus::True,
+            reason: "Elb.Healthy".into(),
+            message: "Target is healthy".into(),
+            last_transition_time: Some(rfc3339(ms)),
+        }
+    }
+
     #[test]
     fn a_true_gate_follows_elb_again_after_its_containers_restart() {
         let mut ix = index();
         let mut p = pod("a", Some("127.0.1.1"));
-        p.set_condition(
-            "web-tgb",
-            Condition {
-                status: ConditionStatus::True,
-                reason: "Elb.Healthy".into(),
-                message: "Target is healthy".into(),
-                last_transition_time: Some(rfc3339(1_100_000)),
-            },
-        );
+        p.set_condition("web-tgb", healthy_since(1_100_000));
         ix.apply_pod("shop", "a", p.clone());
         // Containers ready before the gate turned True: nothing to do.
         assert!(plan(&ix, 2_000_000, None).is_empty());
@@ -1741,15 +1743,7 @@ mod tests {
         const ARN: &str = "arn:tg/web";
         let mut ix = index();
         let mut p = pod("a", Some("127.0.1.1"));
-        p.set_condition(
-            "web-tgb",
-            Condition {
-                status: ConditionStatus::True,
-                reason: "Elb.Healthy".into(),
-                message: "Target is healthy".into(),
-                last_transition_time: Some(rfc3339(1_100_000)),
-            },
-        );
+        p.set_condition("web-tgb", healthy_since(1_100_000));
         p.containers_ready_since = Some(1_200);
         ix.apply_pod("shop", "a", p);
         let (mut c, cache) = core(ix);

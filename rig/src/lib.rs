@@ -3,6 +3,7 @@
 
 pub mod apiserver;
 pub mod certs;
+pub mod cluster;
 pub mod demo;
 pub mod deploy;
 pub mod elb;
@@ -10,6 +11,7 @@ pub mod html;
 pub mod kubelet;
 pub mod lbc;
 pub mod load;
+pub mod netns;
 pub mod readygate;
 pub mod rig;
 pub mod serial;

@@ -1,0 +1,131 @@
+//! The rig's private network namespace: the control plane, readygate, the load balancer and the
+//! pods all live in one network namespace that the run makes for itself, so no packet leaves it.
+//! Pods get addresses from a private pod CIDR on a veth pair inside it (the API server rejects
+//! loopback addresses in EndpointSlices and Endpoints).
+
+use anyhow::{Context, bail};
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The node's end of the veth pair, carrying the node address (the API server's advertise
+/// address and the Node's InternalIP).
+pub const NODE_IF: &str = "rig-node";
+/// The pods' end of the veth pair: every pod IP is a /32 on it.
+pub const PODS_IF: &str = "rig-pods";
+/// The node address.
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
+/// Pod IPs: 10.244.1.1 to 10.244.254.254, never reused in one run.
+pub const POD_CIDR: &str = "10.244.0.0/16";
+const POD_IPS: u32 = 254 * 254;
+
+/// The namespace this process made, as a file descriptor other threads can join.
+static NETNS: OnceLock<Result<i32, String>> = OnceLock::new();
+
+fn inode(path: &str) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
+/// Puts the calling thread into the run's private network namespace, making it (with its
+/// loopback and veth interfaces) on the first call. Threads and processes started afterwards by
+/// this thread inherit it, so call it before building the tokio runtime. Needs CAP_SYS_ADMIN
+/// (root, or a process started under `unshare -r -n`, which is already private: then it only
+/// brings the interfaces up).
+pub fn enter() -> anyhow::Result<()> {
+    let made = NETNS.get_or_init(|| make().map_err(|e| format!("{e:#}")));
+    let fd = match made {
+        Ok(fd) => *fd,
+        Err(e) => bail!("{e}"),
+    };
+    if inode("/proc/thread-self/ns/net") == fd_inode(fd) {
+        return Ok(());
+    }
+    // SAFETY: setns on a namespace file descriptor this process keeps open.
+    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+        bail!(
+            "joining the rig's network namespace: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+fn fd_inode(fd: i32) -> Option<u64> {
+    inode(&format!("/proc/self/fd/{fd}"))
+}
+
+fn make() -> anyhow::Result<i32> {
+    let private = std::env::var_os("RIG_NETNS_PRIVATE").is_some();
+    if !private {
+        // SAFETY: unshare of the calling thread's network namespace only.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            let err = std::io::Error::last_os_error();
+            bail!(
+                "the rig runs in a private network namespace of its own and could not make one \
+                 (unshare(CLONE_NEWNET): {err}). Run it as root, or where unprivileged user \
+                 namespaces are allowed under `unshare -r -n env RIG_NETNS_PRIVATE=1 …`"
+            );
+        }
+    }
+    let ip = |args: &[&str]| -> anyhow::Result<()> {
+        let out = Command::new("ip")
+            .args(args)
+            .output()
+            .context("running `ip` (Debian's iproute2 is needed for the rig's network)")?;
+        if !out.status.success() {
+            bail!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    };
+    ip(&["link", "set", "lo", "up"])?;
+    ip(&[
+        "link", "add", NODE_IF, "type", "veth", "peer", "name", PODS_IF,
+    ])?;
+    ip(&["link", "set", NODE_IF, "up"])?;
+    ip(&["link", "set", PODS_IF, "up"])?;
+    ip(&["addr", "add", &format!("{NODE_IP}/16"), "dev", NODE_IF])?;
+    let path = std::ffi::CString::new("/proc/thread-self/ns/net").expect("no NUL");
+    // SAFETY: open(2) of a path we own the string of.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        bail!(
+            "opening the rig's network namespace: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(fd)
+}
+
+/// Pod IPs from [`POD_CIDR`], each added to [`PODS_IF`] when it is handed out. Addresses are
+/// never reused in a run, so a late health check or request never reaches a newer pod.
+#[derive(Default)]
+pub struct PodIps {
+    next: AtomicU32,
+}
+
+impl PodIps {
+    pub fn allocate(&self) -> anyhow::Result<Ipv4Addr> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        if n >= POD_IPS {
+            bail!("the rig's pod CIDR {POD_CIDR} has no address left");
+        }
+        let addr = Ipv4Addr::new(10, 244, (n / 254 + 1) as u8, (n % 254 + 1) as u8);
+        let out = Command::new("ip")
+            .args(["addr", "add", &format!("{addr}/32"), "dev", PODS_IF])
+            .output()
+            .context("running `ip addr add` for a pod IP")?;
+        if !out.status.success() {
+            bail!(
+                "adding pod IP {addr} to {PODS_IF}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(addr)
+    }
+}

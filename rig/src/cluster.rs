@@ -129,15 +129,10 @@ struct Component {
 }
 
 impl Component {
-    fn spawn(
-        name: &'static str,
-        bin: &Path,
-        args: &[String],
-        dir: &Path,
-    ) -> anyhow::Result<Self> {
+    fn spawn(name: &'static str, bin: &Path, args: &[String], dir: &Path) -> anyhow::Result<Self> {
         let log = dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log)
-            .with_context(|| format!("creating {}", log.display()))?;
+        let out =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         let mut cmd = Command::new(bin);
         cmd.args(args)
@@ -306,9 +301,14 @@ impl ControlPlane {
         )?;
         let api_crt = w("apiserver.crt", &serving.cert_pem)?;
         let api_key = w("apiserver.key", &serving.key_pem)?;
-        let sa_key = w("sa.key", &KeyPair::generate()?.serialize_pem())?;
+        let sa = KeyPair::generate()?;
+        let sa_key = w("sa.key", &sa.serialize_pem())?;
+        let sa_pub = w("sa.pub", &sa.public_key_pem())?;
         let admin = pki.client("rig-admin", &["system:masters"])?;
-        let admin_kubeconfig = w("admin.kubeconfig", &pki.kubeconfig(&url, "rig-admin", &admin))?;
+        let admin_kubeconfig = w(
+            "admin.kubeconfig",
+            &pki.kubeconfig(&url, "rig-admin", &admin),
+        )?;
         let kcm = pki.client("system:kube-controller-manager", &[])?;
         let kcm_kubeconfig = w(
             "controller-manager.kubeconfig",
@@ -383,7 +383,7 @@ impl ControlPlane {
                 "--authorization-mode=Node,RBAC".into(),
                 "--enable-admission-plugins=NodeRestriction".into(),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                format!("--service-account-key-file={}", p(&sa_key)),
+                format!("--service-account-key-file={}", p(&sa_pub)),
                 format!("--service-account-signing-key-file={}", p(&sa_key)),
                 format!("--service-cluster-ip-range={SERVICE_CIDR}"),
                 // Webhook (and aggregated API) calls go to a Service's endpoint, not its
@@ -417,7 +417,7 @@ impl ControlPlane {
         let mut kcm_args = common(&kcm_kubeconfig, KCM_PORT);
         kcm_args.extend([
             // Every default controller, named ones spelled out so a changed default fails loudly.
-            "--controllers=*,deployment,replicaset,endpointslice,endpoint,garbage-collector,namespace,serviceaccount,serviceaccount-token,node-lifecycle".into(),
+            "--controllers=*,deployment-controller,replicaset-controller,endpointslice-controller,endpoints-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,node-lifecycle-controller".into(),
             "--use-service-account-credentials=true".into(),
             format!("--service-account-private-key-file={}", p(&sa_key)),
             format!("--root-ca-file={ca_s}"),
@@ -558,7 +558,9 @@ impl ControlPlane {
     /// agent is `system:node:NAME` in `system:nodes`).
     pub async fn user_client(&self, cn: &str, orgs: &[&str]) -> anyhow::Result<kube::Client> {
         let cert = self.pki.client(cn, orgs)?;
-        let path = self.dir.join(format!("{}.kubeconfig", cn.replace(':', "-")));
+        let path = self
+            .dir
+            .join(format!("{}.kubeconfig", cn.replace(':', "-")));
         std::fs::write(&path, self.pki.kubeconfig(&self.url, cn, &cert))?;
         client_from_kubeconfig(&path).await
     }
@@ -591,11 +593,8 @@ pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<kube::Client>
 /// A plain-HTTP GET on loopback (etcd's client port), the body as text.
 async fn http_get_plain(addr: &str, path: &str) -> anyhow::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::net::TcpStream::connect(addr),
-    )
-    .await??;
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await??;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
         .await?;
     let mut buf = Vec::new();

@@ -15,8 +15,10 @@ fn the_control_plane_is_kubernetes_v1_37_2_on_etcd_3_7() {
         let created = ns
             .create(
                 &PostParams::default(),
-                &serde_json::from_value(serde_json::json!({"metadata": {"generateName": "smoke-"}}))
-                    .unwrap(),
+                &serde_json::from_value(
+                    serde_json::json!({"metadata": {"generateName": "smoke-"}}),
+                )
+                .unwrap(),
             )
             .await
             .unwrap();

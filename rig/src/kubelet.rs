@@ -479,7 +479,12 @@ async fn probe_until_terminated(
 
 /// The demo application: answers `/` with its pod name, the probe path with 200, and the load
 /// balancer health check path with 200 (or 503 when the pod is told to fail it).
-async fn serve_app(name: String, ip: Ipv4Addr, plan: PodPlan, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn serve_app(
+    name: String,
+    ip: Ipv4Addr,
+    plan: PodPlan,
+    mut stop: watch::Receiver<bool>,
+) {
     let lb_healthy = plan.lb_healthy;
     let pod_header = HeaderValue::from_str(&name).unwrap_or(HeaderValue::from_static("pod"));
     let h2 = pod_header.clone();

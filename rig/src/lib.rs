@@ -8,6 +8,7 @@ pub mod demo;
 pub mod deploy;
 pub mod elb;
 pub mod html;
+pub mod k8s;
 pub mod kubelet;
 pub mod lbc;
 pub mod load;

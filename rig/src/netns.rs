@@ -102,9 +102,16 @@ fn make() -> anyhow::Result<i32> {
     Ok(fd)
 }
 
+/// The pod IPs of this process (every node agent of the run takes its pods' addresses here).
+pub fn pod_ips() -> &'static PodIps {
+    static IPS: PodIps = PodIps {
+        next: AtomicU32::new(0),
+    };
+    &IPS
+}
+
 /// Pod IPs from [`POD_CIDR`], each added to [`PODS_IF`] when it is handed out. Addresses are
 /// never reused in a run, so a late health check or request never reaches a newer pod.
-#[derive(Default)]
 pub struct PodIps {
     next: AtomicU32,
 }

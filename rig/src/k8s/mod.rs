@@ -1,0 +1,3 @@
+//! The rig's pieces that run against the real Kubernetes control plane ([`crate::cluster`]).
+
+pub mod node;

@@ -1,0 +1,658 @@
+//! The rig's node agent: a kubelet for the real API server, without a container runtime. It
+//! registers its Node (Ready, capacity, a heartbeat Lease in `kube-node-lease`), runs every pod
+//! the scheduler binds to it as a real HTTP server on the pod's own IP, and reports pod status as
+//! the kubelet does: `podIP`/`podIPs`, container statuses, `ContainersReady` from the readiness
+//! probe, `Ready` = ContainersReady AND every readiness gate's condition True, recomputed
+//! whenever a condition changes. Deletion: the preStop hook (`sleep`), then SIGTERM semantics
+//! (the listener closes, requests in flight finish), the kill at the end of the grace period,
+//! the terminal status, then the final delete.
+//!
+//! A pod annotated [`EXTERNAL_ANNOTATION`] with an IP is a process the rig runs itself (a
+//! readygate replica): the agent starts nothing, reports that IP and probes it like any pod.
+
+use crate::kubelet::{PodPlan, reqwest_like, serve_app};
+use crate::netns::{NODE_IP, pod_ips};
+use crate::time::{now_micro, now_time};
+use anyhow::Context;
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub use crate::kubelet::{
+    LB_HEALTH_ANNOTATION, LB_HEALTH_PATH, PROBE_PERIOD_ANNOTATION, START_DELAY_ANNOTATION,
+};
+
+/// The rig's node (one node: the scheduler binds every pod to it).
+pub const NODE_NAME: &str = "rig-node";
+/// Pod annotation: the pod is a process the rig runs itself, listening on this IP.
+pub const EXTERNAL_ANNOTATION: &str = "rig.readygate.io/external-ip";
+/// How often the node's Lease is renewed (the kubelet's default).
+const LEASE_RENEW: Duration = Duration::from_secs(10);
+const FIELD_MANAGER: &str = "rig-node";
+
+pub struct NodeAgent {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    pods: Arc<Mutex<HashMap<String, PodHandle>>>,
+}
+
+struct PodHandle {
+    /// The latest object the watch delivered: the pod's task recomputes Ready from it.
+    latest: watch::Sender<Value>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for NodeAgent {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for (_, p) in self.pods.lock().expect("pods lock").drain() {
+            p.task.abort();
+        }
+    }
+}
+
+impl NodeAgent {
+    /// Registers node `node` and starts running the pods bound to it. `client` must
+    /// authenticate as `system:node:NODE` in `system:nodes` (the Node authorizer and
+    /// NodeRestriction then judge it as they judge a kubelet): see [`NodeAgent::client`].
+    pub async fn start(client: Client, node: &str) -> anyhow::Result<Self> {
+        register_node(&client, node).await?;
+        let lease = tokio::spawn(renew_lease(client.clone(), node.to_string()));
+        let heartbeat = tokio::spawn(node_heartbeat(client.clone(), node.to_string()));
+        let pods: Arc<Mutex<HashMap<String, PodHandle>>> = Arc::default();
+        let p = pods.clone();
+        let api: Api<Pod> = Api::all(client.clone());
+        let cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+        let feed = tokio::spawn(async move {
+            let mut stream = watcher(api, cfg).boxed();
+            while let Some(event) = stream.next().await {
+                let event = match event {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "node agent: pod watch error (it retries)");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                };
+                let mut pods = p.lock().expect("pods lock");
+                match event {
+                    watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
+                        let uid = pod.metadata.uid.clone().unwrap_or_default();
+                        let Ok(v) = serde_json::to_value(&pod) else {
+                            continue;
+                        };
+                        match pods.get(&uid) {
+                            Some(h) => {
+                                h.latest.send_replace(v);
+                            }
+                            None => {
+                                let (tx, rx) = watch::channel(v);
+                                let task = tokio::spawn(run_pod(client.clone(), rx));
+                                pods.insert(uid, PodHandle { latest: tx, task });
+                            }
+                        }
+                    }
+                    watcher::Event::Delete(pod) => {
+                        let uid = pod.metadata.uid.clone().unwrap_or_default();
+                        if let Some(h) = pods.remove(&uid) {
+                            // Removed (by us after it stopped, or by force): stop now.
+                            h.task.abort();
+                        }
+                    }
+                    watcher::Event::Init | watcher::Event::InitDone => {}
+                }
+                pods.retain(|_, h| !h.task.is_finished());
+            }
+        });
+        Ok(Self {
+            tasks: vec![lease, heartbeat, feed],
+            pods,
+        })
+    }
+
+    /// A client with node `node`'s identity, as its kubelet has.
+    pub async fn client(
+        plane: &crate::cluster::ControlPlane,
+        node: &str,
+    ) -> anyhow::Result<Client> {
+        plane
+            .user_client(&format!("system:node:{node}"), &["system:nodes"])
+            .await
+    }
+
+    /// Pods whose task is still running.
+    pub fn running(&self) -> usize {
+        self.pods
+            .lock()
+            .expect("pods lock")
+            .values()
+            .filter(|p| !p.task.is_finished())
+            .count()
+    }
+}
+
+fn node_conditions() -> Value {
+    let now = now_time();
+    let c = |t: &str, s: &str, reason: &str, message: &str| {
+        json!({"type": t, "status": s, "reason": reason, "message": message,
+            "lastHeartbeatTime": now, "lastTransitionTime": now})
+    };
+    json!([
+        c(
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available"
+        ),
+        c(
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "kubelet has no disk pressure"
+        ),
+        c(
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "kubelet has sufficient PID available"
+        ),
+        c(
+            "Ready",
+            "True",
+            "KubeletReady",
+            "kubelet is posting ready status"
+        ),
+    ])
+}
+
+async fn register_node(client: &Client, node: &str) -> anyhow::Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let object: Node = serde_json::from_value(json!({
+        "metadata": {"name": node, "labels": {
+            "kubernetes.io/hostname": node, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+            "topology.kubernetes.io/zone": "rig-a"}},
+        "spec": {"podCIDR": crate::netns::POD_CIDR, "podCIDRs": [crate::netns::POD_CIDR]},
+    }))?;
+    match nodes.create(&PostParams::default(), &object).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(e).context("registering the rig's Node"),
+    }
+    let capacity =
+        json!({"cpu": "64", "memory": "256Gi", "pods": "1000", "ephemeral-storage": "100Gi"});
+    let status = json!({"status": {
+        "capacity": capacity, "allocatable": capacity,
+        "conditions": node_conditions(),
+        "addresses": [{"type": "InternalIP", "address": NODE_IP.to_string()}, {"type": "Hostname", "address": node}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "nodeInfo": {"machineID": "rig", "systemUUID": "rig", "bootID": "rig", "kernelVersion": "rig",
+            "osImage": "rig", "containerRuntimeVersion": "rig://1", "kubeletVersion": "v1.37.2",
+            "kubeProxyVersion": "", "operatingSystem": "linux", "architecture": "amd64"},
+    }});
+    nodes
+        .patch_status(node, &PatchParams::default(), &Patch::Strategic(status))
+        .await
+        .context("reporting the rig Node's status")?;
+    Ok(())
+}
+
+/// The node's heartbeat: its Lease in `kube-node-lease`, renewed every 10 s.
+async fn renew_lease(client: Client, node: String) {
+    let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+    loop {
+        let lease = json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": node, "namespace": "kube-node-lease"},
+            "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": now_micro()},
+        });
+        let r = leases
+            .patch(
+                &node,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(lease),
+            )
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "node agent: renewing the node Lease");
+        }
+        tokio::time::sleep(LEASE_RENEW).await;
+    }
+}
+
+/// The node's Ready condition, posted again every minute (the Lease is the fast heartbeat).
+async fn node_heartbeat(client: Client, node: String) {
+    let nodes: Api<Node> = Api::all(client);
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let status = json!({"status": {"conditions": node_conditions()}});
+        if let Err(e) = nodes
+            .patch_status(&node, &PatchParams::default(), &Patch::Strategic(status))
+            .await
+        {
+            tracing::warn!(error = %e, "node agent: posting the Node's status");
+        }
+    }
+}
+
+fn str_at(v: &Value, p: &str) -> String {
+    v.pointer(p)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// What the agent knows of one pod's containers.
+#[derive(Debug, Clone, PartialEq)]
+struct Containers {
+    ready: bool,
+    running: bool,
+    /// Exit code once stopped (0: stopped by SIGTERM in time; 137: killed).
+    exit_code: i32,
+}
+
+/// The kubelet-owned part of a pod's status, and what was last written of it.
+struct StatusWriter {
+    api: Api<Pod>,
+    name: String,
+    uid: String,
+    container: String,
+    image: String,
+    container_id: String,
+    ip: Ipv4Addr,
+    started_at: String,
+    /// (status, lastTransitionTime) of each condition type the agent owns, as last written.
+    written: BTreeMap<&'static str, (bool, String)>,
+    last: Option<Value>,
+}
+
+impl StatusWriter {
+    /// The Ready condition: containers ready and every readiness gate True (a missing
+    /// condition counts as False), with the kubelet's reasons and messages.
+    fn ready(pod: &Value, c: &Containers, container: &str) -> (bool, Option<(String, String)>) {
+        if !c.ready {
+            return (
+                false,
+                Some((
+                    "ContainersNotReady".into(),
+                    format!("containers with unready status: [{container}]"),
+                )),
+            );
+        }
+        let conditions = pod
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for gate in pod
+            .pointer("/spec/readinessGates")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let t = str_at(gate, "/conditionType");
+            match conditions.iter().find(|c| c["type"] == t.as_str()) {
+                None => {
+                    return (
+                        false,
+                        Some((
+                            "ReadinessGatesNotReady".into(),
+                            format!(
+                                "corresponding condition of pod readiness gate \"{t}\" does not exist."
+                            ),
+                        )),
+                    );
+                }
+                Some(c) if c["status"] != "True" => {
+                    return (
+                        false,
+                        Some((
+                            "ReadinessGatesNotReady".into(),
+                            format!(
+                                "the status of pod readiness gate \"{t}\" is not \"True\", but {}",
+                                c["status"].as_str().unwrap_or("Unknown")
+                            ),
+                        )),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+        (true, None)
+    }
+
+    fn condition(
+        &mut self,
+        t: &'static str,
+        status: bool,
+        why: Option<(String, String)>,
+        now: &str,
+    ) -> Value {
+        let ltt = match self.written.get(t) {
+            Some((s, ltt)) if *s == status => ltt.clone(),
+            _ => now.to_string(),
+        };
+        self.written.insert(t, (status, ltt.clone()));
+        let mut c = json!({"type": t, "status": if status { "True" } else { "False" },
+            "lastProbeTime": null, "lastTransitionTime": ltt});
+        if let Some((reason, message)) = why {
+            c["reason"] = json!(reason);
+            c["message"] = json!(message);
+        }
+        c
+    }
+
+    /// Writes the status for `pod` as it is now and `c`, unless it is what was last written.
+    /// False when the pod is gone.
+    async fn write(&mut self, pod: &Value, c: &Containers, phase: &str) -> bool {
+        let now = now_time();
+        let (ready, why) = Self::ready(pod, c, &self.container);
+        let containers_why = (!c.ready).then(|| {
+            (
+                "ContainersNotReady".to_string(),
+                format!("containers with unready status: [{}]", self.container),
+            )
+        });
+        let state = if c.running {
+            json!({"running": {"startedAt": self.started_at}})
+        } else {
+            let reason = if c.exit_code == 0 {
+                "Completed"
+            } else {
+                "Error"
+            };
+            json!({"terminated": {"exitCode": c.exit_code, "reason": reason,
+                "startedAt": self.started_at, "finishedAt": now, "containerID": self.container_id}})
+        };
+        let conditions = vec![
+            self.condition("PodReadyToStartContainers", c.running, None, &now),
+            self.condition("Initialized", true, None, &now),
+            self.condition("ContainersReady", c.ready, containers_why, &now),
+            self.condition("Ready", ready, why, &now),
+        ];
+        let ip = self.ip.to_string();
+        let status = json!({
+            "phase": phase, "hostIP": NODE_IP.to_string(), "hostIPs": [{"ip": NODE_IP.to_string()}],
+            "podIP": ip, "podIPs": [{"ip": ip}], "startTime": self.started_at,
+            "conditions": conditions,
+            "containerStatuses": [{
+                "name": self.container, "image": self.image, "imageID": format!("rig://{}", self.image),
+                "containerID": self.container_id, "ready": c.ready, "started": c.running,
+                "restartCount": 0, "state": state,
+            }],
+        });
+        // Timestamps aside, the same status as last time: nothing to write.
+        let key = json!([ready, c, phase]);
+        if self.last.as_ref() == Some(&key) {
+            return true;
+        }
+        let patch = json!({"metadata": {"uid": self.uid}, "status": status});
+        match self
+            .api
+            .patch_status(
+                &self.name,
+                &PatchParams::default(),
+                &Patch::Strategic(patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                self.last = Some(key);
+                true
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 || s.code == 422 => false,
+            Err(e) => {
+                tracing::warn!(pod = %self.name, error = %e, "node agent: writing pod status");
+                true
+            }
+        }
+    }
+}
+
+impl serde::Serialize for Containers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (self.ready, self.running, self.exit_code).serialize(s)
+    }
+}
+
+fn terminating(pod: &Value) -> bool {
+    pod.pointer("/metadata/deletionTimestamp").is_some()
+}
+
+/// The grace period of a pod being deleted: the deletion's, else the spec's.
+fn grace_of(pod: &Value, plan: &PodPlan) -> Duration {
+    pod.pointer("/metadata/deletionGracePeriodSeconds")
+        .and_then(Value::as_u64)
+        .map(Duration::from_secs)
+        .unwrap_or(plan.grace)
+}
+
+async fn run_pod(client: Client, mut latest: watch::Receiver<Value>) {
+    let pod = latest.borrow_and_update().clone();
+    let name = str_at(&pod, "/metadata/name");
+    let namespace = str_at(&pod, "/metadata/namespace");
+    let api: Api<Pod> = Api::namespaced(client, &namespace);
+    let plan = match PodPlan::from_pod(&pod) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(pod = %name, error = %e, "the rig cannot run this pod");
+            return;
+        }
+    };
+    let external: Option<Ipv4Addr> = pod
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(EXTERNAL_ANNOTATION))
+        .and_then(Value::as_str)
+        .and_then(|ip| ip.parse().ok());
+    let ip = match external {
+        Some(ip) => ip,
+        None => match pod_ips().allocate() {
+            Ok(ip) => ip,
+            Err(e) => {
+                tracing::error!(pod = %name, error = %e, "no pod IP");
+                return;
+            }
+        },
+    };
+    let mut writer = StatusWriter {
+        api: api.clone(),
+        name: name.clone(),
+        uid: str_at(&pod, "/metadata/uid"),
+        container: plan.container.clone(),
+        image: plan.image.clone(),
+        container_id: format!("rig://{}", crate::time::uuid()),
+        ip,
+        started_at: now_time(),
+        written: BTreeMap::new(),
+        last: None,
+    };
+    let mut c = Containers {
+        ready: false,
+        running: true,
+        exit_code: 0,
+    };
+    if !writer.write(&pod, &c, "Running").await {
+        return;
+    }
+
+    // The container: after the start delay, its server listens on every container port.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = match external {
+        Some(_) => None,
+        None => {
+            let (app_name, app_plan) = (name.clone(), plan.clone());
+            Some(tokio::spawn(async move {
+                tokio::time::sleep(app_plan.start_delay).await;
+                serve_app(app_name, ip, app_plan, stop_rx).await;
+            }))
+        }
+    };
+
+    // Probes and status until the end of the grace period; the deletion starts the preStop
+    // hook, then SIGTERM.
+    let mut prober = Prober::new(&plan, ip);
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut sigterm_at: Option<tokio::time::Instant> = None;
+    let mut stopped = false;
+    loop {
+        let pod = latest.borrow_and_update().clone();
+        if terminating(&pod) && deadline.is_none() {
+            let now = tokio::time::Instant::now();
+            let grace = now + grace_of(&pod, &plan);
+            deadline = Some(grace);
+            sigterm_at = Some(grace.min(now + plan.pre_stop));
+        }
+        if let Some(at) = sigterm_at
+            && tokio::time::Instant::now() >= at
+            && !stopped
+        {
+            stopped = true;
+            stop_tx.send_replace(true);
+        }
+        // The server has stopped (by SIGTERM) or the grace period is over: the pod is done.
+        let server_done = match &server {
+            Some(s) => stopped && s.is_finished(),
+            // An external process is done when its probe port refuses connections.
+            None => stopped && !prober.listening().await,
+        };
+        let out_of_time = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+        if server_done || out_of_time {
+            if let Some(s) = &server
+                && !s.is_finished()
+            {
+                s.abort();
+                tracing::warn!(pod = %name, "server did not stop within the grace period; killed");
+                c.exit_code = 137;
+            }
+            break;
+        }
+        if prober.due() {
+            c.ready = prober.probe(c.ready).await;
+        }
+        if !writer.write(&pod, &c, "Running").await {
+            if let Some(s) = &server {
+                s.abort();
+            }
+            return;
+        }
+        let mut wake = prober.next();
+        for at in [sigterm_at, deadline].into_iter().flatten() {
+            if at > tokio::time::Instant::now() {
+                wake = wake.min(at);
+            }
+        }
+        if stopped {
+            wake = wake.min(tokio::time::Instant::now() + Duration::from_millis(20));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            r = latest.changed() => if r.is_err() { return },
+        }
+    }
+    c.running = false;
+    c.ready = false;
+    let pod = latest.borrow().clone();
+    let phase = if c.exit_code == 0 {
+        "Succeeded"
+    } else {
+        "Failed"
+    };
+    writer.write(&pod, &c, phase).await;
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: Some(writer.uid.clone()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    if let Err(e) = api.delete(&name, &dp).await
+        && !matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409)
+    {
+        tracing::warn!(pod = %name, error = %e, "node agent: the final delete failed");
+    }
+}
+
+/// Readiness probing as the kubelet does it: httpGet every period, success and failure
+/// thresholds; a pod without a probe is ready once its first port accepts connections.
+struct Prober {
+    probe: Option<crate::kubelet::Probe>,
+    addr: SocketAddr,
+    next: tokio::time::Instant,
+    period: Duration,
+    successes: u32,
+    failures: u32,
+}
+
+impl Prober {
+    fn new(plan: &PodPlan, ip: Ipv4Addr) -> Self {
+        let (port, period, initial) = match &plan.probe {
+            Some(p) => (p.port, p.period, p.initial_delay),
+            None => (
+                plan.ports.first().copied().unwrap_or(80),
+                Duration::from_millis(50),
+                Duration::ZERO,
+            ),
+        };
+        Self {
+            probe: plan.probe.clone(),
+            addr: SocketAddr::new(IpAddr::V4(ip), port),
+            next: tokio::time::Instant::now() + initial,
+            period,
+            successes: 0,
+            failures: 0,
+        }
+    }
+
+    fn due(&self) -> bool {
+        tokio::time::Instant::now() >= self.next
+    }
+
+    fn next(&self) -> tokio::time::Instant {
+        self.next
+    }
+
+    async fn listening(&self) -> bool {
+        tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(self.addr),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok())
+    }
+
+    /// One probe; returns whether the container is ready now.
+    async fn probe(&mut self, ready: bool) -> bool {
+        self.next = tokio::time::Instant::now() + self.period;
+        let Some(p) = &self.probe else {
+            return ready || self.listening().await;
+        };
+        let ok = reqwest_like::Client
+            .get_ok(self.addr, &p.path, p.timeout)
+            .await
+            .is_ok();
+        if ok {
+            self.successes += 1;
+            self.failures = 0;
+        } else {
+            self.failures += 1;
+            self.successes = 0;
+        }
+        if !ready && self.successes >= p.success_threshold {
+            true
+        } else if ready && self.failures >= p.failure_threshold {
+            false
+        } else {
+            ready
+        }
+    }
+}

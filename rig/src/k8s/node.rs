@@ -35,6 +35,9 @@ pub use crate::kubelet::{
 pub const NODE_NAME: &str = "rig-node";
 /// Pod annotation: the pod is a process the rig runs itself, listening on this IP.
 pub const EXTERNAL_ANNOTATION: &str = "rig.readygate.io/external-ip";
+/// Pod annotation: that process's PID, which the agent signals as the kubelet signals a
+/// container (SIGTERM after the preStop hook, SIGKILL at the end of the grace period).
+pub const EXTERNAL_PID_ANNOTATION: &str = "rig.readygate.io/external-pid";
 /// How often the node's Lease is renewed (the kubelet's default).
 const LEASE_RENEW: Duration = Duration::from_secs(10);
 const FIELD_MANAGER: &str = "rig-node";
@@ -448,13 +451,25 @@ async fn run_pod(client: Client, mut latest: watch::Receiver<Value>) {
             return;
         }
     };
-    let external: Option<Ipv4Addr> = pod
-        .pointer("/metadata/annotations")
-        .and_then(|a| a.get(EXTERNAL_ANNOTATION))
-        .and_then(Value::as_str)
-        .and_then(|ip| ip.parse().ok());
+    let annotation = |k: &str| {
+        pod.pointer("/metadata/annotations")
+            .and_then(|a| a.get(k))
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
+    let external = match (
+        annotation(EXTERNAL_ANNOTATION).and_then(|ip| ip.parse::<Ipv4Addr>().ok()),
+        annotation(EXTERNAL_PID_ANNOTATION).and_then(|p| p.parse::<i32>().ok()),
+    ) {
+        (Some(ip), Some(pid)) => Some((ip, pid)),
+        (None, None) => None,
+        _ => {
+            tracing::warn!(pod = %name, "an external pod needs both {EXTERNAL_ANNOTATION} and {EXTERNAL_PID_ANNOTATION}");
+            return;
+        }
+    };
     let ip = match external {
-        Some(ip) => ip,
+        Some((ip, _)) => ip,
         None => match pod_ips().allocate() {
             Ok(ip) => ip,
             Err(e) => {
@@ -484,16 +499,18 @@ async fn run_pod(client: Client, mut latest: watch::Receiver<Value>) {
         return;
     }
 
-    // The container: after the start delay, its server listens on every container port.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let server = match external {
-        Some(_) => None,
+    // The container: after the start delay, its server listens on every container port; or
+    // the process the rig started.
+    let mut workload = match external {
+        Some((_, pid)) => Workload::Process(pid),
         None => {
+            let (stop_tx, stop_rx) = watch::channel(false);
             let (app_name, app_plan) = (name.clone(), plan.clone());
-            Some(tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 tokio::time::sleep(app_plan.start_delay).await;
                 serve_app(app_name, ip, app_plan, stop_rx).await;
-            }))
+            });
+            Workload::Server(stop_tx, task)
         }
     };
 
@@ -516,32 +533,26 @@ async fn run_pod(client: Client, mut latest: watch::Receiver<Value>) {
             && !stopped
         {
             stopped = true;
-            stop_tx.send_replace(true);
+            workload.sigterm();
         }
-        // The server has stopped (by SIGTERM) or the grace period is over: the pod is done.
-        let server_done = match &server {
-            Some(s) => stopped && s.is_finished(),
-            // An external process is done when its probe port refuses connections.
-            None => stopped && !prober.listening().await,
-        };
         let out_of_time = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-        if server_done || out_of_time {
-            if let Some(s) = &server
-                && !s.is_finished()
-            {
-                s.abort();
-                tracing::warn!(pod = %name, "server did not stop within the grace period; killed");
-                c.exit_code = 137;
-            }
-            break;
+        if out_of_time && !workload.exited() {
+            workload.kill();
+            tracing::warn!(pod = %name, "the container did not stop within the grace period; killed");
+            c.exit_code = 137;
         }
-        if prober.due() {
+        if workload.exited() {
+            // A process that dies is seen at once, as the kubelet's PLEG sees a container exit.
+            c.running = false;
+            c.ready = false;
+            if stopped || out_of_time {
+                break;
+            }
+        } else if prober.due() {
             c.ready = prober.probe(c.ready).await;
         }
         if !writer.write(&pod, &c, "Running").await {
-            if let Some(s) = &server {
-                s.abort();
-            }
+            workload.kill();
             return;
         }
         let mut wake = prober.next();
@@ -550,12 +561,12 @@ async fn run_pod(client: Client, mut latest: watch::Receiver<Value>) {
                 wake = wake.min(at);
             }
         }
-        if stopped {
+        if stopped || matches!(workload, Workload::Process(_)) {
             wake = wake.min(tokio::time::Instant::now() + Duration::from_millis(20));
         }
         tokio::select! {
             _ = tokio::time::sleep_until(wake) => {}
-            r = latest.changed() => if r.is_err() { return },
+            r = latest.changed() => if r.is_err() { workload.kill(); return },
         }
     }
     c.running = false;
@@ -579,6 +590,45 @@ async fn run_pod(client: Client, mut latest: watch::Receiver<Value>) {
         && !matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409)
     {
         tracing::warn!(pod = %name, error = %e, "node agent: the final delete failed");
+    }
+}
+
+/// What runs for a pod: the rig's HTTP server, or a process the rig started.
+enum Workload {
+    Server(watch::Sender<bool>, tokio::task::JoinHandle<()>),
+    Process(i32),
+}
+
+impl Workload {
+    /// SIGTERM: the server's listener closes, requests in flight finish.
+    fn sigterm(&self) {
+        match self {
+            Workload::Server(stop, _) => {
+                stop.send_replace(true);
+            }
+            // SAFETY: signalling a process by PID.
+            Workload::Process(pid) => unsafe {
+                libc::kill(*pid, libc::SIGTERM);
+            },
+        }
+    }
+
+    fn kill(&mut self) {
+        match self {
+            Workload::Server(_, task) => task.abort(),
+            // SAFETY: signalling a process by PID.
+            Workload::Process(pid) => unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+            },
+        }
+    }
+
+    fn exited(&self) -> bool {
+        match self {
+            Workload::Server(_, task) => task.is_finished(),
+            // SAFETY: signal 0 only checks that the process exists.
+            Workload::Process(pid) => unsafe { libc::kill(*pid, 0) != 0 },
+        }
     }
 }
 

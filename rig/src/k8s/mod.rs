@@ -1,3 +1,5 @@
 //! The rig's pieces that run against the real Kubernetes control plane ([`crate::cluster`]).
 
+pub mod install;
 pub mod node;
+pub mod stage;

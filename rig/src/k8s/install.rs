@@ -1,0 +1,185 @@
+//! Installing objects on the real API server: YAML documents applied with server-side apply, the
+//! TargetGroupBinding CRD, and readygate from the project's own manifests (`manifests/base`).
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::discovery::{Scope, pinned_kind};
+use kube::{Api, Client};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const FIELD_MANAGER: &str = "rig";
+
+/// The TargetGroupBinding CRD the rig installs (see the file's header).
+pub fn crd_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/targetgroupbinding-crd.yaml")
+}
+
+/// The YAML documents of `text` (empty ones skipped).
+pub fn documents(text: &str) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let v = Value::deserialize(doc)?;
+        if !v.is_null() {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+/// Server-side applies `obj` (namespaced objects without a namespace go to `default_ns`).
+pub async fn apply(client: &Client, obj: &Value, default_ns: &str) -> anyhow::Result<()> {
+    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let (ar, caps) = pinned_kind(client, &gvk)
+        .await
+        .with_context(|| format!("discovering {api_version} {kind}"))?;
+    let api: Api<DynamicObject> = match caps.scope {
+        Scope::Namespaced => {
+            let ns = obj["metadata"]["namespace"].as_str().unwrap_or(default_ns);
+            Api::namespaced_with(client.clone(), ns, &ar)
+        }
+        Scope::Cluster => Api::all_with(client.clone(), &ar),
+    };
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .with_context(|| format!("applying {kind} {name}"))?;
+    Ok(())
+}
+
+/// Applies the TargetGroupBinding CRD and waits until it is Established.
+pub async fn target_group_binding_crd(client: &Client) -> anyhow::Result<()> {
+    let path = crd_path();
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    for doc in documents(&text)? {
+        apply(client, &doc, "default").await?;
+    }
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let crd = crds.get("targetgroupbindings.elbv2.k8s.aws").await?;
+        let established = crd
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        if established {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the TargetGroupBinding CRD was not Established within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// readygate as installed from `manifests/base`: every resource its kustomization lists, in its
+/// namespace, except the Deployment (the rig runs readygate's replicas itself, see
+/// [`crate::k8s::stage`]), with the webhook configuration's `caBundle` filled in.
+pub struct Installed {
+    pub namespace: String,
+    /// The Deployment's pod template (labels, ports, probes, ServiceAccount): the rig's
+    /// readygate pods are made from it.
+    pub pod_template: Value,
+    /// The MutatingWebhookConfiguration as applied.
+    pub webhook_configuration: Value,
+}
+
+pub async fn readygate(
+    client: &Client,
+    manifests: &Path,
+    ca_pem: &str,
+) -> anyhow::Result<Installed> {
+    let base = manifests.join("base");
+    let kustomization: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(base.join("kustomization.yaml"))
+            .with_context(|| format!("reading {}", base.join("kustomization.yaml").display()))?,
+    )?;
+    let namespace = kustomization["namespace"]
+        .as_str()
+        .context("manifests/base/kustomization.yaml sets no namespace")?
+        .to_string();
+    let ca_bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let mut docs = Vec::new();
+    for file in kustomization["resources"]
+        .as_array()
+        .context("manifests/base/kustomization.yaml lists no resources")?
+    {
+        let path = base.join(file.as_str().unwrap_or_default());
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        docs.extend(documents(&text)?);
+    }
+    // Namespaces first, as kubectl orders them.
+    docs.sort_by_key(|d| d["kind"] != "Namespace");
+    let mut pod_template = None;
+    let mut webhook_configuration = None;
+    for mut doc in docs {
+        match doc["kind"].as_str() {
+            Some("Deployment") => {
+                pod_template = Some(doc["spec"]["template"].clone());
+                continue;
+            }
+            Some("MutatingWebhookConfiguration") => {
+                for w in doc["webhooks"].as_array_mut().into_iter().flatten() {
+                    w["clientConfig"]["caBundle"] = json!(ca_bundle);
+                }
+                webhook_configuration = Some(doc.clone());
+            }
+            _ => {}
+        }
+        apply(client, &doc, &namespace).await?;
+    }
+    Ok(Installed {
+        namespace,
+        pod_template: pod_template.context("manifests/base has no Deployment")?,
+        webhook_configuration: webhook_configuration
+            .context("manifests/base has no MutatingWebhookConfiguration")?,
+    })
+}
+
+/// A token for ServiceAccount `namespace/name` from the TokenRequest API, valid `secs`.
+pub async fn service_account_token(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    secs: i64,
+) -> anyhow::Result<String> {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let req: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": secs}}))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match sas
+            .create_token_request(name, &PostParams::default(), &req)
+            .await
+        {
+            Ok(t) => {
+                return t
+                    .status
+                    .map(|s| s.token)
+                    .context("a TokenRequest without a token");
+            }
+            // The ServiceAccount may have been applied a moment ago.
+            Err(kube::Error::Api(s)) if s.code == 404 && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e).context(format!("TokenRequest for {namespace}/{name}")),
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! readygate on the real control plane: installed from the project's manifests (CRD, namespace,
+//! ServiceAccount, RBAC, Services, PodDisruptionBudget, the MutatingWebhookConfiguration with
+//! its caBundle), its replicas run by the rig as processes on pod IPs, each represented by a Pod
+//! made from the manifests' Deployment template and bound to the rig's node. The node agent
+//! probes and signals them as a kubelet does; the real EndpointSlice controller puts the Ready
+//! ones behind the webhook Service; the API server calls them through that Service
+//! (`--enable-aggregator-routing`) and verifies TLS against `SERVICE.NAMESPACE.svc`. readygate
+//! authenticates with its ServiceAccount's token (TokenRequest), so RBAC judges every call.
+
+use crate::certs::Certs;
+use crate::k8s::install::{self, Installed};
+use crate::k8s::node::{EXTERNAL_ANNOTATION, EXTERNAL_PID_ANNOTATION, NODE_NAME};
+use crate::readygate::{Readygate, ReadygateOpts};
+use anyhow::{Context, bail};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// The lease readygate's replicas compete for (its `--lease-name` default).
+pub const LEASE_NAME: &str = "readygate";
+const WEBHOOK_PORT: u16 = 9443;
+const ADMIN_PORT: u16 = 8080;
+
+/// Stages of one process get distinct replica names.
+static STAGES: AtomicUsize = AtomicUsize::new(0);
+
+pub struct Stage<R> {
+    pub rig: R,
+    pub client: Client,
+    /// The running replicas, oldest first.
+    pub replicas: Arc<Mutex<Vec<Readygate>>>,
+    /// The webhook Service: name and namespace (readygate's namespace, holding its Lease).
+    pub service: (String, String),
+    pub installed: Installed,
+    template: ReadygateOpts,
+    prefix: String,
+    started: AtomicUsize,
+}
+
+impl<R> Stage<R> {
+    /// Installs readygate from `manifests` and starts `replicas` replicas. `dir` holds their
+    /// certificates, kubeconfig and logs.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        rig: R,
+        plane: &crate::cluster::ControlPlane,
+        dir: &Path,
+        elb_url: String,
+        bin: &Path,
+        manifests: &Path,
+        readygate_args: &[String],
+        replicas: usize,
+    ) -> anyhow::Result<Self> {
+        let client = plane.client().await?;
+        let (service, service_ns) = crate::rig::webhook_service(manifests)?;
+        let certs = Certs::for_service(&service, &service_ns)?;
+        let paths = certs.write(&dir.join("certs"))?;
+        install::target_group_binding_crd(&client).await?;
+        let installed = install::readygate(&client, manifests, &certs.ca_pem).await?;
+        let token =
+            install::service_account_token(&client, &installed.namespace, "readygate", 86_400)
+                .await?;
+        let kubeconfig = dir.join("readygate.kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            plane.pki.token_kubeconfig(&plane.url, "readygate", &token),
+        )?;
+        let n = STAGES.fetch_add(1, Ordering::Relaxed);
+        let prefix = if n == 0 {
+            "readygate".to_string()
+        } else {
+            format!("readygate-s{n}")
+        };
+        let placeholder: SocketAddr = "127.0.0.1:0".parse()?;
+        let template = ReadygateOpts {
+            bin: bin.to_path_buf(),
+            kubeconfig,
+            cert: paths.cert,
+            key: paths.key,
+            elb_url,
+            lease_namespace: service_ns.clone(),
+            identity: String::new(),
+            webhook_addr: placeholder,
+            admin_addr: placeholder,
+            log: dir.join("readygate.log"),
+            extra_args: readygate_args.to_vec(),
+        };
+        let stage = Self {
+            rig,
+            client,
+            replicas: Arc::new(Mutex::new(Vec::new())),
+            service: (service, service_ns),
+            installed,
+            template,
+            prefix,
+            started: AtomicUsize::new(0),
+        };
+        for _ in 0..replicas {
+            stage.add_replica().await?;
+        }
+        Ok(stage)
+    }
+
+    /// Options of the next replica: its own identity (also its Pod's name), pod IP and log.
+    fn next_opts(&self) -> anyhow::Result<ReadygateOpts> {
+        let i = self.started.fetch_add(1, Ordering::Relaxed);
+        let ip = crate::netns::pod_ips().allocate()?;
+        let mut o = self.template.clone();
+        o.identity = format!("{}-{i}", self.prefix);
+        o.webhook_addr = SocketAddr::new(ip.into(), WEBHOOK_PORT);
+        o.admin_addr = SocketAddr::new(ip.into(), ADMIN_PORT);
+        if i > 0 {
+            o.log = self
+                .template
+                .log
+                .with_file_name(format!("readygate-{i}.log"));
+        }
+        Ok(o)
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.service.1)
+    }
+
+    /// The replica's Pod: the manifests' Deployment template, bound to the rig's node, its
+    /// process's IP and PID annotated for the node agent.
+    fn pod_object(&self, rg: &Readygate) -> anyhow::Result<Pod> {
+        let t = &self.installed.pod_template;
+        let mut metadata = t["metadata"].clone();
+        metadata["name"] = json!(rg.opts.identity);
+        metadata["annotations"][EXTERNAL_ANNOTATION] = json!(rg.opts.webhook_addr.ip().to_string());
+        metadata["annotations"][EXTERNAL_PID_ANNOTATION] =
+            json!(rg.pid().context("readygate has no PID")?.to_string());
+        let mut spec = t["spec"].clone();
+        spec["nodeName"] = json!(NODE_NAME);
+        Ok(serde_json::from_value(
+            json!({"metadata": metadata, "spec": spec}),
+        )?)
+    }
+
+    /// Waits until the webhook Service has a ready endpoint at `addr` (or, with `present`
+    /// false, none).
+    async fn wait_endpoint(&self, addr: SocketAddr, present: bool) -> anyhow::Result<()> {
+        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &self.service.1);
+        let lp =
+            ListParams::default().labels(&format!("kubernetes.io/service-name={}", self.service.0));
+        let ip = addr.ip().to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = slices
+                .list(&lp)
+                .await?
+                .items
+                .iter()
+                .flat_map(|s| s.endpoints.iter())
+                .any(|e| {
+                    e.addresses.contains(&ip)
+                        && e.conditions.as_ref().and_then(|c| c.ready) == Some(true)
+                });
+            if ready == present {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "readygate's endpoint {ip} {} the webhook Service within 30 s",
+                    if present {
+                        "did not join"
+                    } else {
+                        "did not leave"
+                    }
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts one more replica and waits until the webhook Service sends it requests.
+    pub async fn add_replica(&self) -> anyhow::Result<()> {
+        let opts = self.next_opts()?;
+        let rg = Readygate::start(opts).await?;
+        self.pods()
+            .create(&PostParams::default(), &self.pod_object(&rg)?)
+            .await
+            .context("creating readygate's Pod")?;
+        let addr = rg.opts.webhook_addr;
+        self.replicas.lock().await.push(rg);
+        self.wait_endpoint(addr, true).await
+    }
+
+    /// Deletes replica `index`'s Pod as a Deployment's rollout does: the node agent runs its
+    /// preStop sleep, then SIGTERMs it; waits until the process and its Pod are gone.
+    async fn terminate(&self, index: usize) -> anyhow::Result<()> {
+        let rg = self.replicas.lock().await.remove(index);
+        let name = rg.opts.identity.clone();
+        self.pods()
+            .delete(&name, &DeleteParams::default())
+            .await
+            .with_context(|| format!("deleting readygate's Pod {name}"))?;
+        rg.wait_or_kill(Duration::from_secs(60)).await?;
+        self.wait_pod_gone(&name).await
+    }
+
+    async fn wait_pod_gone(&self, name: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.pods().get_opt(name).await?.is_some() {
+            if Instant::now() > deadline {
+                bail!("readygate's Pod {name} was not removed within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// Rolls replica `index` as the Deployment (maxSurge 1, maxUnavailable 0) does: a new
+    /// replica first, then the old one terminated and waited for.
+    pub async fn replace(&self, index: usize) -> anyhow::Result<()> {
+        self.add_replica().await?;
+        self.terminate(index).await
+    }
+
+    /// Terminates replica `index` and starts it again with the same name and address.
+    pub async fn restart(&self, index: usize) -> anyhow::Result<()> {
+        let opts = self.replicas.lock().await[index].opts.clone();
+        self.terminate(index).await?;
+        let rg = Readygate::start(opts).await?;
+        self.pods()
+            .create(&PostParams::default(), &self.pod_object(&rg)?)
+            .await?;
+        let addr = rg.opts.webhook_addr;
+        self.replicas.lock().await.insert(index, rg);
+        self.wait_endpoint(addr, true).await
+    }
+
+    /// The identity holding readygate's Lease, if any.
+    pub async fn leader(&self) -> Option<String> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.service.1);
+        let lease = leases.get_opt(LEASE_NAME).await.ok()??;
+        lease.spec?.holder_identity.filter(|h| !h.is_empty())
+    }
+
+    /// SIGKILLs the replica that holds the Lease (as a crashing process): the node agent sees it
+    /// die and the endpoint goes; then its Pod is deleted. Returns its identity.
+    pub async fn kill_leader(&self) -> anyhow::Result<String> {
+        let leader = self
+            .leader()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("no replica holds the lease"))?;
+        let index = self
+            .replicas
+            .lock()
+            .await
+            .iter()
+            .position(|r| r.opts.identity == leader)
+            .ok_or_else(|| anyhow::anyhow!("the leader {leader} is not a running replica"))?;
+        let rg = self.replicas.lock().await.remove(index);
+        rg.signal("KILL");
+        let addr = rg.opts.webhook_addr;
+        rg.wait_or_kill(Duration::from_secs(5)).await?;
+        self.wait_endpoint(addr, false).await?;
+        self.pods()
+            .delete(&leader, &DeleteParams::default())
+            .await?;
+        self.wait_pod_gone(&leader).await?;
+        Ok(leader)
+    }
+
+    /// PIDs of the running replicas.
+    pub async fn pids(&self) -> Vec<Option<u32>> {
+        self.replicas.lock().await.iter().map(|r| r.pid()).collect()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.template.log.clone()
+    }
+
+    /// Terminates every replica at once (their Pods deleted) and waits for each.
+    pub async fn stop(&self) -> anyhow::Result<()> {
+        let n = self.replicas.lock().await.len();
+        let names: Vec<String> = self
+            .replicas
+            .lock()
+            .await
+            .iter()
+            .map(|r| r.opts.identity.clone())
+            .collect();
+        for name in &names {
+            let _ = self.pods().delete(name, &DeleteParams::default()).await;
+        }
+        let replicas: Vec<Readygate> = self.replicas.lock().await.drain(..n).collect();
+        for r in futures::future::join_all(
+            replicas
+                .into_iter()
+                .map(|rg| rg.wait_or_kill(Duration::from_secs(60))),
+        )
+        .await
+        {
+            r?;
+        }
+        for name in &names {
+            self.wait_pod_gone(name).await?;
+        }
+        Ok(())
+    }
+
+    /// The last lines of every replica's log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let dir = self
+            .template
+            .log
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("readygate") && n.ends_with(".log"))
+            })
+            .collect();
+        logs.sort();
+        let mut out = String::new();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- {}\n", log.display()));
+            out.push_str(&all[all.len().saturating_sub(lines)..].join("\n"));
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// The webhook configuration's first webhook, as applied.
+pub fn first_webhook(installed: &Installed) -> Value {
+    installed.webhook_configuration["webhooks"][0].clone()
+}

@@ -122,5 +122,15 @@ fn the_real_api_server_calls_readygate_through_its_service_and_applies_the_gate(
             vec!["target-health.elbv2.k8s.aws/web".to_string()],
             "readygate's log:\n{log}"
         );
+        // The API server measured the webhook call, and RBAC denied readygate nothing.
+        let latency = rig::k8s::audit::admission_latency(&admin).await.unwrap();
+        assert!(latency.count >= 1.0, "{latency:?}");
+        let rbac = std::fs::read_to_string(manifests.join("base/rbac.yaml")).unwrap();
+        let used = rig::k8s::audit::rbac_use(
+            &rig::k8s::audit::requests(&plane.audit_log).unwrap(),
+            &rig::k8s::audit::granted(&rbac).unwrap(),
+        );
+        assert!(used.denied.is_empty(), "{}", used.report());
+        assert!(!used.used.is_empty(), "{}", used.report());
     });
 }

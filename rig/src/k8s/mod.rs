@@ -1,5 +1,6 @@
 //! The rig's pieces that run against the real Kubernetes control plane ([`crate::cluster`]).
 
+pub mod audit;
 pub mod install;
 pub mod node;
 pub mod stage;

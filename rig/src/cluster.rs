@@ -108,9 +108,14 @@ impl Pki {
 
     /// A kubeconfig for `server` that authenticates with a bearer token.
     pub fn token_kubeconfig(&self, server: &str, user: &str, token: &str) -> String {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
-        kubeconfig_yaml(server, &b64, user, &format!("token: {token}"))
+        token_kubeconfig(server, &self.ca_pem, user, token)
     }
+}
+
+/// A kubeconfig for `server`, verified against `ca_pem`, that authenticates with a bearer token.
+pub fn token_kubeconfig(server: &str, ca_pem: &str, user: &str, token: &str) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    kubeconfig_yaml(server, &b64, user, &format!("token: {token}"))
 }
 
 fn kubeconfig_yaml(server: &str, ca_b64: &str, user: &str, auth: &str) -> String {

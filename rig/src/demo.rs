@@ -210,7 +210,7 @@ pub async fn wait_all_healthy(rig: &Rig, app: &App, n: usize, timeout: Duration)
 /// Deploys the first revision and waits for it to be fully healthy behind the load balancer.
 pub async fn deploy(rig: &Rig, app: &App, dep: &Deployment, revision: &str) -> anyhow::Result<()> {
     let r = dep
-        .roll(&rig.store, revision, Duration::from_secs(60))
+        .roll(&rig.client, revision, Duration::from_secs(60))
         .await;
     anyhow::ensure!(
         r.complete(),
@@ -245,7 +245,7 @@ pub async fn measured_rollout(
     let load = Load::start(app.listener.addr, rate, timeout + Duration::from_secs(30));
     let load_started = load.started;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let roll = dep.roll(&rig.store, revision, timeout);
+    let roll = dep.roll(&rig.client, revision, timeout);
     let rollout = match interlude {
         Some(i) => {
             let side = async move {
@@ -323,21 +323,18 @@ pub async fn wait_revision_gone(
     revision: &str,
     timeout: Duration,
 ) -> Option<Instant> {
-    let selector = crate::apiserver::selector::LabelSelector::parse(&format!(
+    let selector = format!(
         "app={},{}={revision}",
         app.name,
         crate::deploy::REVISION_LABEL
-    ))
-    .ok()?;
+    );
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        let (pods, _) = rig.store.list(
-            crate::apiserver::resources::pods(),
-            Some(&app.namespace),
-            &selector,
-            &crate::apiserver::selector::FieldSelector::default(),
-        );
-        if pods.is_empty() {
+        if rig
+            .pods(&app.namespace, &selector)
+            .await
+            .is_ok_and(|p| p.is_empty())
+        {
             return Some(Instant::now());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -651,60 +648,28 @@ pub fn side_by_side(modes: &[ModeReport]) -> String {
     out
 }
 
-/// The Kubernetes API requests the rig's API server received, grouped by method, path shape,
-/// query parameters, content type and status: what readygate's kube-rs client sends.
-pub fn api_summary(requests: &[crate::apiserver::http::RecordedRequest]) -> String {
-    let plurals: Vec<&str> = crate::apiserver::resources::RESOURCES
-        .iter()
-        .map(|r| r.plural)
-        .collect();
+/// The Kubernetes API requests readygate's ServiceAccount made, as the real API server's audit
+/// log recorded them: per verb, resource (and subresource), namespace scope and response code.
+pub fn api_summary(requests: &[crate::k8s::audit::Request]) -> String {
     let mut groups: BTreeMap<String, usize> = BTreeMap::new();
-    for r in requests {
-        let segs: Vec<&str> = r.path.split('/').collect();
-        let shape: Vec<String> = segs
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let prev = if i > 0 { segs[i - 1] } else { "" };
-                if prev == "namespaces" && segs.len() > i + 1 {
-                    "{ns}".to_string()
-                } else if (plurals.contains(&prev) && *s != "status")
-                    || (prev == "namespaces" && segs.len() == i + 1)
-                {
-                    "{name}".to_string()
-                } else {
-                    s.to_string()
-                }
-            })
-            .collect();
-        let mut keys: Vec<String> = form_urlencoded::parse(r.query.as_bytes())
-            .map(|(k, v)| {
-                if k == "watch" || k == "sendInitialEvents" || k == "allowWatchBookmarks" {
-                    format!("{k}={v}")
-                } else {
-                    k.into_owned()
-                }
-            })
-            .collect();
-        keys.sort();
-        keys.dedup();
-        let ct = if r.content_type.is_empty() {
-            String::new()
-        } else {
-            format!(" [{}]", r.content_type)
+    for r in requests
+        .iter()
+        .filter(|r| r.user == crate::k8s::audit::READYGATE_USER)
+    {
+        let resource = match (r.group.as_str(), r.subresource.as_str()) {
+            (_, "") if r.resource.is_empty() => "(non-resource)".to_string(),
+            ("", "") => r.resource.clone(),
+            ("", sub) => format!("{}/{sub}", r.resource),
+            (g, "") => format!("{g}/{}", r.resource),
+            (g, sub) => format!("{g}/{}/{sub}", r.resource),
         };
-        let q = if keys.is_empty() {
-            String::new()
+        let scope = if r.namespace.is_empty() {
+            ""
         } else {
-            format!("?{}", keys.join("&"))
+            " (namespaced)"
         };
         *groups
-            .entry(format!(
-                "{} {}{q}{ct} → {}",
-                r.method,
-                shape.join("/"),
-                r.status
-            ))
+            .entry(format!("{} {resource}{scope} → {}", r.verb, r.code))
             .or_default() += 1;
     }
     groups

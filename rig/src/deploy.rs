@@ -1,14 +1,20 @@
-//! A Deployment-style rolling update, as the deployment controller runs it: new pods up to
-//! `replicas + maxSurge`, old pods down while at least `replicas - maxUnavailable` are
-//! available, where available means Ready (ContainersReady AND every readiness gate True).
+//! Rolling updates by the real Deployment controller: the rig applies an apps/v1 Deployment
+//! (maxSurge, maxUnavailable as given) and changes its template's revision label; the
+//! controller creates the new pods up to `replicas + maxSurge` and deletes old ones while at
+//! least `replicas - maxUnavailable` are available (Ready: ContainersReady AND every readiness
+//! gate True).
 
-use crate::apiserver::resources;
-use crate::apiserver::selector::{FieldSelector, LabelSelector};
-use crate::apiserver::store::{Store, WriteOpts, str_at};
+use crate::str_at;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-pub const REVISION_LABEL: &str = "pod-template-hash";
+/// The pod template label the rig rolls (the Deployment controller adds its own
+/// `pod-template-hash` beside it).
+pub const REVISION_LABEL: &str = "rig.readygate.io/revision";
 
 #[derive(Debug, Clone)]
 pub struct Deployment {
@@ -17,8 +23,8 @@ pub struct Deployment {
     pub replicas: usize,
     pub max_surge: usize,
     pub max_unavailable: usize,
-    /// The pod template: `{"metadata": {"labels", "annotations"}, "spec": {...}}`. Its labels must
-    /// include `app: <name>`, the deployment's selector.
+    /// The pod template: `{"metadata": {"labels", "annotations"}, "spec": {...}}`; `app: <name>`
+    /// (the Deployment's selector) and the revision label are added.
     pub template: Value,
 }
 
@@ -27,6 +33,7 @@ pub struct Rollout {
     pub revision: String,
     pub started: Instant,
     pub finished: Option<Instant>,
+    /// Pods seen created, and seen terminating, during the rollout.
     pub created: Vec<String>,
     pub deleted: Vec<String>,
     /// At the end (finished or timed out): new pods, new pods Ready, old pods left.
@@ -55,31 +62,43 @@ pub fn is_ready(pod: &Value) -> bool {
 }
 
 impl Deployment {
-    fn pods(&self, store: &Store) -> Vec<Value> {
-        let sel = LabelSelector::parse(&format!("app={}", self.name)).expect("selector");
-        let (pods, _) = store.list(
-            resources::pods(),
-            Some(&self.namespace),
-            &sel,
-            &FieldSelector::default(),
-        );
-        // Terminating pods no longer count, as with ReplicaSets.
-        pods.into_iter()
-            .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
-            .collect()
+    /// The apps/v1 Deployment rolled to `revision` (the label [`REVISION_LABEL`] on its pod
+    /// template: a new label is a new ReplicaSet).
+    fn object(&self, revision: &str) -> Value {
+        let mut template = self.template.clone();
+        template["metadata"]["labels"]["app"] = json!(self.name);
+        template["metadata"]["labels"][REVISION_LABEL] = json!(revision);
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": self.name, "namespace": self.namespace},
+            "spec": {
+                "replicas": self.replicas,
+                "selector": {"matchLabels": {"app": self.name}},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {
+                    "maxSurge": self.max_surge, "maxUnavailable": self.max_unavailable}},
+                "template": template,
+            }
+        })
     }
 
-    fn new_pod(&self, revision: &str) -> Value {
-        let mut pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": self.template.get("metadata").cloned().unwrap_or(json!({})), "spec": self.template["spec"].clone()});
-        pod["metadata"]["generateName"] = json!(format!("{}-{revision}-", self.name));
-        pod["metadata"]["labels"][REVISION_LABEL] = json!(revision);
-        pod["metadata"]["labels"]["app"] = json!(self.name);
-        pod
+    /// The deployment's pods, as JSON.
+    async fn pods(&self, client: &kube::Client) -> anyhow::Result<Vec<Value>> {
+        let api: Api<Pod> = Api::namespaced(client.clone(), &self.namespace);
+        let list = api
+            .list(&ListParams::default().labels(&format!("app={}", self.name)))
+            .await?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter_map(|p| serde_json::to_value(p).ok())
+            .collect())
     }
 
-    /// Rolls the pods to `revision` (the first call deploys from nothing) and returns when
-    /// the rollout is complete or `timeout` has passed.
-    pub async fn roll(&self, store: &Store, revision: &str, timeout: Duration) -> Rollout {
+    /// Rolls the Deployment to `revision` (the first call creates it) and lets the real
+    /// Deployment controller run the rolling update; returns when it is complete — `replicas`
+    /// pods of the new revision, all Ready, and no pod of another revision left at all — or when
+    /// `timeout` has passed.
+    pub async fn roll(&self, client: &kube::Client, revision: &str, timeout: Duration) -> Rollout {
         let mut r = Rollout {
             revision: revision.into(),
             started: Instant::now(),
@@ -91,62 +110,86 @@ impl Deployment {
             old_pods: 0,
         };
         let deadline = r.started + timeout;
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            &self.namespace,
+            &ApiResource::erase::<k8s_openapi::api::apps::v1::Deployment>(&()),
+        );
+        let applied = api
+            .patch(
+                &self.name,
+                &PatchParams::apply("rig").force(),
+                &Patch::Apply(self.object(revision)),
+            )
+            .await;
+        if let Err(e) = applied {
+            tracing::warn!(error = %e, "applying the Deployment");
+            return r;
+        }
+        let mut seen: BTreeSet<String> = BTreeSet::new();
+        let mut first = true;
         loop {
-            let pods = self.pods(store);
-            let (new, old): (Vec<&Value>, Vec<&Value>) = pods.iter().partition(|p| {
-                str_at(p, &format!("/metadata/labels/{REVISION_LABEL}")) == revision
-            });
+            let pods = match self.pods(client).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "listing the deployment's pods");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let names: BTreeSet<String> =
+                pods.iter().map(|p| str_at(p, "/metadata/name")).collect();
+            if first {
+                seen = names.clone();
+                first = false;
+            }
+            r.created
+                .extend(names.difference(&seen).cloned().collect::<Vec<_>>());
+            r.deleted.extend(
+                pods.iter()
+                    .filter(|p| p.pointer("/metadata/deletionTimestamp").is_some())
+                    .map(|p| str_at(p, "/metadata/name"))
+                    .filter(|n| !r.deleted.contains(n))
+                    .collect::<Vec<_>>(),
+            );
+            seen.extend(names);
+            let label = format!("/metadata/labels/{}", REVISION_LABEL.replace('/', "~1"));
+            let (new, old): (Vec<&Value>, Vec<&Value>) =
+                pods.iter().partition(|p| str_at(p, &label) == revision);
+            // Terminating pods of the new revision do not count, as with ReplicaSets.
+            let new: Vec<&Value> = new
+                .into_iter()
+                .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
+                .collect();
             let new_ready = new.iter().filter(|p| is_ready(p)).count();
-            (r.new_pods, r.new_ready, r.old_pods) = (new.len(), new_ready, old.len());
-            if new.len() == self.replicas && new_ready == self.replicas && old.is_empty() {
+            let old_live = old
+                .iter()
+                .filter(|p| p.pointer("/metadata/deletionTimestamp").is_none())
+                .count();
+            (r.new_pods, r.new_ready, r.old_pods) = (new.len(), new_ready, old_live);
+            if new.len() == self.replicas && new_ready == self.replicas && old_live == 0 {
                 r.finished = Some(Instant::now());
                 return r;
             }
             if Instant::now() >= deadline {
                 return r;
             }
-            // Scale up the new revision within the surge.
-            let total = new.len() + old.len();
-            let room = (self.replicas + self.max_surge).saturating_sub(total);
-            for _ in 0..room.min(self.replicas.saturating_sub(new.len())) {
-                match store
-                    .create(
-                        resources::pods(),
-                        &self.namespace,
-                        self.new_pod(revision),
-                        &WriteOpts::default(),
-                    )
-                    .await
-                {
-                    Ok(p) => r.created.push(str_at(&p, "/metadata/name")),
-                    Err(e) => tracing::warn!(error = %e, "creating pod"),
-                }
-            }
-            // Scale down old pods: unready ones first, then ready ones while enough stay available.
-            let min_available = self.replicas.saturating_sub(self.max_unavailable);
-            let new_unavailable = new.len() - new_ready;
-            let mut cleanup = total.saturating_sub(min_available + new_unavailable);
-            let mut available = pods.iter().filter(|p| is_ready(p)).count();
-            let mut old_sorted = old.clone();
-            old_sorted.sort_by_key(|p| is_ready(p));
-            for p in old_sorted {
-                let ready = is_ready(p);
-                if !ready && cleanup > 0 {
-                    cleanup -= 1;
-                } else if ready && available > min_available {
-                    available -= 1;
-                } else {
-                    continue;
-                }
-                let name = str_at(p, "/metadata/name");
-                if store
-                    .delete(resources::pods(), &self.namespace, &name, None, None, false)
-                    .is_ok()
-                {
-                    r.deleted.push(name);
-                }
-            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Deletes the Deployment (its ReplicaSets and pods follow, by the garbage collector).
+    pub async fn delete(&self, client: &kube::Client) -> anyhow::Result<()> {
+        let api: Api<k8s_openapi::api::apps::v1::Deployment> =
+            Api::namespaced(client.clone(), &self.namespace);
+        api.delete(
+            &self.name,
+            &DeleteParams {
+                propagation_policy: Some(kube::api::PropagationPolicy::Foreground),
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok(())
     }
 }

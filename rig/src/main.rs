@@ -59,8 +59,14 @@ struct DemoArgs {
     readygate_args: Vec<String>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // The whole run lives in a private network namespace: enter it before any thread starts,
+    // so that the runtime's threads and every process the rig starts inherit it.
+    rig::netns::enter()?;
+    tokio::runtime::Runtime::new()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     rustls::crypto::aws_lc_rs::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("installing the rustls crypto provider"))?;
@@ -88,10 +94,22 @@ async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
     {
         readygate_args.push(prestop_sleep_arg(&config));
     }
+    let started = std::time::Instant::now();
     let stage = Stage::start(&bin, &args.manifests, &readygate_args).await?;
+    let plane = stage.rig.plane;
+    println!(
+        "control plane: kube-apiserver {} (etcd {}), kube-controller-manager, kube-scheduler; the rig's node agent; \
+         readygate installed from {} (up in {:.1} s; logs and audit log in {})",
+        plane.version,
+        plane.etcd_version,
+        args.manifests.display(),
+        started.elapsed().as_secs_f64(),
+        plane.dir.display()
+    );
+    let admission_before = rig::k8s::audit::admission_latency(&stage.rig.client).await?;
     println!(
         "rig: API server {}, ELBv2 endpoint {}, readygate pids {:?} (log {}), readygate serve {}",
-        stage.rig.api.url(),
+        plane.url,
         stage.rig.elb_api.url(),
         stage.pids().await,
         stage.log_path().display(),
@@ -140,10 +158,37 @@ async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
         .await?;
         reports.push(report);
     }
+    let admission = rig::k8s::audit::admission_latency(&stage.rig.client)
+        .await?
+        .since(&admission_before);
     stage.stop().await?;
+    let audit = rig::k8s::audit::requests(&plane.audit_log)?;
     println!(
-        "== Kubernetes API requests the rig received (all from readygate: the rig's own controllers use its store directly) ==\n{}",
-        rig::demo::api_summary(&stage.rig.api.requests())
+        "== Kubernetes API requests readygate's ServiceAccount made (the API server's audit log) ==\n{}",
+        rig::demo::api_summary(&audit)
+    );
+    let rbac_path = args.manifests.join("base/rbac.yaml");
+    let rbac = rig::k8s::audit::rbac_use(
+        &audit,
+        &rig::k8s::audit::granted(&std::fs::read_to_string(&rbac_path)?)?,
+    );
+    println!(
+        "== RBAC: what readygate used of what {} grants ==\n{}",
+        rbac_path.display(),
+        rbac.report()
+    );
+    let ms = |q: f64| {
+        admission
+            .quantile(q)
+            .map(|s| format!("{:.1} ms", s * 1000.0))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "== admission latency of readygate's webhook as kube-apiserver measures it ({}) ==\n  {} calls, p50 {}, p99 {} (histogram_quantile over its buckets)\n",
+        rig::k8s::audit::ADMISSION_METRIC,
+        admission.count,
+        ms(0.5),
+        ms(0.99)
     );
     println!("== side by side ==\n{}", side_by_side(&reports));
     if let Some(dir) = args.html.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -170,6 +215,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
             );
             code = 1;
         }
+    }
+    if !rbac.denied.is_empty() {
+        println!("FAIL: the API server denied readygate requests its RBAC should allow");
+        code = 1;
     }
     if !full.all_complete() {
         println!(

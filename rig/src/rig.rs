@@ -1,21 +1,19 @@
-//! The whole rig in one process on 127.0.0.1: API server, kubelet, load balancer controller,
-//! ELBv2 endpoint, listeners, timelines; and the demo application's objects.
+//! The whole rig: the real control plane, the rig's node agent, load balancer controller,
+//! ELBv2 endpoint, listeners and timelines, all in the rig's network namespace; and the demo
+//! application's objects.
 
-use crate::apiserver::admission::{Admission, find_webhook_configuration};
-use crate::apiserver::http::ApiServer;
-use crate::apiserver::resources;
-use crate::apiserver::store::{Store, WriteOpts, str_at};
+use crate::cluster::ControlPlane;
 use crate::deploy::Deployment;
 use crate::elb::listener::Listener;
 use crate::elb::query::QueryServer;
 use crate::elb::{Elb, ElbConfig, GroupSpec};
-use crate::kubelet::{Kubelet, LB_HEALTH_PATH, PROBE_PERIOD_ANNOTATION, START_DELAY_ANNOTATION};
+use crate::k8s::node::{NODE_NAME, NodeAgent};
+use crate::kubelet::{LB_HEALTH_PATH, PROBE_PERIOD_ANNOTATION, START_DELAY_ANNOTATION};
 use crate::lbc::Lbc;
 use crate::timeline::Timeline;
 use anyhow::Context;
 use serde_json::{Value, json};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,12 +65,14 @@ impl RigConfig {
 
 pub struct Rig {
     pub config: RigConfig,
-    pub store: Arc<Store>,
-    pub api: ApiServer,
+    /// The real control plane this process runs on.
+    pub plane: &'static ControlPlane,
+    /// A cluster-admin client (the rig's own controllers and set-up).
+    pub client: kube::Client,
     pub elb: Arc<Elb>,
     pub elb_api: QueryServer,
     pub timeline: Timeline,
-    _kubelet: Kubelet,
+    _node: NodeAgent,
     _lbc: Lbc,
     pub dir: tempfile::TempDir,
 }
@@ -86,50 +86,44 @@ pub struct App {
 }
 
 impl Rig {
+    /// The rig on this process's control plane ([`crate::cluster::shared`], started on first
+    /// use inside the rig's network namespace): its node agent, the TargetGroupBinding CRD, the
+    /// load balancer and its controller, the timelines.
     pub async fn start(config: RigConfig) -> anyhow::Result<Self> {
-        let store = Arc::new(Store::new());
-        let api = ApiServer::start(store.clone(), "127.0.0.1:0".parse()?).await?;
+        let plane = crate::cluster::shared()?;
+        let client = plane.client().await?;
+        let node = NodeAgent::start(NodeAgent::client(plane, NODE_NAME).await?, NODE_NAME).await?;
+        crate::k8s::install::target_group_binding_crd(&client).await?;
         let elb = Elb::new(config.elb.clone());
         let elb_api = QueryServer::start(elb.clone(), "127.0.0.1:0".parse()?).await?;
-        let timeline = Timeline::start(&store, &elb);
-        let kubelet = Kubelet::start(store.clone());
-        let lbc = Lbc::start(store.clone(), elb.clone(), config.lbc_reaction);
+        let timeline = Timeline::start(client.clone(), &elb).await?;
+        let lbc = Lbc::start(client.clone(), elb.clone(), config.lbc_reaction).await?;
         let dir = tempfile::Builder::new().prefix("rig-").tempdir()?;
-        std::fs::write(dir.path().join("kubeconfig"), api.kubeconfig())?;
         Ok(Self {
             config,
-            store,
-            api,
+            plane,
+            client,
             elb,
             elb_api,
             timeline,
-            _kubelet: kubelet,
+            _node: node,
             _lbc: lbc,
             dir,
         })
     }
 
-    pub fn kubeconfig_path(&self) -> PathBuf {
-        self.dir.path().join("kubeconfig")
-    }
-
-    pub async fn create(
-        &self,
-        res: &'static resources::ResourceType,
-        ns: &str,
-        obj: Value,
-    ) -> anyhow::Result<Value> {
-        Ok(self
-            .store
-            .create(res, ns, obj, &WriteOpts::default())
-            .await?)
+    /// Creates `obj` (a kind the API server knows) in namespace `ns` (ignored for cluster-scoped
+    /// kinds).
+    pub async fn create(&self, obj: Value, ns: &str) -> anyhow::Result<()> {
+        crate::k8s::install::create(&self.client, &obj, ns).await
     }
 
     pub async fn namespace(&self, name: &str, gated: bool) -> anyhow::Result<()> {
         self.annotated_namespace(name, gated, json!({})).await
     }
 
-    /// A namespace with the gate label (when `gated`) and these annotations.
+    /// A namespace with the gate label (when `gated`) and these annotations; returns once its
+    /// `default` ServiceAccount exists (pods cannot be created before).
     pub async fn annotated_namespace(
         &self,
         name: &str,
@@ -142,28 +136,12 @@ impl Rig {
             json!({})
         };
         self.create(
-            resources::namespaces(),
+            json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": name, "labels": labels, "annotations": annotations}}),
             "",
-            json!({"metadata": {"name": name, "labels": labels, "annotations": annotations}}),
         )
         .await?;
-        Ok(())
-    }
-
-    /// Installs the MutatingWebhookConfiguration found under `manifests`, with its service
-    /// resolved to `webhook` and `ca_pem` as caBundle. Returns the service name and namespace
-    /// the serving certificate must carry.
-    pub fn install_webhook(
-        &self,
-        manifests: &Path,
-        webhook: SocketAddr,
-        ca_pem: &str,
-    ) -> anyhow::Result<Arc<Admission>> {
-        let admission = Arc::new(Admission::from_manifests(manifests, ca_pem, &|_, _, _| {
-            Some(webhook)
-        })?);
-        self.store.set_admission(Some(admission.clone()));
-        Ok(admission)
+        crate::k8s::install::wait_default_service_account(&self.client, name).await
     }
 
     /// Creates the application `name` in `namespace`: a Service selecting `app: name` with port
@@ -171,9 +149,9 @@ impl Rig {
     /// TargetGroupBinding, and a listener in front of the group.
     pub async fn app(&self, namespace: &str, name: &str) -> anyhow::Result<App> {
         self.create(
-            resources::services(),
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+                "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]}}),
             namespace,
-            json!({"metadata": {"name": name}, "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]}}),
         )
         .await?;
         let mut spec = GroupSpec::new(&format!("{namespace}-{name}"), APP_PORT);
@@ -188,10 +166,9 @@ impl Rig {
             .create_target_group(spec)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         self.create(
-            resources::target_group_bindings(),
-            namespace,
             json!({"apiVersion": "elbv2.k8s.aws/v1beta1", "kind": "TargetGroupBinding", "metadata": {"name": name},
                 "spec": {"targetGroupARN": arn, "targetType": "ip", "serviceRef": {"name": name, "port": 80}}}),
+            namespace,
         )
         .await?;
         let listener = Listener::start(
@@ -207,6 +184,20 @@ impl Rig {
             arn,
             listener,
         })
+    }
+
+    /// The pods of namespace `ns` matching `labels` (a label selector), as JSON.
+    pub async fn pods(&self, ns: &str, labels: &str) -> anyhow::Result<Vec<Value>> {
+        let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::namespaced(self.client.clone(), ns);
+        let list = api
+            .list(&kube::api::ListParams::default().labels(labels))
+            .await?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter_map(|p| serde_json::to_value(p).ok())
+            .collect())
     }
 }
 
@@ -250,9 +241,16 @@ pub fn web_deployment(
 
 /// The readygate service the webhook configuration names (`clientConfig.service`).
 pub fn webhook_service(manifests: &Path) -> anyhow::Result<(String, String)> {
-    let doc = find_webhook_configuration(manifests)?;
+    let path = manifests.join("base/mutatingwebhookconfiguration.yaml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let doc = crate::k8s::install::documents(&text)?
+        .into_iter()
+        .find(|d| d["kind"] == "MutatingWebhookConfiguration")
+        .with_context(|| format!("{} holds no MutatingWebhookConfiguration", path.display()))?;
     let svc = doc
         .pointer("/webhooks/0/clientConfig/service")
         .context("the webhook has no clientConfig.service")?;
-    Ok((str_at(svc, "/name"), str_at(svc, "/namespace")))
+    let s = |k: &str| svc[k].as_str().unwrap_or_default().to_string();
+    Ok((s("name"), s("namespace")))
 }

@@ -1,45 +1,53 @@
-//! A rig with the real readygate running against it: certificates for the webhook service the
-//! project's manifests name, the webhook configuration installed, one or more readygate
-//! replicas started with the rig's kubeconfig and ELBv2 endpoint and put behind the webhook
-//! Service as the endpoints controller would: in when ready, out a moment after they start
-//! terminating.
+//! readygate on the real control plane: installed from the project's manifests (CRD, namespace,
+//! ServiceAccount, RBAC, Services, PodDisruptionBudget, the MutatingWebhookConfiguration with
+//! its caBundle), its replicas run by the rig as processes on pod IPs, each represented by a Pod
+//! made from the manifests' Deployment template and bound to the rig's node. The node agent
+//! probes and signals them as a kubelet does; the real EndpointSlice controller puts the Ready
+//! ones behind the webhook Service; the API server calls them through that Service
+//! (`--enable-aggregator-routing`) and verifies TLS against `SERVICE.NAMESPACE.svc`. readygate
+//! authenticates with its ServiceAccount's token (TokenRequest), so RBAC judges every call.
 
-use crate::apiserver::admission::{Admission, find_webhook_configuration};
-use crate::apiserver::resources;
-use crate::apiserver::selector::{FieldSelector, LabelSelector};
-use crate::apiserver::store::{PatchKind, Subresource, WriteOpts, str_at};
 use crate::certs::Certs;
-use crate::readygate::{Readygate, ReadygateOpts, free_addr};
-use crate::rig::{Rig, RigConfig, webhook_service};
-use base64::Engine;
-use serde_json::{Value, json};
+use crate::fault_proxy::FaultProxy;
+use crate::k8s::install::{self, Installed};
+use crate::k8s::node::{EXTERNAL_ANNOTATION, EXTERNAL_PID_ANNOTATION, NODE_NAME};
+use crate::readygate::{Readygate, ReadygateOpts};
+use crate::rig::{Rig, RigConfig};
+use anyhow::{Context, bail};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
-
-/// How long a terminating replica stays an endpoint of the webhook Service (the endpoints
-/// controller and the API server's endpoint view lag behind a pod's deletion by about that).
-pub const ENDPOINT_LAG: Duration = Duration::from_secs(1);
 
 /// The lease readygate's replicas compete for (its `--lease-name` default).
 pub const LEASE_NAME: &str = "readygate";
+const WEBHOOK_PORT: u16 = 9443;
+const ADMIN_PORT: u16 = 8080;
+
+/// Stages of one process get distinct replica names.
+static STAGES: AtomicUsize = AtomicUsize::new(0);
 
 pub struct Stage {
     pub rig: Rig,
-    /// The running replicas, oldest first. Shared so that a scenario can restart, replace or
-    /// kill one mid-rollout.
+    pub client: Client,
+    /// Between readygate and the API server, when started so.
+    pub proxy: Option<FaultProxy>,
+    /// The running replicas, oldest first.
     pub replicas: Arc<Mutex<Vec<Readygate>>>,
-    pub admission: Arc<Admission>,
     /// The webhook Service: name and namespace (readygate's namespace, holding its Lease).
     pub service: (String, String),
+    pub installed: Installed,
     template: ReadygateOpts,
+    prefix: String,
     started: AtomicUsize,
-    /// readygate's MutatingWebhookConfiguration as the manifests have it, with the rig's CA.
-    webhook_configuration: Value,
-    /// `install_objects` was called: replica changes also update their Pods and EndpointSlices.
-    objects: AtomicBool,
 }
 
 impl Stage {
@@ -52,52 +60,83 @@ impl Stage {
         Self::start_replicas(bin, manifests, readygate_args, 1).await
     }
 
-    /// The rig with `replicas` readygate replicas behind the webhook Service.
+    /// The rig with readygate installed from `manifests` and `replicas` replicas behind the
+    /// webhook Service.
     pub async fn start_replicas(
         bin: &Path,
         manifests: &Path,
         readygate_args: &[String],
         replicas: usize,
     ) -> anyhow::Result<Self> {
+        Self::start_with(bin, manifests, readygate_args, replicas, false).await
+    }
+
+    /// As [`Stage::start_replicas`]; with `behind_proxy`, readygate reaches the API server
+    /// through a [`FaultProxy`] (kept in [`Stage::proxy`]) that can play outages and cut
+    /// watches.
+    pub async fn start_with(
+        bin: &Path,
+        manifests: &Path,
+        readygate_args: &[String],
+        replicas: usize,
+        behind_proxy: bool,
+    ) -> anyhow::Result<Self> {
         let rig = Rig::start(RigConfig::default()).await?;
-        let (service, service_ns) = webhook_service(manifests)?;
+        let plane = rig.plane;
+        let dir = rig.dir.path().to_path_buf();
+        let dir = dir.as_path();
+        let elb_url = rig.elb_api.url();
+        let client = plane.client().await?;
+        let (service, service_ns) = crate::rig::webhook_service(manifests)?;
         let certs = Certs::for_service(&service, &service_ns)?;
-        let paths = certs.write(&rig.dir.path().join("certs"))?;
+        let paths = certs.write(&dir.join("certs"))?;
+        let installed = install::readygate(&client, manifests, &certs.ca_pem).await?;
+        let token =
+            install::service_account_token(&client, &installed.namespace, "readygate", 86_400)
+                .await?;
+        let kubeconfig = dir.join("readygate.kubeconfig");
+        let proxy = if behind_proxy {
+            Some(FaultProxy::start(plane).await?)
+        } else {
+            None
+        };
+        std::fs::write(
+            &kubeconfig,
+            match &proxy {
+                Some(p) => p.kubeconfig_for_token(&token),
+                None => plane.pki.token_kubeconfig(&plane.url, "readygate", &token),
+            },
+        )?;
+        let n = STAGES.fetch_add(1, Ordering::Relaxed);
+        let prefix = if n == 0 {
+            "readygate".to_string()
+        } else {
+            format!("readygate-s{n}")
+        };
+        let placeholder: SocketAddr = "127.0.0.1:0".parse()?;
         let template = ReadygateOpts {
             bin: bin.to_path_buf(),
-            kubeconfig: rig.kubeconfig_path(),
+            kubeconfig,
             cert: paths.cert,
             key: paths.key,
-            elb_url: rig.elb_api.url(),
+            elb_url,
             lease_namespace: service_ns.clone(),
             identity: String::new(),
-            webhook_addr: free_addr(),
-            admin_addr: free_addr(),
-            log: rig.dir.path().join("readygate.log"),
+            webhook_addr: placeholder,
+            admin_addr: placeholder,
+            log: dir.join("readygate.log"),
             extra_args: readygate_args.to_vec(),
         };
-        let admission = rig.install_webhook(manifests, template.webhook_addr, &certs.ca_pem)?;
-        let mut webhook_configuration = find_webhook_configuration(manifests)?;
-        let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&certs.ca_pem);
-        for w in webhook_configuration["webhooks"]
-            .as_array_mut()
-            .into_iter()
-            .flatten()
-        {
-            w["clientConfig"]["caBundle"] = json!(ca_bundle);
-        }
-        admission.set_endpoints(&service_ns, &service, vec![]);
-        // readygate's own namespace holds its Lease.
-        rig.namespace(&service_ns, false).await?;
         let stage = Self {
             rig,
+            client,
+            proxy,
             replicas: Arc::new(Mutex::new(Vec::new())),
-            admission,
             service: (service, service_ns),
+            installed,
             template,
+            prefix,
             started: AtomicUsize::new(0),
-            webhook_configuration,
-            objects: AtomicBool::new(false),
         };
         for _ in 0..replicas {
             stage.add_replica().await?;
@@ -105,264 +144,149 @@ impl Stage {
         Ok(stage)
     }
 
-    /// Options of the next replica: its own identity, ports and log (the first keeps the
-    /// names a single-replica stage always had).
-    fn next_opts(&self) -> ReadygateOpts {
+    /// Options of the next replica: its own identity (also its Pod's name), pod IP and log.
+    fn next_opts(&self) -> anyhow::Result<ReadygateOpts> {
         let i = self.started.fetch_add(1, Ordering::Relaxed);
+        let ip = crate::netns::pod_ips().allocate()?;
         let mut o = self.template.clone();
-        if i == 0 {
-            o.identity = "rig-readygate".into();
-        } else {
-            o.identity = format!("rig-readygate-{i}");
-            o.webhook_addr = free_addr();
-            o.admin_addr = free_addr();
-            o.log = self.rig.dir.path().join(format!("readygate-{i}.log"));
+        o.identity = format!("{}-{i}", self.prefix);
+        o.webhook_addr = SocketAddr::new(ip.into(), WEBHOOK_PORT);
+        o.admin_addr = SocketAddr::new(ip.into(), ADMIN_PORT);
+        if i > 0 {
+            o.log = self
+                .template
+                .log
+                .with_file_name(format!("readygate-{i}.log"));
         }
-        o
+        Ok(o)
     }
 
-    async fn publish_endpoints(&self, replicas: &[Readygate]) {
-        let (name, ns) = &self.service;
-        self.admission.set_endpoints(
-            ns,
-            name,
-            replicas.iter().map(|r| r.opts.webhook_addr).collect(),
-        );
-        if self.objects.load(Ordering::SeqCst)
-            && let Err(e) = self.sync_replica_objects(Some(replicas), replicas).await
-        {
-            tracing::error!(error = %e, "the rig could not update readygate's Pods and EndpointSlices");
-        }
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.service.1)
     }
 
-    /// Creates the objects of a real installation that the rig does not need to run readygate,
-    /// so that `readygate doctor` and `readygate status` find them: the TargetGroupBinding CRD,
-    /// the MutatingWebhookConfiguration (caBundle: the rig's CA), the webhook Service, and per
-    /// running replica a Pod (IP 127.0.0.1 with its webhook and admin ports; the kubelet leaves
-    /// it alone, and the pod proxy reaches its admin port) and an EndpointSlice. From then on
-    /// they follow the replicas. The rig's admission keeps calling the configuration it loaded
-    /// at start: editing the stored copy changes what doctor reads, not admission.
-    pub async fn install_objects(&self) -> anyhow::Result<()> {
-        let store = &self.rig.store;
-        let opts = WriteOpts::default();
-        let tgb = resources::target_group_bindings();
-        store
-            .create(
-                resources::custom_resource_definitions(),
-                "",
-                json!({"metadata": {"name": format!("{}.{}", tgb.plural, tgb.group)},
-                    "spec": {"group": tgb.group, "scope": "Namespaced",
-                        "names": {"kind": tgb.kind, "listKind": tgb.list_kind(), "plural": tgb.plural, "singular": tgb.singular},
-                        "versions": [{"name": tgb.version, "served": true, "storage": true, "subresources": {"status": {}},
-                            "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}}),
-                &opts,
-            )
-            .await?;
-        store
-            .create(
-                resources::mutating_webhook_configurations(),
-                "",
-                self.webhook_configuration.clone(),
-                &opts,
-            )
-            .await?;
-        let (name, ns) = &self.service;
-        store
-            .create(
-                resources::services(),
-                ns,
-                json!({"metadata": {"name": name, "labels": {"app.kubernetes.io/name": "readygate"}},
-                    "spec": {"type": "ClusterIP", "selector": {"app.kubernetes.io/name": "readygate"},
-                        "ports": [{"name": "https", "port": 443, "targetPort": "webhook", "protocol": "TCP"}]}}),
-                &opts,
-            )
-            .await?;
-        self.objects.store(true, Ordering::SeqCst);
-        let replicas = self.replicas.lock().await;
-        self.sync_replica_objects(Some(&replicas), &replicas).await
+    /// The replica's Pod: the manifests' Deployment template, bound to the rig's node, its
+    /// process's IP and PID annotated for the node agent.
+    fn pod_object(&self, rg: &Readygate) -> anyhow::Result<Pod> {
+        let t = &self.installed.pod_template;
+        let mut metadata = t["metadata"].clone();
+        metadata["name"] = json!(rg.opts.identity);
+        metadata["annotations"][EXTERNAL_ANNOTATION] = json!(rg.opts.webhook_addr.ip().to_string());
+        metadata["annotations"][EXTERNAL_PID_ANNOTATION] =
+            json!(rg.pid().context("readygate has no PID")?.to_string());
+        let mut spec = t["spec"].clone();
+        spec["nodeName"] = json!(NODE_NAME);
+        Ok(serde_json::from_value(
+            json!({"metadata": metadata, "spec": spec}),
+        )?)
     }
 
-    /// One Pod per running replica (when `running` is known; those of replicas gone are
-    /// deleted) and one EndpointSlice per replica in `endpoints`.
-    async fn sync_replica_objects(
-        &self,
-        running: Option<&[Readygate]>,
-        endpoints: &[Readygate],
-    ) -> anyhow::Result<()> {
-        let store = &self.rig.store;
-        let opts = WriteOpts::default();
-        let (service, ns) = &self.service;
-        let selector = LabelSelector::parse(&format!("kubernetes.io/service-name={service}"))
-            .map_err(anyhow::Error::msg)?;
-        let (slices, _) = store.list(
-            resources::endpoint_slices(),
-            Some(ns),
-            &selector,
-            &FieldSelector::default(),
-        );
-        for s in slices {
-            store.delete(
-                resources::endpoint_slices(),
-                ns,
-                &str_at(&s, "/metadata/name"),
-                None,
-                None,
-                false,
-            )?;
-        }
-        if let Some(replicas) = running {
-            self.sync_replica_pods(replicas).await?;
-        }
-        for r in endpoints {
-            let o = &r.opts;
-            store
-                .create(
-                    resources::endpoint_slices(),
-                    ns,
-                    json!({"metadata": {"name": format!("{service}-{}", o.identity),
-                            "labels": {"kubernetes.io/service-name": service,
-                                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
-                        "addressType": "IPv4",
-                        "endpoints": [{"addresses": [o.webhook_addr.ip().to_string()],
-                            "conditions": {"ready": true, "serving": true, "terminating": false},
-                            "targetRef": {"kind": "Pod", "namespace": ns, "name": o.identity}}],
-                        "ports": [{"name": "https", "port": o.webhook_addr.port(), "protocol": "TCP"}]}),
-                    &opts,
-                )
-                .await?;
-        }
-        Ok(())
-    }
-
-    async fn sync_replica_pods(&self, replicas: &[Readygate]) -> anyhow::Result<()> {
-        let store = &self.rig.store;
-        let opts = WriteOpts::default();
-        let ns = &self.service.1;
-        let (pods, _) = store.list(
-            resources::pods(),
-            Some(ns),
-            &LabelSelector::default(),
-            &FieldSelector::default(),
-        );
-        for p in pods {
-            let pod = str_at(&p, "/metadata/name");
-            let external = p
-                .pointer("/metadata/annotations")
-                .and_then(|a| a.get(crate::kubelet::EXTERNAL_ANNOTATION))
-                .is_some();
-            if external && !replicas.iter().any(|r| r.opts.identity == pod) {
-                store.delete(resources::pods(), ns, &pod, Some(0), None, false)?;
+    /// Waits until the webhook Service has a ready endpoint at `addr` (or, with `present`
+    /// false, none).
+    async fn wait_endpoint(&self, addr: SocketAddr, present: bool) -> anyhow::Result<()> {
+        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &self.service.1);
+        let lp =
+            ListParams::default().labels(&format!("kubernetes.io/service-name={}", self.service.0));
+        let ip = addr.ip().to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = slices
+                .list(&lp)
+                .await?
+                .items
+                .iter()
+                .flat_map(|s| s.endpoints.iter())
+                .any(|e| {
+                    e.addresses.contains(&ip)
+                        && e.conditions.as_ref().and_then(|c| c.ready) == Some(true)
+                });
+            if ready == present {
+                return Ok(());
             }
-        }
-        for r in replicas {
-            let o = &r.opts;
-            if store.get(resources::pods(), ns, &o.identity).is_err() {
-                store
-                    .create(
-                        resources::pods(),
-                        ns,
-                        json!({"metadata": {"name": o.identity, "labels": {"app.kubernetes.io/name": "readygate"},
-                                "annotations": {crate::kubelet::EXTERNAL_ANNOTATION: "true"}},
-                            "spec": {"containers": [{"name": "readygate", "image": "readygate:latest", "ports": [
-                                {"name": "webhook", "containerPort": o.webhook_addr.port()},
-                                {"name": "admin", "containerPort": o.admin_addr.port()}]}]}}),
-                        &opts,
-                    )
-                    .await?;
-                let ip = o.webhook_addr.ip().to_string();
-                store.patch(
-                    resources::pods(),
-                    ns,
-                    &o.identity,
-                    PatchKind::Merge,
-                    &json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-                        "conditions": [{"type": "Ready", "status": "True"}]}}),
-                    Subresource::Status,
-                    &opts,
-                )?;
+            if Instant::now() > deadline {
+                bail!(
+                    "readygate's endpoint {ip} {} the webhook Service within 30 s",
+                    if present {
+                        "did not join"
+                    } else {
+                        "did not leave"
+                    }
+                );
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(())
     }
 
-    /// Takes every replica out of the webhook Service's endpoints (they keep running), as when
-    /// their readiness fails.
-    pub async fn drop_endpoints(&self) -> anyhow::Result<()> {
-        let (name, ns) = &self.service;
-        self.admission.set_endpoints(ns, name, vec![]);
-        if self.objects.load(Ordering::SeqCst) {
-            self.sync_replica_objects(None, &[]).await?;
-        }
-        Ok(())
-    }
-
-    /// Puts the running replicas back behind the webhook Service.
-    pub async fn restore_endpoints(&self) -> anyhow::Result<()> {
-        let replicas = self.replicas.lock().await;
-        self.publish_endpoints(&replicas).await;
-        Ok(())
-    }
-
-    /// Starts one more replica and adds it to the webhook Service once it is ready.
+    /// Starts one more replica and waits until the webhook Service sends it requests.
     pub async fn add_replica(&self) -> anyhow::Result<()> {
-        let rg = Readygate::start(self.next_opts()).await?;
-        let mut replicas = self.replicas.lock().await;
-        replicas.push(rg);
-        self.publish_endpoints(&replicas).await;
+        let opts = self.next_opts()?;
+        let rg = Readygate::start(opts).await?;
+        self.pods()
+            .create(&PostParams::default(), &self.pod_object(&rg)?)
+            .await
+            .context("creating readygate's Pod")?;
+        let addr = rg.opts.webhook_addr;
+        self.replicas.lock().await.push(rg);
+        self.wait_endpoint(addr, true).await
+    }
+
+    /// Deletes replica `index`'s Pod as a Deployment's rollout does: the node agent runs its
+    /// preStop sleep, then SIGTERMs it; waits until the process and its Pod are gone.
+    async fn terminate(&self, index: usize) -> anyhow::Result<()> {
+        let rg = self.replicas.lock().await.remove(index);
+        let name = rg.opts.identity.clone();
+        self.pods()
+            .delete(&name, &DeleteParams::default())
+            .await
+            .with_context(|| format!("deleting readygate's Pod {name}"))?;
+        rg.wait_or_kill(Duration::from_secs(60)).await?;
+        self.wait_pod_gone(&name).await
+    }
+
+    async fn wait_pod_gone(&self, name: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.pods().get_opt(name).await?.is_some() {
+            if Instant::now() > deadline {
+                bail!("readygate's Pod {name} was not removed within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         Ok(())
     }
 
-    /// Takes replica `index` out of the Service: signals it (`TERM`, or `KILL` as a crashed
-    /// node would), drops its endpoint `ENDPOINT_LAG` later, and returns it (still running if
-    /// it took SIGTERM).
-    async fn take_out(&self, index: usize, signal: &str) -> Readygate {
-        let rg = self.replicas.lock().await.remove(index);
-        rg.signal(signal);
-        tokio::time::sleep(ENDPOINT_LAG).await;
-        let replicas = self.replicas.lock().await;
-        self.publish_endpoints(&replicas).await;
-        rg
-    }
-
-    /// Rolls replica `index` as a Deployment with maxSurge 1 would: a new replica first, then
-    /// the old one is terminated (SIGTERM; its endpoint goes `ENDPOINT_LAG` later) and waited
-    /// for.
+    /// Rolls replica `index` as the Deployment (maxSurge 1, maxUnavailable 0) does: a new
+    /// replica first, then the old one terminated and waited for.
     pub async fn replace(&self, index: usize) -> anyhow::Result<()> {
         self.add_replica().await?;
-        let old = self.take_out(index, "TERM").await;
-        old.wait_or_kill(Duration::from_secs(30)).await
+        self.terminate(index).await
     }
 
-    /// Stops replica `index` and starts it again with the same options (and address).
+    /// Terminates replica `index` and starts it again with the same name and address.
     pub async fn restart(&self, index: usize) -> anyhow::Result<()> {
-        let old = self.replicas.lock().await.remove(index);
-        let opts = old.opts.clone();
-        old.stop().await?;
+        let opts = self.replicas.lock().await[index].opts.clone();
+        self.terminate(index).await?;
         let rg = Readygate::start(opts).await?;
-        let mut replicas = self.replicas.lock().await;
-        replicas.insert(index, rg);
-        self.publish_endpoints(&replicas).await;
-        Ok(())
+        self.pods()
+            .create(&PostParams::default(), &self.pod_object(&rg)?)
+            .await?;
+        let addr = rg.opts.webhook_addr;
+        self.replicas.lock().await.insert(index, rg);
+        self.wait_endpoint(addr, true).await
     }
 
     /// The identity holding readygate's Lease, if any.
-    pub fn leader(&self) -> Option<String> {
-        let lease = self
-            .rig
-            .store
-            .get(
-                resources::find("coordination.k8s.io", "v1", "leases")?,
-                &self.service.1,
-                LEASE_NAME,
-            )
-            .ok()?;
-        Some(str_at(&lease, "/spec/holderIdentity")).filter(|h| !h.is_empty())
+    pub async fn leader(&self) -> Option<String> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), &self.service.1);
+        let lease = leases.get_opt(LEASE_NAME).await.ok()??;
+        lease.spec?.holder_identity.filter(|h| !h.is_empty())
     }
 
-    /// SIGKILLs the replica that holds the Lease (as a node that dies); returns its identity.
+    /// SIGKILLs the replica that holds the Lease (as a crashing process): the node agent sees it
+    /// die and the endpoint goes; then its Pod is deleted. Returns its identity.
     pub async fn kill_leader(&self) -> anyhow::Result<String> {
         let leader = self
             .leader()
+            .await
             .ok_or_else(|| anyhow::anyhow!("no replica holds the lease"))?;
         let index = self
             .replicas
@@ -371,8 +295,15 @@ impl Stage {
             .iter()
             .position(|r| r.opts.identity == leader)
             .ok_or_else(|| anyhow::anyhow!("the leader {leader} is not a running replica"))?;
-        let rg = self.take_out(index, "KILL").await;
+        let rg = self.replicas.lock().await.remove(index);
+        rg.signal("KILL");
+        let addr = rg.opts.webhook_addr;
         rg.wait_or_kill(Duration::from_secs(5)).await?;
+        self.wait_endpoint(addr, false).await?;
+        self.pods()
+            .delete(&leader, &DeleteParams::default())
+            .await?;
+        self.wait_pod_gone(&leader).await?;
         Ok(leader)
     }
 
@@ -385,28 +316,44 @@ impl Stage {
         self.template.log.clone()
     }
 
-    /// SIGTERM to every replica at once, then waits for each (killed after 30 s).
+    /// Terminates every replica at once (their Pods deleted) and waits for each.
     pub async fn stop(&self) -> anyhow::Result<()> {
-        let replicas: Vec<Readygate> = self.replicas.lock().await.drain(..).collect();
-        for rg in &replicas {
-            rg.signal("TERM");
+        let n = self.replicas.lock().await.len();
+        let names: Vec<String> = self
+            .replicas
+            .lock()
+            .await
+            .iter()
+            .map(|r| r.opts.identity.clone())
+            .collect();
+        for name in &names {
+            let _ = self.pods().delete(name, &DeleteParams::default()).await;
         }
+        let replicas: Vec<Readygate> = self.replicas.lock().await.drain(..n).collect();
         for r in futures::future::join_all(
             replicas
                 .into_iter()
-                .map(|rg| rg.wait_or_kill(Duration::from_secs(30))),
+                .map(|rg| rg.wait_or_kill(Duration::from_secs(60))),
         )
         .await
         {
             r?;
+        }
+        for name in &names {
+            self.wait_pod_gone(name).await?;
         }
         Ok(())
     }
 
     /// The last lines of every replica's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let mut out = String::new();
-        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.rig.dir.path())
+        let dir = self
+            .template
+            .log
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(&dir)
             .into_iter()
             .flatten()
             .flatten()
@@ -418,6 +365,7 @@ impl Stage {
             })
             .collect();
         logs.sort();
+        let mut out = String::new();
         for log in logs {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let all: Vec<&str> = text.lines().collect();

@@ -2,9 +2,11 @@
 //! turned healthy in the load balancer, had its gate set True, became Ready, started
 //! terminating, was deregistered and was removed.
 
-use crate::apiserver::resources;
-use crate::apiserver::store::{EventType, Store, str_at};
 use crate::elb::{Elb, TargetEventKind};
+use crate::str_at;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::watcher;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -86,53 +88,64 @@ fn condition_true(pod: &Value, pred: impl Fn(&str) -> bool) -> bool {
 }
 
 impl Timeline {
-    pub fn start(store: &Store, elb: &Elb) -> Self {
+    /// Follows every pod through a watch of the real API server (each event stamped when it
+    /// arrives) and every target through the load balancer's events.
+    pub async fn start(client: kube::Client, elb: &Elb) -> anyhow::Result<Self> {
         let pods: Pods = Arc::default();
-        let mut feed = store.subscribe();
         let p = pods.clone();
+        let api: kube::Api<Pod> = kube::Api::all(client);
         let watch_pods = tokio::spawn(async move {
-            loop {
-                let c = match feed.recv().await {
-                    Ok(c) => c,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(_) => return,
+            let mut stream = watcher(api, watcher::Config::default()).boxed();
+            while let Some(event) = stream.next().await {
+                let now = Instant::now();
+                let (pod, removed) = match event {
+                    Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => (pod, false),
+                    Ok(watcher::Event::Delete(pod)) => (pod, true),
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "timeline: pod watch error (it retries)");
+                        continue;
+                    }
                 };
-                if !std::ptr::eq(c.resource, resources::pods()) {
+                let Ok(o) = serde_json::to_value(&pod) else {
                     continue;
-                }
-                let now = c.at;
+                };
+                let namespace = str_at(&o, "/metadata/namespace");
+                let name = str_at(&o, "/metadata/name");
                 let mut pods = p.lock().expect("timeline lock");
-                let t = pods
-                    .entry((c.namespace.clone(), c.name.clone()))
-                    .or_default();
-                let o = &c.object;
-                t.namespace.clone_from(&c.namespace);
-                t.name.clone_from(&c.name);
-                t.revision = str_at(o, "/metadata/labels/pod-template-hash");
+                let t = pods.entry((namespace.clone(), name.clone())).or_default();
+                t.namespace = namespace;
+                t.name = name;
+                t.revision = str_at(
+                    &o,
+                    &format!(
+                        "/metadata/labels/{}",
+                        crate::deploy::REVISION_LABEL.replace('/', "~1")
+                    ),
+                );
                 t.gates = o
                     .pointer("/spec/readinessGates")
                     .and_then(Value::as_array)
                     .map(|g| g.iter().map(|g| str_at(g, "/conditionType")).collect())
                     .unwrap_or_default();
-                let ip = str_at(o, "/status/podIP");
+                let ip = str_at(&o, "/status/podIP");
                 if !ip.is_empty() {
                     t.ip = ip;
                 }
                 let mut mark = |m: Milestone| {
                     t.at.entry(m).or_insert(now);
                 };
-                match c.event {
-                    EventType::Added => mark(Milestone::Created),
-                    EventType::Deleted => mark(Milestone::Removed),
-                    EventType::Modified => {}
+                mark(Milestone::Created);
+                if removed {
+                    mark(Milestone::Removed);
                 }
-                if condition_true(o, |t| t == "ContainersReady") {
+                if condition_true(&o, |t| t == "ContainersReady") {
                     mark(Milestone::ContainersReady);
                 }
-                if condition_true(o, |t| t.starts_with("target-health.elbv2.k8s.aws/")) {
+                if condition_true(&o, |t| t.starts_with("target-health.elbv2.k8s.aws/")) {
                     mark(Milestone::GateTrue);
                 }
-                if condition_true(o, |t| t == "Ready") {
+                if condition_true(&o, |t| t == "Ready") {
                     mark(Milestone::Ready);
                 }
                 if o.pointer("/metadata/deletionTimestamp").is_some() {
@@ -161,10 +174,10 @@ impl Timeline {
                 }
             }
         });
-        Self {
+        Ok(Self {
             pods,
             tasks: vec![watch_pods, watch_targets],
-        }
+        })
     }
 
     pub fn pods(&self, namespace: &str) -> Vec<PodTimeline> {

@@ -6,10 +6,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use kube::api::{DynamicObject, PostParams};
 use kube::discovery::ApiResource;
 use kube::{Api, Client};
-use rig::elb::Elb;
-use rig::elb::query::QueryServer;
-use rig::k8s::node::{NODE_NAME, NodeAgent};
-use rig::k8s::stage::Stage;
+use rig::stage::Stage;
 use serde_json::json;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -45,32 +42,11 @@ fn the_real_api_server_calls_readygate_through_its_service_and_applies_the_gate(
             println!("SKIPPED: the readygate binary is not built");
             return;
         };
-        let admin = plane.client().await.unwrap();
-        let _node = NodeAgent::start(
-            NodeAgent::client(plane, NODE_NAME).await.unwrap(),
-            NODE_NAME,
-        )
-        .await
-        .unwrap();
-        let elb = Elb::new(Default::default());
-        let elb_api = QueryServer::start(elb.clone(), "127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
         let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
-        let stage = Stage::start(
-            (),
-            plane,
-            dir.path(),
-            elb_api.url(),
-            &bin,
-            &manifests,
-            &[],
-            1,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-
+        let stage = Stage::start(&bin, &manifests, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let admin = stage.rig.client.clone();
         let ns = labelled_namespace(&admin).await;
         let svc: Service = serde_json::from_value(json!({"metadata": {"name": "web"},
             "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}))

@@ -269,6 +269,31 @@ pub async fn admission_latency(client: &kube::Client) -> anyhow::Result<Histogra
     ))
 }
 
+/// The sum of counter `name` over the series whose labels include every `(label, value)` of
+/// `matching`, from a Prometheus text exposition.
+pub fn counter(text: &str, name: &str, matching: &[(&str, &str)]) -> f64 {
+    let h = histogram(
+        &text.replace(&format!("{name}{{"), &format!("{name}_count{{")),
+        name,
+        matching,
+    );
+    h.count
+}
+
+/// Calls of readygate's webhook that did not admit cleanly, as the API server counts them:
+/// failed open (an error, ignored by `failurePolicy: Ignore`, so the pod got no gate) or
+/// rejected.
+pub async fn admission_failures(client: &kube::Client) -> anyhow::Result<f64> {
+    let text = client
+        .request_text(http::Request::get("/metrics").body(Vec::new())?)
+        .await?;
+    let m = [("name", WEBHOOK_NAME)];
+    Ok(
+        counter(&text, "apiserver_admission_webhook_fail_open_count", &m)
+            + counter(&text, "apiserver_admission_webhook_rejection_count", &m),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +315,16 @@ mod tests {
         assert!((h.quantile(0.99).unwrap() - 0.0925).abs() < 1e-9);
         let before = histogram(text, ADMISSION_METRIC, &[("name", WEBHOOK_NAME)]);
         assert_eq!(h.since(&before).quantile(0.5), None);
+        let counters = "apiserver_admission_webhook_fail_open_count{name=\"pod-readiness-gate.readygate.io\",type=\"admit\"} 2\n\
+            apiserver_admission_webhook_fail_open_count{name=\"other\",type=\"admit\"} 5\n";
+        assert_eq!(
+            counter(
+                counters,
+                "apiserver_admission_webhook_fail_open_count",
+                &[("name", WEBHOOK_NAME)]
+            ),
+            2.0
+        );
     }
 
     #[test]

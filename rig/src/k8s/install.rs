@@ -33,23 +33,63 @@ pub fn documents(text: &str) -> anyhow::Result<Vec<Value>> {
     Ok(out)
 }
 
-/// Server-side applies `obj` (namespaced objects without a namespace go to `default_ns`).
-pub async fn apply(client: &Client, obj: &Value, default_ns: &str) -> anyhow::Result<()> {
+/// The API of `obj`'s kind, in its namespace (or `default_ns`) when the kind is namespaced.
+async fn api_for(
+    client: &Client,
+    obj: &Value,
+    default_ns: &str,
+) -> anyhow::Result<Api<DynamicObject>> {
     let api_version = obj["apiVersion"].as_str().unwrap_or_default();
     let kind = obj["kind"].as_str().unwrap_or_default();
-    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let gvk = GroupVersionKind::gvk(group, version, kind);
     let (ar, caps) = pinned_kind(client, &gvk)
         .await
         .with_context(|| format!("discovering {api_version} {kind}"))?;
-    let api: Api<DynamicObject> = match caps.scope {
+    Ok(match caps.scope {
         Scope::Namespaced => {
             let ns = obj["metadata"]["namespace"].as_str().unwrap_or(default_ns);
             Api::namespaced_with(client.clone(), ns, &ar)
         }
         Scope::Cluster => Api::all_with(client.clone(), &ar),
-    };
+    })
+}
+
+/// Creates `obj` (namespaced objects without a namespace go to `default_ns`).
+pub async fn create(client: &Client, obj: &Value, default_ns: &str) -> anyhow::Result<()> {
+    let api = api_for(client, obj, default_ns).await?;
+    let o: DynamicObject = serde_json::from_value(obj.clone())?;
+    api.create(&PostParams::default(), &o)
+        .await
+        .with_context(|| {
+            format!(
+                "creating {} {}",
+                obj["kind"].as_str().unwrap_or_default(),
+                obj["metadata"]["name"].as_str().unwrap_or_default()
+            )
+        })?;
+    Ok(())
+}
+
+/// Waits for namespace `ns`'s `default` ServiceAccount, which its controller makes: pods
+/// cannot be created before it exists.
+pub async fn wait_default_service_account(client: &Client, ns: &str) -> anyhow::Result<()> {
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sas.get_opt("default").await?.is_none() {
+        if Instant::now() > deadline {
+            bail!("namespace {ns} got no default ServiceAccount within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Server-side applies `obj` (namespaced objects without a namespace go to `default_ns`).
+pub async fn apply(client: &Client, obj: &Value, default_ns: &str) -> anyhow::Result<()> {
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    let api = api_for(client, obj, default_ns).await?;
     api.patch(
         name,
         &PatchParams::apply(FIELD_MANAGER).force(),

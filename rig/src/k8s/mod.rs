@@ -3,4 +3,3 @@
 pub mod audit;
 pub mod install;
 pub mod node;
-pub mod stage;

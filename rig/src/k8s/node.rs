@@ -12,6 +12,7 @@
 
 use crate::kubelet::{PodPlan, reqwest_like, serve_app};
 use crate::netns::{NODE_IP, pod_ips};
+use crate::str_at;
 use crate::time::{now_micro, now_time};
 use anyhow::Context;
 use futures::StreamExt;
@@ -245,13 +246,6 @@ async fn node_heartbeat(client: Client, node: String) {
             tracing::warn!(error = %e, "node agent: posting the Node's status");
         }
     }
-}
-
-fn str_at(v: &Value, p: &str) -> String {
-    v.pointer(p)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// What the agent knows of one pod's containers.

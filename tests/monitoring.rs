@@ -773,7 +773,7 @@ async fn scrape_real_binary() -> (String, Scrape) {
         &args,
     )
     .await
-    .expect("starting the rig and readygate");
+    .unwrap_or_else(|e| panic!("starting the rig and readygate: {e:#}"));
     let (admin, webhook, cert, ca) = {
         let guard = stage.replicas.lock().await;
         let opts = &guard.first().expect("readygate running").opts;
@@ -808,7 +808,7 @@ async fn scrape_real_binary() -> (String, Scrape) {
         other_client.abort();
     };
     let (rollout, ()) = tokio::join!(
-        deployment.roll(&stage.rig.store, "v1", Duration::from_secs(60)),
+        deployment.roll(&stage.rig.client, "v1", Duration::from_secs(60)),
         throttled
     );
     assert!(
@@ -877,156 +877,158 @@ fn source_literals() -> BTreeSet<String> {
     out
 }
 
-#[tokio::test]
-async fn alerts_dashboard_and_unit_tests_name_only_what_the_real_binary_exports() {
-    let (text, scrape) = scrape_real_binary().await;
-    let exported = scrape.labels();
-    let literals = source_literals();
-    let mut failures = Vec::new();
-    let mut from_source_only = BTreeSet::new();
+#[test]
+fn alerts_dashboard_and_unit_tests_name_only_what_the_real_binary_exports() {
+    rig::cluster::test(|_| async {
+        let (text, scrape) = scrape_real_binary().await;
+        let exported = scrape.labels();
+        let literals = source_literals();
+        let mut failures = Vec::new();
+        let mut from_source_only = BTreeSet::new();
 
-    let mut check_selector = |place: &str, s: &Selector, failures: &mut Vec<String>| {
-        let Some(labels) = exported.get(s.metric.as_str()) else {
-            failures.push(format!(
-                "{place}: `{}` is not a series readygate exports",
-                s.metric
-            ));
-            return;
-        };
-        for m in &s.matchers {
-            if TARGET_LABELS.contains(&m.label.as_str()) {
-                continue;
-            }
-            let Some(values) = labels.get(m.label.as_str()) else {
+        let mut check_selector = |place: &str, s: &Selector, failures: &mut Vec<String>| {
+            let Some(labels) = exported.get(s.metric.as_str()) else {
                 failures.push(format!(
-                    "{place}: `{}` has no label `{}`",
-                    s.metric, m.label
+                    "{place}: `{}` is not a series readygate exports",
+                    s.metric
                 ));
-                continue;
+                return;
             };
-            if m.op.starts_with('!') {
-                continue;
-            }
-            let wanted: Vec<&str> = match m.op.as_str() {
-                "=~" => m.value.split('|').collect(),
-                _ => vec![m.value.as_str()],
-            };
-            for v in wanted {
-                if values.contains(v) {
+            for m in &s.matchers {
+                if TARGET_LABELS.contains(&m.label.as_str()) {
                     continue;
                 }
-                // Outcomes this scenario does not provoke (a failed status write) must at least
-                // be words readygate's sources write; a bucket bound must have been scraped.
-                if m.label != "le" && literals.contains(v) {
-                    from_source_only.insert(format!("{}{{{}=\"{v}\"}}", s.metric, m.label));
-                } else {
+                let Some(values) = labels.get(m.label.as_str()) else {
                     failures.push(format!(
-                        "{place}: `{}{{{}=\"{v}\"}}`: readygate exports the values {values:?}",
+                        "{place}: `{}` has no label `{}`",
                         s.metric, m.label
+                    ));
+                    continue;
+                };
+                if m.op.starts_with('!') {
+                    continue;
+                }
+                let wanted: Vec<&str> = match m.op.as_str() {
+                    "=~" => m.value.split('|').collect(),
+                    _ => vec![m.value.as_str()],
+                };
+                for v in wanted {
+                    if values.contains(v) {
+                        continue;
+                    }
+                    // Outcomes this scenario does not provoke (a failed status write) must at least
+                    // be words readygate's sources write; a bucket bound must have been scraped.
+                    if m.label != "le" && literals.contains(v) {
+                        from_source_only.insert(format!("{}{{{}=\"{v}\"}}", s.metric, m.label));
+                    } else {
+                        failures.push(format!(
+                            "{place}: `{}{{{}=\"{v}\"}}`: readygate exports the values {values:?}",
+                            s.metric, m.label
+                        ));
+                    }
+                }
+            }
+        };
+        let grouping_ok = |refs: &References, label: &str| {
+            TARGET_LABELS.contains(&label)
+                || refs.selectors.iter().any(|s| {
+                    exported
+                        .get(s.metric.as_str())
+                        .is_some_and(|l| l.contains_key(label))
+                })
+        };
+
+        let mut on_dashboard = BTreeSet::new();
+        let queries = rules()
+            .iter()
+            .map(|r| {
+                let name = r["alert"].as_str().or(r["record"].as_str()).unwrap_or("?");
+                (
+                    format!("alert {name}"),
+                    r["expr"].as_str().unwrap().to_owned(),
+                )
+            })
+            .chain(
+                dashboard_queries()
+                    .into_iter()
+                    .map(|(title, q)| (format!("dashboard panel {title:?}"), q)),
+            )
+            .collect::<Vec<_>>();
+        for (place, expr) in &queries {
+            let refs = references(expr);
+            if refs.selectors.is_empty() {
+                failures.push(format!("{place}: names no metric: {expr}"));
+            }
+            for s in &refs.selectors {
+                check_selector(place, s, &mut failures);
+                if place.starts_with("dashboard") {
+                    on_dashboard.insert(s.metric.clone());
+                }
+            }
+            for label in &refs.grouping {
+                if !grouping_ok(&refs, label) {
+                    failures.push(format!(
+                        "{place}: groups by `{label}`, which no series it reads has"
                     ));
                 }
             }
         }
-    };
-    let grouping_ok = |refs: &References, label: &str| {
-        TARGET_LABELS.contains(&label)
-            || refs.selectors.iter().any(|s| {
-                exported
-                    .get(s.metric.as_str())
-                    .is_some_and(|l| l.contains_key(label))
-            })
-    };
-
-    let mut on_dashboard = BTreeSet::new();
-    let queries = rules()
-        .iter()
-        .map(|r| {
-            let name = r["alert"].as_str().or(r["record"].as_str()).unwrap_or("?");
-            (
-                format!("alert {name}"),
-                r["expr"].as_str().unwrap().to_owned(),
-            )
-        })
-        .chain(
-            dashboard_queries()
-                .into_iter()
-                .map(|(title, q)| (format!("dashboard panel {title:?}"), q)),
-        )
-        .collect::<Vec<_>>();
-    for (place, expr) in &queries {
-        let refs = references(expr);
-        if refs.selectors.is_empty() {
-            failures.push(format!("{place}: names no metric: {expr}"));
-        }
-        for s in &refs.selectors {
-            check_selector(place, s, &mut failures);
-            if place.starts_with("dashboard") {
-                on_dashboard.insert(s.metric.clone());
-            }
-        }
-        for label in &refs.grouping {
-            if !grouping_ok(&refs, label) {
+        for (metric, label) in dashboard_label_values() {
+            let s = Selector {
+                metric,
+                matchers: Vec::new(),
+            };
+            check_selector("dashboard variable", &s, &mut failures);
+            if !TARGET_LABELS.contains(&label.as_str()) {
                 failures.push(format!(
-                    "{place}: groups by `{label}`, which no series it reads has"
+                    "dashboard variable: label `{label}` is no target label"
                 ));
             }
         }
-    }
-    for (metric, label) in dashboard_label_values() {
-        let s = Selector {
-            metric,
-            matchers: Vec::new(),
-        };
-        check_selector("dashboard variable", &s, &mut failures);
-        if !TARGET_LABELS.contains(&label.as_str()) {
-            failures.push(format!(
-                "dashboard variable: label `{label}` is no target label"
-            ));
-        }
-    }
 
-    // The unit tests feed series shaped like the real ones.
-    let tests = yaml_file(&unit_tests_file());
-    for case in tests["tests"].as_array().unwrap() {
-        for series in case["input_series"].as_array().unwrap() {
-            let text = series["series"].as_str().unwrap();
-            let refs = references(text);
-            assert_eq!(refs.selectors.len(), 1, "{text}");
-            let s = &refs.selectors[0];
-            check_selector("unit test series", s, &mut failures);
-            // Every series carries the target labels a ServiceMonitor scrape gives.
-            let labels: BTreeSet<&str> = s.matchers.iter().map(|m| m.label.as_str()).collect();
-            for t in TARGET_LABELS {
-                if !labels.contains(t) {
-                    failures.push(format!("unit test series {text}: no target label `{t}`"));
+        // The unit tests feed series shaped like the real ones.
+        let tests = yaml_file(&unit_tests_file());
+        for case in tests["tests"].as_array().unwrap() {
+            for series in case["input_series"].as_array().unwrap() {
+                let text = series["series"].as_str().unwrap();
+                let refs = references(text);
+                assert_eq!(refs.selectors.len(), 1, "{text}");
+                let s = &refs.selectors[0];
+                check_selector("unit test series", s, &mut failures);
+                // Every series carries the target labels a ServiceMonitor scrape gives.
+                let labels: BTreeSet<&str> = s.matchers.iter().map(|m| m.label.as_str()).collect();
+                for t in TARGET_LABELS {
+                    if !labels.contains(t) {
+                        failures.push(format!("unit test series {text}: no target label `{t}`"));
+                    }
                 }
             }
         }
-    }
 
-    // The dashboard shows every family readygate exports.
-    let shown: BTreeSet<&str> = on_dashboard
-        .iter()
-        .filter_map(|m| scrape.family_of(m))
-        .collect();
-    for family in scrape.families.keys() {
-        if !shown.contains(family.as_str()) {
-            failures.push(format!("the dashboard shows nothing of `{family}`"));
+        // The dashboard shows every family readygate exports.
+        let shown: BTreeSet<&str> = on_dashboard
+            .iter()
+            .filter_map(|m| scrape.family_of(m))
+            .collect();
+        for family in scrape.families.keys() {
+            if !shown.contains(family.as_str()) {
+                failures.push(format!("the dashboard shows nothing of `{family}`"));
+            }
         }
-    }
-    assert!(scrape.families.len() >= 12, "{:?}", scrape.families.keys());
+        assert!(scrape.families.len() >= 12, "{:?}", scrape.families.keys());
 
-    if !from_source_only.is_empty() {
-        println!(
-            "label values not provoked in this scrape, found in src/ instead: {from_source_only:?}"
-        );
-    }
-    if !failures.is_empty() {
-        let mut msg = String::from("monitoring names what readygate does not export:\n");
-        for f in &failures {
-            let _ = writeln!(msg, "  {f}");
+        if !from_source_only.is_empty() {
+            println!(
+                "label values not provoked in this scrape, found in src/ instead: {from_source_only:?}"
+            );
         }
-        let _ = write!(msg, "/metrics of the real binary:\n{text}");
-        panic!("{msg}");
-    }
+        if !failures.is_empty() {
+            let mut msg = String::from("monitoring names what readygate does not export:\n");
+            for f in &failures {
+                let _ = writeln!(msg, "  {f}");
+            }
+            let _ = write!(msg, "/metrics of the real binary:\n{text}");
+            panic!("{msg}");
+        }
+    })
 }

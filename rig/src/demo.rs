@@ -500,9 +500,10 @@ pub async fn deployed_app(
     mode: Mode,
     o: &ModeOptions,
 ) -> anyhow::Result<(App, Deployment)> {
-    rig.annotated_namespace(mode.namespace(), mode.gated(), mode.annotations())
+    let namespace = rig.ns(mode.namespace());
+    rig.annotated_namespace(&namespace, mode.gated(), mode.annotations())
         .await?;
-    let app = rig.app(mode.namespace(), "web").await?;
+    let app = rig.app(&namespace, "web").await?;
     // readygate's caches see the binding and the Service before the first pod is admitted.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let dep = crate::rig::web_deployment(&app, o.replicas, o.start_delay, o.own_pre_stop_secs);

@@ -75,7 +75,12 @@ pub struct Rig {
     _node: NodeAgent,
     _lbc: Lbc,
     pub dir: tempfile::TempDir,
+    /// Which rig of this process this is (0 for the first): later rigs on the same control
+    /// plane suffix their namespaces with it.
+    index: usize,
 }
+
+static RIGS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// One application behind the load balancer: Service, target group, TargetGroupBinding, listener.
 pub struct App {
@@ -109,7 +114,18 @@ impl Rig {
             _node: node,
             _lbc: lbc,
             dir,
+            index: RIGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
+    }
+
+    /// This rig's name for namespace `base`: `base` itself for the first rig of the process,
+    /// `base-N` for later ones (they share the control plane; a namespace takes a while to go).
+    pub fn ns(&self, base: &str) -> String {
+        if self.index == 0 {
+            base.to_string()
+        } else {
+            format!("{base}-{}", self.index)
+        }
     }
 
     /// Creates `obj` (a kind the API server knows) in namespace `ns` (ignored for cluster-scoped

@@ -181,12 +181,25 @@ impl Timeline {
     }
 
     pub fn pods(&self, namespace: &str) -> Vec<PodTimeline> {
+        let terminations = crate::k8s::node::terminations()
+            .lock()
+            .expect("terminations lock")
+            .clone();
         self.pods
             .lock()
             .expect("timeline lock")
             .values()
             .filter(|t| t.namespace == namespace)
             .cloned()
+            .map(|mut t| {
+                // The node agent may have seen the deletion (and stopped the pod) before this
+                // timeline's own watch delivered it.
+                if let Some(at) = terminations.get(&(t.namespace.clone(), t.name.clone())) {
+                    let e = t.at.entry(Milestone::Terminating).or_insert(*at);
+                    *e = (*e).min(*at);
+                }
+                t
+            })
             .collect()
     }
 }

@@ -80,7 +80,7 @@ fn readygate_rollouts_lose_no_request_three_times_in_a_row() {
         let pods = stage
             .rig
             .pods(
-                Mode::Readygate.namespace(),
+                &mode.namespace,
                 &format!("{}=v4", rig::deploy::REVISION_LABEL),
             )
             .await
@@ -187,7 +187,7 @@ fn an_ungated_rollout_loses_requests() {
         let pod = r.pods.iter().find(|p| p.revision == r.revision).unwrap();
         let spec = stage
             .rig
-            .pods(Mode::NoGates.namespace(), "app=web")
+            .pods(&mode.namespace, "app=web")
             .await
             .unwrap()
             .into_iter()

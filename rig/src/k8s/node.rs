@@ -43,6 +43,15 @@ pub const EXTERNAL_PID_ANNOTATION: &str = "rig.readygate.io/external-pid";
 const LEASE_RENEW: Duration = Duration::from_secs(10);
 const FIELD_MANAGER: &str = "rig-node";
 
+/// When a node agent of this process first saw each pod's deletion, by (namespace, name): the
+/// moment its termination started (timelines take it from here, as another watch may deliver
+/// the same deletion a little later).
+pub fn terminations() -> &'static Mutex<HashMap<(String, String), std::time::Instant>> {
+    static T: std::sync::OnceLock<Mutex<HashMap<(String, String), std::time::Instant>>> =
+        std::sync::OnceLock::new();
+    T.get_or_init(Mutex::default)
+}
+
 pub struct NodeAgent {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     pods: Arc<Mutex<HashMap<String, PodHandle>>>,
@@ -517,6 +526,11 @@ async fn run_pod(client: Client, mut latest: watch::Receiver<Value>) {
     loop {
         let pod = latest.borrow_and_update().clone();
         if terminating(&pod) && deadline.is_none() {
+            terminations()
+                .lock()
+                .expect("terminations lock")
+                .entry((namespace.clone(), name.clone()))
+                .or_insert_with(std::time::Instant::now);
             let now = tokio::time::Instant::now();
             let grace = now + grace_of(&pod, &plan);
             deadline = Some(grace);

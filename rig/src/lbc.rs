@@ -102,16 +102,21 @@ where
     })
 }
 
+/// The TargetGroupBinding API (`elbv2.k8s.aws/v1beta1`).
+pub fn target_group_bindings() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("elbv2.k8s.aws", "v1beta1", "TargetGroupBinding"),
+        "targetgroupbindings",
+    )
+}
+
 impl Lbc {
     /// Starts the controller; a target that should go is deregistered `reaction` after the
     /// change that made it go (registration is immediate: a gate holds the pod meanwhile).
     pub async fn start(client: Client, elb: Arc<Elb>, reaction: Duration) -> anyhow::Result<Self> {
         let world = World::default();
         let changed = Arc::new(Notify::new());
-        let tgb = ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("elbv2.k8s.aws", "v1beta1", "TargetGroupBinding"),
-            "targetgroupbindings",
-        );
+        let tgb = target_group_bindings();
         let mut tasks = vec![
             follow(
                 Api::<DynamicObject>::all_with(client.clone(), &tgb),

@@ -424,6 +424,13 @@ fn doctor_says_ok_then_names_each_broken_setup_with_its_fix() {
             assert!(Instant::now() < deadline, "re-creating the binding: {e:#}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        // readygate follows the CRD's return: it injects the binding's gate again.
+        until(
+            "readygate to see the re-created binding",
+            Duration::from_secs(30),
+            || async { webhook_called(&stage, ns, "web").await },
+        )
+        .await;
         let p = sole_problem(&r, "crd");
         assert!(
             p.contains("CRD targetgroupbindings.elbv2.k8s.aws is not installed")

@@ -263,6 +263,16 @@ fn ago(now_ms: i64, at: &str) -> String {
     }
 }
 
+/// When a past event happened: ELB's answers and condition transitions. The controller stamps
+/// them to the nearest second (as conditions are), so a stamp up to a second ahead of now is an
+/// event of the last moment, not one to come; further ahead, the clocks differ and it is said as is.
+fn past(now_ms: i64, at: &str) -> String {
+    match parse_ms(at) {
+        Some(t) if t > now_ms && t - now_ms < 1000 => ago(t, at),
+        _ => ago(now_ms, at),
+    }
+}
+
 fn port_ref(p: &PortRef) -> String {
     match p {
         PortRef::Number(n) => n.to_string(),
@@ -457,7 +467,7 @@ fn gate_sentences(
             let since = c
                 .last_transition_time
                 .as_deref()
-                .map(|t| format!(" since {}", ago(now_ms, t)))
+                .map(|t| format!(" since {}", past(now_ms, t)))
                 .unwrap_or_default();
             out.push(format!(
                 "Gate {gate} is {}{since}: {}{}.",
@@ -502,7 +512,7 @@ fn gate_sentences(
                 Some(e) => out.push(format!(
                     "ELB last said about {} {}: {}{}{}.",
                     g.target.as_deref().unwrap_or("its target"),
-                    ago(now_ms, &e.at),
+                    past(now_ms, &e.at),
                     e.state,
                     e.reason
                         .as_deref()
@@ -719,6 +729,53 @@ mod tests {
         assert!(
             render_table(&rows, &Source::Conditions { why: String::new() }, true)
                 .contains("\x1b[31m")
+        );
+    }
+
+    #[test]
+    fn past_events_stamped_to_the_second_never_read_as_future() {
+        // ELB answered 0.4 s before NOW and the gate turned False then; the controller stamps
+        // both to the nearest second (NOW), and the operator asks 0.3 s before NOW.
+        let mut ix = index();
+        ix.apply_pod(
+            "shop",
+            "web-new",
+            pod(
+                "10.0.0.2",
+                &["web"],
+                vec![(
+                    "web".into(),
+                    cond(
+                        ConditionStatus::False,
+                        "Elb.InitialHealthChecking",
+                        "Initial health checks in progress",
+                        NOW,
+                    ),
+                )],
+            ),
+        );
+        let mut v = view();
+        v.gates[0].elb.as_mut().unwrap().at = ts(NOW);
+        let source = Source::Controller {
+            url: "http://leader:8080/debug/gates".into(),
+        };
+        let text = explain(&ix, "shop", "web-new", Some(&v), &source, NOW - 300).join("\n");
+        let at = ts(NOW);
+        for words in [
+            format!("is False since 0s ago, at {at}"),
+            format!("ELB last said about 10.0.0.2:8080 0s ago, at {at}"),
+        ] {
+            assert!(text.contains(&words), "missing {words:?} in:\n{text}");
+        }
+        assert!(
+            !text.contains("since in") && !text.contains("said about 10.0.0.2:8080 in"),
+            "{text}"
+        );
+        // Further ahead than stamping explains (clocks apart): said as it is.
+        let text = explain(&ix, "shop", "web-new", Some(&v), &source, NOW - 5_000).join("\n");
+        assert!(
+            text.contains("ELB last said about 10.0.0.2:8080 in 5s"),
+            "{text}"
         );
     }
 

@@ -131,8 +131,9 @@ impl RolloutResult {
     }
 
     /// The side of a pod's life a failed request fell on: a request the load balancer sent to
-    /// a pod that was terminating by then is a termination-side failure, any other one (nothing
-    /// routable, a pod not serving yet) a start-side one.
+    /// a pod that was terminating by the time the request failed is a termination-side failure
+    /// (one sent a moment before the pod's deletion reaches it after its listener closed), any
+    /// other one (nothing routable, a pod not serving yet) a start-side one.
     pub fn phase(&self, sample: &Sample) -> Phase {
         let ip = sample
             .target
@@ -144,7 +145,7 @@ impl RolloutResult {
                 p.ip == ip
                     && p.at
                         .get(&Milestone::Terminating)
-                        .is_some_and(|t| *t <= sample.at)
+                        .is_some_and(|t| *t <= sample.at + sample.latency)
             })
         });
         if terminating {
@@ -677,4 +678,71 @@ pub fn api_summary(requests: &[crate::k8s::audit::Request]) -> String {
         .into_iter()
         .map(|(k, n)| format!("  {n:>5}  {k}\n"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(pod_terminating: Instant, samples: Vec<Sample>) -> RolloutResult {
+        let started = pod_terminating - Duration::from_secs(1);
+        RolloutResult {
+            revision: "v2".into(),
+            rollout: Rollout {
+                revision: "v2".into(),
+                started,
+                finished: None,
+                created: vec![],
+                deleted: vec![],
+                new_pods: 0,
+                new_ready: 0,
+                old_pods: 0,
+            },
+            samples,
+            pods: vec![PodTimeline {
+                namespace: "demo".into(),
+                name: "web-old".into(),
+                revision: "v1".into(),
+                ip: "10.244.0.7".into(),
+                gates: vec![],
+                at: BTreeMap::from([(Milestone::Terminating, pod_terminating)]),
+            }],
+            elb_calls: BTreeMap::new(),
+            load_started: started,
+            drained: None,
+            physical_minimum: Duration::from_secs(1),
+        }
+    }
+
+    fn failed(at: Instant, latency: Duration, target: Option<&str>) -> Sample {
+        Sample {
+            at,
+            latency,
+            outcome: Ok(502),
+            pod: None,
+            target: target.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_request_that_reached_a_pod_after_it_began_terminating_is_a_termination_failure() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let r = result(
+            t,
+            vec![
+                // sent 2 ms before the pod began terminating, refused 3 ms later
+                failed(t - ms(2), ms(5), Some("10.244.0.7:8080")),
+                // sent after
+                failed(t + ms(1), ms(1), Some("10.244.0.7:8080")),
+                // failed before the pod began terminating
+                failed(t - ms(9), ms(2), Some("10.244.0.7:8080")),
+                // nothing routable
+                failed(t + ms(1), ms(1), None),
+                // a pod that is not terminating
+                failed(t + ms(1), ms(1), Some("10.244.0.8:8080")),
+            ],
+        );
+        assert_eq!(r.failed_by_phase(), (3, 2));
+    }
 }

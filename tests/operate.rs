@@ -14,7 +14,7 @@
 //! Each test works in a namespace of its own and deletes it at the end: doctor looks at the
 //! whole cluster, which the tests of this binary share.
 //!
-//! `OPERATE_PRINT=1` prints the commands' output (the README's "Operating readygate" comes from
+//! `OPERATE_PRINT=1` prints the commands' output (docs/operating.md's output comes from
 //! it): `OPERATE_PRINT=1 cargo test -p readygate --test operate -- --nocapture`.
 
 use std::net::SocketAddr;

@@ -534,7 +534,7 @@ pub async fn run_mode(
     })
 }
 
-/// The side-by-side summary of the modes, with the figures the README quotes.
+/// The side-by-side summary of the modes, with the figures README.md and docs/benchmarks.md quote.
 pub fn side_by_side(modes: &[ModeReport]) -> String {
     let mut out = String::new();
     let mean = |v: Vec<f64>, fmt: &dyn Fn(f64) -> String| {

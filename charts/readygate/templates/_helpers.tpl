@@ -63,3 +63,9 @@ crt: {{ $cert.Cert | b64enc }}
 key: {{ $cert.Key | b64enc }}
 {{- end -}}
 {{- end -}}
+
+{{/* The flags that point readygate status and doctor at this release's Lease. */}}
+{{- define "readygate.leaseFlags" -}}
+{{- with .Values.serve.leaseName }} --lease-name {{ . }}{{ end -}}
+{{- if ne .Release.Namespace "readygate-system" }} --lease-namespace {{ .Release.Namespace }}{{ end -}}
+{{- end -}}

@@ -164,3 +164,121 @@ fn every_rendering_of_the_chart_passes_the_api_servers_validation() {
         assert!(err.contains("minAvailable"), "{err}");
     })
 }
+
+#[test]
+fn helm_install_upgrade_and_uninstall_keep_the_tls_and_leave_nothing_behind() {
+    let Some(helm) = helm() else { return };
+    rig::cluster::test(|plane| async move {
+        let opts = rig::cluster::ControlPlaneOpts::build().unwrap();
+        let kubectl = opts.bin_dir.join("kubectl");
+        let kubeconfig = plane.admin_kubeconfig.to_str().unwrap().to_string();
+        let k = |args: &[&str]| {
+            let mut all = vec!["--kubeconfig", kubeconfig.as_str()];
+            all.extend_from_slice(args);
+            run(&kubectl, &all, None)
+        };
+        let h = |args: &[&str]| {
+            let mut all = vec!["--kubeconfig", kubeconfig.as_str()];
+            all.extend_from_slice(args);
+            run(&helm, &all, None)
+        };
+        let chart = root().join("charts/readygate");
+        let chart = chart.to_str().unwrap();
+        let (release, ns) = ("life", "chart-life");
+        let name = "life-readygate";
+        let out = h(&["install", release, chart, "-n", ns, "--create-namespace"])
+            .unwrap_or_else(|e| panic!("helm install: {e}"));
+        assert!(out.contains("STATUS: deployed"), "{out}");
+        let secret_json = || {
+            let s = k(&[
+                "-n",
+                ns,
+                "get",
+                "secret",
+                &format!("{name}-webhook-tls"),
+                "-o",
+                "json",
+            ])
+            .unwrap_or_else(|e| panic!("{e}"));
+            serde_json::from_str::<serde_json::Value>(&s).unwrap()["data"].clone()
+        };
+        let bundle = || {
+            k(&[
+                "get",
+                "mutatingwebhookconfiguration",
+                name,
+                "-o",
+                "jsonpath={.webhooks[0].clientConfig.caBundle}",
+            ])
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let tls = secret_json();
+        assert_eq!(
+            bundle(),
+            tls["ca.crt"].as_str().unwrap(),
+            "the caBundle is the Secret's CA"
+        );
+        assert!(tls["tls.key"].as_str().is_some_and(|k| !k.is_empty()));
+
+        // An upgrade that changes values keeps the CA and the key pair (lookup of the Secret).
+        let out = h(&[
+            "upgrade",
+            release,
+            chart,
+            "-n",
+            ns,
+            "--set",
+            "serve.pollInterval=1s",
+        ])
+        .unwrap_or_else(|e| panic!("helm upgrade: {e}"));
+        assert!(out.contains("REVISION: 2"), "{out}");
+        assert_eq!(secret_json(), tls, "helm upgrade kept the generated TLS");
+        assert_eq!(bundle(), tls["ca.crt"].as_str().unwrap());
+        let args = k(&[
+            "-n",
+            ns,
+            "get",
+            "deployment",
+            name,
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].args}",
+        ])
+        .unwrap();
+        assert!(args.contains("--poll-interval=1s"), "{args}");
+
+        // Uninstall leaves no object of the release, cluster-scoped ones included.
+        h(&["uninstall", release, "-n", ns, "--wait", "--timeout", "60s"])
+            .unwrap_or_else(|e| panic!("helm uninstall: {e}"));
+        let kinds = "deployments,replicasets,pods,services,endpointslices,secrets,serviceaccounts,\
+                     roles,rolebindings,poddisruptionbudgets,clusterroles,clusterrolebindings,\
+                     mutatingwebhookconfigurations";
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let left = k(&[
+                "get",
+                kinds,
+                "-A",
+                "-l",
+                "app.kubernetes.io/name=readygate",
+                "-o",
+                "name",
+                "--ignore-not-found",
+            ])
+            .unwrap();
+            let left: Vec<&str> = left.lines().filter(|l| !l.is_empty()).collect();
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "helm uninstall left these behind: {left:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        let ns_secrets = k(&["-n", ns, "get", "secrets", "-o", "name"]).unwrap();
+        assert!(
+            !ns_secrets.contains(&format!("{name}-webhook-tls")),
+            "the generated Secret goes with the release: {ns_secrets}"
+        );
+    })
+}

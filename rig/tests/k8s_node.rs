@@ -168,11 +168,19 @@ fn a_scheduled_pod_serves_on_its_ip_is_ready_only_with_its_gate_and_terminates_a
         pods.patch_status("web-1", &PatchParams::default(), &Patch::Strategic(patch))
             .await
             .unwrap();
-        wait("Ready", Duration::from_secs(10), || async {
+        let p = wait("Ready", Duration::from_secs(10), || async {
             let p = get(&pods, "web-1").await?;
-            (condition(&p, "Ready")?["status"] == "True").then_some(())
+            (condition(&p, "Ready")?["status"] == "True").then_some(p)
         })
         .await;
+        // The reasons of the False conditions are gone with them.
+        for t in ["Ready", "ContainersReady"] {
+            let c = condition(&p, t).unwrap();
+            assert!(
+                c.get("reason").is_none() && c.get("message").is_none(),
+                "{t} True keeps no reason: {c}"
+            );
+        }
         wait("a ready endpoint", Duration::from_secs(10), || {
             endpoint(json!({"ready": true, "serving": true}))
         })

@@ -473,13 +473,11 @@ impl StatusWriter {
             _ => now.to_string(),
         };
         self.written.insert(t, (status, ltt.clone()));
-        let mut c = json!({"type": t, "status": if status { "True" } else { "False" },
-            "lastProbeTime": null, "lastTransitionTime": ltt});
-        if let Some((reason, message)) = why {
-            c["reason"] = json!(reason);
-            c["message"] = json!(message);
-        }
-        c
+        // A strategic-merge patch keeps fields it does not name: null removes a reason and
+        // message that no longer apply (as the kubelet's patch, a diff of the old status, does).
+        let (reason, message) = why.unzip();
+        json!({"type": t, "status": if status { "True" } else { "False" },
+            "lastProbeTime": null, "lastTransitionTime": ltt, "reason": reason, "message": message})
     }
 
     /// Writes the status for `pod` as it is now and `c`, unless it is what was last written.
@@ -493,13 +491,16 @@ impl StatusWriter {
                 format!("containers with unready status: [{}]", self.container),
             )
         });
-        let state = if c.running {
-            json!({"running": {"startedAt": c.started_at}})
+        // One of the three states, the other two removed from the merged status.
+        let mut state = json!({"running": null, "waiting": null, "terminated": null});
+        if c.running {
+            state["running"] = json!({"startedAt": c.started_at});
         } else if let Some((reason, message)) = &c.waiting {
-            json!({"waiting": {"reason": reason, "message": message}})
+            state["waiting"] = json!({"reason": reason, "message": message});
         } else {
-            c.terminated(&now)
-        };
+            let mut t = c.terminated(&now);
+            state["terminated"] = t["terminated"].take();
+        }
         let conditions = vec![
             self.condition("PodReadyToStartContainers", c.sandbox, None, &now),
             self.condition("Initialized", true, None, &now),

@@ -45,14 +45,11 @@ pub fn write_atomic(dir: &Path, payload: &Payload, fs_group: Option<u32>) -> io:
     let data = dir.join(DATA_DIR);
     let old = std::fs::read_link(&data).ok();
     // Contents only, as the kubelet compares them (the ownership pass changes modes).
-    let wanted: BTreeMap<&String, &Vec<u8>> = payload.iter().map(|(p, f)| (p, &f.data)).collect();
-    if old.is_some()
-        && current(dir)?
-            .iter()
-            .map(|(p, d)| (p, d))
-            .collect::<BTreeMap<_, _>>()
-            == wanted
-    {
+    let wanted: BTreeMap<String, Vec<u8>> = payload
+        .iter()
+        .map(|(p, f)| (p.clone(), f.data.clone()))
+        .collect();
+    if old.is_some() && current(dir)? == wanted {
         return Ok(false);
     }
     // `..2006_01_02_15_04_05.` plus a random suffix, as os.MkdirTemp names it.

@@ -302,8 +302,33 @@ fn readygate_deployed_from_its_manifests_runs_in_cluster_and_gates_a_rollout_los
             .iter()
             .map(|n| stage.rig.node().container(&ns, n).unwrap().pid)
             .collect();
+        let uids: Vec<String> = pods.iter().map(|p| s(p, "/metadata/uid")).collect();
+        for u in &uids {
+            assert!(
+                stage
+                    .rig
+                    .dir
+                    .path()
+                    .join("pods")
+                    .join(u)
+                    .join("volumes")
+                    .is_dir()
+            );
+        }
         stage.stop().await.unwrap();
         assert!(pids.iter().all(|p| !alive(*p)), "the containers stopped");
+        // Removed right after the final delete, as the kubelet cleans up a deleted pod.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while uids
+            .iter()
+            .any(|u| stage.rig.dir.path().join("pods").join(u).exists())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "a deleted pod's volumes (its token, its key) are removed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     })
 }
 

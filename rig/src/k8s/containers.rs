@@ -54,6 +54,20 @@ impl Drop for Registered {
     }
 }
 
+/// Removes the pod's directory (its volumes, with their token and key, and image roots) when
+/// the pod's task ends, as the kubelet cleans up after a deleted pod; its logs stay.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %self.0.display(), error = %e, "node agent: removing a pod's directory");
+        }
+    }
+}
+
 /// How one run of the container ended.
 enum Ended {
     /// The pod was deleted and the container stopped (or was killed).
@@ -91,6 +105,7 @@ pub(crate) async fn run(
             return;
         }
     };
+    let _cleanup = RemoveOnDrop(ctx.dir.join("pods").join(&uid));
     let sandbox = match Sandbox::create(ip) {
         Ok(s) => s,
         Err(e) => {

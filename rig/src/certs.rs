@@ -12,6 +12,9 @@ pub struct Certs {
     pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
+    /// The CA, to sign renewed certificates with ([`Certs::renewed`]).
+    ca: std::sync::Arc<CertifiedIssuer<'static, KeyPair>>,
+    names: Vec<String>,
 }
 
 pub struct CertPaths {
@@ -33,7 +36,17 @@ impl Certs {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, "rig webhook CA");
         ca_params.distinguished_name = dn;
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+        let ca = std::sync::Arc::new(CertifiedIssuer::self_signed(
+            ca_params,
+            KeyPair::generate()?,
+        )?);
+        Self::signed(ca, names)
+    }
+
+    fn signed(
+        ca: std::sync::Arc<CertifiedIssuer<'static, KeyPair>>,
+        names: &[String],
+    ) -> anyhow::Result<Self> {
         let mut params = CertificateParams::new(names.to_vec())?;
         let mut dn = DistinguishedName::new();
         dn.push(
@@ -42,12 +55,20 @@ impl Certs {
         );
         params.distinguished_name = dn;
         let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &ca)?;
+        let cert = params.signed_by(&key, &*ca)?;
         Ok(Self {
             ca_pem: ca.pem(),
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            ca,
+            names: names.to_vec(),
         })
+    }
+
+    /// A new key pair and certificate for the same names from the same CA (a rotation: the
+    /// webhook configuration's caBundle stays valid).
+    pub fn renewed(&self) -> anyhow::Result<Self> {
+        Self::signed(self.ca.clone(), &self.names)
     }
 
     /// The names a service's serving certificate carries.

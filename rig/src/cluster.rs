@@ -379,7 +379,10 @@ impl ControlPlane {
             &bin("kube-apiserver"),
             &[
                 format!("--etcd-servers={ETCD_CLIENT}"),
-                "--bind-address=127.0.0.1".into(),
+                // Every address of the rig's private namespace: the rig's clients use
+                // 127.0.0.1, pods the advertise address (the `kubernetes` Service's endpoint),
+                // from their own network namespaces.
+                "--bind-address=0.0.0.0".into(),
                 format!("--secure-port={API_PORT}"),
                 format!("--advertise-address={}", crate::netns::NODE_IP),
                 format!("--tls-cert-file={}", p(&api_crt)),

@@ -29,10 +29,14 @@ pub struct PodPlan {
     pub image: String,
     pub ports: Vec<u16>,
     pub start_delay: Duration,
+    /// The readiness probe.
     pub probe: Option<Probe>,
+    pub liveness: Option<Probe>,
     pub pre_stop: Duration,
     pub grace: Duration,
     pub lb_healthy: bool,
+    /// `Always`, `OnFailure` or `Never`.
+    pub restart_policy: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -88,33 +92,38 @@ impl PodPlan {
         let probe_period = annotation(PROBE_PERIOD_ANNOTATION)
             .and_then(|p| p.parse::<u64>().ok())
             .map(Duration::from_millis);
+        let parse = |p: &Value, kind: &str, period: Option<Duration>| -> Result<Probe, String> {
+            let http = p
+                .get("httpGet")
+                .ok_or(format!("the rig runs httpGet {kind} probes only"))?;
+            Ok(Probe {
+                path: http
+                    .get("path")
+                    .and_then(Value::as_str)
+                    .unwrap_or("/")
+                    .to_string(),
+                port: port_of(http.get("port"))?,
+                initial_delay: secs(p.get("initialDelaySeconds"), 0),
+                period: period
+                    .unwrap_or(secs(p.get("periodSeconds"), 10).max(Duration::from_secs(1)))
+                    .max(Duration::from_millis(10)),
+                timeout: secs(p.get("timeoutSeconds"), 1).max(Duration::from_secs(1)),
+                success_threshold: p
+                    .get("successThreshold")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(1) as u32,
+                failure_threshold: p
+                    .get("failureThreshold")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(3) as u32,
+            })
+        };
         let probe = match c.get("readinessProbe") {
-            Some(p) => {
-                let http = p
-                    .get("httpGet")
-                    .ok_or("the rig runs httpGet readiness probes only")?;
-                Some(Probe {
-                    path: http
-                        .get("path")
-                        .and_then(Value::as_str)
-                        .unwrap_or("/")
-                        .to_string(),
-                    port: port_of(http.get("port"))?,
-                    initial_delay: secs(p.get("initialDelaySeconds"), 0),
-                    period: probe_period
-                        .unwrap_or(secs(p.get("periodSeconds"), 10).max(Duration::from_secs(1)))
-                        .max(Duration::from_millis(10)),
-                    timeout: secs(p.get("timeoutSeconds"), 1).max(Duration::from_secs(1)),
-                    success_threshold: p
-                        .get("successThreshold")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(1) as u32,
-                    failure_threshold: p
-                        .get("failureThreshold")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(3) as u32,
-                })
-            }
+            Some(p) => Some(parse(p, "readiness", probe_period)?),
+            None => None,
+        };
+        let liveness = match c.get("livenessProbe") {
+            Some(p) => Some(parse(p, "liveness", None)?),
             None => None,
         };
         Ok(Self {
@@ -127,9 +136,15 @@ impl PodPlan {
                     .unwrap_or(0),
             ),
             probe,
+            liveness,
             pre_stop: secs(c.pointer("/lifecycle/preStop/sleep/seconds"), 0),
             grace: secs(pod.pointer("/spec/terminationGracePeriodSeconds"), 30),
             lb_healthy: annotation(LB_HEALTH_ANNOTATION).as_deref() != Some("fail"),
+            restart_policy: pod
+                .pointer("/spec/restartPolicy")
+                .and_then(Value::as_str)
+                .unwrap_or("Always")
+                .to_string(),
         })
     }
 }

@@ -56,6 +56,22 @@ fn fd_inode(fd: i32) -> Option<u64> {
     inode(&format!("/proc/self/fd/{fd}"))
 }
 
+/// Runs `ip ARGS` from the calling thread (so in its network namespace).
+fn run_ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running `ip` (Debian's iproute2 is needed for the rig's network)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 fn make() -> anyhow::Result<i32> {
     let private = std::env::var_os("RIG_NETNS_PRIVATE").is_some();
     if !private {
@@ -69,27 +85,13 @@ fn make() -> anyhow::Result<i32> {
             );
         }
     }
-    let ip = |args: &[&str]| -> anyhow::Result<()> {
-        let out = Command::new("ip")
-            .args(args)
-            .output()
-            .context("running `ip` (Debian's iproute2 is needed for the rig's network)")?;
-        if !out.status.success() {
-            bail!(
-                "ip {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
-    };
-    ip(&["link", "set", "lo", "up"])?;
-    ip(&[
+    run_ip(&["link", "set", "lo", "up"])?;
+    run_ip(&[
         "link", "add", NODE_IF, "type", "veth", "peer", "name", PODS_IF,
     ])?;
-    ip(&["link", "set", NODE_IF, "up"])?;
-    ip(&["link", "set", PODS_IF, "up"])?;
-    ip(&["addr", "add", &format!("{NODE_IP}/16"), "dev", NODE_IF])?;
+    run_ip(&["link", "set", NODE_IF, "up"])?;
+    run_ip(&["link", "set", PODS_IF, "up"])?;
+    run_ip(&["addr", "add", &format!("{NODE_IP}/16"), "dev", NODE_IF])?;
     let path = std::ffi::CString::new("/proc/thread-self/ns/net").expect("no NUL");
     // SAFETY: open(2) of a path we own the string of.
     let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
@@ -117,12 +119,24 @@ pub struct PodIps {
 }
 
 impl PodIps {
-    pub fn allocate(&self) -> anyhow::Result<Ipv4Addr> {
+    /// The next pod IP, not yet assigned to any interface (a [`Sandbox`] takes it).
+    pub fn reserve(&self) -> anyhow::Result<Ipv4Addr> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         if n >= POD_IPS {
             bail!("the rig's pod CIDR {POD_CIDR} has no address left");
         }
-        let addr = Ipv4Addr::new(10, 244, (n / 254 + 1) as u8, (n % 254 + 1) as u8);
+        Ok(Ipv4Addr::new(
+            10,
+            244,
+            (n / 254 + 1) as u8,
+            (n % 254 + 1) as u8,
+        ))
+    }
+
+    /// The next pod IP, added to [`PODS_IF`] in the rig's own namespace (for servers the rig
+    /// runs in-process and processes it starts itself).
+    pub fn allocate(&self) -> anyhow::Result<Ipv4Addr> {
+        let addr = self.reserve()?;
         let out = Command::new("ip")
             .args(["addr", "add", &format!("{addr}/32"), "dev", PODS_IF])
             .output()
@@ -134,5 +148,114 @@ impl PodIps {
             );
         }
         Ok(addr)
+    }
+}
+
+/// A pod's network namespace, as a container runtime's sandbox (the "pause" container) holds
+/// it: its own loopback, and `eth0` with the pod IP, one end of a veth pair whose other end
+/// (`rgpN`) stays in the rig's namespace with a /32 route to the pod. The pod reaches the node
+/// address (the API server, the ELBv2 endpoint) through it; the API server, the probes and the
+/// load balancer reach the pod IP. Processes join it with `setns` ([`Sandbox::fd`]); it goes
+/// when dropped.
+pub struct Sandbox {
+    fd: std::os::fd::OwnedFd,
+    host_if: String,
+    pub ip: Ipv4Addr,
+}
+
+static SANDBOXES: AtomicU32 = AtomicU32::new(0);
+
+impl Sandbox {
+    /// Makes the namespace for pod IP `ip` (from [`PodIps::reserve`]). Call it from a thread in
+    /// the rig's namespace.
+    pub fn create(ip: Ipv4Addr) -> anyhow::Result<Self> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // unshare(CLONE_NEWNET) moves only the calling thread: a thread of its own makes the
+        // namespace, keeps it open as a file descriptor and brings its loopback up.
+        let fd = std::thread::spawn(|| -> anyhow::Result<OwnedFd> {
+            // SAFETY: unshare of this short-lived thread's network namespace only.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                bail!(
+                    "a pod's network namespace (unshare(CLONE_NEWNET): {}): the rig needs \
+                     CAP_SYS_ADMIN (root) to run containers",
+                    std::io::Error::last_os_error()
+                );
+            }
+            let path = std::ffi::CString::new("/proc/thread-self/ns/net").expect("no NUL");
+            // SAFETY: open(2) of a path we own the string of.
+            let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+            if fd < 0 {
+                bail!(
+                    "opening a pod's network namespace: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            // SAFETY: a descriptor we just opened and own.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            run_ip(&["link", "set", "lo", "up"])?;
+            Ok(fd)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread making a pod's network namespace panicked"))??;
+        let n = SANDBOXES.fetch_add(1, Ordering::Relaxed);
+        let sandbox = Self {
+            fd,
+            host_if: format!("rgp{n}"),
+            ip,
+        };
+        let ns_path = format!("/proc/{}/fd/{}", std::process::id(), sandbox.fd.as_raw_fd());
+        let (host_if, addr, node) = (
+            sandbox.host_if.as_str(),
+            format!("{ip}/32"),
+            NODE_IP.to_string(),
+        );
+        run_ip(&[
+            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns_path,
+        ])?;
+        run_ip(&["link", "set", host_if, "up"])?;
+        run_ip(&["route", "add", &addr, "dev", host_if, "src", &node])?;
+        sandbox.run_inside(|| {
+            run_ip(&["addr", "add", &addr, "dev", "eth0"])?;
+            run_ip(&["link", "set", "eth0", "up"])?;
+            run_ip(&["route", "add", &node, "dev", "eth0", "scope", "link"])?;
+            run_ip(&["route", "add", "default", "via", &node, "dev", "eth0"])
+        })?;
+        Ok(sandbox)
+    }
+
+    /// The namespace's file descriptor (for `setns` in a container's `pre_exec`).
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.fd.as_raw_fd()
+    }
+
+    /// Runs `f` on a thread inside the pod's network namespace.
+    pub fn run_inside<T: Send>(
+        &self,
+        f: impl FnOnce() -> anyhow::Result<T> + Send,
+    ) -> anyhow::Result<T> {
+        let fd = self.fd();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns of this scoped thread into a namespace whose descriptor we hold.
+                if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                    bail!(
+                        "joining a pod's network namespace: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+                f()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("a thread inside a pod's network namespace panicked"))?
+        })
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // Deleting our end deletes the pod's eth0 and the route; the namespace itself goes with
+        // its last descriptor and process.
+        let _ = run_ip(&["link", "del", &self.host_if]);
     }
 }

@@ -7,7 +7,7 @@ use crate::deploy::Deployment;
 use crate::elb::listener::Listener;
 use crate::elb::query::QueryServer;
 use crate::elb::{Elb, ElbConfig, GroupSpec};
-use crate::k8s::node::{NODE_NAME, NodeAgent};
+use crate::k8s::node::{NODE_NAME, NodeAgent, NodeOpts};
 use crate::kubelet::{LB_HEALTH_PATH, PROBE_PERIOD_ANNOTATION, START_DELAY_ANNOTATION};
 use crate::lbc::Lbc;
 use crate::timeline::Timeline;
@@ -30,6 +30,8 @@ pub struct RigConfig {
     /// From a pod's deletion to the load balancer controller's DeregisterTargets.
     pub lbc_reaction: Duration,
     pub elb: ElbConfig,
+    /// The binary the node agent runs for image `readygate` (None: [`crate::readygate::find_binary`]).
+    pub readygate_bin: Option<std::path::PathBuf>,
 }
 
 impl Default for RigConfig {
@@ -51,6 +53,7 @@ impl Default for RigConfig {
                 deregistration_lag: Duration::from_millis(1500),
                 ..ElbConfig::default()
             },
+            readygate_bin: None,
         }
     }
 }
@@ -72,7 +75,7 @@ pub struct Rig {
     pub elb: Arc<Elb>,
     pub elb_api: QueryServer,
     pub timeline: Timeline,
-    _node: NodeAgent,
+    node: NodeAgent,
     _lbc: Lbc,
     pub dir: tempfile::TempDir,
     /// Which rig of this process this is (0 for the first): later rigs on the same control
@@ -97,13 +100,27 @@ impl Rig {
     pub async fn start(config: RigConfig) -> anyhow::Result<Self> {
         let plane = crate::cluster::shared()?;
         let client = plane.client().await?;
-        let node = NodeAgent::start(NodeAgent::client(plane, NODE_NAME).await?, NODE_NAME).await?;
+        let dir = tempfile::Builder::new().prefix("rig-").tempdir()?;
+        let mut opts = NodeOpts {
+            dir: Some(dir.path().to_path_buf()),
+            ..NodeOpts::default()
+        };
+        if let Some(bin) = &config.readygate_bin {
+            opts.readygate_bin = Some(bin.clone());
+        }
+        let node =
+            NodeAgent::start_with(NodeAgent::client(plane, NODE_NAME).await?, NODE_NAME, opts)
+                .await?;
         crate::k8s::install::target_group_binding_crd(&client).await?;
         let elb = Elb::new(config.elb.clone());
-        let elb_api = QueryServer::start(elb.clone(), "127.0.0.1:0".parse()?).await?;
+        // On the node address, which pods reach from their own network namespaces.
+        let elb_api = QueryServer::start(
+            elb.clone(),
+            std::net::SocketAddr::new(crate::netns::NODE_IP.into(), 0),
+        )
+        .await?;
         let timeline = Timeline::start(client.clone(), &elb).await?;
         let lbc = Lbc::start(client.clone(), elb.clone(), config.lbc_reaction).await?;
-        let dir = tempfile::Builder::new().prefix("rig-").tempdir()?;
         Ok(Self {
             config,
             plane,
@@ -111,11 +128,16 @@ impl Rig {
             elb,
             elb_api,
             timeline,
-            _node: node,
+            node,
             _lbc: lbc,
             dir,
             index: RIGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
+    }
+
+    /// The rig's node agent (the kubelet of node [`NODE_NAME`]).
+    pub fn node(&self) -> &NodeAgent {
+        &self.node
     }
 
     /// This rig's name for namespace `base`: `base` itself for the first rig of the process,

@@ -376,3 +376,265 @@ impl Stage {
         out
     }
 }
+
+/// readygate as a user runs it: `manifests/base` applied whole, its Deployment included, with an
+/// overlay-style patch adding the rig's ELBv2 endpoint and credentials (`AWS_ENDPOINT_URL`,
+/// `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_EC2_METADATA_DISABLED`) to
+/// the container's `env` and any extra `args`; the Secret of its TLS volume made from a rig CA
+/// for `SERVICE.NAMESPACE.svc` (the webhook configuration's caBundle). The real Deployment
+/// controller makes the pods, the node agent runs each as the readygate binary in a container
+/// ([`crate::k8s::containers`]): in-cluster configuration from the projected ServiceAccount
+/// token, the certificate from the mounted Secret, Ready by its own probes.
+pub struct Deployed {
+    pub rig: Rig,
+    pub client: Client,
+    pub installed: Installed,
+    /// The certificate the Secret holds now.
+    pub certs: Certs,
+    pub namespace: String,
+    /// The webhook Service's name.
+    pub service: String,
+    pub deployment: String,
+    pub replicas: usize,
+    /// The pod template's labels as a selector.
+    pub selector: String,
+}
+
+/// The overlay the rig applies to readygate's Deployment: JSON patch operations adding `env`
+/// entries and `args` to its `readygate` container.
+pub fn deployment_patch(
+    env: &[(&str, &str)],
+    args: &[String],
+) -> anyhow::Result<json_patch::Patch> {
+    let c = "/spec/template/spec/containers/0";
+    let mut ops = vec![json!({"op": "test", "path": format!("{c}/name"), "value": "readygate"})];
+    for (k, v) in env {
+        ops.push(
+            json!({"op": "add", "path": format!("{c}/env/-"), "value": {"name": k, "value": v}}),
+        );
+    }
+    for a in args {
+        ops.push(json!({"op": "add", "path": format!("{c}/args/-"), "value": a}));
+    }
+    Ok(serde_json::from_value(serde_json::Value::Array(ops))?)
+}
+
+impl Deployed {
+    /// The rig, readygate's Deployment applied with `readygate_args` added, and its pods Ready
+    /// and behind the webhook Service.
+    pub async fn start(
+        bin: &Path,
+        manifests: &Path,
+        readygate_args: &[String],
+    ) -> anyhow::Result<Self> {
+        let rig = Rig::start(RigConfig {
+            readygate_bin: Some(bin.to_path_buf()),
+            ..RigConfig::default()
+        })
+        .await?;
+        let client = rig.client.clone();
+        let (service, namespace) = crate::rig::webhook_service(manifests)?;
+        let certs = Certs::for_service(&service, &namespace)?;
+        let elb_url = rig.elb_api.url();
+        let patch = deployment_patch(
+            &[
+                ("AWS_ENDPOINT_URL", elb_url.as_str()),
+                ("AWS_REGION", crate::elb::REGION),
+                ("AWS_ACCESS_KEY_ID", "rig"),
+                ("AWS_SECRET_ACCESS_KEY", "rig"),
+                ("AWS_EC2_METADATA_DISABLED", "true"),
+            ],
+            readygate_args,
+        )?;
+        let installed = install::readygate_deployed(&client, manifests, &certs, &patch).await?;
+        let d = installed
+            .deployment
+            .clone()
+            .context("the Deployment was not applied")?;
+        let selector = d["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .context("readygate's Deployment has no matchLabels")?
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let stage = Self {
+            rig,
+            client,
+            certs,
+            namespace,
+            service,
+            deployment: crate::str_at(&d, "/metadata/name"),
+            replicas: d["spec"]["replicas"].as_u64().unwrap_or(1) as usize,
+            selector,
+            installed,
+        };
+        stage.wait_ready(Duration::from_secs(120)).await?;
+        Ok(stage)
+    }
+
+    fn pods_api(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// readygate's pods, as JSON.
+    pub async fn pods(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        Ok(self
+            .pods_api()
+            .list(&ListParams::default().labels(&self.selector))
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|p| serde_json::to_value(p).ok())
+            .collect())
+    }
+
+    /// The addresses of the webhook Service's ready endpoints.
+    pub async fn ready_endpoints(&self) -> anyhow::Result<Vec<String>> {
+        let slices: Api<EndpointSlice> = Api::namespaced(self.client.clone(), &self.namespace);
+        let lp =
+            ListParams::default().labels(&format!("kubernetes.io/service-name={}", self.service));
+        let mut out: Vec<String> = slices
+            .list(&lp)
+            .await?
+            .items
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            .flat_map(|e| e.addresses.clone())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Waits until every replica of the Deployment is Ready (by its probes) and of the current
+    /// template, no other pod is left, and the webhook Service has one ready endpoint per
+    /// replica.
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let pods = self.pods().await?;
+            let ready: Vec<String> = pods
+                .iter()
+                .filter(|p| {
+                    crate::deploy::is_ready(p) && p["metadata"]["deletionTimestamp"].is_null()
+                })
+                .map(|p| crate::str_at(p, "/status/podIP"))
+                .collect();
+            let endpoints = self.ready_endpoints().await?;
+            if ready.len() == self.replicas
+                && pods.len() == self.replicas
+                && endpoints.len() == self.replicas
+                && ready.iter().all(|ip| endpoints.contains(ip))
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let states: Vec<String> = pods
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{} {} {}",
+                            crate::str_at(p, "/metadata/name"),
+                            crate::str_at(p, "/status/phase"),
+                            p.pointer("/status/containerStatuses/0/state")
+                                .cloned()
+                                .unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                bail!(
+                    "readygate's {} replicas were not Ready behind the webhook Service within {timeout:?} \
+                     (pods: {states:?}; ready endpoints: {endpoints:?}); logs:\n{}",
+                    self.replicas,
+                    self.log_tail(20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Writes a renewed key pair (same CA) into the TLS Secret; returns it.
+    pub async fn rotate(&mut self) -> anyhow::Result<&Certs> {
+        let renewed = self.certs.renewed()?;
+        let name = self
+            .installed
+            .tls_secret
+            .clone()
+            .context("no TLS Secret was installed")?;
+        install::apply(
+            &self.client,
+            &install::tls_secret(&name, &self.namespace, &renewed),
+            &self.namespace,
+        )
+        .await?;
+        self.certs = renewed;
+        Ok(&self.certs)
+    }
+
+    /// The container logs of readygate's pods (every restart), newest lines last.
+    pub fn logs(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let prefix = format!("{}_", self.namespace);
+        for pod in std::fs::read_dir(self.rig.node().logs_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if !pod.file_name().to_string_lossy().starts_with(&prefix) {
+                continue;
+            }
+            for c in std::fs::read_dir(pod.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                for log in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
+                    out.push(log.path());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The last lines of every container log of readygate's pods.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for log in self.logs() {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- {}\n", log.display()));
+            out.push_str(&all[all.len().saturating_sub(lines)..].join("\n"));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Deletes the Deployment (its ReplicaSet and pods go with it, each terminated by the node
+    /// agent as the kubelet does) and waits until no pod of it is left.
+    pub async fn stop(&self) -> anyhow::Result<()> {
+        let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        deployments
+            .delete(&self.deployment, &DeleteParams::foreground())
+            .await
+            .with_context(|| format!("deleting Deployment {}", self.deployment))?;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let left = self.pods().await?;
+            if left.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "readygate's pods were not gone 90 s after its Deployment's deletion: {:?}",
+                    left.iter()
+                        .map(|p| crate::str_at(p, "/metadata/name"))
+                        .collect::<Vec<_>>()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

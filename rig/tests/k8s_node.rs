@@ -168,11 +168,19 @@ fn a_scheduled_pod_serves_on_its_ip_is_ready_only_with_its_gate_and_terminates_a
         pods.patch_status("web-1", &PatchParams::default(), &Patch::Strategic(patch))
             .await
             .unwrap();
-        wait("Ready", Duration::from_secs(10), || async {
+        let p = wait("Ready", Duration::from_secs(10), || async {
             let p = get(&pods, "web-1").await?;
-            (condition(&p, "Ready")?["status"] == "True").then_some(())
+            (condition(&p, "Ready")?["status"] == "True").then_some(p)
         })
         .await;
+        // The reasons of the False conditions are gone with them.
+        for t in ["Ready", "ContainersReady"] {
+            let c = condition(&p, t).unwrap();
+            assert!(
+                c.get("reason").is_none() && c.get("message").is_none(),
+                "{t} True keeps no reason: {c}"
+            );
+        }
         wait("a ready endpoint", Duration::from_secs(10), || {
             endpoint(json!({"ready": true, "serving": true}))
         })
@@ -206,5 +214,134 @@ fn a_scheduled_pod_serves_on_its_ip_is_ready_only_with_its_gate_and_terminates_a
             "{took:?}"
         );
         assert!(http_get(&format!("{ip}:8080")).await.is_none());
+    });
+}
+
+#[test]
+fn a_container_failing_its_liveness_probe_is_restarted_with_the_kubelets_back_off() {
+    rig::cluster::test(|plane| async move {
+        let Some(bin) = rig::readygate::find_binary(None) else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "the readygate binary is not built"
+            );
+            println!("SKIPPED: the readygate binary is not built");
+            return;
+        };
+        let admin = plane.client().await.unwrap();
+        let node = "node-containers";
+        let opts = rig::k8s::node::NodeOpts {
+            readygate_bin: Some(bin),
+            ..Default::default()
+        };
+        let agent =
+            NodeAgent::start_with(NodeAgent::client(plane, node).await.unwrap(), node, opts)
+                .await
+                .unwrap();
+        let ns = namespace(&admin, "containers").await;
+        let certs = rig::certs::Certs::generate(&["rg.example".into()]).unwrap();
+        rig::k8s::install::apply(
+            &admin,
+            &rig::k8s::install::tls_secret("tls", &ns, &certs),
+            &ns,
+        )
+        .await
+        .unwrap();
+        rig::k8s::install::apply(
+            &admin,
+            &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"},
+                "data": {"drain": "1s"}}),
+            &ns,
+        )
+        .await
+        .unwrap();
+        // readygate as a container whose liveness probe asks for a path it does not serve:
+        // killed (SIGTERM) a second after each start.
+        let pod = json!({
+            "metadata": {"name": "rg"},
+            "spec": {
+                "nodeSelector": {"kubernetes.io/hostname": node},
+                "terminationGracePeriodSeconds": 5,
+                "containers": [{"name": "readygate", "image": "example.com/team/readygate:v0",
+                    "args": ["serve", "--identity=$(POD_NAME)", "--controller=false"],
+                    "env": [
+                        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                        {"name": "READYGATE_SHUTDOWN_DELAY", "value": "0s"},
+                        {"name": "READYGATE_DRAIN_TIMEOUT", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "drain"}}},
+                        {"name": "CA_PEM", "valueFrom": {"secretKeyRef": {"name": "tls", "key": "ca.crt"}}},
+                        {"name": "ADDR", "value": "$(POD_IP):8080"}],
+                    "ports": [{"name": "admin", "containerPort": 8080}],
+                    "livenessProbe": {"httpGet": {"path": "/not-served", "port": "admin"},
+                        "initialDelaySeconds": 1, "periodSeconds": 1, "failureThreshold": 1},
+                    "volumeMounts": [{"name": "tls", "mountPath": "/tls", "readOnly": true}]}],
+                "volumes": [{"name": "tls", "secret": {"secretName": "tls"}}]}
+        });
+        let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
+        pods.create(
+            &PostParams::default(),
+            &serde_json::from_value(pod).unwrap(),
+        )
+        .await
+        .unwrap();
+        let info = wait("the container", Duration::from_secs(20), || async {
+            agent.container(&ns, "rg")
+        })
+        .await;
+        let environ = std::fs::read_to_string(format!("/proc/{}/environ", info.pid)).unwrap();
+        let env: Vec<&str> = environ.split('\0').collect();
+        let ip = info.pod_ip.to_string();
+        for want in [
+            "POD_NAME=rg".to_string(),
+            format!("POD_IP={ip}"),
+            format!("ADDR={ip}:8080"),
+            "READYGATE_DRAIN_TIMEOUT=1s".into(),
+            format!("CA_PEM={}", certs.ca_pem),
+        ] {
+            assert!(env.contains(&want.as_str()), "{want} in {env:?}");
+        }
+        let cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", info.pid)).unwrap();
+        assert!(cmdline.contains("--identity=rg\0"), "{cmdline:?}");
+
+        // Killed by its liveness probe, restarted at once; killed again, then it waits out the
+        // kubelet's back-off (10 s) in CrashLoopBackOff before its second restart.
+        let status = |want: fn(&Value) -> bool| {
+            let pods = pods.clone();
+            async move {
+                let p = get(&pods, "rg").await?;
+                let c = p["status"]["containerStatuses"][0].clone();
+                want(&c).then_some(c)
+            }
+        };
+        let c = wait("CrashLoopBackOff", Duration::from_secs(30), || {
+            status(|c| c["state"]["waiting"]["reason"] == "CrashLoopBackOff")
+        })
+        .await;
+        let at = Instant::now();
+        assert_eq!(c["restartCount"], 1, "{c}");
+        assert!(
+            c["state"]["waiting"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("back-off 10s restarting failed container=readygate pod=rg_"),
+            "{c}"
+        );
+        // SIGTERM from the kill: readygate shuts down and exits 0.
+        assert_eq!(c["lastState"]["terminated"]["exitCode"], 0, "{c}");
+        assert_eq!(c["lastState"]["terminated"]["reason"], "Completed", "{c}");
+        let c = wait("the second restart", Duration::from_secs(20), || {
+            status(|c| c["restartCount"] == 2 && c["state"]["running"].is_object())
+        })
+        .await;
+        let waited = at.elapsed();
+        assert!(
+            waited >= Duration::from_secs(8) && waited < Duration::from_secs(13),
+            "the back-off: {waited:?} ({c})"
+        );
+        pods.delete("rg", &DeleteParams::default()).await.unwrap();
+        wait("the pod's removal", Duration::from_secs(15), || async {
+            get(&pods, "rg").await.is_none().then_some(())
+        })
+        .await;
     });
 }

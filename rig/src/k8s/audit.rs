@@ -10,7 +10,7 @@ use std::path::Path;
 pub const READYGATE_USER: &str = "system:serviceaccount:readygate-system:readygate";
 
 /// One request of the audit log (stage ResponseComplete).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Request {
     pub user: String,
     pub verb: String,
@@ -22,6 +22,11 @@ pub struct Request {
     pub code: u16,
     /// `requestReceivedTimestamp`, RFC 3339 with microseconds.
     pub at: String,
+    /// The pod a bound ServiceAccount token was issued for (the user's extra
+    /// `authentication.kubernetes.io/pod-name`), empty for other credentials.
+    pub pod: String,
+    /// The client's address (the first of `sourceIPs`).
+    pub source_ip: String,
 }
 
 /// The requests of the audit log at `path`, in order.
@@ -42,6 +47,8 @@ pub fn requests(path: &Path) -> anyhow::Result<Vec<Request>> {
             name: s(&e["objectRef"]["name"]),
             code: e["responseStatus"]["code"].as_u64().unwrap_or_default() as u16,
             at: s(&e["requestReceivedTimestamp"]),
+            pod: s(&e["user"]["extra"]["authentication.kubernetes.io/pod-name"][0]),
+            source_ip: s(&e["sourceIPs"][0]),
         })
         .collect())
 }
@@ -341,7 +348,7 @@ mod tests {
             namespace: String::new(),
             name: String::new(),
             code,
-            at: String::new(),
+            ..Request::default()
         };
         let u = rbac_use(
             &[

@@ -129,21 +129,67 @@ pub async fn target_group_binding_crd(client: &Client) -> anyhow::Result<()> {
 }
 
 /// readygate as installed from `manifests/base`: every resource its kustomization lists, in its
-/// namespace, except the Deployment (the rig runs readygate's replicas itself, see
-/// [`crate::k8s::stage`]), with the webhook configuration's `caBundle` filled in.
+/// namespace, with the webhook configuration's `caBundle` filled in; the Deployment too when
+/// installed by [`readygate_deployed`].
 pub struct Installed {
     pub namespace: String,
     /// The Deployment's pod template (labels, ports, probes, ServiceAccount): the rig's
-    /// readygate pods are made from it.
+    /// readygate pods are made from it when it runs them as processes ([`crate::stage`]).
     pub pod_template: Value,
     /// The MutatingWebhookConfiguration as applied.
     pub webhook_configuration: Value,
+    /// The Deployment as applied (patched), when it was.
+    pub deployment: Option<Value>,
+    /// The name of the Secret the Deployment mounts its serving certificate from, when the
+    /// Deployment was applied.
+    pub tls_secret: Option<String>,
 }
 
+/// Every resource of `manifests/base` except the Deployment (the rig runs readygate's replicas
+/// itself, see [`crate::stage::Stage`]).
 pub async fn readygate(
     client: &Client,
     manifests: &Path,
     ca_pem: &str,
+) -> anyhow::Result<Installed> {
+    install(client, manifests, ca_pem, None).await
+}
+
+/// Every resource of `manifests/base`, the Deployment included, as a user installs readygate:
+/// the Deployment changed by `patch` (RFC 6902 operations, as an overlay's `patches:` would),
+/// and the Secret its TLS volume names created first (type `kubernetes.io/tls`) with `certs`.
+pub async fn readygate_deployed(
+    client: &Client,
+    manifests: &Path,
+    certs: &crate::certs::Certs,
+    patch: &json_patch::Patch,
+) -> anyhow::Result<Installed> {
+    install(client, manifests, &certs.ca_pem, Some((certs, patch))).await
+}
+
+/// The Secret a Deployment's pod template mounts first (its TLS key pair).
+pub fn tls_secret_name(deployment: &Value) -> Option<String> {
+    deployment
+        .pointer("/spec/template/spec/volumes")?
+        .as_array()?
+        .iter()
+        .find_map(|v| v.pointer("/secret/secretName")?.as_str())
+        .map(String::from)
+}
+
+/// A `kubernetes.io/tls` Secret with `certs`.
+pub fn tls_secret(name: &str, namespace: &str, certs: &crate::certs::Certs) -> Value {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {"tls.crt": b64(&certs.cert_pem), "tls.key": b64(&certs.key_pem), "ca.crt": b64(&certs.ca_pem)}})
+}
+
+async fn install(
+    client: &Client,
+    manifests: &Path,
+    ca_pem: &str,
+    deployment: Option<(&crate::certs::Certs, &json_patch::Patch)>,
 ) -> anyhow::Result<Installed> {
     let base = manifests.join("base");
     let kustomization: Value = serde_yaml::from_str(
@@ -169,11 +215,21 @@ pub async fn readygate(
     docs.sort_by_key(|d| d["kind"] != "Namespace");
     let mut pod_template = None;
     let mut webhook_configuration = None;
+    let mut applied_deployment = None;
+    let mut secret = None;
     for mut doc in docs {
         match doc["kind"].as_str() {
             Some("Deployment") => {
                 pod_template = Some(doc["spec"]["template"].clone());
-                continue;
+                let Some((certs, patch)) = deployment else {
+                    continue;
+                };
+                json_patch::patch(&mut doc, patch).context("patching readygate's Deployment")?;
+                let name = tls_secret_name(&doc)
+                    .context("readygate's Deployment mounts no Secret for its certificate")?;
+                apply(client, &tls_secret(&name, &namespace, certs), &namespace).await?;
+                secret = Some(name);
+                applied_deployment = Some(doc.clone());
             }
             Some("MutatingWebhookConfiguration") => {
                 for w in doc["webhooks"].as_array_mut().into_iter().flatten() {
@@ -190,6 +246,8 @@ pub async fn readygate(
         pod_template: pod_template.context("manifests/base has no Deployment")?,
         webhook_configuration: webhook_configuration
             .context("manifests/base has no MutatingWebhookConfiguration")?,
+        deployment: applied_deployment,
+        tls_secret: secret,
     })
 }
 

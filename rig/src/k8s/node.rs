@@ -7,6 +7,10 @@
 //! (the listener closes, requests in flight finish), the kill at the end of the grace period,
 //! the terminal status, then the final delete.
 //!
+//! A pod whose image the rig's container runtime knows (`readygate`: the binary of this build)
+//! runs as a real container process instead ([`crate::k8s::containers`]): its own network
+//! namespace, mount namespace, volumes, environment and user, liveness probes and restarts.
+//!
 //! A pod annotated [`EXTERNAL_ANNOTATION`] with an IP is a process the rig runs itself (a
 //! readygate replica): the agent starts nothing, reports that IP and probes it like any pod.
 
@@ -24,6 +28,7 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -52,9 +57,56 @@ pub fn terminations() -> &'static Mutex<HashMap<(String, String), std::time::Ins
     T.get_or_init(Mutex::default)
 }
 
+/// How the node agent runs container processes.
+#[derive(Debug, Clone)]
+pub struct NodeOpts {
+    /// The run's directory: pods' volumes and image roots under `pods/UID/`, container logs
+    /// under `logs/NAMESPACE_NAME_UID/CONTAINER/RESTARTS.log` (the kubelet's
+    /// `/var/lib/kubelet/pods` and `/var/log/pods`). None: a temporary directory of the agent's.
+    pub dir: Option<PathBuf>,
+    /// The binary image `readygate` stands for (default: [`crate::readygate::find_binary`]).
+    pub readygate_bin: Option<PathBuf>,
+    /// Where containers reach the API server: the `kubernetes` Service's endpoint, i.e. the API
+    /// server's advertise address and secure port.
+    pub api_endpoint: SocketAddr,
+    /// How often Secret, ConfigMap and projected volumes are refreshed (the kubelet's sync
+    /// period, 1 min, compressed).
+    pub volume_sync: Duration,
+}
+
+impl Default for NodeOpts {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            readygate_bin: crate::readygate::find_binary(None),
+            api_endpoint: SocketAddr::new(IpAddr::V4(NODE_IP), crate::cluster::API_PORT),
+            volume_sync: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What the agent shares with each pod's task.
+pub(crate) struct NodeCtx {
+    pub(crate) opts: NodeOpts,
+    pub(crate) dir: PathBuf,
+    pub(crate) containers: Arc<Mutex<HashMap<(String, String), ContainerInfo>>>,
+}
+
+/// A container process the agent runs, as tests and tools may inspect it.
+#[derive(Debug, Clone)]
+pub struct ContainerInfo {
+    pub pid: u32,
+    pub restart_count: u32,
+    /// Its stdout and stderr.
+    pub log: PathBuf,
+    pub pod_ip: Ipv4Addr,
+}
+
 pub struct NodeAgent {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     pods: Arc<Mutex<HashMap<String, PodHandle>>>,
+    ctx: Arc<NodeCtx>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 struct PodHandle {
@@ -79,6 +131,24 @@ impl NodeAgent {
     /// authenticate as `system:node:NODE` in `system:nodes` (the Node authorizer and
     /// NodeRestriction then judge it as they judge a kubelet): see [`NodeAgent::client`].
     pub async fn start(client: Client, node: &str) -> anyhow::Result<Self> {
+        Self::start_with(client, node, NodeOpts::default()).await
+    }
+
+    /// As [`NodeAgent::start`], with these options for container processes.
+    pub async fn start_with(client: Client, node: &str, opts: NodeOpts) -> anyhow::Result<Self> {
+        let (dir, tmp) = match &opts.dir {
+            Some(d) => (d.clone(), None),
+            None => {
+                let t = tempfile::Builder::new().prefix("rig-node-").tempdir()?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let ctx = Arc::new(NodeCtx {
+            opts,
+            dir,
+            containers: Arc::default(),
+        });
+        let c2 = ctx.clone();
         register_node(&client, node).await?;
         let lease = tokio::spawn(renew_lease(client.clone(), node.to_string()));
         let heartbeat = tokio::spawn(node_heartbeat(client.clone(), node.to_string()));
@@ -110,7 +180,7 @@ impl NodeAgent {
                             }
                             None => {
                                 let (tx, rx) = watch::channel(v);
-                                let task = tokio::spawn(run_pod(client.clone(), rx));
+                                let task = tokio::spawn(run_pod(c2.clone(), client.clone(), rx));
                                 pods.insert(uid, PodHandle { latest: tx, task });
                             }
                         }
@@ -130,7 +200,24 @@ impl NodeAgent {
         Ok(Self {
             tasks: vec![lease, heartbeat, feed],
             pods,
+            ctx,
+            _dir: tmp,
         })
+    }
+
+    /// The container process of pod `namespace/name`, while it runs.
+    pub fn container(&self, namespace: &str, name: &str) -> Option<ContainerInfo> {
+        self.ctx
+            .containers
+            .lock()
+            .expect("containers lock")
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// The directory container logs go to (`NAMESPACE_NAME_UID/CONTAINER/N.log`).
+    pub fn logs_dir(&self) -> PathBuf {
+        self.ctx.dir.join("logs")
     }
 
     /// A client with node `node`'s identity, as its kubelet has.
@@ -258,27 +345,65 @@ async fn node_heartbeat(client: Client, node: String) {
 }
 
 /// What the agent knows of one pod's containers.
-#[derive(Debug, Clone, PartialEq)]
-struct Containers {
-    ready: bool,
-    running: bool,
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub(crate) struct Containers {
+    pub(crate) ready: bool,
+    pub(crate) running: bool,
     /// Exit code once stopped (0: stopped by SIGTERM in time; 137: killed).
-    exit_code: i32,
+    pub(crate) exit_code: i32,
+    /// The sandbox exists (`PodReadyToStartContainers`).
+    pub(crate) sandbox: bool,
+    pub(crate) restart_count: u32,
+    /// Not running and not (finally) terminated: reason and message (`ContainerCreating`,
+    /// `CrashLoopBackOff`, `CreateContainerConfigError`, …).
+    pub(crate) waiting: Option<(String, String)>,
+    /// `lastState.terminated` of a restarted container.
+    pub(crate) last_state: Option<Value>,
+    pub(crate) container_id: String,
+    pub(crate) started_at: String,
+}
+
+impl Containers {
+    /// A container running since now (as the in-process servers start).
+    pub(crate) fn running_now() -> Self {
+        Self {
+            ready: false,
+            running: true,
+            exit_code: 0,
+            sandbox: true,
+            restart_count: 0,
+            waiting: None,
+            last_state: None,
+            container_id: format!("rig://{}", crate::time::uuid()),
+            started_at: now_time(),
+        }
+    }
+
+    /// The `terminated` state of the container as it stopped, at `finished`.
+    pub(crate) fn terminated(&self, finished: &str) -> Value {
+        let reason = if self.exit_code == 0 {
+            "Completed"
+        } else {
+            "Error"
+        };
+        json!({"terminated": {"exitCode": self.exit_code, "reason": reason,
+            "startedAt": self.started_at, "finishedAt": finished, "containerID": self.container_id}})
+    }
 }
 
 /// The kubelet-owned part of a pod's status, and what was last written of it.
-struct StatusWriter {
-    api: Api<Pod>,
-    name: String,
-    uid: String,
-    container: String,
-    image: String,
-    container_id: String,
-    ip: Ipv4Addr,
-    started_at: String,
+pub(crate) struct StatusWriter {
+    pub(crate) api: Api<Pod>,
+    pub(crate) name: String,
+    pub(crate) uid: String,
+    pub(crate) container: String,
+    pub(crate) image: String,
+    pub(crate) ip: Ipv4Addr,
+    /// The pod's start (`startTime`).
+    pub(crate) started_at: String,
     /// (status, lastTransitionTime) of each condition type the agent owns, as last written.
-    written: BTreeMap<&'static str, (bool, String)>,
-    last: Option<Value>,
+    pub(crate) written: BTreeMap<&'static str, (bool, String)>,
+    pub(crate) last: Option<Value>,
 }
 
 impl StatusWriter {
@@ -348,18 +473,16 @@ impl StatusWriter {
             _ => now.to_string(),
         };
         self.written.insert(t, (status, ltt.clone()));
-        let mut c = json!({"type": t, "status": if status { "True" } else { "False" },
-            "lastProbeTime": null, "lastTransitionTime": ltt});
-        if let Some((reason, message)) = why {
-            c["reason"] = json!(reason);
-            c["message"] = json!(message);
-        }
-        c
+        // A strategic-merge patch keeps fields it does not name: null removes a reason and
+        // message that no longer apply (as the kubelet's patch, a diff of the old status, does).
+        let (reason, message) = why.unzip();
+        json!({"type": t, "status": if status { "True" } else { "False" },
+            "lastProbeTime": null, "lastTransitionTime": ltt, "reason": reason, "message": message})
     }
 
     /// Writes the status for `pod` as it is now and `c`, unless it is what was last written.
     /// False when the pod is gone.
-    async fn write(&mut self, pod: &Value, c: &Containers, phase: &str) -> bool {
+    pub(crate) async fn write(&mut self, pod: &Value, c: &Containers, phase: &str) -> bool {
         let now = now_time();
         let (ready, why) = Self::ready(pod, c, &self.container);
         let containers_why = (!c.ready).then(|| {
@@ -368,19 +491,18 @@ impl StatusWriter {
                 format!("containers with unready status: [{}]", self.container),
             )
         });
-        let state = if c.running {
-            json!({"running": {"startedAt": self.started_at}})
+        // One of the three states, the other two removed from the merged status.
+        let mut state = json!({"running": null, "waiting": null, "terminated": null});
+        if c.running {
+            state["running"] = json!({"startedAt": c.started_at});
+        } else if let Some((reason, message)) = &c.waiting {
+            state["waiting"] = json!({"reason": reason, "message": message});
         } else {
-            let reason = if c.exit_code == 0 {
-                "Completed"
-            } else {
-                "Error"
-            };
-            json!({"terminated": {"exitCode": c.exit_code, "reason": reason,
-                "startedAt": self.started_at, "finishedAt": now, "containerID": self.container_id}})
-        };
+            let mut t = c.terminated(&now);
+            state["terminated"] = t["terminated"].take();
+        }
         let conditions = vec![
-            self.condition("PodReadyToStartContainers", c.running, None, &now),
+            self.condition("PodReadyToStartContainers", c.sandbox, None, &now),
             self.condition("Initialized", true, None, &now),
             self.condition("ContainersReady", c.ready, containers_why, &now),
             self.condition("Ready", ready, why, &now),
@@ -392,8 +514,9 @@ impl StatusWriter {
             "conditions": conditions,
             "containerStatuses": [{
                 "name": self.container, "image": self.image, "imageID": format!("rig://{}", self.image),
-                "containerID": self.container_id, "ready": c.ready, "started": c.running,
-                "restartCount": 0, "state": state,
+                "containerID": c.container_id, "ready": c.ready, "started": c.running,
+                "restartCount": c.restart_count, "state": state,
+                "lastState": c.last_state.clone().unwrap_or(json!({})),
             }],
         });
         // Timestamps aside, the same status as last time: nothing to write.
@@ -424,29 +547,23 @@ impl StatusWriter {
     }
 }
 
-impl serde::Serialize for Containers {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (self.ready, self.running, self.exit_code).serialize(s)
-    }
-}
-
-fn terminating(pod: &Value) -> bool {
+pub(crate) fn terminating(pod: &Value) -> bool {
     pod.pointer("/metadata/deletionTimestamp").is_some()
 }
 
 /// The grace period of a pod being deleted: the deletion's, else the spec's.
-fn grace_of(pod: &Value, plan: &PodPlan) -> Duration {
+pub(crate) fn grace_of(pod: &Value, plan: &PodPlan) -> Duration {
     pod.pointer("/metadata/deletionGracePeriodSeconds")
         .and_then(Value::as_u64)
         .map(Duration::from_secs)
         .unwrap_or(plan.grace)
 }
 
-async fn run_pod(client: Client, mut latest: watch::Receiver<Value>) {
+async fn run_pod(ctx: Arc<NodeCtx>, client: Client, mut latest: watch::Receiver<Value>) {
     let pod = latest.borrow_and_update().clone();
     let name = str_at(&pod, "/metadata/name");
     let namespace = str_at(&pod, "/metadata/namespace");
-    let api: Api<Pod> = Api::namespaced(client, &namespace);
+    let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let plan = match PodPlan::from_pod(&pod) {
         Ok(p) => p,
         Err(e) => {
@@ -471,6 +588,13 @@ async fn run_pod(client: Client, mut latest: watch::Receiver<Value>) {
             return;
         }
     };
+    if external.is_none()
+        && let Some(image) =
+            crate::k8s::runtime::image(&plan.image, ctx.opts.readygate_bin.as_deref())
+    {
+        crate::k8s::containers::run(ctx, client, latest, plan, image).await;
+        return;
+    }
     let ip = match external {
         Some((ip, _)) => ip,
         None => match pod_ips().allocate() {
@@ -487,17 +611,12 @@ async fn run_pod(client: Client, mut latest: watch::Receiver<Value>) {
         uid: str_at(&pod, "/metadata/uid"),
         container: plan.container.clone(),
         image: plan.image.clone(),
-        container_id: format!("rig://{}", crate::time::uuid()),
         ip,
         started_at: now_time(),
         written: BTreeMap::new(),
         last: None,
     };
-    let mut c = Containers {
-        ready: false,
-        running: true,
-        exit_code: 0,
-    };
+    let mut c = Containers::running_now();
     if !writer.write(&pod, &c, "Running").await {
         return;
     }
@@ -579,13 +698,20 @@ async fn run_pod(client: Client, mut latest: watch::Receiver<Value>) {
     }
     c.running = false;
     c.ready = false;
+    c.sandbox = false;
     let pod = latest.borrow().clone();
+    finish(&mut writer, &pod, &c).await;
+}
+
+/// The end of a deleted pod: its terminal phase written, then the final delete (grace 0, uid
+/// precondition).
+pub(crate) async fn finish(writer: &mut StatusWriter, pod: &Value, c: &Containers) {
     let phase = if c.exit_code == 0 {
         "Succeeded"
     } else {
         "Failed"
     };
-    writer.write(&pod, &c, phase).await;
+    writer.write(pod, c, phase).await;
     let dp = DeleteParams {
         grace_period_seconds: Some(0),
         preconditions: Some(Preconditions {
@@ -594,10 +720,10 @@ async fn run_pod(client: Client, mut latest: watch::Receiver<Value>) {
         }),
         ..Default::default()
     };
-    if let Err(e) = api.delete(&name, &dp).await
+    if let Err(e) = writer.api.delete(&writer.name, &dp).await
         && !matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409)
     {
-        tracing::warn!(pod = %name, error = %e, "node agent: the final delete failed");
+        tracing::warn!(pod = %writer.name, error = %e, "node agent: the final delete failed");
     }
 }
 
@@ -642,7 +768,7 @@ impl Workload {
 
 /// Readiness probing as the kubelet does it: httpGet every period, success and failure
 /// thresholds; a pod without a probe is ready once its first port accepts connections.
-struct Prober {
+pub(crate) struct Prober {
     probe: Option<crate::kubelet::Probe>,
     addr: SocketAddr,
     next: tokio::time::Instant,
@@ -652,8 +778,13 @@ struct Prober {
 }
 
 impl Prober {
-    fn new(plan: &PodPlan, ip: Ipv4Addr) -> Self {
-        let (port, period, initial) = match &plan.probe {
+    pub(crate) fn new(plan: &PodPlan, ip: Ipv4Addr) -> Self {
+        Self::of(plan.probe.clone(), plan, ip)
+    }
+
+    /// A prober of `probe` (None: the first port accepting connections).
+    pub(crate) fn of(probe: Option<crate::kubelet::Probe>, plan: &PodPlan, ip: Ipv4Addr) -> Self {
+        let (port, period, initial) = match &probe {
             Some(p) => (p.port, p.period, p.initial_delay),
             None => (
                 plan.ports.first().copied().unwrap_or(80),
@@ -662,7 +793,7 @@ impl Prober {
             ),
         };
         Self {
-            probe: plan.probe.clone(),
+            probe,
             addr: SocketAddr::new(IpAddr::V4(ip), port),
             next: tokio::time::Instant::now() + initial,
             period,
@@ -671,11 +802,11 @@ impl Prober {
         }
     }
 
-    fn due(&self) -> bool {
+    pub(crate) fn due(&self) -> bool {
         tokio::time::Instant::now() >= self.next
     }
 
-    fn next(&self) -> tokio::time::Instant {
+    pub(crate) fn next(&self) -> tokio::time::Instant {
         self.next
     }
 
@@ -688,8 +819,8 @@ impl Prober {
         .is_ok_and(|r| r.is_ok())
     }
 
-    /// One probe; returns whether the container is ready now.
-    async fn probe(&mut self, ready: bool) -> bool {
+    /// One probe; returns whether the container is ready (for a liveness probe: alive) now.
+    pub(crate) async fn probe(&mut self, ready: bool) -> bool {
         self.next = tokio::time::Instant::now() + self.period;
         let Some(p) = &self.probe else {
             return ready || self.listening().await;

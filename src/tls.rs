@@ -14,7 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TlsReload};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -124,11 +124,11 @@ impl ReloadingResolver {
                 Ok(false) => {}
                 Ok(true) => {
                     tracing::info!(cert = %self.paths.cert.display(), "serving certificate reloaded");
-                    Metrics::outcome(&metrics.tls_reloads, "ok");
+                    metrics.tls_reload(TlsReload::Ok);
                 }
                 Err(e) => {
                     tracing::error!(error = %e, cert = %self.paths.cert.display(), "new serving certificate rejected; still serving the previous one");
-                    Metrics::outcome(&metrics.tls_reloads, "error");
+                    metrics.tls_reload(TlsReload::Error);
                 }
             }
         }

@@ -150,6 +150,15 @@ where
     family
 }
 
+/// Upper bounds of `readygate_admission_duration_seconds`: fine below a millisecond, where
+/// readygate answers (p99 0.05 ms, docs/benchmarks.md), and on to 10 s, past the webhook's
+/// timeoutSeconds (5 in the manifests; `readygate doctor` warns above 10), so that the p99 alerts
+/// can compare with it.
+pub const ADMISSION_BUCKETS: [f64; 17] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
 pub struct Metrics {
     pub registry: Registry,
     pub admissions: Family<AdmissionLabels, Counter>,
@@ -185,9 +194,7 @@ impl Metrics {
                 .iter()
                 .map(|&outcome| AdmissionLabels { outcome }),
         );
-        let admission_seconds = Histogram::new([
-            0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25,
-        ]);
+        let admission_seconds = Histogram::new(ADMISSION_BUCKETS);
         let gates_injected = Counter::default();
         let prestop_injected = Counter::default();
         let prestop_invalid_annotations =
@@ -500,5 +507,12 @@ mod tests {
         for op in ElbOperation::ALL {
             assert_eq!(op.label(), format!("{op:?}"), "the API's own name");
         }
+    }
+
+    #[test]
+    fn admission_buckets_rise_to_past_the_largest_timeout_doctor_accepts() {
+        assert!(ADMISSION_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+        let largest = ADMISSION_BUCKETS[ADMISSION_BUCKETS.len() - 1];
+        assert!(largest >= f64::from(crate::doctor::MAX_TIMEOUT_SECONDS));
     }
 }

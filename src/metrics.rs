@@ -169,6 +169,13 @@ pub struct Metrics {
     /// `readygate.io/prestop-sleep` annotations that did not parse, by where they were set.
     pub prestop_invalid_annotations: Family<SourceLabels, Counter>,
     pub tls_reloads: Family<ReloadLabels, Counter>,
+    /// notAfter of the certificate being served, unix seconds.
+    pub tls_certificate_expiry: Gauge,
+    /// 1 while the key pair's files hold the pair being served; 0 while they cannot be read or
+    /// hold a rejected pair.
+    pub tls_last_reload_successful: Gauge,
+    /// When the certificate being served was loaded, unix seconds.
+    pub tls_last_reload_success_time: Gauge,
     pub pending_pods: Gauge,
     pub pods_missing_gates: Gauge,
     pub gate_ready_seconds: Histogram,
@@ -204,6 +211,9 @@ impl Metrics {
                 .iter()
                 .map(|&outcome| ReloadLabels { outcome }),
         );
+        let tls_certificate_expiry = Gauge::default();
+        let tls_last_reload_successful = Gauge::default();
+        let tls_last_reload_success_time = Gauge::default();
         let pending_pods = Gauge::default();
         let pods_missing_gates = Gauge::default();
         let gate_ready_seconds =
@@ -255,6 +265,23 @@ impl Metrics {
             "tls_reloads",
             "Changes of the serving key pair's files by outcome: ok (swapped in), error (rejected, the previous pair still served)",
             tls_reloads.clone(),
+        );
+        // After tls_reloads, which is counted after these are set: a scrape that sees a reload
+        // counted sees its gauges.
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "notAfter of the serving certificate the webhook presents, unix seconds",
+            tls_certificate_expiry.clone(),
+        );
+        registry.register(
+            "tls_last_reload_successful",
+            "1 while the serving key pair's files hold the pair being served (from start-up, and after a change is taken); 0 while they cannot be read or hold a rejected pair",
+            tls_last_reload_successful.clone(),
+        );
+        registry.register(
+            "tls_last_reload_success_timestamp_seconds",
+            "When the serving certificate the webhook presents was loaded (start-up or its last successful reload), unix seconds",
+            tls_last_reload_success_time.clone(),
         );
         registry.register(
             "gated_pods_pending",
@@ -320,6 +347,9 @@ impl Metrics {
             prestop_injected,
             prestop_invalid_annotations,
             tls_reloads,
+            tls_certificate_expiry,
+            tls_last_reload_successful,
+            tls_last_reload_success_time,
             pending_pods,
             pods_missing_gates,
             gate_ready_seconds,

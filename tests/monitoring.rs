@@ -45,6 +45,8 @@ const ALERTS: &[&str] = &[
     "ReadygateGatesSlow",
     "ReadygateELBv2Throttled",
     "ReadygateTLSReloadFailed",
+    "ReadygateTLSCertificateExpiresSoon",
+    "ReadygateTLSCertificateExpiresWithinADay",
     "ReadygateStatusWritesFailing",
 ];
 

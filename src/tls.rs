@@ -65,7 +65,7 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, Tl
 }
 
 /// notAfter of a DER certificate, unix seconds.
-pub fn not_after(cert: &CertificateDer<'_>) -> Result<i64, TlsError> {
+fn not_after(cert: &CertificateDer<'_>) -> Result<i64, TlsError> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert)
         .map_err(|e| TlsError::Certificate(e.to_string()))?;
     Ok(parsed.validity().not_after.timestamp())

@@ -18,7 +18,7 @@ use aws_sdk_elasticloadbalancingv2::error::{ProvideErrorMetadata, SdkError};
 
 use crate::budget::Budget;
 use crate::condition::Health;
-use crate::metrics::{CallLabels, Metrics};
+use crate::metrics::{ElbOperation, ElbOutcome, Metrics};
 use crate::target::Target;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -36,13 +36,13 @@ pub enum ElbError {
 }
 
 impl ElbError {
-    fn outcome(&self) -> &'static str {
+    fn outcome(&self) -> ElbOutcome {
         match self {
-            ElbError::Throttled(_) => "throttled",
-            ElbError::TargetGroupNotFound(_) => "not_found",
-            ElbError::Server(_) => "server_error",
-            ElbError::Timeout(_) => "timeout",
-            ElbError::Other(_) => "error",
+            ElbError::Throttled(_) => ElbOutcome::Throttled,
+            ElbError::TargetGroupNotFound(_) => ElbOutcome::NotFound,
+            ElbError::Server(_) => ElbOutcome::ServerError,
+            ElbError::Timeout(_) => ElbOutcome::Timeout,
+            ElbError::Other(_) => ElbOutcome::Error,
         }
     }
 }
@@ -196,15 +196,12 @@ impl Elbv2 {
         }
     }
 
-    fn count(&self, operation: &'static str, result: Result<(), &ElbError>) {
+    fn count(&self, operation: ElbOperation, result: Result<(), &ElbError>) {
         let outcome = match result {
-            Ok(()) => "ok",
+            Ok(()) => ElbOutcome::Ok,
             Err(e) => e.outcome(),
         };
-        self.metrics
-            .elbv2_calls
-            .get_or_create(&CallLabels { operation, outcome })
-            .inc();
+        self.metrics.elbv2_call(operation, outcome);
         if matches!(result, Err(ElbError::Throttled(_))) {
             self.metrics.elbv2_throttles.inc();
         }
@@ -222,7 +219,10 @@ impl Elbv2 {
                     .send(),
             )
             .await;
-        self.count("DescribeTargetHealth", result.as_ref().map(|_| ()));
+        self.count(
+            ElbOperation::DescribeTargetHealth,
+            result.as_ref().map(|_| ()),
+        );
         let out = result?;
         Ok(out
             .target_health_descriptions()
@@ -275,7 +275,10 @@ impl Elbv2 {
                     .send(),
             )
             .await;
-        self.count("DescribeTargetGroups", result.as_ref().map(|_| ()));
+        self.count(
+            ElbOperation::DescribeTargetGroups,
+            result.as_ref().map(|_| ()),
+        );
         Ok(result?
             .target_groups()
             .iter()

@@ -96,6 +96,10 @@ pub enum Source {
 }
 
 impl Source {
+    /// Where an annotation sets the sleep, the first found winning: the only sources an
+    /// [`InvalidAnnotation`] names.
+    pub const ANNOTATIONS: [Source; 2] = [Source::Pod, Source::Namespace];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pod => "pod",
@@ -129,15 +133,15 @@ pub fn resolve(
     namespace: Option<&str>,
     flag: PrestopSleep,
 ) -> Result<SleepSetting, InvalidAnnotation> {
-    let (on, value) = match (pod, namespace) {
-        (Some(v), _) => (Source::Pod, v),
-        (None, Some(v)) => (Source::Namespace, v),
-        (None, None) => {
-            return Ok(SleepSetting {
-                sleep: flag,
-                source: Source::Flag,
-            });
-        }
+    let found = Source::ANNOTATIONS
+        .into_iter()
+        .zip([pod, namespace])
+        .find_map(|(on, value)| Some((on, value?)));
+    let Some((on, value)) = found else {
+        return Ok(SleepSetting {
+            sleep: flag,
+            source: Source::Flag,
+        });
     };
     match value.parse() {
         Ok(sleep) => Ok(SleepSetting { sleep, source: on }),

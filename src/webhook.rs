@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use crate::cache::Cache;
 use crate::gates;
-use crate::metrics::{Metrics, SourceLabels};
+use crate::metrics::{Admission, Metrics};
 use crate::review::PodView;
 use crate::termination::{self, PRESTOP_SLEEP_ANNOTATION, PrestopSleep};
 
@@ -88,12 +88,12 @@ async fn mutate(
         Err(failure) => {
             tracing::warn!(error = %failure, "admission request failed");
             (
-                "error",
+                Admission::Error,
                 (failure.status(), failure.to_string()).into_response(),
             )
         }
     };
-    Metrics::outcome(&state.metrics.admissions, outcome);
+    state.metrics.admission(outcome);
     state
         .metrics
         .admission_seconds
@@ -104,7 +104,7 @@ async fn mutate(
 fn review(
     state: &WebhookState,
     body: &[u8],
-) -> Result<(&'static str, AdmissionReview<DynamicObject>), Failure> {
+) -> Result<(Admission, AdmissionReview<DynamicObject>), Failure> {
     // The one-pass read; a body it does not take is read the full way, which answers (and
     // refuses) exactly as before.
     if let Some(req) = crate::review::request(body) {
@@ -137,12 +137,12 @@ impl Admitted for PodView {
 fn decide<T: Admitted>(
     state: &WebhookState,
     req: AdmissionRequest<T>,
-) -> Result<(&'static str, AdmissionReview<DynamicObject>), Failure> {
+) -> Result<(Admission, AdmissionReview<DynamicObject>), Failure> {
     let allowed = AdmissionResponse::from(&req);
 
     let is_pod = req.kind.group.is_empty() && req.kind.kind == "Pod" && req.sub_resource.is_none();
     if !is_pod || req.operation != Operation::Create {
-        return Ok(("skipped", allowed.into_review()));
+        return Ok((Admission::Skipped, allowed.into_review()));
     }
     let Some(pod) = req.object.as_ref() else {
         return Err(Failure::Invalid("pod CREATE without an object".into()));
@@ -199,7 +199,7 @@ fn decide<T: Admitted>(
     let prestop = termination::prestop_patch(pod.data(), &wanted, sleep);
     let Some(patch) = termination::admission_patch(gates.as_ref(), prestop.as_ref()) else {
         tracing::info!(namespace, pod = pod_name, uid = %req.uid, dry_run = req.dry_run, "admitted; nothing to add");
-        return Ok(("allowed", allowed.into_review()));
+        return Ok((Admission::Allowed, allowed.into_review()));
     };
     let added = gates.map(|g| g.added).unwrap_or_default();
     match &prestop {
@@ -215,7 +215,7 @@ fn decide<T: Admitted>(
     let response = allowed
         .with_patch(patch)
         .map_err(|e| Failure::Encode(e.to_string()))?;
-    Ok(("patched", response.into_review()))
+    Ok((Admission::Patched, response.into_review()))
 }
 
 /// The answer as `Json(review)` writes it, byte for byte, with the patch's bytes (a JSON array
@@ -288,11 +288,7 @@ fn prestop_sleep(
         Err(invalid) => {
             let source = invalid.on.as_str();
             tracing::warn!(namespace, pod, source, value = %invalid.value, error = %invalid.error, "invalid {PRESTOP_SLEEP_ANNOTATION} annotation; no preStop sleep for this pod");
-            state
-                .metrics
-                .prestop_invalid_annotations
-                .get_or_create(&SourceLabels { source })
-                .inc();
+            state.metrics.prestop_invalid_annotation(invalid.on);
             PrestopSleep::Off
         }
     }
@@ -679,7 +675,7 @@ mod tests {
     fn full_read(
         state: &WebhookState,
         body: &[u8],
-    ) -> Result<(&'static str, AdmissionReview<DynamicObject>), Failure> {
+    ) -> Result<(Admission, AdmissionReview<DynamicObject>), Failure> {
         let review: AdmissionReview<DynamicObject> =
             serde_json::from_slice(body).map_err(|e| Failure::Invalid(e.to_string()))?;
         let req: AdmissionRequest<DynamicObject> = review
@@ -689,11 +685,15 @@ mod tests {
     }
 
     /// What the API server gets: HTTP status, outcome, and the body's bytes or the message.
-    fn answer(r: Result<(&'static str, AdmissionReview<DynamicObject>), Failure>) -> (u16, String) {
+    fn answer(r: Result<(Admission, AdmissionReview<DynamicObject>), Failure>) -> (u16, String) {
         match r {
             Ok((outcome, review)) => (
                 200,
-                format!("{outcome} {}", serde_json::to_string(&review).unwrap()),
+                format!(
+                    "{} {}",
+                    outcome.label(),
+                    serde_json::to_string(&review).unwrap()
+                ),
             ),
             Err(f) => (f.status().as_u16(), f.to_string()),
         }

@@ -37,34 +37,8 @@ pub struct PodEvent {
     pub note: String,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Written,
-    /// The pod no longer exists: nothing to do.
-    Gone,
-    /// The pod of that name now has another uid: the write was meant for a pod that no longer
-    /// exists, so it is dropped (the replacement is a pod of its own, decided on its own).
-    Replaced,
-    /// The pod changed under us: the next pass decides again.
-    Conflict,
-    NotLeader,
-    Timeout,
-    Failed,
-}
-
-impl Outcome {
-    fn label(self) -> &'static str {
-        match self {
-            Outcome::Written => "written",
-            Outcome::Gone => "gone",
-            Outcome::Replaced => "replaced",
-            Outcome::Conflict => "conflict",
-            Outcome::NotLeader => "not_leader",
-            Outcome::Timeout => "timeout",
-            Outcome::Failed => "failed",
-        }
-    }
-}
+/// What became of a write: defined with its label in `metrics`, which counts every one.
+pub use crate::metrics::StatusWrite as Outcome;
 
 /// The strategic-merge patch of `pods/status` for one condition. `metadata.uid` makes the API
 /// server refuse a write meant for an earlier pod of the same name: a PATCH carries no uid
@@ -149,7 +123,7 @@ impl Writer {
                 }
             }
         };
-        Metrics::outcome(&self.metrics.status_writes, outcome.label());
+        self.metrics.status_write(outcome);
         if outcome == Outcome::Written {
             tracing::info!(
                 namespace = %w.namespace, pod = %w.pod, gate = %gate_type(&w.binding),

@@ -3,7 +3,9 @@
 //! valid PromQL; and every metric, label and label value that the alerts, the dashboard and the
 //! unit tests' input series name is one the real `readygate serve` binary exports, as scraped from
 //! its /metrics after driving it through the rig: a gated pod turned Ready, a malformed admission
-//! request, a rejected certificate.
+//! request, a rejected certificate. The first scrape, before any of that, must already show all of
+//! it: every labelled family with its known series at 0, every series the traffic later shows,
+//! and the certificate gauges of the certificate the webhook serves.
 //!
 //! promtool comes from Debian's `prometheus` package; `scripts/test` installs it. Under CI (`CI`
 //! set) a missing promtool fails these tests; elsewhere they skip with a message.
@@ -17,6 +19,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use readygate::metrics::{Admission, ElbOperation, ElbOutcome, StatusWrite, TlsReload};
+use readygate::termination::Source;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
@@ -45,6 +49,8 @@ const ALERTS: &[&str] = &[
     "ReadygateGatesSlow",
     "ReadygateELBv2Throttled",
     "ReadygateTLSReloadFailed",
+    "ReadygateTLSCertificateExpiresSoon",
+    "ReadygateTLSCertificateExpiresWithinADay",
     "ReadygateStatusWritesFailing",
 ];
 
@@ -190,19 +196,6 @@ fn admission_latency_alerts_follow_the_webhook_timeout_and_the_histogram_buckets
     let timeout = config["webhooks"][0]["timeoutSeconds"]
         .as_f64()
         .expect("timeoutSeconds");
-    let rules = rules();
-    // The mean is exact: it is compared with the timeout itself.
-    let timeouts = alert(&rules, "ReadygateAdmissionTimeouts");
-    assert_eq!(threshold(timeouts["expr"].as_str().unwrap()), timeout);
-    assert!(
-        timeouts["annotations"]["summary"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("({timeout} s)"))
-    );
-
-    // The p99 alert's bound is the largest finite bucket of the histogram readygate exports, and
-    // below the timeout.
     let exported = readygate::metrics::Metrics::new().encode();
     let bounds: Vec<f64> = exported
         .lines()
@@ -212,23 +205,45 @@ fn admission_latency_alerts_follow_the_webhook_timeout_and_the_histogram_buckets
         .map(|b| b.parse().expect("bucket bound"))
         .collect();
     let largest = bounds.iter().copied().fold(f64::NAN, f64::max);
-    let slow = alert(&rules, "ReadygateAdmissionSlow")["expr"]
-        .as_str()
-        .unwrap();
-    let refs = references(slow);
-    let le: Vec<f64> = refs
-        .selectors
-        .iter()
-        .flat_map(|s| &s.matchers)
-        .filter(|m| m.label == "le")
-        .map(|m| m.value.parse().expect("le"))
-        .collect();
-    assert_eq!(
-        le,
-        [largest],
-        "the p99 alert reads the largest finite bucket"
+    // Above the timeout, or a p99 past it would read as the largest bound and never exceed it.
+    assert!(
+        largest > timeout,
+        "largest bucket {largest} s, timeout {timeout} s"
     );
-    assert!(largest < timeout);
+
+    let rules = rules();
+    let p99 = |name: &str| {
+        let expr = alert(&rules, name)["expr"].as_str().unwrap().to_owned();
+        assert!(
+            expr.trim().starts_with("histogram_quantile(0.99,"),
+            "{name}: a p99 of the buckets: {expr}"
+        );
+        let refs = references(&expr);
+        let metrics: Vec<&str> = refs.selectors.iter().map(|s| s.metric.as_str()).collect();
+        assert_eq!(
+            metrics,
+            ["readygate_admission_duration_seconds_bucket"],
+            "{name}"
+        );
+        let bound = threshold(&expr);
+        // On a bound, "p99 > bound" is exactly "more than 1% of requests slower than bound".
+        assert!(
+            bounds.contains(&bound),
+            "{name}: {bound} is no bucket bound of {bounds:?}"
+        );
+        bound
+    };
+    let timeouts = p99("ReadygateAdmissionTimeouts");
+    assert_eq!(timeouts, timeout);
+    assert!(
+        alert(&rules, "ReadygateAdmissionTimeouts")["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("({timeout} s)"))
+    );
+    // The warning comes well before the timeout, with room to act on it.
+    let slow = p99("ReadygateAdmissionSlow");
+    assert!(slow <= timeout / 2.0, "slow {slow} s, timeout {timeout} s");
 }
 
 #[test]
@@ -648,16 +663,18 @@ impl Scrape {
         Self { samples, families }
     }
 
+    /// The sum of the samples of `name` with `labels` (and any others), `None` when there is none.
     fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         self.samples
             .iter()
-            .find(|s| {
+            .filter(|s| {
                 s.name == name
                     && labels
                         .iter()
                         .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
             })
             .map(|s| s.value)
+            .reduce(|a, b| a + b)
     }
 
     /// Sample name → label → values seen.
@@ -702,8 +719,12 @@ fn get_metrics(admin: SocketAddr) -> String {
     body.to_owned()
 }
 
-/// POSTs a body that is no AdmissionReview to the webhook over TLS; returns the status line.
-async fn post_garbage(webhook: SocketAddr, ca: &Path, server_name: &str) -> String {
+/// A TLS connection to the webhook, verified against `ca` for `server_name`.
+async fn connect_webhook(
+    webhook: SocketAddr,
+    ca: &Path,
+    server_name: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_file(ca).expect("CA certificate"))
@@ -714,10 +735,27 @@ async fn post_garbage(webhook: SocketAddr, ca: &Path, server_name: &str) -> Stri
     let tcp = tokio::net::TcpStream::connect(webhook)
         .await
         .expect("connect");
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from(server_name.to_owned()).unwrap(), tcp)
         .await
-        .expect("TLS handshake with the webhook");
+        .expect("TLS handshake with the webhook")
+}
+
+/// notAfter (unix seconds) of the certificate the webhook presents in a handshake.
+async fn served_not_after(webhook: SocketAddr, ca: &Path, server_name: &str) -> i64 {
+    let tls = connect_webhook(webhook, ca, server_name).await;
+    let chain = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .expect("a server certificate");
+    let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).expect("an X.509 certificate");
+    leaf.validity().not_after.timestamp()
+}
+
+/// POSTs a body that is no AdmissionReview to the webhook over TLS; returns the status line.
+async fn post_garbage(webhook: SocketAddr, ca: &Path, server_name: &str) -> String {
+    let mut tls = connect_webhook(webhook, ca, server_name).await;
     let body = "this is not an AdmissionReview";
     let request = format!(
         "POST /mutate-v1-pod?timeout=5s HTTP/1.1\r\nHost: {server_name}\r\nContent-Type: application/json\r\n\
@@ -731,6 +769,15 @@ async fn post_garbage(webhook: SocketAddr, ca: &Path, server_name: &str) -> Stri
     response.lines().next().unwrap_or("").to_owned()
 }
 
+/// One scrape of the admin port.
+async fn scrape(admin: SocketAddr) -> (String, Scrape) {
+    let text = tokio::task::spawn_blocking(move || get_metrics(admin))
+        .await
+        .unwrap();
+    let scrape = Scrape::parse(&text);
+    (text, scrape)
+}
+
 /// Scrapes until `ready` holds for the scrape, or panics with the last one after `timeout`.
 async fn scrape_until(
     admin: SocketAddr,
@@ -740,10 +787,7 @@ async fn scrape_until(
 ) -> (String, Scrape) {
     let deadline = Instant::now() + timeout;
     loop {
-        let text = tokio::task::spawn_blocking(move || get_metrics(admin))
-            .await
-            .unwrap();
-        let scrape = Scrape::parse(&text);
+        let (text, scrape) = scrape(admin).await;
         if ready(&scrape) {
             return (text, scrape);
         }
@@ -755,12 +799,24 @@ async fn scrape_until(
     }
 }
 
-/// The real binary against the rig, driven until every metric family has series: a gated pod
-/// made Ready (admission patched, ELBv2 polled, condition written, leader) while another client
-/// drains the account's Describe* budget (throttled calls), a malformed admission
-/// request (outcome error), a rejected certificate and the good one back (TLS reload error, ok).
-/// Returns /metrics.
-async fn scrape_real_binary() -> (String, Scrape) {
+/// What the scenario saw of the real binary.
+struct Observed {
+    /// /metrics right after start-up, before any admission, ELBv2 call, write or reload.
+    first: (String, Scrape),
+    /// /metrics while a rejected certificate is on disk (the previous one still served).
+    rejected: (String, Scrape),
+    /// /metrics once every family has series.
+    last: (String, Scrape),
+    /// notAfter of the certificate the webhook served (unix seconds), from a TLS handshake.
+    served_not_after: i64,
+}
+
+/// The real binary against the rig: scraped once before any traffic, then driven until every
+/// metric family has series: a gated pod made Ready (admission patched, ELBv2 polled, condition
+/// written, leader) while another client drains the account's Describe* budget (throttled
+/// calls), a malformed admission request (outcome error), a rejected certificate and the good
+/// one back (TLS reload error, ok).
+async fn scrape_real_binary() -> Observed {
     readygate::install_crypto_provider();
     let started = Instant::now();
     let _serial = rig::serial::exclusive().await;
@@ -780,6 +836,11 @@ async fn scrape_real_binary() -> (String, Scrape) {
         let ca = opts.cert.parent().expect("certs dir").join("ca.crt");
         (opts.admin_addr, opts.webhook_addr, opts.cert.clone(), ca)
     };
+    let first = scrape(admin).await;
+    println!("first scrape after {:?}", started.elapsed());
+    let (service, namespace) = rig::rig::webhook_service(&manifests).unwrap();
+    let server_name = format!("{service}.{namespace}.svc");
+    let served_not_after = served_not_after(webhook, &ca, &server_name).await;
 
     stage.rig.namespace("shop", true).await.unwrap();
     let app = stage.rig.app("shop", "web").await.unwrap();
@@ -818,8 +879,7 @@ async fn scrape_real_binary() -> (String, Scrape) {
     );
 
     println!("gated pod Ready after {:?}", started.elapsed());
-    let (service, namespace) = rig::rig::webhook_service(&manifests).unwrap();
-    let status = post_garbage(webhook, &ca, &format!("{service}.{namespace}.svc")).await;
+    let status = post_garbage(webhook, &ca, &server_name).await;
     assert!(status.starts_with("HTTP/1.1 400"), "{status}");
     // A rejected certificate, then the good one back: one reload of each outcome.
     let good = std::fs::read(&cert).expect("read the serving certificate");
@@ -834,9 +894,12 @@ async fn scrape_real_binary() -> (String, Scrape) {
         },
     )
     .await;
+    // Scraped again after the count: the gauges are set before it, and nothing changes them
+    // until the file does.
+    let rejected = scrape(admin).await;
     std::fs::write(&cert, good).expect("restore the serving certificate");
 
-    let scraped = scrape_until(admin, Duration::from_secs(15), "every family", |s| {
+    let last = scrape_until(admin, Duration::from_secs(15), "every family", |s| {
         s.value("readygate_leader", &[]) == Some(1.0)
             && s.value("readygate_gate_ready_seconds_count", &[])
                 .is_some_and(|n| n >= 1.0)
@@ -861,147 +924,282 @@ async fn scrape_real_binary() -> (String, Scrape) {
     .await;
     println!("scraped after {:?}", started.elapsed());
     stage.stop().await.unwrap();
-    scraped
+    Observed {
+        first,
+        rejected,
+        last,
+        served_not_after,
+    }
 }
 
-/// String literals of readygate's sources: where label values such as outcomes are defined.
-fn source_literals() -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for entry in std::fs::read_dir(repo().join("src")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "rs") {
-            let text = std::fs::read_to_string(&path).unwrap();
-            out.extend(text.split('"').skip(1).step_by(2).map(str::to_owned));
+/// Sample name → label → values seen in a scrape.
+type Exported<'a> = BTreeMap<&'a str, BTreeMap<&'a str, BTreeSet<&'a str>>>;
+
+/// What of selector `s` the scrape does not export. Every label value readygate can count is
+/// exported from start-up, so every value a selector names must be in any scrape.
+fn unexported(place: &str, s: &Selector, exported: &Exported<'_>) -> Vec<String> {
+    let mut failures = Vec::new();
+    let Some(labels) = exported.get(s.metric.as_str()) else {
+        failures.push(format!(
+            "{place}: `{}` is not a series readygate exports",
+            s.metric
+        ));
+        return failures;
+    };
+    for m in &s.matchers {
+        if TARGET_LABELS.contains(&m.label.as_str()) {
+            continue;
+        }
+        let Some(values) = labels.get(m.label.as_str()) else {
+            failures.push(format!(
+                "{place}: `{}` has no label `{}`",
+                s.metric, m.label
+            ));
+            continue;
+        };
+        if m.op.starts_with('!') {
+            continue;
+        }
+        let wanted: Vec<&str> = match m.op.as_str() {
+            "=~" => m.value.split('|').collect(),
+            _ => vec![m.value.as_str()],
+        };
+        for v in wanted {
+            if !values.contains(v) {
+                failures.push(format!(
+                    "{place}: `{}{{{}=\"{v}\"}}`: readygate exports the values {values:?}",
+                    s.metric, m.label
+                ));
+            }
+        }
+    }
+    failures
+}
+
+/// Every query of the alerts and the dashboard, with where it is.
+fn monitoring_queries() -> Vec<(String, String)> {
+    rules()
+        .iter()
+        .map(|r| {
+            let name = r["alert"].as_str().or(r["record"].as_str()).unwrap_or("?");
+            (
+                format!("alert {name}"),
+                r["expr"].as_str().unwrap().to_owned(),
+            )
+        })
+        .chain(
+            dashboard_queries()
+                .into_iter()
+                .map(|(title, q)| (format!("dashboard panel {title:?}"), q)),
+        )
+        .collect()
+}
+
+/// Every selector the alerts, the dashboard (queries and variables) and the unit tests' input
+/// series name, with where; unit test series must also carry the ServiceMonitor's target labels.
+fn monitoring_selectors(failures: &mut Vec<String>) -> Vec<(String, Selector)> {
+    let mut out = Vec::new();
+    for (place, expr) in monitoring_queries() {
+        let refs = references(&expr);
+        if refs.selectors.is_empty() {
+            failures.push(format!("{place}: names no metric: {expr}"));
+        }
+        out.extend(refs.selectors.into_iter().map(|s| (place.clone(), s)));
+    }
+    for (metric, _) in dashboard_label_values() {
+        let s = Selector {
+            metric,
+            matchers: Vec::new(),
+        };
+        out.push(("dashboard variable".to_owned(), s));
+    }
+    let tests = yaml_file(&unit_tests_file());
+    for case in tests["tests"].as_array().unwrap() {
+        for series in case["input_series"].as_array().unwrap() {
+            let text = series["series"].as_str().unwrap();
+            let refs = references(text);
+            assert_eq!(refs.selectors.len(), 1, "{text}");
+            let s = refs.selectors.into_iter().next().unwrap();
+            let labels: BTreeSet<&str> = s.matchers.iter().map(|m| m.label.as_str()).collect();
+            for t in TARGET_LABELS {
+                if !labels.contains(t) {
+                    failures.push(format!("unit test series {text}: no target label `{t}`"));
+                }
+            }
+            out.push(("unit test series".to_owned(), s));
         }
     }
     out
 }
 
+/// A sample's identity: its name and labels, as the exposition format writes them.
+fn series_key(s: &Sample) -> String {
+    let labels: Vec<String> = s
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{v}\""))
+        .collect();
+    format!("{}{{{}}}", s.name, labels.join(","))
+}
+
+/// What an operator must find in the first scrape, before any traffic: every series that traffic
+/// later shows (labelled counters at 0, so that rate() and increase() see their first event),
+/// every metric, label and label value the alerts, the dashboard and the unit tests name, and the
+/// certificate gauges of the certificate being served.
+fn first_scrape_failures(observed: &Observed) -> Vec<String> {
+    let (_, first) = &observed.first;
+    let (_, last) = &observed.last;
+    let mut failures = Vec::new();
+
+    let in_first: BTreeMap<String, f64> = first
+        .samples
+        .iter()
+        .map(|s| (series_key(s), s.value))
+        .collect();
+    for family in last.families.keys() {
+        if !first.families.contains_key(family) {
+            failures.push(format!("first scrape: no `# TYPE {family}` line"));
+        }
+    }
+    for s in &last.samples {
+        let family = last.family_of(&s.name).unwrap_or(&s.name);
+        let key = series_key(s);
+        let labelled_counter = last.families.get(family).is_some_and(|t| t == "counter")
+            && s.labels.keys().any(|k| k != "le");
+        match in_first.get(&key) {
+            None => failures.push(format!("first scrape: no series {key}")),
+            Some(v) if labelled_counter && *v != 0.0 => failures.push(format!(
+                "first scrape: {key} is {v}, not 0 before any traffic"
+            )),
+            Some(_) => {}
+        }
+    }
+
+    // Every value readygate's code can count, from the enums it counts with.
+    let mut known: Vec<(&str, Vec<(&str, &str)>)> = Vec::new();
+    known.extend(
+        Admission::ALL
+            .iter()
+            .map(|o| ("readygate_admissions_total", vec![("outcome", o.label())])),
+    );
+    known.extend(
+        TlsReload::ALL
+            .iter()
+            .map(|o| ("readygate_tls_reloads_total", vec![("outcome", o.label())])),
+    );
+    known.extend(StatusWrite::ALL.iter().map(|o| {
+        (
+            "readygate_status_writes_total",
+            vec![("outcome", o.label())],
+        )
+    }));
+    for op in ElbOperation::ALL {
+        known.extend(ElbOutcome::ALL.iter().map(|o| {
+            (
+                "readygate_elbv2_calls_total",
+                vec![("operation", op.label()), ("outcome", o.label())],
+            )
+        }));
+    }
+    known.extend(Source::ANNOTATIONS.iter().map(|s| {
+        (
+            "readygate_prestop_invalid_annotations_total",
+            vec![("source", s.as_str())],
+        )
+    }));
+    for (name, labels) in &known {
+        let value = first
+            .samples
+            .iter()
+            .find(|s| {
+                s.name == *name
+                    && s.labels.len() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|s| s.value);
+        if value != Some(0.0) {
+            failures.push(format!(
+                "first scrape: {name}{labels:?} is {value:?}, not 0 before any traffic"
+            ));
+        }
+    }
+
+    let exported = first.labels();
+    for (place, s) in monitoring_selectors(&mut Vec::new()) {
+        failures.extend(
+            unexported(&place, &s, &exported)
+                .into_iter()
+                .map(|f| format!("first scrape: {f}")),
+        );
+    }
+
+    // The certificate being served: its notAfter, and the last reload successful (the start-up
+    // load); 0 while a rejected certificate is on disk; 1 again once a good one is back.
+    let expiry = "readygate_tls_certificate_expiry_timestamp_seconds";
+    let successful = "readygate_tls_last_reload_successful";
+    let served = observed.served_not_after as f64;
+    for (when, (_, scrape), ok) in [
+        ("first scrape", &observed.first, 1.0),
+        (
+            "with a rejected certificate on disk",
+            &observed.rejected,
+            0.0,
+        ),
+        ("after the good certificate is back", &observed.last, 1.0),
+    ] {
+        if scrape.value(expiry, &[]) != Some(served) {
+            failures.push(format!(
+                "{when}: {expiry} is {:?}, the served certificate's notAfter is {served}",
+                scrape.value(expiry, &[])
+            ));
+        }
+        if scrape.value(successful, &[]) != Some(ok) {
+            failures.push(format!(
+                "{when}: {successful} is {:?}, not {ok}",
+                scrape.value(successful, &[])
+            ));
+        }
+    }
+    failures
+}
+
 #[test]
 fn alerts_dashboard_and_unit_tests_name_only_what_the_real_binary_exports() {
     rig::cluster::test(|_| async {
-        let (text, scrape) = scrape_real_binary().await;
+        let observed = scrape_real_binary().await;
+        let (text, scrape) = &observed.last;
         let exported = scrape.labels();
-        let literals = source_literals();
-        let mut failures = Vec::new();
-        let mut from_source_only = BTreeSet::new();
-
-        let mut check_selector = |place: &str, s: &Selector, failures: &mut Vec<String>| {
-            let Some(labels) = exported.get(s.metric.as_str()) else {
-                failures.push(format!(
-                    "{place}: `{}` is not a series readygate exports",
-                    s.metric
-                ));
-                return;
-            };
-            for m in &s.matchers {
-                if TARGET_LABELS.contains(&m.label.as_str()) {
-                    continue;
-                }
-                let Some(values) = labels.get(m.label.as_str()) else {
-                    failures.push(format!(
-                        "{place}: `{}` has no label `{}`",
-                        s.metric, m.label
-                    ));
-                    continue;
-                };
-                if m.op.starts_with('!') {
-                    continue;
-                }
-                let wanted: Vec<&str> = match m.op.as_str() {
-                    "=~" => m.value.split('|').collect(),
-                    _ => vec![m.value.as_str()],
-                };
-                for v in wanted {
-                    if values.contains(v) {
-                        continue;
-                    }
-                    // Outcomes this scenario does not provoke (a failed status write) must at least
-                    // be words readygate's sources write; a bucket bound must have been scraped.
-                    if m.label != "le" && literals.contains(v) {
-                        from_source_only.insert(format!("{}{{{}=\"{v}\"}}", s.metric, m.label));
-                    } else {
-                        failures.push(format!(
-                            "{place}: `{}{{{}=\"{v}\"}}`: readygate exports the values {values:?}",
-                            s.metric, m.label
-                        ));
-                    }
-                }
-            }
-        };
-        let grouping_ok = |refs: &References, label: &str| {
-            TARGET_LABELS.contains(&label)
-                || refs.selectors.iter().any(|s| {
-                    exported
-                        .get(s.metric.as_str())
-                        .is_some_and(|l| l.contains_key(label))
-                })
-        };
-
+        let mut failures = first_scrape_failures(&observed);
+        for (place, s) in monitoring_selectors(&mut failures) {
+            failures.extend(unexported(&place, &s, &exported));
+        }
         let mut on_dashboard = BTreeSet::new();
-        let queries = rules()
-            .iter()
-            .map(|r| {
-                let name = r["alert"].as_str().or(r["record"].as_str()).unwrap_or("?");
-                (
-                    format!("alert {name}"),
-                    r["expr"].as_str().unwrap().to_owned(),
-                )
-            })
-            .chain(
-                dashboard_queries()
-                    .into_iter()
-                    .map(|(title, q)| (format!("dashboard panel {title:?}"), q)),
-            )
-            .collect::<Vec<_>>();
-        for (place, expr) in &queries {
-            let refs = references(expr);
-            if refs.selectors.is_empty() {
-                failures.push(format!("{place}: names no metric: {expr}"));
-            }
-            for s in &refs.selectors {
-                check_selector(place, s, &mut failures);
-                if place.starts_with("dashboard") {
-                    on_dashboard.insert(s.metric.clone());
-                }
+        for (place, expr) in monitoring_queries() {
+            let refs = references(&expr);
+            if place.starts_with("dashboard") {
+                on_dashboard.extend(refs.selectors.iter().map(|s| s.metric.clone()));
             }
             for label in &refs.grouping {
-                if !grouping_ok(&refs, label) {
+                let known = TARGET_LABELS.contains(&label.as_str())
+                    || refs.selectors.iter().any(|s| {
+                        exported
+                            .get(s.metric.as_str())
+                            .is_some_and(|l| l.contains_key(label.as_str()))
+                    });
+                if !known {
                     failures.push(format!(
                         "{place}: groups by `{label}`, which no series it reads has"
                     ));
                 }
             }
         }
-        for (metric, label) in dashboard_label_values() {
-            let s = Selector {
-                metric,
-                matchers: Vec::new(),
-            };
-            check_selector("dashboard variable", &s, &mut failures);
+        for (_, label) in dashboard_label_values() {
             if !TARGET_LABELS.contains(&label.as_str()) {
                 failures.push(format!(
                     "dashboard variable: label `{label}` is no target label"
                 ));
-            }
-        }
-
-        // The unit tests feed series shaped like the real ones.
-        let tests = yaml_file(&unit_tests_file());
-        for case in tests["tests"].as_array().unwrap() {
-            for series in case["input_series"].as_array().unwrap() {
-                let text = series["series"].as_str().unwrap();
-                let refs = references(text);
-                assert_eq!(refs.selectors.len(), 1, "{text}");
-                let s = &refs.selectors[0];
-                check_selector("unit test series", s, &mut failures);
-                // Every series carries the target labels a ServiceMonitor scrape gives.
-                let labels: BTreeSet<&str> = s.matchers.iter().map(|m| m.label.as_str()).collect();
-                for t in TARGET_LABELS {
-                    if !labels.contains(t) {
-                        failures.push(format!("unit test series {text}: no target label `{t}`"));
-                    }
-                }
             }
         }
 
@@ -1017,17 +1215,16 @@ fn alerts_dashboard_and_unit_tests_name_only_what_the_real_binary_exports() {
         }
         assert!(scrape.families.len() >= 12, "{:?}", scrape.families.keys());
 
-        if !from_source_only.is_empty() {
-            println!(
-                "label values not provoked in this scrape, found in src/ instead: {from_source_only:?}"
-            );
-        }
         if !failures.is_empty() {
             let mut msg = String::from("monitoring names what readygate does not export:\n");
             for f in &failures {
                 let _ = writeln!(msg, "  {f}");
             }
-            let _ = write!(msg, "/metrics of the real binary:\n{text}");
+            let _ = write!(
+                msg,
+                "first /metrics of the real binary:\n{}\n/metrics after traffic:\n{text}",
+                observed.first.0
+            );
             panic!("{msg}");
         }
     })

@@ -393,6 +393,115 @@ async fn rotated_certificate_is_served_without_restart() {
     let _ = server.stop.send(());
 }
 
+/// A sample of an unlabelled metric in `/metrics` text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map(|v| v.parse().expect("a sample value"))
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Waits until the scrape satisfies `ready`, or panics with it after 10 s.
+async fn metrics_until(server: &Server, what: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = server.metrics.encode();
+        if ready(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} not seen within 10 s:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const EXPIRY: &str = "readygate_tls_certificate_expiry_timestamp_seconds";
+const SUCCESSFUL: &str = "readygate_tls_last_reload_successful";
+const SUCCESS_TIME: &str = "readygate_tls_last_reload_success_timestamp_seconds";
+
+#[tokio::test]
+async fn certificate_gauges_follow_the_served_certificate() {
+    const DAY: f64 = 86_400.0;
+    // Within two minutes of `days` from now: the certificates were made a moment ago.
+    let expires_in = |text: &str, days: f64| {
+        sample(text, EXPIRY).is_some_and(|t| (t - (unix_now() + days * DAY)).abs() < 120.0)
+    };
+    let (_guard, dir) = tempdir();
+    // 30 days for the serving certificate, 60 for its CA: the gauge is the one served.
+    let first = bundle();
+    publish(&dir, &first, 1);
+    let server = start(&dir, Duration::from_secs(10)).await;
+    // Set at start-up, before any reload.
+    let text = server.metrics.encode();
+    assert!(expires_in(&text, 30.0), "{text}");
+    assert_eq!(sample(&text, SUCCESSFUL), Some(1.0), "{text}");
+    let loaded = sample(&text, SUCCESS_TIME).expect("success time");
+    assert!((loaded - unix_now()).abs() < 60.0, "{text}");
+
+    // A renewal with a longer life: the gauge follows the certificate now served.
+    let second = certs::generate(vec!["localhost".into(), "127.0.0.1".into()], 90).unwrap();
+    publish(&dir, &second, 2);
+    let text = metrics_until(&server, "the renewed certificate", |t| expires_in(t, 90.0)).await;
+    assert_eq!(sample(&text, SUCCESSFUL), Some(1.0), "{text}");
+    Client::connect(server.addr, &second.ca_pem)
+        .await
+        .expect("renewed certificate served");
+
+    // A rejected pair: 0 for as long as it is on disk, the expiry still the one served.
+    let mut broken = bundle();
+    broken.key_pem = first.key_pem.clone();
+    publish(&dir, &broken, 3);
+    let text = metrics_until(&server, "the rejected pair", |t| {
+        sample(t, SUCCESSFUL) == Some(0.0)
+    })
+    .await;
+    assert!(expires_in(&text, 90.0), "{text}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let text = server.metrics.encode();
+    assert_eq!(
+        sample(&text, SUCCESSFUL),
+        Some(0.0),
+        "still rejected:\n{text}"
+    );
+    assert!(
+        text.contains(r#"readygate_tls_reloads_total{outcome="error"} 1"#),
+        "counted once:\n{text}"
+    );
+    Client::connect(server.addr, &second.ca_pem)
+        .await
+        .expect("the last good certificate still served");
+
+    // The served pair back on disk: successful again.
+    publish(&dir, &second, 4);
+    metrics_until(&server, "the good pair back", |t| {
+        sample(t, SUCCESSFUL) == Some(1.0) && expires_in(t, 90.0)
+    })
+    .await;
+
+    // Files that cannot be read are a failure too, and clear once they can be read again, even
+    // unchanged.
+    std::fs::remove_file(dir.join("..data")).unwrap();
+    metrics_until(&server, "unreadable files", |t| {
+        sample(t, SUCCESSFUL) == Some(0.0)
+    })
+    .await;
+    std::os::unix::fs::symlink("..gen_4", dir.join("..data")).unwrap();
+    let text = metrics_until(&server, "readable files", |t| {
+        sample(t, SUCCESSFUL) == Some(1.0)
+    })
+    .await;
+    assert!(expires_in(&text, 90.0), "{text}");
+    let _ = server.stop.send(());
+}
+
 #[tokio::test]
 async fn idle_connections_are_closed_by_the_header_read_timeout() {
     let (_guard, dir, b) = keyed_dir();

@@ -400,6 +400,7 @@ fn round_trip_for(api_version: &str, kind: &str) -> Option<RoundTrip> {
         k8s::<PodDisruptionBudget>(),
         k8s::<MutatingWebhookConfiguration>(),
         k8s::<ConfigMap>(),
+        k8s::<k8s_openapi::api::coordination::v1::Lease>(),
         (
             "cert-manager.io/v1",
             "Issuer",

@@ -586,3 +586,21 @@ fn notes_say_how_to_opt_in_and_run_doctor() {
         "{out}"
     );
 }
+
+#[test]
+fn a_large_whole_number_from_a_values_file_is_passed_as_digits() {
+    // helm reads a values file's numbers as floats: printed with %v, 4194304 became
+    // "4.194304e+06", which readygate's parser refuses.
+    let Some(helm) = helm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("values.yaml");
+    std::fs::write(&file, "serve:\n  elbv2Burst: 4194304\n  elbv2Rate: 2.5\n").unwrap();
+    let args = container_args(&render(&helm, &["-f", file.to_str().unwrap()]).unwrap());
+    assert!(
+        args.contains(&"--elbv2-burst=4194304".to_string()),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--elbv2-rate=2.5".to_string()), "{args:?}");
+    let argv = std::iter::once("readygate".to_string()).chain(args.iter().cloned());
+    readygate::cli::parse_from(argv).unwrap_or_else(|e| panic!("readygate rejects {args:?}: {e}"));
+}

@@ -114,7 +114,9 @@ fn the_flag_table_lists_every_serve_flag_with_its_env_and_default() {
     }
     for (name, flag) in &flags {
         if !help.contains(name.as_str()) {
-            problems.push(format!("{name} is declared but `serve --help` does not show it"));
+            problems.push(format!(
+                "{name} is declared but `serve --help` does not show it"
+            ));
         }
         let Some(row) = documented.get(name) else {
             problems.push(format!("{name} is missing from docs/configuration.md"));
@@ -187,7 +189,10 @@ fn every_relative_link_in_the_docs_points_at_a_file() {
 fn readme_is_a_front_page() {
     let readme = read("README.md");
     let lines = readme.lines().count();
-    assert!(lines <= 160, "README.md has {lines} lines: move detail to docs/");
+    assert!(
+        lines <= 160,
+        "README.md has {lines} lines: move detail to docs/"
+    );
     for cmd in ["scripts/demo", "scripts/test"] {
         assert!(readme.contains(cmd), "README.md must give {cmd}");
     }

@@ -1,7 +1,7 @@
 //! The documentation cannot drift from the code: `docs/configuration.md`'s flag table lists every
 //! flag of `readygate serve` — with its environment variable and default, as `--help` prints
 //! them — and nothing else; every relative link in README.md and docs/ points at a file that
-//! exists.
+//! exists; its "Chart values" table lists every value of `charts/readygate` with its default.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -196,4 +196,122 @@ fn readme_is_a_front_page() {
     for cmd in ["scripts/demo", "scripts/test"] {
         assert!(readme.contains(cmd), "README.md must give {cmd}");
     }
+}
+
+/// The chart's documented keys: every property of `values.schema.json`, descending into the
+/// closed objects (`additionalProperties: false`) that are groups of values rather than values
+/// themselves (a label selector is one value), with its default from `values.yaml`.
+fn chart_leaves(
+    schema: &serde_json::Value,
+    values: &serde_json::Value,
+    prefix: &str,
+    out: &mut BTreeMap<String, serde_json::Value>,
+) {
+    let props = schema["properties"].as_object().expect("properties");
+    for (k, sub) in props {
+        if prefix.is_empty() && k == "global" {
+            continue;
+        }
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        let group = sub["type"] == "object"
+            && sub["additionalProperties"] == false
+            && sub["properties"].get("matchLabels").is_none();
+        if group {
+            chart_leaves(sub, &values[k], &path, out);
+        } else {
+            let value = values.get(k).cloned().unwrap_or_else(|| {
+                panic!("charts/readygate/values.yaml has no {path}: give every value its default")
+            });
+            out.insert(path, value);
+        }
+    }
+}
+
+/// A default as the table writes it: in backticks; strings bare (`""` when empty), anything
+/// else as compact JSON.
+fn default_cell(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) if s.is_empty() => "`\"\"`".into(),
+        serde_json::Value::String(s) => format!("`{s}`"),
+        other => format!("`{other}`"),
+    }
+}
+
+/// Whether a table cell states this default (JSON compared as values: key order is free).
+fn default_matches(cell: &str, v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(_) => cell == default_cell(v),
+        _ => code_spans(cell)
+            .first()
+            .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+            .is_some_and(|c| c == *v),
+    }
+}
+
+#[test]
+fn the_chart_values_table_lists_every_value_with_its_default() {
+    let schema: serde_json::Value =
+        serde_json::from_str(&read("charts/readygate/values.schema.json")).unwrap();
+    let values: serde_json::Value =
+        serde_yaml::from_str(&read("charts/readygate/values.yaml")).unwrap();
+    let mut leaves = BTreeMap::new();
+    chart_leaves(&schema, &values, "", &mut leaves);
+    assert!(leaves.len() > 30, "the chart's values were not found");
+
+    let md = read("docs/configuration.md");
+    let section = md
+        .split_once("## Chart values")
+        .expect("docs/configuration.md has no \"## Chart values\"")
+        .1;
+    let rows: BTreeMap<String, (String, String)> = section
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let key = code_spans(cells[1]).into_iter().next().unwrap_or_default();
+            (key, (cells[2].to_string(), cells[3].to_string()))
+        })
+        .collect();
+
+    let mut problems = Vec::new();
+    for (key, value) in &leaves {
+        match rows.get(key) {
+            None => problems.push(format!("{key} is missing from docs/configuration.md")),
+            Some((default, meaning)) => {
+                if !default_matches(default, value) {
+                    problems.push(format!(
+                        "{key}: values.yaml's default is {}, the table says {default}",
+                        default_cell(value)
+                    ));
+                }
+                if let Some(flag) = key.strip_prefix("serve.") {
+                    let flag: String = flag
+                        .chars()
+                        .flat_map(|c| {
+                            if c.is_ascii_uppercase() {
+                                vec!['-', c.to_ascii_lowercase()]
+                            } else {
+                                vec![c]
+                            }
+                        })
+                        .collect();
+                    if !meaning.contains(&format!("`--{flag}`")) {
+                        problems.push(format!("{key}: the table does not name `--{flag}`"));
+                    }
+                }
+            }
+        }
+    }
+    for key in rows.keys().filter(|k| !leaves.contains_key(*k)) {
+        problems.push(format!(
+            "docs/configuration.md documents {key}, which the chart does not have"
+        ));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -872,8 +872,8 @@ fn deployment_runs_locked_down_with_probes_and_rotating_tls() {
 
     assert_eq!(
         c.image.as_deref(),
-        Some("readygate:latest"),
-        "kustomize `images:` sets the real one"
+        Some(concat!("readygate:", env!("CARGO_PKG_VERSION"))),
+        "the release's tag (kustomize `images:` sets the registry)"
     );
     assert_eq!(c.args.as_deref(), Some(&["serve".to_owned()][..]));
     let env: BTreeMap<&str, &str> = c

@@ -39,6 +39,14 @@ pub enum StatusOf {
     Gated,
 }
 
+/// etcd's backend quota for objects of `bytes` of JSON in all: every pod is written twice
+/// (create, then status) and the server adds managedFields, and freed pages are reused only
+/// after the API server's compaction (every 5 minutes), so four times the objects' size, and
+/// never below the rig's 8 GiB.
+pub fn etcd_quota(bytes: u64) -> u64 {
+    (bytes.saturating_mul(4)).max(8 << 30)
+}
+
 /// (VmRSS, VmHWM) in KiB of a component.
 pub type Memory = (u64, u64);
 
@@ -51,6 +59,8 @@ pub struct Cluster {
     holder: Arc<Holder>,
     namespaces: usize,
     relists: usize,
+    /// etcd's `--quota-backend-bytes`.
+    pub etcd_quota_bytes: u64,
 }
 
 /// The bench's stand-in for another replica: renews the Lease every 5 s while `alive`.
@@ -91,9 +101,12 @@ async fn hold(client: kube::Client, holder: Arc<Holder>) {
                 Err(e) if e.contains("(404)") => {
                     let lease = json!({ "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                         "metadata": { "name": LEASE_NAME, "namespace": LEASE_NS }, "spec": spec });
-                    let create = format!("/apis/coordination.k8s.io/v1/namespaces/{LEASE_NS}/leases");
+                    let create =
+                        format!("/apis/coordination.k8s.io/v1/namespaces/{LEASE_NS}/leases");
                     let body = serde_json::to_vec(&lease).expect("serialise");
-                    send(&client, Method::POST, &create, JSON, body).await.is_ok()
+                    send(&client, Method::POST, &create, JSON, body)
+                        .await
+                        .is_ok()
                 }
                 Err(e) => {
                     eprintln!("  bench holder: renewing the lease failed: {e}");
@@ -243,7 +256,10 @@ fn ns_of(v: &Value) -> String {
 }
 
 fn name_of(v: &Value) -> String {
-    v["metadata"]["name"].as_str().unwrap_or_default().to_string()
+    v["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// (VmRSS, VmHWM) in KiB of process `pid`.
@@ -255,9 +271,10 @@ impl Cluster {
     /// Starts etcd and kube-apiserver in `dir` (call it inside the rig's network namespace),
     /// installs the TargetGroupBinding CRD and makes the namespaces: `team-NN` opted in,
     /// `jobs-NN` not, the Lease's and the re-list's.
-    pub async fn start(dir: &Path, shape: &Shape) -> anyhow::Result<Self> {
+    pub async fn start(dir: &Path, shape: &Shape, dir_bytes: u64) -> anyhow::Result<Self> {
         let opts = ControlPlaneOpts {
             controllers: false,
+            etcd_quota_bytes: etcd_quota(dir_bytes),
             ..ControlPlaneOpts::build()?
         };
         let plane = ControlPlane::start(&opts, dir).await?;
@@ -270,7 +287,12 @@ impl Cluster {
             plane.pki.kubeconfig(&plane.url, READYGATE_USER, &cert),
         )?;
         let mut names: Vec<(String, bool)> = (0..shape.namespaces)
-            .flat_map(|i| [(format!("team-{i:02}"), true), (format!("jobs-{i:02}"), false)])
+            .flat_map(|i| {
+                [
+                    (format!("team-{i:02}"), true),
+                    (format!("jobs-{i:02}"), false),
+                ]
+            })
             .collect();
         names.push((LEASE_NS.into(), false));
         names.push((RELIST_NS.into(), false));
@@ -297,6 +319,7 @@ impl Cluster {
             holder,
             namespaces: shape.namespaces,
             relists: 0,
+            etcd_quota_bytes: etcd_quota(dir_bytes),
         })
     }
 
@@ -340,7 +363,12 @@ impl Cluster {
                 spec.remove("clusterIPs");
             }
             let path = format!("/api/v1/namespaces/{}/services", ns_of(&v));
-            vec![(Method::POST, path, JSON, serde_json::to_vec(&v).expect("json"))]
+            vec![(
+                Method::POST,
+                path,
+                JSON,
+                serde_json::to_vec(&v).expect("json"),
+            )]
         });
         out.push(load_all(c, "Services", requests).await);
         let requests = lines(dir, Kind::Binding).map(|v| {
@@ -349,7 +377,12 @@ impl Cluster {
                 "/apis/elbv2.k8s.aws/v1beta1/namespaces/{}/targetgroupbindings",
                 ns_of(&v)
             );
-            vec![(Method::POST, path, JSON, serde_json::to_vec(&v).expect("json"))]
+            vec![(
+                Method::POST,
+                path,
+                JSON,
+                serde_json::to_vec(&v).expect("json"),
+            )]
         });
         out.push(load_all(c, "TargetGroupBindings", requests).await);
         let what = match status_of {
@@ -375,6 +408,56 @@ impl Cluster {
         });
         out.push(load_all(c, what, requests).await);
         out
+    }
+
+    /// Skips what the audit log holds so far (the load's requests, the bench's own) without
+    /// reading it: readygate's requests before now are not counted.
+    pub fn skip_audit(&mut self) {
+        self.audit.skip();
+    }
+
+    /// The bench's own page of pods as the API server serves it (first page, `limit` 500):
+    /// JSON bytes per pod and managedFields entries per pod, with their managers.
+    pub async fn served_pods(&self) -> Option<Served> {
+        let req = Request::get("/api/v1/pods?limit=500")
+            .body(Vec::new())
+            .ok()?;
+        let text = self.client.request_text(req).await.ok()?;
+        let list: Value = serde_json::from_str(&text).ok()?;
+        let items = list["items"].as_array()?;
+        let mut bytes = 0;
+        let mut entries = 0;
+        let mut field_bytes = 0;
+        let mut managers = BTreeSet::new();
+        for item in items {
+            bytes += serde_json::to_vec(item).map_or(0, |v| v.len());
+            if let Some(m) = item["metadata"]["managedFields"].as_array() {
+                entries += m.len();
+                field_bytes += serde_json::to_vec(m).map_or(0, |v| v.len());
+                for e in m {
+                    managers.insert(format!(
+                        "{}{}",
+                        e["manager"].as_str().unwrap_or("?"),
+                        e["subresource"]
+                            .as_str()
+                            .map_or(String::new(), |s| format!("/{s}"))
+                    ));
+                }
+            }
+        }
+        let n = items.len().max(1);
+        Some(Served {
+            pods: items.len(),
+            bytes_per_pod: bytes / n,
+            managed_fields_per_pod: entries as f64 / n as f64,
+            managed_fields_bytes_per_pod: field_bytes / n,
+            managers: managers.into_iter().collect(),
+        })
+    }
+
+    /// etcd's database file (bytes): what the load took of its quota.
+    pub fn etcd_db_bytes(&self) -> u64 {
+        std::fs::metadata(self.plane.dir.join("etcd/member/snap/db")).map_or(0, |m| m.len())
     }
 
     pub async fn pod_list_starts(&mut self) -> usize {
@@ -447,7 +530,8 @@ impl Cluster {
             .iter()
             .map(|t| to_instant(anchor, *t))
             .find(|t| *t >= after)?;
-        let path = format!("/apis/coordination.k8s.io/v1/namespaces/{LEASE_NS}/leases/{LEASE_NAME}");
+        let path =
+            format!("/apis/coordination.k8s.io/v1/namespaces/{LEASE_NS}/leases/{LEASE_NAME}");
         let req = Request::get(path).body(Vec::new()).ok()?;
         let lease: Value = serde_json::from_str(&self.client.request_text(req).await.ok()?).ok()?;
         Some((rig::str_at(&lease, "/spec/holderIdentity"), taken))
@@ -456,7 +540,8 @@ impl Cluster {
     /// Deletes the Lease (the baseline starts with nobody holding it).
     pub async fn clear_lease(&self) {
         self.release_lease();
-        let path = format!("/apis/coordination.k8s.io/v1/namespaces/{LEASE_NS}/leases/{LEASE_NAME}");
+        let path =
+            format!("/apis/coordination.k8s.io/v1/namespaces/{LEASE_NS}/leases/{LEASE_NAME}");
         let _ = send(&self.client, Method::DELETE, &path, JSON, Vec::new()).await;
     }
 
@@ -506,6 +591,15 @@ impl Cluster {
     }
 }
 
+/// Pods as the real API server serves them (one page, read by the bench).
+pub struct Served {
+    pub pods: usize,
+    pub bytes_per_pod: usize,
+    pub managed_fields_per_pod: f64,
+    pub managed_fields_bytes_per_pod: usize,
+    pub managers: Vec<String>,
+}
+
 /// One complete pod list by readygate, as the audit log shows it.
 #[derive(Clone)]
 pub struct ListSpan {
@@ -553,6 +647,14 @@ impl AuditTail {
             writes: 0,
             limits: BTreeMap::new(),
         }
+    }
+
+    /// Moves past the log's current end without reading it.
+    fn skip(&mut self) {
+        self.offset = std::fs::metadata(&self.path).map_or(self.offset, |m| m.len());
+        self.partial.clear();
+        // A line cut at the end is skipped too: the next poll starts mid-line, and a line
+        // that does not parse is ignored.
     }
 
     fn poll(&mut self) {

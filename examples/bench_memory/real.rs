@@ -1,6 +1,9 @@
-//! The real binary: `readygate serve --controller false` against an API server that answers
-//! the four lists (paged by the client's `limit` and `continue`) and holds watches open without
-//! events.
+//! The real binary (`readygate serve`) as webhook-only replica, follower, leader and baseline,
+//! against either API server (`--api`): the bench's own in-process one (`Server`: the lists
+//! paged by the client's `limit` and `continue`, watches held open without events or ended
+//! with `410 Gone`, the Lease, status PATCHes and Events), or the rig's kube-apiserver and etcd
+//! with the objects loaded into them (`super::apiserver`). [`sequence`] is the same
+//! measurement for both, through [`Backend`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -17,7 +20,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::apiserver::{Cluster, Memory, StatusOf};
-use super::{KINDS, Kind, Shape, list_body, mib};
+use super::{KINDS, Kind, Shape, list_body, mib, mib_b};
 
 type Lists = HashMap<&'static str, ((&'static str, &'static str), Vec<String>)>;
 
@@ -61,7 +64,8 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
 }
 
 fn not_found() -> Response {
-    let status = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#;
+    let status =
+        r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#;
     json_response(StatusCode::NOT_FOUND, status.as_bytes().to_vec())
 }
 
@@ -813,7 +817,11 @@ async fn sequence(
                 "  {:<44} RSS {:>6.1} MiB 5 s after the list, peak during the takeover {}; cached pods {}; target <= 128 MiB: {}",
                 "leader (the follower, after its takeover)",
                 mib(l.0),
-                if reset { format!("{:>6.1} MiB", mib(l.1)) } else { "n/a (VmHWM not reset)".into() },
+                if reset {
+                    format!("{:>6.1} MiB", mib(l.1))
+                } else {
+                    "n/a (VmHWM not reset)".into()
+                },
                 f.leader_pods.map_or("?".into(), |n| n.to_string()),
                 verdict(l.0, if reset { l.1 } else { 0 }, 128)
             );
@@ -830,9 +838,16 @@ async fn sequence(
             println!(
                 "  {:<44} {}: RSS {:>6.1} MiB 5 s later, peak during the re-list {}; target <= 128 MiB: {}",
                 api.relist_how(),
-                f.relist_seconds.map_or("not seen within 180 s".into(), |t| format!("listed in {t:.1} s")),
+                f.relist_seconds
+                    .map_or("not seen within 180 s".into(), |t| format!(
+                        "listed in {t:.1} s"
+                    )),
                 mib(l.0),
-                if reset { format!("{:>6.1} MiB", mib(l.1)) } else { "n/a (VmHWM not reset)".into() },
+                if reset {
+                    format!("{:>6.1} MiB", mib(l.1))
+                } else {
+                    "n/a (VmHWM not reset)".into()
+                },
                 verdict(l.0, if reset { l.1 } else { 0 }, 128)
             );
         }
@@ -893,14 +908,15 @@ async fn sequence(
         "  targets: leader <= 128 MiB {}; webhook-only <= 48 MiB {}; no pod list by the webhook-only replica or the follower: {}; takeover {}",
         verdict(f.leader.0, 0, 128),
         verdict(f.webhook.0, 0, 48),
-        if f.webhook_lists == 0 && f.follower_lists == 0 { "met" } else { "NOT met" },
+        if f.webhook_lists == 0 && f.follower_lists == 0 {
+            "met"
+        } else {
+            "NOT met"
+        },
         f.takeover()
             .map_or("not measured".into(), |t| format!("{t:.1} s (median)"))
     );
-    println!(
-        "  writes (status PATCHes, Events): {}",
-        api.writes().await
-    );
+    println!("  writes (status PATCHes, Events): {}", api.writes().await);
     let asked: Vec<String> = api
         .limits()
         .await
@@ -1010,7 +1026,11 @@ async fn real(
 ) -> Option<(Figures, RealExtra)> {
     let started = Instant::now();
     let plane_dir = setup.work.path().join("k8s");
-    let cluster = match Cluster::start(&plane_dir, shape).await {
+    let bytes: u64 = KINDS
+        .iter()
+        .map(|k| std::fs::metadata(dir.join(k.file())).map_or(0, |m| m.len()))
+        .sum();
+    let mut cluster = match Cluster::start(&plane_dir, shape, bytes).await {
         Ok(c) => c,
         Err(e) => {
             println!("real API server: skipped ({e:#})");
@@ -1052,8 +1072,26 @@ async fn real(
         mib(x.loaded_memory.1.0),
         mib(x.loaded_memory.1.1)
     );
+    x.etcd_db_bytes = cluster.etcd_db_bytes();
+    x.etcd_quota_bytes = cluster.etcd_quota_bytes;
+    x.generated_pod_bytes = std::fs::metadata(dir.join(Kind::Pod.file())).map_or(0, |m| m.len())
+        / shape.pods.max(1) as u64;
+    x.served = cluster.served_pods().await;
+    if let Some(s) = &x.served {
+        println!("  served: {}", served_line(s));
+    }
+    println!(
+        "  etcd's database after the load: {:.0} MiB (quota {:.0} MiB)",
+        mib_b(x.etcd_db_bytes),
+        mib_b(cluster.etcd_quota_bytes)
+    );
+    // readygate's requests are counted from here on: the load's are not read.
+    cluster.skip_audit();
     let mut api = Backend::Real(Box::new(cluster));
+    // Only the measurements hold the rig's lock (the load may take many minutes).
+    let lock = rig::serial::exclusive().await;
     let mut f = sequence(&mut api, setup, &kubeconfig, shape, takeovers).await;
+    drop(lock);
     f.alone = alone;
     let Backend::Real(cluster) = api else {
         unreachable!()
@@ -1101,6 +1139,21 @@ struct RealExtra {
     loaded_memory: (Memory, Memory),
     end: (Memory, Memory),
     lists: Vec<super::apiserver::ListSpan>,
+    etcd_db_bytes: u64,
+    etcd_quota_bytes: u64,
+    generated_pod_bytes: u64,
+    served: Option<super::apiserver::Served>,
+}
+
+fn served_line(s: &super::apiserver::Served) -> String {
+    format!(
+        "a page of {} pods as kube-apiserver serves them: {} B of JSON per pod, of which managedFields {} B ({:.1} entries per pod: {})",
+        s.pods,
+        s.bytes_per_pod,
+        s.managed_fields_bytes_per_pod,
+        s.managed_fields_per_pod,
+        s.managers.join(", ")
+    )
 }
 
 fn real_summary(x: &RealExtra) {
@@ -1125,16 +1178,26 @@ fn real_summary(x: &RealExtra) {
             mib(etcd.1)
         );
     }
-    let pages: Vec<String> = x
-        .lists
-        .iter()
-        .map(|s| s.pages.to_string())
-        .collect();
+    let pages: Vec<String> = x.lists.iter().map(|s| s.pages.to_string()).collect();
     println!("  pages of readygate's pod lists: {}", pages.join(", "));
+    if let Some(s) = &x.served {
+        println!(
+            "  {} (the fake server serves the generated pods: {} B each, managedFields of 2-3 managers included)",
+            served_line(s),
+            x.generated_pod_bytes
+        );
+    }
+    println!(
+        "  etcd's database after the load {:.0} MiB of its {:.0} MiB quota",
+        mib_b(x.etcd_db_bytes),
+        mib_b(x.etcd_quota_bytes)
+    );
 }
 
 fn side_by_side(fake: &Figures, real: &Figures) {
-    println!("\nside by side, same run (fake: the bench's own API server; real: kube-apiserver + etcd):");
+    println!(
+        "\nside by side, same run (fake: the bench's own API server; real: kube-apiserver + etcd):"
+    );
     println!(
         "  {:<52} {:>10} {:>10} {:>11}",
         "", "fake", "real", "real/fake"
@@ -1148,12 +1211,42 @@ fn side_by_side(fake: &Figures, real: &Figures) {
         println!("  {what:<52} {:>10} {:>10} {ratio:>11}", cell(a), cell(b));
     };
     let m = |k: u64| Some(mib(k));
-    row("webhook-only, no objects: RSS (MiB)", m(fake.alone.0), m(real.alone.0), "");
-    row("webhook-only: RSS (MiB)", m(fake.webhook.0), m(real.webhook.0), "");
-    row("webhook-only: peak (MiB)", m(fake.webhook.1), m(real.webhook.1), "");
-    row("follower: RSS (MiB)", m(fake.follower.0), m(real.follower.0), "");
-    row("takeover: expiry -> lease taken, median (s)", fake.taken(), real.taken(), "");
-    row("takeover: expiry -> all pods listed, median (s)", fake.takeover(), real.takeover(), "");
+    row(
+        "webhook-only, no objects: RSS (MiB)",
+        m(fake.alone.0),
+        m(real.alone.0),
+        "",
+    );
+    row(
+        "webhook-only: RSS (MiB)",
+        m(fake.webhook.0),
+        m(real.webhook.0),
+        "",
+    );
+    row(
+        "webhook-only: peak (MiB)",
+        m(fake.webhook.1),
+        m(real.webhook.1),
+        "",
+    );
+    row(
+        "follower: RSS (MiB)",
+        m(fake.follower.0),
+        m(real.follower.0),
+        "",
+    );
+    row(
+        "takeover: expiry -> lease taken, median (s)",
+        fake.taken(),
+        real.taken(),
+        "",
+    );
+    row(
+        "takeover: expiry -> all pods listed, median (s)",
+        fake.takeover(),
+        real.takeover(),
+        "",
+    );
     row("leader: RSS (MiB)", m(fake.leader.0), m(real.leader.0), "");
     row(
         "leader: peak during the takeover (MiB)",
@@ -1161,15 +1254,30 @@ fn side_by_side(fake: &Figures, real: &Figures) {
         real.leader.1.and_then(m),
         "",
     );
-    row("leader: re-list (s)", fake.relist_seconds, real.relist_seconds, "");
+    row(
+        "leader: re-list (s)",
+        fake.relist_seconds,
+        real.relist_seconds,
+        "",
+    );
     row(
         "leader: peak during the re-list (MiB)",
         fake.relist.1.and_then(m),
         real.relist.1.and_then(m),
         "",
     );
-    row("baseline (every pod kept): RSS (MiB)", m(fake.baseline.0), m(real.baseline.0), "");
-    row("baseline: pods listed after ready (s)", fake.baseline_list_seconds, real.baseline_list_seconds, "");
+    row(
+        "baseline (every pod kept): RSS (MiB)",
+        m(fake.baseline.0),
+        m(real.baseline.0),
+        "",
+    );
+    row(
+        "baseline: pods listed after ready (s)",
+        fake.baseline_list_seconds,
+        real.baseline_list_seconds,
+        "",
+    );
     let pods = |f: &Figures| {
         format!(
             "{}/{}",
@@ -1220,10 +1328,7 @@ pub fn measure(dir: &Path, shape: &Shape, api: Api, takeovers: usize, status_of:
             Api::Real => None,
         };
         let real = match api {
-            Api::Real | Api::Both => {
-                let _lock = rig::serial::exclusive().await;
-                real(dir, shape, &setup, takeovers, status_of).await
-            }
+            Api::Real | Api::Both => real(dir, shape, &setup, takeovers, status_of).await,
             Api::Fake => None,
         };
         if let (Some(fake), Some((real, _))) = (&fake, &real) {

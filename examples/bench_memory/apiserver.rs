@@ -26,6 +26,8 @@ const LEASE_NS: &str = "readygate-system";
 const LEASE_NAME: &str = "readygate";
 /// A namespace with no pods: opting it in makes the leader list the pods again.
 const RELIST_NS: &str = "bench-relist";
+/// A long load reports its progress every so many objects.
+const PROGRESS_EVERY: usize = 10_000;
 /// Requests in flight while loading.
 pub const CONCURRENCY: usize = 32;
 const OPT_IN: &str = "elbv2.k8s.aws/pod-readiness-gate-inject";
@@ -209,7 +211,12 @@ impl Loaded {
 
 /// Sends every request of `requests` with at most [`CONCURRENCY`] in flight; prints the first
 /// failures.
-async fn load_all<I>(client: &kube::Client, what: &str, requests: I) -> Loaded
+async fn load_all<I>(
+    client: &kube::Client,
+    what: &str,
+    requests: I,
+    plane: Option<&ControlPlane>,
+) -> Loaded
 where
     I: Iterator<Item = Vec<(Method, String, &'static str, Vec<u8>)>>,
 {
@@ -231,6 +238,20 @@ where
             if failed <= 3 {
                 eprintln!("  loading {what}: {e}");
             }
+        }
+        // Progress of a long load, with the control plane's memory.
+        if let Some(plane) = plane.filter(|_| objects % PROGRESS_EVERY == 0) {
+            let t = start.elapsed().as_secs_f64();
+            let (api, etcd) = (
+                memory(plane.pid("kube-apiserver")),
+                memory(plane.pid("etcd")),
+            );
+            eprintln!(
+                "  loading {what}: {objects} in {t:.0} s ({:.0}/s), {failed} failed; kube-apiserver RSS {:.0} MiB, etcd RSS {:.0} MiB",
+                objects as f64 / t.max(1e-3),
+                super::mib(api.0),
+                super::mib(etcd.0)
+            );
         }
     }
     Loaded {
@@ -306,7 +327,7 @@ impl Cluster {
             let body = serde_json::to_vec(&ns).expect("serialise");
             vec![(Method::POST, "/api/v1/namespaces".to_string(), JSON, body)]
         });
-        let loaded = load_all(&client, "namespaces", requests).await;
+        let loaded = load_all(&client, "namespaces", requests, None).await;
         anyhow::ensure!(loaded.failed == 0, "creating the namespaces failed");
         let holder = Arc::new(Holder::default());
         tokio::spawn(hold(client.clone(), holder.clone()));
@@ -354,7 +375,15 @@ impl Cluster {
             let path = format!("/api/v1/namespaces/{ns}/serviceaccounts");
             vec![(Method::POST, path, JSON, body)]
         });
-        out.push(load_all(c, "ServiceAccounts (the pods')", requests).await);
+        out.push(
+            load_all(
+                c,
+                "ServiceAccounts (the pods')",
+                requests,
+                Some(&self.plane),
+            )
+            .await,
+        );
         let requests = lines(dir, Kind::Service).map(|v| {
             let (mut v, _) = strip(v);
             // Allocated by the API server from its own range.
@@ -370,7 +399,7 @@ impl Cluster {
                 serde_json::to_vec(&v).expect("json"),
             )]
         });
-        out.push(load_all(c, "Services", requests).await);
+        out.push(load_all(c, "Services", requests, Some(&self.plane)).await);
         let requests = lines(dir, Kind::Binding).map(|v| {
             let (v, _) = strip(v);
             let path = format!(
@@ -384,7 +413,7 @@ impl Cluster {
                 serde_json::to_vec(&v).expect("json"),
             )]
         });
-        out.push(load_all(c, "TargetGroupBindings", requests).await);
+        out.push(load_all(c, "TargetGroupBindings", requests, Some(&self.plane)).await);
         let what = match status_of {
             StatusOf::All => "pods (create, then status)",
             StatusOf::Gated => "pods (create; status of the gated ones)",
@@ -406,7 +435,7 @@ impl Cluster {
             }
             steps
         });
-        out.push(load_all(c, what, requests).await);
+        out.push(load_all(c, what, requests, Some(&self.plane)).await);
         out
     }
 
@@ -572,7 +601,7 @@ impl Cluster {
             let path = format!("/api/v1/namespaces/jobs-{i:02}");
             vec![(Method::PATCH, path, MERGE, body.clone())]
         });
-        let loaded = load_all(&self.client, "namespace labels", requests).await;
+        let loaded = load_all(&self.client, "namespace labels", requests, None).await;
         if loaded.failed > 0 {
             eprintln!("  opting the jobs namespaces in: {} failed", loaded.failed);
         }

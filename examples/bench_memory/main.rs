@@ -587,7 +587,7 @@ fn binding_json(l: &Shape, b: usize) -> Value {
         "metadata": {
             "name": format!("{app}-tgb"), "namespace": ns, "uid": uuid(seed), "resourceVersion": format!("{}", 460_000_000 + b),
             "generation": 1, "creationTimestamp": created, "finalizers": ["elbv2.k8s.aws/resources"],
-            "labels": { "ingress.k8s.aws/stack-name": app, "ingress.k8s.aws/stack-namespace": ns, "ingress.k8s.aws/resource": format!("{ns}/{app}-http:80") },
+            "labels": { "ingress.k8s.aws/stack-name": app, "ingress.k8s.aws/stack-namespace": ns, "ingress.k8s.aws/resource": format!("{ns}.{app}-http-80") }, // a label value: no '/' or ':'
             "managedFields": [
                 managed_field("controller", "Update", None, "elbv2.k8s.aws/v1beta1", &created, json!({
                     "f:metadata": { "f:finalizers": { ".": {}, "v:\"elbv2.k8s.aws/resources\"": {} },

@@ -3,7 +3,7 @@
 //!
 //!     cargo build --bin readygate && cargo run --example bench_memory
 //!     (options: --pods 10000 --gated 10000 --services 1000 --bindings 1000 --namespaces 50
-//!      --only real --keep DIR)
+//!      --only real --keep DIR --api fake|real|both --takeovers 3 --status all|gated)
 //!
 //! (dev profile; the heap figures are the same in release, only the time and the binary's own
 //! pages differ.) The parent generates realistic objects once — labels, annotations, owner
@@ -28,24 +28,48 @@
 //! re-list of the pods (what the watcher does after `410 Gone`).
 //!
 //! Last, the real binary (`$READYGATE_BIN`, else `target/release/readygate`, else
-//! `target/debug/readygate`) runs against an in-process API server on 127.0.0.1 that serves the
-//! same objects as lists paged by the `limit` the client asks for, holds watches open, and
-//! answers the Lease (get, create, patch), status PATCHes and Events; ELBv2 points at a closed
-//! port. One process at a time, VmRSS / VmHWM from /proc/PID/status:
+//! `target/debug/readygate`) runs as separate processes, one at a time, against an API server
+//! chosen with `--api` (ELBv2 at a closed port; VmRSS / VmHWM from /proc/PID/status):
 //!
-//! - webhook-only (`--controller false`), first with empty lists, then with the objects: it must
+//! - `--api fake` (the default): an in-process API server on 127.0.0.1 that serves the same
+//!   objects, byte for byte, as lists paged by the `limit` the client asks for, holds watches
+//!   open, and answers the Lease (get, create, patch), status PATCHes and Events. It measures
+//!   readygate's own cost apart from an API server's speed.
+//! - `--api real`: the rig's kube-apiserver and etcd (`rig::cluster`, in the rig's private
+//!   network namespace; no controller-manager or scheduler, which would garbage-collect or
+//!   bind the bench's pods; `$RIG_K8S_BIN_DIR` names prebuilt binaries), etcd's quota raised to
+//!   four times the objects' JSON when that is above the rig's 8 GiB. The bench loads the
+//!   objects first (32 requests in flight: the pods' ServiceAccounts, Services, bindings, then
+//!   each pod created and its status written through the status subresource; `--status gated`
+//!   writes only the gated pods' status), as a client writes them: the server sets uid,
+//!   resourceVersion, clusterIP and its own managedFields (two entries per pod, the bench's
+//!   create and status write, where the generated pods carry two or three). readygate
+//!   authenticates as a user of its own, and what it asked for (its pod lists page by page, its
+//!   Lease writes, status PATCHes, Events, the `limit` of each list) is read back from the API
+//!   server's audit log; the Lease is held by the bench through the API server. The load's
+//!   rate, kube-apiserver's and etcd's memory and etcd's database size are printed too.
+//! - `--api both`: the two one after the other in the same run, then side by side with the
+//!   ratio real / fake.
+//!
+//! Each runs the same sequence:
+//!
+//! - webhook-only (`--controller false`), first with no objects, then with the objects: it must
 //!   list no pods;
 //! - a follower (`--controller true` while the bench's own holder renews the Lease): no pods
 //!   either; then the holder stops renewing and the follower takes over once the lease has
 //!   expired: the takeover time runs from that expiry to the last page of the new leader's pod
-//!   list; then the leader's RSS, and a pod re-list after `410 Gone`;
+//!   list (`--takeovers N` times, 3 by default, the median printed); then the leader's RSS, and
+//!   a pod re-list on the leader. The fake server forces it by ending the pod watch with
+//!   `410 Gone`; a real API server cannot be told to expire a watch, so there the bench opts an
+//!   empty namespace in (or out again), on which readygate lists the pods again the same way
+//!   (a new watcher, its list applied in place over the pods it holds);
 //! - the baseline, same run: the same objects with every namespace opted in, so the leader keeps
 //!   every pod, as every replica did before pods were the leader's alone.
 //!
 //! The shape (100,000 pods of which 10,000 gated, 10,000 Services and bindings):
 //!
-//!     cargo build --release --bin readygate && cargo run --example bench_memory -- \
-//!         --pods 100000 --gated 10000 --services 10000 --bindings 10000 --only real
+//!     cargo build --release --bin readygate && cargo run --release --example bench_memory -- \
+//!         --pods 100000 --gated 10000 --services 10000 --bindings 10000 --only real --api real
 //!
 //! (`--gated N`: only the first N pods belong to the Services, in opted-in namespaces; the
 //! others are other workloads in namespaces that are not opted in, without our gate.)
@@ -1111,6 +1135,9 @@ const VARIANTS: [(&str, &str); 4] = [
 mod apiserver;
 mod real;
 
+/// `GOMEMLIMIT` for the real control plane's Go processes.
+const GO_MEM_LIMIT: &str = "10GiB";
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let (Some(variant), Some(dir)) = (arg(&args, "--child"), arg(&args, "--dir")) {
@@ -1133,6 +1160,14 @@ fn main() {
         // The rig's control plane lives in a private network namespace: enter it before any
         // thread starts, so that the runtime's threads and every process started inherit it.
         rig::netns::enter().expect("entering the rig's network namespace");
+        // kube-apiserver's heap grows by about 120 MiB per 1,000 of the bench's pods (its watch
+        // cache keeps them decoded, and their events): a soft limit on the Go heap of the
+        // control plane it starts keeps it from taking the shared machine's memory at 100,000
+        // pods (unless the caller set one).
+        if std::env::var_os("GOMEMLIMIT").is_none() {
+            // SAFETY: no other thread has started yet.
+            unsafe { std::env::set_var("GOMEMLIMIT", GO_MEM_LIMIT) };
+        }
         readygate::install_crypto_provider();
     }
     let shape = Shape {

@@ -580,6 +580,14 @@ impl Backend {
         }
     }
 
+    /// readygate's Lease writes, where the API server's audit log tells them.
+    async fn lease_writes(&mut self) -> Option<usize> {
+        match self {
+            Backend::Fake(_) => None,
+            Backend::Real(c) => Some(c.lease_writes().await),
+        }
+    }
+
     async fn limits(&mut self) -> BTreeMap<String, BTreeSet<String>> {
         match self {
             Backend::Fake(server) => server
@@ -927,6 +935,9 @@ async fn sequence(
             .map_or("not measured".into(), |t| format!("{t:.1} s (median)"))
     );
     println!("  writes (status PATCHes, Events): {}", api.writes().await);
+    if let Some(n) = api.lease_writes().await {
+        println!("  readygate's writes of the Lease (audit log): {n}");
+    }
     let asked: Vec<String> = api
         .limits()
         .await
@@ -1056,10 +1067,11 @@ async fn real(
         ..RealExtra::default()
     };
     println!(
-        "real binary {}{} against the rig's {} (no controller-manager, no scheduler; up in {:.1} s; logs and audit log in {})",
+        "real binary {}{} against the rig's {} (no controller-manager, no scheduler; GOMEMLIMIT {}; up in {:.1} s; logs and audit log in {})",
         setup.bin.display(),
         setup.stale(),
         x.version,
+        std::env::var("GOMEMLIMIT").unwrap_or_else(|_| "unset".into()),
         started.elapsed().as_secs_f64(),
         cluster.plane.dir.display()
     );

@@ -1327,7 +1327,8 @@ fn side_by_side(fake: &Figures, real: &Figures) {
     );
 }
 
-/// The real binary's measurements against `api`, each under the rig's rollouts lock.
+/// The real binary's measurements against `api`, each under the rig's rollouts lock (for the
+/// real API server, once its objects are loaded: the load is not timed against anything).
 pub fn measure(dir: &Path, shape: &Shape, api: Api, takeovers: usize, status_of: StatusOf) {
     println!();
     let Some(setup) = Setup::new() else {

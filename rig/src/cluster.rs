@@ -213,6 +213,11 @@ pub struct ControlPlaneOpts {
     pub bin_dir: PathBuf,
     /// etcd's backend quota (`--quota-backend-bytes`).
     pub etcd_quota_bytes: u64,
+    /// Start kube-controller-manager and kube-scheduler (true by default). A benchmark that
+    /// loads objects no controller should touch (pods bound to Nodes that do not exist, which
+    /// pod GC deletes; Pending pods, which the scheduler binds) runs etcd and the API server
+    /// alone.
+    pub controllers: bool,
 }
 
 impl ControlPlaneOpts {
@@ -221,6 +226,7 @@ impl ControlPlaneOpts {
         Ok(Self {
             bin_dir: build_control_plane()?,
             etcd_quota_bytes: 8 << 30,
+            controllers: true,
         })
     }
 }
@@ -278,8 +284,8 @@ rules:
 ";
 
 impl ControlPlane {
-    /// Starts etcd, kube-apiserver, kube-controller-manager and kube-scheduler in `dir` and waits
-    /// until each is ready. Call it inside the rig's network namespace ([`crate::netns::enter`]).
+    /// Starts etcd, kube-apiserver, kube-controller-manager and kube-scheduler (those two unless
+    /// `opts.controllers` is false) in `dir` and waits until each is ready. Call it inside the rig's network namespace ([`crate::netns::enter`]).
     pub async fn start(opts: &ControlPlaneOpts, dir: &Path) -> anyhow::Result<Self> {
         let started = Instant::now();
         std::fs::create_dir_all(dir)?;
@@ -422,40 +428,42 @@ impl ControlPlane {
                 "--v=1".into(),
             ]
         };
-        let mut kcm_args = common(&kcm_kubeconfig, KCM_PORT);
-        kcm_args.extend([
-            // Every default controller, named ones spelled out so a changed default fails loudly.
-            "--controllers=*,deployment-controller,replicaset-controller,endpointslice-controller,endpoints-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,node-lifecycle-controller".into(),
-            "--use-service-account-credentials=true".into(),
-            format!("--service-account-private-key-file={}", p(&sa_key)),
-            format!("--root-ca-file={ca_s}"),
-            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
-            format!("--cluster-cidr={}", crate::netns::POD_CIDR),
-        ]);
-        plane.spawn(
-            "kube-controller-manager",
-            &bin("kube-controller-manager"),
-            &kcm_args,
-        )?;
-        plane.spawn(
-            "kube-scheduler",
-            &bin("kube-scheduler"),
-            &common(&sched_kubeconfig, SCHEDULER_PORT),
-        )?;
-        plane
-            .wait_http(
+        if opts.controllers {
+            let mut kcm_args = common(&kcm_kubeconfig, KCM_PORT);
+            kcm_args.extend([
+                // Every default controller, named ones spelled out so a changed default fails loudly.
+                "--controllers=*,deployment-controller,replicaset-controller,endpointslice-controller,endpoints-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,node-lifecycle-controller".into(),
+                "--use-service-account-credentials=true".into(),
+                format!("--service-account-private-key-file={}", p(&sa_key)),
+                format!("--root-ca-file={ca_s}"),
+                format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+                format!("--cluster-cidr={}", crate::netns::POD_CIDR),
+            ]);
+            plane.spawn(
                 "kube-controller-manager",
-                &format!("https://127.0.0.1:{KCM_PORT}"),
-                "/healthz",
-            )
-            .await?;
-        plane
-            .wait_http(
+                &bin("kube-controller-manager"),
+                &kcm_args,
+            )?;
+            plane.spawn(
                 "kube-scheduler",
-                &format!("https://127.0.0.1:{SCHEDULER_PORT}"),
-                "/healthz",
-            )
-            .await?;
+                &bin("kube-scheduler"),
+                &common(&sched_kubeconfig, SCHEDULER_PORT),
+            )?;
+            plane
+                .wait_http(
+                    "kube-controller-manager",
+                    &format!("https://127.0.0.1:{KCM_PORT}"),
+                    "/healthz",
+                )
+                .await?;
+            plane
+                .wait_http(
+                    "kube-scheduler",
+                    &format!("https://127.0.0.1:{SCHEDULER_PORT}"),
+                    "/healthz",
+                )
+                .await?;
+        }
         let client = plane.client().await?;
         let v: serde_json::Value = serde_json::from_str(
             &client
@@ -497,6 +505,15 @@ impl ControlPlane {
             c.check()?;
         }
         Ok(())
+    }
+
+    /// The PID of component `name` (`etcd`, `kube-apiserver`, …), when it was started.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        let components = self.components.lock().unwrap();
+        components
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.child.id())
     }
 
     /// The log of component `name` (`etcd`, `kube-apiserver`, …).

@@ -3,7 +3,7 @@
 //!
 //!     cargo build --bin readygate && cargo run --example bench_memory
 //!     (options: --pods 10000 --gated 10000 --services 1000 --bindings 1000 --namespaces 50
-//!      --only real --keep DIR)
+//!      --only real --keep DIR --api fake|real|both --takeovers 3 --status all|gated)
 //!
 //! (dev profile; the heap figures are the same in release, only the time and the binary's own
 //! pages differ.) The parent generates realistic objects once — labels, annotations, owner
@@ -28,24 +28,53 @@
 //! re-list of the pods (what the watcher does after `410 Gone`).
 //!
 //! Last, the real binary (`$READYGATE_BIN`, else `target/release/readygate`, else
-//! `target/debug/readygate`) runs against an in-process API server on 127.0.0.1 that serves the
-//! same objects as lists paged by the `limit` the client asks for, holds watches open, and
-//! answers the Lease (get, create, patch), status PATCHes and Events; ELBv2 points at a closed
-//! port. One process at a time, VmRSS / VmHWM from /proc/PID/status:
+//! `target/debug/readygate`) runs as separate processes, one at a time, against an API server
+//! chosen with `--api` (ELBv2 at a closed port; VmRSS / VmHWM from /proc/PID/status):
 //!
-//! - webhook-only (`--controller false`), first with empty lists, then with the objects: it must
+//! - `--api fake` (the default): an in-process API server on 127.0.0.1 that serves the same
+//!   objects, byte for byte, as lists paged by the `limit` the client asks for, holds watches
+//!   open, and answers the Lease (get, create, patch), status PATCHes and Events. It measures
+//!   readygate's own cost apart from an API server's speed.
+//! - `--api real`: the rig's kube-apiserver and etcd (`rig::cluster`, in the rig's private
+//!   network namespace; no controller-manager or scheduler, which would garbage-collect or
+//!   bind the bench's pods; `$RIG_K8S_BIN_DIR` names prebuilt binaries), etcd's quota raised to
+//!   four times the objects' JSON when that is above the rig's 8 GiB. The bench loads the
+//!   objects first (32 requests in flight: the pods' ServiceAccounts, Services, bindings, then
+//!   each pod created and its status written through the status subresource; `--status gated`
+//!   writes only the gated pods' status), as a client writes them: the server sets uid,
+//!   resourceVersion, clusterIP and its own managedFields (two entries per pod, the bench's
+//!   create and status write, where the generated pods carry two or three). readygate
+//!   authenticates as a user of its own, and what it asked for (its pod lists page by page, its
+//!   Lease writes, status PATCHes, Events, the `limit` of each list) is read back from the API
+//!   server's audit log; the Lease is held by the bench through the API server, and a watch
+//!   of it tells when readygate took it (its first write after the expiry only clears the
+//!   holder, as the fake server sees too). The load's rate, kube-apiserver's and etcd's
+//!   memory and etcd's database size are printed too. kube-apiserver keeps about 120 MiB per
+//!   1,000 of these pods (decoded in its watch cache, with their events), so the bench starts
+//!   the control plane with `GOMEMLIMIT=10GiB` unless one is set: at 100,000 pods its heap
+//!   sits at that limit, which slows the lists it serves.
+//! - `--api both`: the two one after the other in the same run, then side by side with the
+//!   ratio real / fake.
+//!
+//! Each runs the same sequence:
+//!
+//! - webhook-only (`--controller false`), first with no objects, then with the objects: it must
 //!   list no pods;
 //! - a follower (`--controller true` while the bench's own holder renews the Lease): no pods
 //!   either; then the holder stops renewing and the follower takes over once the lease has
 //!   expired: the takeover time runs from that expiry to the last page of the new leader's pod
-//!   list; then the leader's RSS, and a pod re-list after `410 Gone`;
+//!   list (`--takeovers N` times, 3 by default, the median printed); then the leader's RSS, and
+//!   a pod re-list on the leader. The fake server forces it by ending the pod watch with
+//!   `410 Gone`; a real API server cannot be told to expire a watch, so there the bench opts an
+//!   empty namespace in (or out again), on which readygate lists the pods again the same way
+//!   (a new watcher, its list applied in place over the pods it holds);
 //! - the baseline, same run: the same objects with every namespace opted in, so the leader keeps
 //!   every pod, as every replica did before pods were the leader's alone.
 //!
 //! The issue's shape (100,000 pods of which 10,000 gated, 10,000 Services and bindings):
 //!
-//!     cargo build --release --bin readygate && cargo run --example bench_memory -- \
-//!         --pods 100000 --gated 10000 --services 10000 --bindings 10000 --only real
+//!     cargo build --release --bin readygate && cargo run --release --example bench_memory -- \
+//!         --pods 100000 --gated 10000 --services 10000 --bindings 10000 --only real --api real
 //!
 //! (`--gated N`: only the first N pods belong to the Services, in opted-in namespaces; the
 //! others are other workloads in namespaces that are not opted in, without our gate.)
@@ -587,7 +616,7 @@ fn binding_json(l: &Shape, b: usize) -> Value {
         "metadata": {
             "name": format!("{app}-tgb"), "namespace": ns, "uid": uuid(seed), "resourceVersion": format!("{}", 460_000_000 + b),
             "generation": 1, "creationTimestamp": created, "finalizers": ["elbv2.k8s.aws/resources"],
-            "labels": { "ingress.k8s.aws/stack-name": app, "ingress.k8s.aws/stack-namespace": ns, "ingress.k8s.aws/resource": format!("{ns}/{app}-http:80") },
+            "labels": { "ingress.k8s.aws/stack-name": app, "ingress.k8s.aws/stack-namespace": ns, "ingress.k8s.aws/resource": format!("{ns}.{app}-http-80") }, // a label value: no '/' or ':'
             "managedFields": [
                 managed_field("controller", "Update", None, "elbv2.k8s.aws/v1beta1", &created, json!({
                     "f:metadata": { "f:finalizers": { ".": {}, "v:\"elbv2.k8s.aws/resources\"": {} },
@@ -1108,750 +1137,43 @@ const VARIANTS: [(&str, &str); 4] = [
     ("stripped", "reflector stores, managedFields stripped"),
 ];
 
-// ---------------------------------------------------------------------------------------------
-// The real binary: `readygate serve --controller false` against an API server that answers
-// the four lists (paged by the client's `limit` and `continue`) and holds watches open without
-// events.
+mod apiserver;
+mod real;
 
-mod real {
-    use std::collections::{BTreeMap, BTreeSet, HashMap};
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant, SystemTime};
-
-    use axum::body::{Body, Bytes};
-    use axum::extract::{Query, State};
-    use axum::http::{Method, StatusCode, Uri, header};
-    use axum::response::{IntoResponse, Response};
-    use serde_json::{Value, json};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    use super::{KINDS, Kind, Shape, list_body, mib};
-
-    type Lists = HashMap<&'static str, ((&'static str, &'static str), Vec<String>)>;
-
-    const PODS: &str = "/api/v1/pods";
-    const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/readygate-system/leases";
-    const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/readygate-system/leases/readygate";
-    /// The lease duration readygate writes; the bench's own holder uses it too.
-    const LEASE_SECS: u64 = 15;
-    /// The bench's stand-in for another replica holding the lease.
-    const HOLDER: &str = "bench-holder";
-
-    struct Server {
-        lists: Lists,
-        /// The Namespace list: only the gated pods' namespaces opted in, and every one opted in.
-        namespaces: [Vec<String>; 2],
-        every_namespace_opted_in: AtomicBool,
-        /// Serve empty lists (the process without objects).
-        empty: AtomicBool,
-        /// The `limit` each list path was asked with ("-" for none).
-        limits: Mutex<BTreeMap<String, BTreeSet<String>>>,
-        /// Bumped to end the open pod watches with `410 Gone`, which makes the watcher re-list.
-        expire_pods: AtomicUsize,
-        /// Pod lists started (first pages asked for) and complete (last pages served), and when
-        /// the last one completed.
-        pod_list_starts: AtomicUsize,
-        pod_lists: AtomicUsize,
-        last_pod_list: Mutex<Option<Instant>>,
-        /// The Lease's spec, when it exists.
-        lease: Mutex<Option<serde_json::Map<String, Value>>>,
-        /// The bench's holder renews the lease (every 5 s) while set; when it last did.
-        holder_alive: AtomicBool,
-        holder_renewed: Mutex<Option<Instant>>,
-        /// The last time a readygate replica took the lease, and who.
-        acquired: Mutex<Option<(String, Instant)>>,
-        /// Status PATCHes and Event POSTs answered.
-        writes: AtomicUsize,
-    }
-
-    fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
-        (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-    }
-
-    fn not_found() -> Response {
-        let status = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#;
-        json_response(StatusCode::NOT_FOUND, status.as_bytes().to_vec())
-    }
-
-    fn lease_json(spec: &serde_json::Map<String, Value>) -> Vec<u8> {
-        serde_json::to_vec(&json!({
-            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-            "metadata": { "name": "readygate", "namespace": "readygate-system", "uid": "lease-1", "resourceVersion": "1" },
-            "spec": spec
-        }))
-        .expect("serialise")
-    }
-
-    /// The Lease, as kube-lease-manager uses it: get, create, and patches (apply or strategic
-    /// merge) of `spec` whose nulls remove a field.
-    fn lease(server: &Server, method: &Method, path: &str, body: &[u8]) -> Response {
-        let mut lease = server.lease.lock().unwrap_or_else(|e| e.into_inner());
-        match (method, path) {
-            (&Method::GET, LEASE) => match lease.as_ref() {
-                Some(spec) => json_response(StatusCode::OK, lease_json(spec)),
-                None => not_found(),
-            },
-            (&Method::POST, LEASES) => {
-                let spec = lease.get_or_insert_with(Default::default);
-                json_response(StatusCode::CREATED, lease_json(spec))
-            }
-            (&Method::PATCH, LEASE) => {
-                let Some(spec) = lease.as_mut() else {
-                    return not_found();
-                };
-                let patch: Value = serde_json::from_slice(body).unwrap_or_default();
-                let before = spec.get("holderIdentity").cloned();
-                if let Some(fields) = patch.get("spec").and_then(Value::as_object) {
-                    for (k, v) in fields {
-                        match v {
-                            Value::Null => spec.remove(k),
-                            v => spec.insert(k.clone(), v.clone()),
-                        };
-                    }
-                }
-                if let Some(Value::String(holder)) = spec.get("holderIdentity")
-                    && before.as_ref() != spec.get("holderIdentity")
-                {
-                    *server.acquired.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some((holder.clone(), Instant::now()));
-                }
-                json_response(StatusCode::OK, lease_json(spec))
-            }
-            _ => not_found(),
-        }
-    }
-
-    /// The bench's holder: renews the lease every 5 s while `holder_alive` (for at most an hour).
-    async fn hold(server: Arc<Server>) {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(3600) {
-            if server.holder_alive.load(Ordering::Relaxed) {
-                let mut spec = serde_json::Map::new();
-                let now = jiff::Timestamp::now().to_string();
-                spec.insert("holderIdentity".into(), json!(HOLDER));
-                spec.insert("acquireTime".into(), json!(now));
-                spec.insert("renewTime".into(), json!(now));
-                spec.insert("leaseDurationSeconds".into(), json!(LEASE_SECS));
-                *server.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some(spec);
-                *server
-                    .holder_renewed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-            }
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        }
-    }
-
-    async fn handle(
-        State(server): State<Arc<Server>>,
-        method: Method,
-        uri: Uri,
-        Query(q): Query<HashMap<String, String>>,
-        body: Bytes,
-    ) -> Response {
-        let path = uri.path();
-        if path.starts_with(LEASES) {
-            return lease(&server, &method, path, &body);
-        }
-        // The leader's writes: pod conditions and Events.
-        if method == Method::PATCH && path.ends_with("/status") {
-            server.writes.fetch_add(1, Ordering::Relaxed);
-            let name = path.rsplit('/').nth(1).unwrap_or("pod");
-            let pod = json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name } });
-            return json_response(StatusCode::OK, serde_json::to_vec(&pod).expect("serialise"));
-        }
-        if method == Method::POST && path.ends_with("/events") {
-            server.writes.fetch_add(1, Ordering::Relaxed);
-            return json_response(StatusCode::CREATED, body.to_vec());
-        }
-        let namespaces;
-        let (kind, items) = match path {
-            "/api/v1/namespaces" => {
-                let every = server.every_namespace_opted_in.load(Ordering::Relaxed);
-                namespaces = (
-                    ("v1", "NamespaceList"),
-                    &server.namespaces[usize::from(every)],
-                );
-                (&namespaces.0, namespaces.1)
-            }
-            _ => match server.lists.get(path) {
-                Some((kind, items)) => (kind, items),
-                None => return not_found(),
-            },
-        };
-        if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
-            // A watch that sees no change and ends at its timeout, or (pods) with 410 Gone.
-            let secs = q
-                .get("timeoutSeconds")
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(290u64)
-                .min(600);
-            let pods = path == PODS;
-            let generation = server.expire_pods.load(Ordering::Relaxed);
-            let server = server.clone();
-            let stream = futures::stream::once(async move {
-                let end = Instant::now() + Duration::from_secs(secs);
-                while Instant::now() < end {
-                    if pods && server.expire_pods.load(Ordering::Relaxed) != generation {
-                        let gone = r#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","status":"Failure","message":"too old resource version","reason":"Expired","code":410}}"#;
-                        return Ok::<Bytes, std::io::Error>(Bytes::from(format!("{gone}\n")));
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Ok(Bytes::new())
-            });
-            return (
-                [(header::CONTENT_TYPE, "application/json")],
-                Body::from_stream(stream),
-            )
-                .into_response();
-        }
-        server
-            .limits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(path.to_string())
-            .or_default()
-            .insert(q.get("limit").cloned().unwrap_or_else(|| "-".into()));
-        let limit = q
-            .get("limit")
-            .and_then(|l| l.parse().ok())
-            .filter(|l| *l > 0)
-            .unwrap_or(usize::MAX);
-        let page = q
-            .get("continue")
-            .and_then(|c| c.strip_prefix("page-"))
-            .and_then(|n| n.parse::<usize>().ok())
-            .unwrap_or(0);
-        let items: &[String] = if server.empty.load(Ordering::Relaxed) {
-            &[]
-        } else {
-            items
-        };
-        let start = page.saturating_mul(limit).min(items.len());
-        let end = start.saturating_add(limit).min(items.len());
-        let next = (end < items.len()).then_some(page + 1);
-        if path == PODS && page == 0 {
-            server.pod_list_starts.fetch_add(1, Ordering::Relaxed);
-        }
-        let body = list_body(*kind, &items[start..end], next);
-        if next.is_none() && path == PODS {
-            server.pod_lists.fetch_add(1, Ordering::Relaxed);
-            *server
-                .last_pod_list
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-        }
-        json_response(StatusCode::OK, body)
-    }
-
-    fn status(pid: u32) -> (u64, u64) {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let field = |name: &str| {
-            text.lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-
-    /// (anonymous, file-backed) resident KiB from /proc/PID/smaps_rollup: the heap and stacks,
-    /// and the binary's own pages.
-    fn rollup(pid: u32) -> (u64, u64) {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-        let field = |name: &str| -> u64 {
-            text.lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        let anon = field("Anonymous:");
-        (anon, field("Rss:").saturating_sub(anon))
-    }
-
-    /// Resets VmHWM to the current RSS (`clear_refs` 5); whether it worked.
-    fn reset_peak(pid: u32) -> bool {
-        std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok() && {
-            let (r, h) = status(pid);
-            h <= r + 1024
-        }
-    }
-
-    /// GET `path` on the admin port: (HTTP status line ok, body).
-    async fn admin_get(admin: std::net::SocketAddr, path: &str) -> Option<(bool, String)> {
-        let mut conn = tokio::net::TcpStream::connect(admin).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
-        conn.write_all(req.as_bytes()).await.ok()?;
-        let mut answer = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn.read_to_end(&mut answer)).await;
-        let text = String::from_utf8_lossy(&answer).into_owned();
-        Some((text.starts_with("HTTP/1.1 200"), text))
-    }
-
-    async fn ready(admin: std::net::SocketAddr) -> bool {
-        admin_get(admin, "/readyz").await.is_some_and(|(ok, _)| ok)
-    }
-
-    /// `readygate_cached_pods` from /metrics.
-    async fn cached_pods(admin: std::net::SocketAddr) -> Option<u64> {
-        let (_, text) = admin_get(admin, "/metrics").await?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("readygate_cached_pods "))
-            .and_then(|v| v.trim().parse().ok())
-    }
-
-    fn binary() -> Option<PathBuf> {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        [
-            std::env::var_os("READYGATE_BIN").map(PathBuf::from),
-            Some(target.join("release/readygate")),
-            Some(target.join("debug/readygate")),
-        ]
-        .into_iter()
-        .flatten()
-        .find(|p| p.is_file())
-    }
-
-    /// Newest modification time under `src/`, to tell a stale binary.
-    fn newest_source() -> Option<SystemTime> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        let mut newest = None;
-        let mut dirs = vec![dir];
-        while let Some(d) = dirs.pop() {
-            for e in std::fs::read_dir(d).ok()?.flatten() {
-                let Ok(m) = e.metadata() else { continue };
-                if m.is_dir() {
-                    dirs.push(e.path());
-                } else if let Ok(t) = m.modified() {
-                    newest = newest.max(Some(t));
-                }
-            }
-        }
-        newest
-    }
-
-    /// One readygate process.
-    struct Replica {
-        child: Child,
-        admin: std::net::SocketAddr,
-        started: Instant,
-    }
-
-    impl Replica {
-        fn start(bin: &Path, work: &Path, kubeconfig: &Path, controller: Option<&str>) -> Self {
-            let admin = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port");
-            // ELBv2 at a closed port: the leader has nothing to ask it here (every gate is
-            // True), and its calls would fail and back off.
-            let closed = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port");
-            let log = std::fs::File::create(
-                work.join(format!("readygate-{}.log", controller.unwrap_or("webhook"))),
-            )
-            .expect("log");
-            let certs = work.join("certs");
-            let mut cmd = Command::new(bin);
-            cmd.arg("serve")
-                .args([
-                    "--webhook-addr",
-                    "127.0.0.1:0",
-                    "--admin-addr",
-                    &admin.to_string(),
-                ])
-                .args([
-                    "--log-format",
-                    "text",
-                    "--lease-namespace",
-                    "readygate-system",
-                ])
-                .arg("--tls-cert")
-                .arg(certs.join("tls.crt"))
-                .arg("--tls-key")
-                .arg(certs.join("tls.key"))
-                .env("KUBECONFIG", kubeconfig)
-                .env(
-                    "AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2",
-                    format!("http://{closed}"),
-                )
-                .env("AWS_REGION", "us-east-1")
-                .env("AWS_ACCESS_KEY_ID", "bench")
-                .env("AWS_SECRET_ACCESS_KEY", "bench")
-                .env("AWS_EC2_METADATA_DISABLED", "true")
-                .env_remove("AWS_PROFILE")
-                .env_remove("AWS_SESSION_TOKEN")
-                .env_remove("MALLOC_ARENA_MAX")
-                .stdout(Stdio::null())
-                .stderr(log);
-            match controller {
-                Some(identity) => cmd.args(["--controller", "true", "--identity", identity]),
-                None => cmd.args(["--controller", "false"]),
-            };
-            let child = cmd.spawn().expect("start readygate serve");
-            Self {
-                child,
-                admin,
-                started: Instant::now(),
-            }
-        }
-
-        fn pid(&self) -> u32 {
-            self.child.id()
-        }
-
-        /// Waits (at most 180 s) for `/readyz`; the time it took.
-        async fn ready(&mut self) -> Option<Duration> {
-            while self.started.elapsed() < Duration::from_secs(180) {
-                if let Ok(Some(exit)) = self.child.try_wait() {
-                    println!("  readygate serve exited early ({exit})");
-                    return None;
-                }
-                if ready(self.admin).await {
-                    return Some(self.started.elapsed());
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            None
-        }
-
-        /// Stops the process by its PID.
-        fn stop(mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    /// Waits (at most `within`) until the API server has served a complete pod list after
-    /// `lists` of them; when the last page went out.
-    async fn pods_listed(server: &Server, lists: usize, within: Duration) -> Option<Instant> {
-        let start = Instant::now();
-        while start.elapsed() < within {
-            if server.pod_lists.load(Ordering::Relaxed) > lists {
-                return *server
-                    .last_pod_list
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
-    }
-
-    fn verdict(kib: u64, peak: u64, target_mib: u64) -> &'static str {
-        match (kib <= target_mib * 1024, peak <= target_mib * 1024) {
-            (true, true) => "met (peak too)",
-            (true, false) => "met (peak above)",
-            (false, _) => "NOT met",
-        }
-    }
-
-    pub fn measure(dir: &Path, shape: &Shape) {
-        println!();
-        let Some(bin) = binary() else {
-            println!(
-                "real binary: skipped (no target/release/readygate nor target/debug/readygate; run `cargo build --release --bin readygate` first)"
-            );
-            return;
-        };
-        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
-        let stale = matches!((built, newest_source()), (Some(b), Some(s)) if b < s);
-        let work = tempfile::tempdir().expect("temp dir");
-        let ok = Command::new(&bin)
-            .args(["certs", "--out"])
-            .arg(work.path().join("certs"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            println!("real binary: skipped (`{} certs` failed)", bin.display());
-            return;
-        }
-        let mut lists: Lists = HashMap::new();
-        for kind in KINDS {
-            let text = std::fs::read_to_string(dir.join(kind.file())).expect("read objects");
-            let path = match kind {
-                Kind::Binding => "/apis/elbv2.k8s.aws/v1beta1/targetgroupbindings",
-                Kind::Service => "/api/v1/services",
-                Kind::Pod => PODS,
-            };
-            lists.insert(
-                path,
-                (kind.list_kind(), text.lines().map(str::to_string).collect()),
-            );
-        }
-        let namespace = |name: &str, opted_in: bool| {
-            let opt_in = if opted_in {
-                r#","elbv2.k8s.aws/pod-readiness-gate-inject":"enabled""#
-            } else {
-                ""
-            };
-            format!(
-                r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"{name}","uid":"ns-{name}","resourceVersion":"1","labels":{{"kubernetes.io/metadata.name":"{name}"{opt_in}}}}},"spec":{{"finalizers":["kubernetes"]}},"status":{{"phase":"Active"}}}}"#
-            )
-        };
-        let namespaces = [false, true].map(|every| {
-            (0..shape.namespaces)
-                .flat_map(|i| {
-                    [
-                        namespace(&format!("team-{i:02}"), true),
-                        namespace(&format!("jobs-{i:02}"), every),
-                    ]
-                })
-                .collect()
-        });
-        let kept = (0..shape.pods)
-            .filter(|&p| shape.is_gated(p) && shape.has_binding(shape.service_of_pod(p)))
-            .count();
-
-        let server = Arc::new(Server {
-            lists,
-            namespaces,
-            every_namespace_opted_in: AtomicBool::new(false),
-            empty: AtomicBool::new(false),
-            limits: Mutex::default(),
-            expire_pods: AtomicUsize::new(0),
-            pod_list_starts: AtomicUsize::new(0),
-            pod_lists: AtomicUsize::new(0),
-            last_pod_list: Mutex::default(),
-            lease: Mutex::default(),
-            holder_alive: AtomicBool::new(false),
-            holder_renewed: Mutex::default(),
-            acquired: Mutex::default(),
-            writes: AtomicUsize::new(0),
-        });
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let api = listener.local_addr().expect("addr");
-            let app = axum::Router::new().fallback(handle).with_state(server.clone());
-            tokio::spawn(async move { axum::serve(listener, app).await });
-            tokio::spawn(hold(server.clone()));
-            let kubeconfig = work.path().join("kubeconfig");
-            std::fs::write(
-                &kubeconfig,
-                format!(
-                    "apiVersion: v1\nkind: Config\nclusters:\n- name: bench\n  cluster:\n    server: http://{api}\ncontexts:\n- name: bench\n  context:\n    cluster: bench\n    user: bench\ncurrent-context: bench\nusers:\n- name: bench\n  user: {{}}\n"
-                ),
-            )
-            .expect("kubeconfig");
-            println!(
-                "real binary {}{}: `readygate serve` against a local API server on 127.0.0.1 (lists, watches, the Lease, status PATCHes and Events)",
-                bin.display(),
-                if stale { " (OLDER than src/: rebuild it)" } else { "" }
-            );
-            println!(
-                "  cluster: {} pods, of which {kept} carry a gate, in {} opted-in namespaces; the other {} in {} namespaces not opted in, without our gate",
-                shape.pods,
-                shape.namespaces,
-                shape.pods - kept,
-                shape.namespaces
-            );
-            let starts = || server.pod_list_starts.load(Ordering::Relaxed);
-
-            // 1. The process alone: empty lists.
-            server.empty.store(true, Ordering::Relaxed);
-            let mut r = Replica::start(&bin, work.path(), &kubeconfig, None);
-            let synced = r.ready().await;
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            let alone = status(r.pid());
-            r.stop();
-            server.empty.store(false, Ordering::Relaxed);
-            println!(
-                "  {:<44} ready in {:>5}: RSS {:>6.1} MiB, peak {:>6.1} MiB",
-                "webhook-only, no objects (empty lists)",
-                synced.map_or("never".into(), |t| format!("{:.1} s", t.as_secs_f64())),
-                mib(alone.0),
-                mib(alone.1)
-            );
-
-            // 2. A webhook-only replica.
-            let before = starts();
-            let mut r = Replica::start(&bin, work.path(), &kubeconfig, None);
-            let synced = r.ready().await;
-            let at_ready = status(r.pid());
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            let webhook = status(r.pid());
-            let webhook_split = rollup(r.pid());
-            let webhook_peak = webhook.1.max(at_ready.1);
-            let webhook_pods = cached_pods(r.admin).await;
-            r.stop();
-            let webhook_lists = starts() - before;
-            println!(
-                "  {:<44} ready in {:>5}: RSS {:>6.1} MiB (5 s later {:>6.1} MiB), peak {:>6.1} MiB; pod lists {webhook_lists}, cached pods {}; target <= 48 MiB: {}",
-                "webhook-only replica (--controller false)",
-                synced.map_or("never".into(), |t| format!("{:.1} s", t.as_secs_f64())),
-                mib(at_ready.0),
-                mib(webhook.0),
-                mib(webhook_peak),
-                webhook_pods.map_or("?".into(), |n| n.to_string()),
-                verdict(webhook.0.max(at_ready.0), webhook_peak, 48)
-            );
-            println!(
-                "  {:<44} of which anonymous (heap, stacks) {:.1} MiB, file-backed (the binary's pages) {:.1} MiB",
-                "",
-                mib(webhook_split.0),
-                mib(webhook_split.1)
-            );
-
-            // 3. A follower (another replica holds the lease), then its takeover.
-            server.holder_alive.store(true, Ordering::Relaxed);
-            while server.holder_renewed.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            let before = starts();
-            let mut r = Replica::start(&bin, work.path(), &kubeconfig, Some("bench-follower"));
-            let synced = r.ready().await;
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            let follower = status(r.pid());
-            let follower_pods = cached_pods(r.admin).await;
-            let follower_lists = starts() - before;
-            println!(
-                "  {:<44} ready in {:>5}: RSS {:>6.1} MiB 10 s later, peak {:>6.1} MiB; pod lists {follower_lists}, cached pods {}",
-                "follower (--controller true, lease held)",
-                synced.map_or("never".into(), |t| format!("{:.1} s", t.as_secs_f64())),
-                mib(follower.0),
-                mib(follower.1),
-                follower_pods.map_or("?".into(), |n| n.to_string()),
-            );
-            // The holder goes away: it stops renewing, and the lease is free once it expires.
-            let reset = reset_peak(r.pid());
-            server.holder_alive.store(false, Ordering::Relaxed);
-            let renewed = server
-                .holder_renewed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .expect("renewed");
-            let free = renewed + Duration::from_secs(LEASE_SECS);
-            let lists = server.pod_lists.load(Ordering::Relaxed);
-            let listed = pods_listed(&server, lists, Duration::from_secs(LEASE_SECS + 180)).await;
-            let acquired = server
-                .acquired
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-                .filter(|(who, t)| who == "bench-follower" && *t >= renewed);
-            let mut takeover = None;
-            match (acquired, listed) {
-                (Some((_, taken)), Some(listed)) => {
-                    let secs = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64();
-                    takeover = Some(secs(free, listed));
-                    println!(
-                        "  takeover at {} pods: lease free (expired) -> all pods listed by the new leader {:.1} s (lease taken {:.1} s after it was free, pods listed {:.1} s after that)",
-                        shape.pods,
-                        secs(free, listed),
-                        secs(free, taken),
-                        secs(taken, listed)
-                    );
-                }
-                (acquired, listed) => println!(
-                    "  takeover: not seen within {} s (lease taken: {}, pods listed: {})",
-                    LEASE_SECS + 180,
-                    acquired.is_some(),
-                    listed.is_some()
-                ),
-            }
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            let leader = status(r.pid());
-            let leader_pods = cached_pods(r.admin).await;
-            println!(
-                "  {:<44} RSS {:>6.1} MiB 5 s after the list, peak during the takeover {}; cached pods {}; target <= 128 MiB: {}",
-                "leader (the follower, after its takeover)",
-                mib(leader.0),
-                if reset { format!("{:>6.1} MiB", mib(leader.1)) } else { "n/a (VmHWM not reset)".into() },
-                leader_pods.map_or("?".into(), |n| n.to_string()),
-                verdict(leader.0, if reset { leader.1 } else { 0 }, 128)
-            );
-            // A re-list on the leader: the pod watch ends with 410 Gone.
-            let reset = reset_peak(r.pid());
-            let lists = server.pod_lists.load(Ordering::Relaxed);
-            server.expire_pods.fetch_add(1, Ordering::Relaxed);
-            let start = Instant::now();
-            let relisted = pods_listed(&server, lists, Duration::from_secs(180)).await;
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            let relist = status(r.pid());
-            println!(
-                "  {:<44} {}: RSS {:>6.1} MiB 5 s later, peak during the re-list {}; target <= 128 MiB: {}",
-                "leader, pod re-list after 410 Gone",
-                relisted.map_or("not seen within 180 s".into(), |t| format!("listed in {:.1} s", t.saturating_duration_since(start).as_secs_f64())),
-                mib(relist.0),
-                if reset { format!("{:>6.1} MiB", mib(relist.1)) } else { "n/a (VmHWM not reset)".into() },
-                verdict(relist.0, if reset { relist.1 } else { 0 }, 128)
-            );
-            r.stop();
-
-            // 4. Baseline: the same objects with every namespace opted in, so the leader keeps
-            // every pod, as every replica (webhook-only and followers too) did before.
-            *server.lease.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            server.every_namespace_opted_in.store(true, Ordering::Relaxed);
-            let lists = server.pod_lists.load(Ordering::Relaxed);
-            let mut r = Replica::start(&bin, work.path(), &kubeconfig, Some("bench-baseline"));
-            let synced = r.ready().await;
-            let start = Instant::now();
-            let listed = pods_listed(&server, lists, Duration::from_secs(180)).await;
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            let all = status(r.pid());
-            let all_pods = cached_pods(r.admin).await;
-            r.stop();
-            println!(
-                "  {:<44} ready in {:>5}, pods listed {}: RSS {:>6.1} MiB 5 s later, peak {:>6.1} MiB; cached pods {}",
-                "baseline: every pod kept (all opted in)",
-                synced.map_or("never".into(), |t| format!("{:.1} s", t.as_secs_f64())),
-                listed.map_or("never".into(), |t| format!("{:.1} s later", t.saturating_duration_since(start).as_secs_f64())),
-                mib(all.0),
-                mib(all.1),
-                all_pods.map_or("?".into(), |n| n.to_string()),
-            );
-            server.every_namespace_opted_in.store(false, Ordering::Relaxed);
-            let ratio = |a: u64| a as f64 / all.0.max(1) as f64;
-            println!(
-                "  RSS ratios against that baseline (same run): leader {:.2}, follower {:.2}, webhook-only {:.2}; pods held: leader {} of {}",
-                ratio(leader.0),
-                ratio(follower.0),
-                ratio(webhook.0),
-                leader_pods.map_or("?".into(), |n| n.to_string()),
-                shape.pods
-            );
-            println!(
-                "  targets: leader <= 128 MiB {}; webhook-only <= 48 MiB {}; no pod list by the webhook-only replica or the follower: {}; takeover {}",
-                verdict(leader.0, 0, 128),
-                verdict(webhook.0.max(at_ready.0), 0, 48),
-                if webhook_lists == 0 && follower_lists == 0 { "met" } else { "NOT met" },
-                takeover.map_or("not measured".into(), |t| format!("{t:.1} s"))
-            );
-            println!(
-                "  writes answered (status PATCHes, Events): {}",
-                server.writes.load(Ordering::Relaxed)
-            );
-            let limits = server.limits.lock().unwrap_or_else(|e| e.into_inner());
-            let asked: Vec<String> = limits
-                .iter()
-                .map(|(path, l)| format!("{path} {}", l.iter().cloned().collect::<Vec<_>>().join(",")))
-                .collect();
-            println!("  list `limit` the binary asked for: {}", asked.join("; "));
-        });
-        rt.shutdown_timeout(Duration::from_secs(1));
-    }
-}
+/// `GOMEMLIMIT` for the real control plane's Go processes.
+const GO_MEM_LIMIT: &str = "10GiB";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let (Some(variant), Some(dir)) = (arg(&args, "--child"), arg(&args, "--dir")) {
         child(variant, Path::new(dir));
         return;
+    }
+    let api = match arg(&args, "--api").unwrap_or("fake") {
+        "fake" => real::Api::Fake,
+        "real" => real::Api::Real,
+        "both" => real::Api::Both,
+        other => panic!("--api {other}: fake, real or both"),
+    };
+    let status_of = match arg(&args, "--status").unwrap_or("all") {
+        "all" => apiserver::StatusOf::All,
+        "gated" => apiserver::StatusOf::Gated,
+        other => panic!("--status {other}: all or gated"),
+    };
+    let takeovers = num(&args, "--takeovers", 3).max(1);
+    if api != real::Api::Fake {
+        // The rig's control plane lives in a private network namespace: enter it before any
+        // thread starts, so that the runtime's threads and every process started inherit it.
+        rig::netns::enter().expect("entering the rig's network namespace");
+        // kube-apiserver's heap grows by about 120 MiB per 1,000 of the bench's pods (its watch
+        // cache keeps them decoded, and their events): a soft limit on the Go heap of the
+        // control plane it starts keeps it from taking the shared machine's memory at 100,000
+        // pods (unless the caller set one).
+        if std::env::var_os("GOMEMLIMIT").is_none() {
+            // SAFETY: no other thread has started yet.
+            unsafe { std::env::set_var("GOMEMLIMIT", GO_MEM_LIMIT) };
+        }
+        readygate::install_crypto_provider();
     }
     let shape = Shape {
         namespaces: num(&args, "--namespaces", 50).max(1),
@@ -1910,7 +1232,7 @@ fn main() {
     eprintln!("  generated in {:.1}s", t.elapsed().as_secs_f64());
 
     if arg(&args, "--only") == Some("real") {
-        real::measure(dir, &shape);
+        real::measure(dir, &shape, api, takeovers, status_of);
         return;
     }
     let mut reports = BTreeMap::new();
@@ -1995,5 +1317,5 @@ fn main() {
         mib_b(rg.live("relisted")),
         mib_at("relisted_trimmed"),
     );
-    real::measure(dir, &shape);
+    real::measure(dir, &shape, api, takeovers, status_of);
 }

@@ -365,15 +365,7 @@ impl Stage {
             })
             .collect();
         logs.sort();
-        let mut out = String::new();
-        for log in logs {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let all: Vec<&str> = text.lines().collect();
-            out.push_str(&format!("--- {}\n", log.display()));
-            out.push_str(&all[all.len().saturating_sub(lines)..].join("\n"));
-            out.push('\n');
-        }
-        out
+        tail_of(&logs, lines)
     }
 }
 
@@ -600,15 +592,7 @@ impl Deployed {
 
     /// The last lines of every container log of readygate's pods.
     pub fn log_tail(&self, lines: usize) -> String {
-        let mut out = String::new();
-        for log in self.logs() {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let all: Vec<&str> = text.lines().collect();
-            out.push_str(&format!("--- {}\n", log.display()));
-            out.push_str(&all[all.len().saturating_sub(lines)..].join("\n"));
-            out.push('\n');
-        }
-        out
+        tail_of(&self.logs(), lines)
     }
 
     /// Deletes the Deployment (its ReplicaSet and pods go with it, each terminated by the node
@@ -637,4 +621,17 @@ impl Deployed {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// The last `lines` lines of each log, each under a `--- PATH` header.
+fn tail_of(logs: &[PathBuf], lines: usize) -> String {
+    let mut out = String::new();
+    for log in logs {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        out.push_str(&format!("--- {}\n", log.display()));
+        out.push_str(&all[all.len().saturating_sub(lines)..].join("\n"));
+        out.push('\n');
+    }
+    out
 }

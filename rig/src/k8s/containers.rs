@@ -21,7 +21,6 @@ use crate::time::{now_time, uuid};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -113,17 +112,7 @@ pub(crate) async fn run(
             return;
         }
     };
-    let mut writer = StatusWriter {
-        api,
-        name: name.clone(),
-        uid: uid.clone(),
-        container: plan.container.clone(),
-        image: plan.image.clone(),
-        ip,
-        started_at: now_time(),
-        written: BTreeMap::new(),
-        last: None,
-    };
+    let mut writer = StatusWriter::new(api, &name, &uid, &plan, ip);
     let mut c = Containers {
         running: false,
         waiting: Some(("ContainerCreating".into(), String::new())),

@@ -407,6 +407,21 @@ pub(crate) struct StatusWriter {
 }
 
 impl StatusWriter {
+    /// A writer for the pod `name` (`uid`) running `plan` on `ip`, started now, nothing written.
+    pub(crate) fn new(api: Api<Pod>, name: &str, uid: &str, plan: &PodPlan, ip: Ipv4Addr) -> Self {
+        Self {
+            api,
+            name: name.to_string(),
+            uid: uid.to_string(),
+            container: plan.container.clone(),
+            image: plan.image.clone(),
+            ip,
+            started_at: now_time(),
+            written: BTreeMap::new(),
+            last: None,
+        }
+    }
+
     /// The Ready condition: containers ready and every readiness gate True (a missing
     /// condition counts as False), with the kubelet's reasons and messages.
     fn ready(pod: &Value, c: &Containers, container: &str) -> (bool, Option<(String, String)>) {
@@ -605,17 +620,13 @@ async fn run_pod(ctx: Arc<NodeCtx>, client: Client, mut latest: watch::Receiver<
             }
         },
     };
-    let mut writer = StatusWriter {
-        api: api.clone(),
-        name: name.clone(),
-        uid: str_at(&pod, "/metadata/uid"),
-        container: plan.container.clone(),
-        image: plan.image.clone(),
+    let mut writer = StatusWriter::new(
+        api.clone(),
+        &name,
+        &str_at(&pod, "/metadata/uid"),
+        &plan,
         ip,
-        started_at: now_time(),
-        written: BTreeMap::new(),
-        last: None,
-    };
+    );
     let mut c = Containers::running_now();
     if !writer.write(&pod, &c, "Running").await {
         return;

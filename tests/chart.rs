@@ -17,7 +17,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -61,7 +60,7 @@ fn tool(name: &str, path: Option<PathBuf>, how: &str) -> Option<PathBuf> {
 fn helm() -> Option<PathBuf> {
     tool(
         "helm",
-        std::env::var_os("HELM_BIN").map(PathBuf::from),
+        rig::helm::binary(),
         "scripts/test builds it (rig/helm/build) and sets HELM_BIN",
     )
 }
@@ -74,19 +73,12 @@ fn kubectl() -> Option<PathBuf> {
     )
 }
 
-/// Runs a command; its stdout, or its stderr as the error.
+/// Runs a command (helm with its own cache and configuration); its stdout, or its stderr as the
+/// error.
 fn run(bin: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(bin)
+    let out = rig::helm::command(bin)
         .args(args)
         .current_dir(root())
-        .env(
-            "HELM_CACHE_HOME",
-            std::env::temp_dir().join("readygate-helm-cache"),
-        )
-        .env(
-            "HELM_CONFIG_HOME",
-            std::env::temp_dir().join("readygate-helm-config"),
-        )
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
     if out.status.success() {

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod deploy;
 pub mod elb;
 pub mod fault_proxy;
+pub mod helm;
 pub mod html;
 pub mod k8s;
 pub mod kubelet;

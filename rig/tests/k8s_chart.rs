@@ -3,79 +3,35 @@
 //! CRDs of the add-ons it can render objects for (cert-manager, the Prometheus Operator) from
 //! their Go modules (`rig/helm/addon-crds`). helm comes from `rig/helm/build` (`HELM_BIN`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+mod common;
 
-use std::io::Write as _;
+use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Runs a command (stdin fed from `input`); stdout, or the combined output as the error.
-fn run(bin: &Path, args: &[&str], input: Option<&str>) -> Result<String, String> {
-    let mut child = Command::new(bin)
-        .args(args)
-        .current_dir(root())
-        .env(
-            "HELM_CACHE_HOME",
-            std::env::temp_dir().join("readygate-helm-cache"),
-        )
-        .env(
-            "HELM_CONFIG_HOME",
-            std::env::temp_dir().join("readygate-helm-config"),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(input.unwrap_or_default().as_bytes())
-        .unwrap();
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    if out.status.success() {
-        Ok(text(&out.stdout))
-    } else {
-        Err(format!("{}{}", text(&out.stdout), text(&out.stderr)))
-    }
-}
-
-fn helm() -> Option<PathBuf> {
-    match std::env::var_os("HELM_BIN").map(PathBuf::from) {
-        Some(p) if p.is_file() => Some(p),
-        _ => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "helm is required under CI: scripts/test builds it (rig/helm/build) and sets HELM_BIN"
-            );
-            eprintln!("SKIPPED: set HELM_BIN (rig/helm/build prints it)");
-            None
-        }
-    }
-}
-
 #[test]
 fn every_rendering_of_the_chart_passes_the_api_servers_validation() {
-    let Some(helm) = helm() else { return };
+    let Some(helm) = common::helm() else { return };
     rig::cluster::test(|plane| async move {
-        let opts = rig::cluster::ControlPlaneOpts::build().unwrap();
-        let kubectl = opts.bin_dir.join("kubectl");
-        let kubeconfig = plane.admin_kubeconfig.to_str().unwrap().to_string();
+        let kubectl = common::kubectl();
+        let kubeconfig = plane.admin_kubeconfig.clone();
         let k = |args: &[&str], input: Option<&str>| {
-            let mut all = vec!["--kubeconfig", kubeconfig.as_str()];
-            all.extend_from_slice(args);
-            run(&kubectl, &all, input)
+            common::run(common::as_admin(&kubectl, &kubeconfig, args), input)
         };
+        let h = |args: &[&str]| common::run(common::as_admin(&helm, &kubeconfig, args), None);
 
         // The add-ons' CRDs, for real: the dry runs of their objects need them.
-        let crds =
-            run(&root().join("rig/helm/addon-crds"), &[], None).unwrap_or_else(|e| panic!("{e}"));
+        let crds = common::run(
+            std::process::Command::new(root().join("rig/helm/addon-crds")),
+            None,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
         for crd in crds.lines() {
             k(&["apply", "--server-side", "-f", crd], None)
+                .await
                 .unwrap_or_else(|e| panic!("{crd}: {e}"));
         }
         k(
@@ -90,6 +46,7 @@ fn every_rendering_of_the_chart_passes_the_api_servers_validation() {
             ],
             None,
         )
+        .await
         .unwrap_or_else(|e| panic!("{e}"));
 
         let chart = root().join("charts/readygate");
@@ -110,7 +67,9 @@ fn every_rendering_of_the_chart_passes_the_api_servers_validation() {
 
         for (i, (name, args)) in cases.iter().enumerate() {
             let ns = format!("chart-{i}");
-            k(&["create", "namespace", &ns], None).unwrap_or_else(|e| panic!("{e}"));
+            k(&["create", "namespace", &ns], None)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
             let mut all = vec![
                 "template",
                 "readygate",
@@ -119,13 +78,15 @@ fn every_rendering_of_the_chart_passes_the_api_servers_validation() {
                 ns.as_str(),
             ];
             all.extend(args.iter().map(String::as_str));
-            let yaml =
-                run(&helm, &all, None).unwrap_or_else(|e| panic!("helm template ({name}): {e}"));
+            let yaml = h(&all)
+                .await
+                .unwrap_or_else(|e| panic!("helm template ({name}): {e}"));
             let objects = yaml.matches("\nkind: ").count();
             let out = k(
                 &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
                 Some(&yaml),
             )
+            .await
             .unwrap_or_else(|e| {
                 panic!("{name}: the API server rejects the chart's rendering:\n{e}")
             });
@@ -142,24 +103,22 @@ fn every_rendering_of_the_chart_passes_the_api_servers_validation() {
 
         // The dry run does judge: a value the schema lets through (a string) but the API
         // server refuses.
-        let yaml = run(
-            &helm,
-            &[
-                "template",
-                "readygate",
-                chart.to_str().unwrap(),
-                "-n",
-                "chart-0",
-                "--set",
-                "podDisruptionBudget.minAvailable=most",
-            ],
-            None,
-        )
+        let yaml = h(&[
+            "template",
+            "readygate",
+            chart.to_str().unwrap(),
+            "-n",
+            "chart-0",
+            "--set",
+            "podDisruptionBudget.minAvailable=most",
+        ])
+        .await
         .unwrap();
         let err = k(
             &["apply", "--dry-run=server", "-n", "chart-0", "-f", "-"],
             Some(&yaml),
         )
+        .await
         .expect_err("minAvailable: most is accepted");
         assert!(err.contains("minAvailable"), "{err}");
     })
@@ -167,29 +126,21 @@ fn every_rendering_of_the_chart_passes_the_api_servers_validation() {
 
 #[test]
 fn helm_install_upgrade_and_uninstall_keep_the_tls_and_leave_nothing_behind() {
-    let Some(helm) = helm() else { return };
+    let Some(helm) = common::helm() else { return };
     rig::cluster::test(|plane| async move {
-        let opts = rig::cluster::ControlPlaneOpts::build().unwrap();
-        let kubectl = opts.bin_dir.join("kubectl");
-        let kubeconfig = plane.admin_kubeconfig.to_str().unwrap().to_string();
-        let k = |args: &[&str]| {
-            let mut all = vec!["--kubeconfig", kubeconfig.as_str()];
-            all.extend_from_slice(args);
-            run(&kubectl, &all, None)
-        };
-        let h = |args: &[&str]| {
-            let mut all = vec!["--kubeconfig", kubeconfig.as_str()];
-            all.extend_from_slice(args);
-            run(&helm, &all, None)
-        };
+        let kubectl = common::kubectl();
+        let kubeconfig = plane.admin_kubeconfig.clone();
+        let k = |args: &[&str]| common::run(common::as_admin(&kubectl, &kubeconfig, args), None);
+        let h = |args: &[&str]| common::run(common::as_admin(&helm, &kubeconfig, args), None);
         let chart = root().join("charts/readygate");
         let chart = chart.to_str().unwrap();
         let (release, ns) = ("life", "chart-life");
         let name = "life-readygate";
         let out = h(&["install", release, chart, "-n", ns, "--create-namespace"])
+            .await
             .unwrap_or_else(|e| panic!("helm install: {e}"));
         assert!(out.contains("STATUS: deployed"), "{out}");
-        let secret_json = || {
+        let secret_json = async || {
             let s = k(&[
                 "-n",
                 ns,
@@ -199,10 +150,11 @@ fn helm_install_upgrade_and_uninstall_keep_the_tls_and_leave_nothing_behind() {
                 "-o",
                 "json",
             ])
+            .await
             .unwrap_or_else(|e| panic!("{e}"));
             serde_json::from_str::<serde_json::Value>(&s).unwrap()["data"].clone()
         };
-        let bundle = || {
+        let bundle = async || {
             k(&[
                 "get",
                 "mutatingwebhookconfiguration",
@@ -210,11 +162,12 @@ fn helm_install_upgrade_and_uninstall_keep_the_tls_and_leave_nothing_behind() {
                 "-o",
                 "jsonpath={.webhooks[0].clientConfig.caBundle}",
             ])
+            .await
             .unwrap_or_else(|e| panic!("{e}"))
         };
-        let tls = secret_json();
+        let tls = secret_json().await;
         assert_eq!(
-            bundle(),
+            bundle().await,
             tls["ca.crt"].as_str().unwrap(),
             "the caBundle is the Secret's CA"
         );
@@ -230,10 +183,15 @@ fn helm_install_upgrade_and_uninstall_keep_the_tls_and_leave_nothing_behind() {
             "--set",
             "serve.pollInterval=1s",
         ])
+        .await
         .unwrap_or_else(|e| panic!("helm upgrade: {e}"));
         assert!(out.contains("REVISION: 2"), "{out}");
-        assert_eq!(secret_json(), tls, "helm upgrade kept the generated TLS");
-        assert_eq!(bundle(), tls["ca.crt"].as_str().unwrap());
+        assert_eq!(
+            secret_json().await,
+            tls,
+            "helm upgrade kept the generated TLS"
+        );
+        assert_eq!(bundle().await, tls["ca.crt"].as_str().unwrap());
         let args = k(&[
             "-n",
             ns,
@@ -243,39 +201,24 @@ fn helm_install_upgrade_and_uninstall_keep_the_tls_and_leave_nothing_behind() {
             "-o",
             "jsonpath={.spec.template.spec.containers[0].args}",
         ])
+        .await
         .unwrap();
         assert!(args.contains("--poll-interval=1s"), "{args}");
 
         // Uninstall leaves no object of the release, cluster-scoped ones included.
         h(&["uninstall", release, "-n", ns, "--wait", "--timeout", "60s"])
+            .await
             .unwrap_or_else(|e| panic!("helm uninstall: {e}"));
-        let kinds = "deployments,replicasets,pods,services,endpointslices,secrets,serviceaccounts,\
-                     roles,rolebindings,poddisruptionbudgets,clusterroles,clusterrolebindings,\
-                     mutatingwebhookconfigurations";
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let left = k(&[
-                "get",
-                kinds,
-                "-A",
-                "-l",
-                "app.kubernetes.io/name=readygate",
-                "-o",
-                "name",
-                "--ignore-not-found",
-            ])
+        common::until_nothing_left(
+            &kubectl,
+            &kubeconfig,
+            "helm uninstall",
+            std::time::Duration::from_secs(60),
+        )
+        .await;
+        let ns_secrets = k(&["-n", ns, "get", "secrets", "-o", "name"])
+            .await
             .unwrap();
-            let left: Vec<&str> = left.lines().filter(|l| !l.is_empty()).collect();
-            if left.is_empty() {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "helm uninstall left these behind: {left:?}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        }
-        let ns_secrets = k(&["-n", ns, "get", "secrets", "-o", "name"]).unwrap();
         assert!(
             !ns_secrets.contains(&format!("{name}-webhook-tls")),
             "the generated Secret goes with the release: {ns_secrets}"

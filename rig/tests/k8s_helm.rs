@@ -30,63 +30,25 @@ fn root() -> PathBuf {
 /// helm and the readygate binary; None (skip) only outside CI.
 fn tools() -> Option<(PathBuf, PathBuf)> {
     common::crypto();
-    let helm = std::env::var_os("HELM_BIN")
-        .map(PathBuf::from)
-        .filter(|p| p.is_file());
+    let helm = common::helm()?;
     let bin = rig::readygate::find_binary(None);
-    match (helm, bin) {
-        (Some(h), Some(b)) => Some((h, b)),
-        (h, b) => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "under CI these need HELM_BIN (rig/helm/build) and the readygate binary: {h:?} {b:?}"
-            );
-            println!("SKIPPED: set HELM_BIN and build readygate (scripts/test does both)");
-            None
-        }
+    if bin.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "under CI these need the readygate binary (scripts/test sets READYGATE_BIN)"
+        );
+        println!("SKIPPED: build readygate (scripts/test does)");
     }
+    Some((helm, bin?))
 }
 
 /// Runs a tool against the rig's API server as its admin; stdout, or the output as the error.
 async fn run(rig: &Rig, bin: &Path, args: &[&str]) -> Result<String, String> {
-    let child = tokio::process::Command::new(bin)
-        .args(args)
-        .current_dir(root())
-        .env("KUBECONFIG", &rig.plane.admin_kubeconfig)
-        .env(
-            "HELM_CACHE_HOME",
-            std::env::temp_dir().join("readygate-helm-cache"),
-        )
-        .env(
-            "HELM_CONFIG_HOME",
-            std::env::temp_dir().join("readygate-helm-config"),
-        )
-        .env_remove("RUST_LOG")
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(240), child)
-        .await
-        .unwrap_or_else(|_| panic!("{} {args:?} ran longer than 240 s", bin.display()))
-        .expect("running a tool");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    if out.status.success() {
-        Ok(text(&out.stdout))
-    } else {
-        Err(format!(
-            "{} {args:?} exited {:?}:\n{}{}",
-            bin.display(),
-            out.status.code(),
-            text(&out.stdout),
-            text(&out.stderr)
-        ))
-    }
-}
-
-fn kubectl() -> PathBuf {
-    rig::cluster::ControlPlaneOpts::build()
-        .expect("the control plane's binaries")
-        .bin_dir
-        .join("kubectl")
+    common::run(
+        common::as_admin(bin, &rig.plane.admin_kubeconfig, args),
+        None,
+    )
+    .await
 }
 
 /// The environment the rig's ELBv2 needs, as a user sets AWS_* for an emulator.
@@ -187,47 +149,6 @@ fn report(r: &rig::demo::RolloutResult) {
     );
 }
 
-/// Everything of readygate's left in the cluster (by its name label), cluster-scoped included.
-async fn leftovers(rig: &Rig, kubectl: &Path) -> Vec<String> {
-    let kinds = "deployments,replicasets,pods,services,endpointslices,secrets,configmaps,\
-                 serviceaccounts,roles,rolebindings,poddisruptionbudgets,leases,clusterroles,\
-                 clusterrolebindings,mutatingwebhookconfigurations";
-    let out = run(
-        rig,
-        kubectl,
-        &[
-            "get",
-            kinds,
-            "-A",
-            "-l",
-            "app.kubernetes.io/name=readygate",
-            "-o",
-            "name",
-        ],
-    )
-    .await
-    .unwrap();
-    out.lines()
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect()
-}
-
-async fn until_nothing_left(rig: &Rig, kubectl: &Path, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let left = leftovers(rig, kubectl).await;
-        if left.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} left these behind: {left:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 #[test]
 fn helm_install_rollout_upgrade_while_rolling_doctor_and_uninstall() {
     let Some((helm, bin)) = tools() else { return };
@@ -239,7 +160,7 @@ fn helm_install_rollout_upgrade_while_rolling_doctor_and_uninstall() {
         };
         let sleep = prestop_sleep_secs(&config);
         let rig = Rig::start(config).await.unwrap();
-        let kubectl = kubectl();
+        let kubectl = common::kubectl();
         let chart = root().join("charts/readygate");
         let chart = chart.to_str().unwrap().to_string();
         let env: Vec<Value> = aws_env(&rig)
@@ -297,48 +218,33 @@ fn helm_install_rollout_upgrade_while_rolling_doctor_and_uninstall() {
         assert_clean(&r, "after helm install");
 
         // helm upgrade to a new release while the application rolls.
-        let (h2, rig_kubeconfig, chart2) = (
-            helm.clone(),
-            rig.plane.admin_kubeconfig.clone(),
-            chart.clone(),
+        let upgrading = common::run(
+            common::as_admin(
+                &helm,
+                &rig.plane.admin_kubeconfig,
+                &[
+                    "upgrade",
+                    "readygate",
+                    &chart,
+                    "--namespace",
+                    NS,
+                    "--reuse-values",
+                    "--set",
+                    "image.tag=0.1.1",
+                    "--wait",
+                    "--timeout",
+                    "180s",
+                ],
+            ),
+            None,
         );
         let upgraded = std::sync::Arc::new(std::sync::Mutex::new(None));
         let u2 = upgraded.clone();
         let upgrade = Interlude {
             after: Duration::from_millis(500),
             action: Box::pin(async move {
-                let out = tokio::process::Command::new(&h2)
-                    .args([
-                        "upgrade",
-                        "readygate",
-                        &chart2,
-                        "--namespace",
-                        NS,
-                        "--reuse-values",
-                        "--set",
-                        "image.tag=0.1.1",
-                        "--wait",
-                        "--timeout",
-                        "180s",
-                    ])
-                    .env("KUBECONFIG", &rig_kubeconfig)
-                    .env(
-                        "HELM_CACHE_HOME",
-                        std::env::temp_dir().join("readygate-helm-cache"),
-                    )
-                    .env(
-                        "HELM_CONFIG_HOME",
-                        std::env::temp_dir().join("readygate-helm-config"),
-                    )
-                    .kill_on_drop(true)
-                    .output()
-                    .await
-                    .expect("running helm upgrade");
-                *u2.lock().unwrap() = Some((
-                    out.status.success(),
-                    String::from_utf8_lossy(&out.stdout).into_owned()
-                        + &String::from_utf8_lossy(&out.stderr),
-                ));
+                let out = upgrading.await;
+                *u2.lock().unwrap() = Some(out);
             }),
         };
         let r = measured_rollout(
@@ -358,8 +264,13 @@ fn helm_install_rollout_upgrade_while_rolling_doctor_and_uninstall() {
             assert!(Instant::now() < deadline, "helm upgrade did not finish");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let (ok, out) = upgraded.lock().unwrap().clone().unwrap();
-        assert!(ok && out.contains("REVISION: 2"), "helm upgrade: {out}");
+        let out = upgraded
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("helm upgrade: {e}"));
+        assert!(out.contains("REVISION: 2"), "helm upgrade: {out}");
         assert_clean(&r, "helm upgrade while the application rolled");
         let second = readygate_pods(&rig, true).await;
         assert_eq!(second.len(), 2, "{second:?}");
@@ -445,7 +356,13 @@ fn helm_install_rollout_upgrade_while_rolling_doctor_and_uninstall() {
         )
         .await
         .unwrap_or_else(|e| panic!("helm uninstall: {e}"));
-        until_nothing_left(&rig, &kubectl, "helm uninstall").await;
+        common::until_nothing_left(
+            &kubectl,
+            &rig.plane.admin_kubeconfig,
+            "helm uninstall",
+            Duration::from_secs(90),
+        )
+        .await;
         // The Lease is the release's too (the chart makes it), whatever readygate wrote in it.
         let lease = run(
             &rig,
@@ -550,7 +467,7 @@ fn kubectl_apply_k_with_certs_from_readygate_certs_then_delete_k() {
         };
         let sleep = prestop_sleep_secs(&config);
         let rig = Rig::start(config).await.unwrap();
-        let kubectl = kubectl();
+        let kubectl = common::kubectl();
 
         // The user's overlay of manifests/: the ELBv2 endpoint and the preStop sleep flag.
         let overlay = rig.dir.path().join("overlay");
@@ -687,6 +604,12 @@ fn kubectl_apply_k_with_certs_from_readygate_certs_then_delete_k() {
         .await
         .unwrap_or_else(|e| panic!("kubectl delete -k: {e}"));
         // The namespace went with it, and the Secret inside it.
-        until_nothing_left(&rig, &kubectl, "kubectl delete -k").await;
+        common::until_nothing_left(
+            &kubectl,
+            &rig.plane.admin_kubeconfig,
+            "kubectl delete -k",
+            Duration::from_secs(90),
+        )
+        .await;
     })
 }

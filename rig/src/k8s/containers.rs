@@ -26,9 +26,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// The kubelet's crash-loop back-off, uncompressed: 10 s after the first restart, doubling up
+/// to 5 min.
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
-/// A container that ran this long without exiting starts its back-off afresh.
+/// A container that ran this long without exiting starts its back-off afresh (the kubelet's
+/// 10 min).
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
 /// Aborts a task when dropped (the pod's volume refresher).

@@ -1,4 +1,5 @@
-//! The demo as one self-contained HTML page: per mode and rollout, each pod's life as
+//! The demo as one self-contained HTML page: first the side-by-side table (what each way lost,
+//! the same table the demo prints), then per mode and rollout, each pod's life as
 //! horizontal bars (created → containers ready → registered → healthy in the ELB → terminating
 //! → deregistered → removed; Kubernetes Ready as a strip on top, gate True as a tick) over the
 //! requests per 100 ms, failures in red.
@@ -16,6 +17,9 @@ pub const BUCKET_MS: u64 = 100;
 
 #[derive(Serialize)]
 struct Page {
+    /// `demo::side_by_side`, shown first: its first screen answers how many requests each way
+    /// lost.
+    table: String,
     modes: Vec<ModeData>,
     bucket_ms: u64,
 }
@@ -100,6 +104,7 @@ fn rollout_data(r: &RolloutResult) -> RolloutData {
 /// The page for these modes' runs.
 pub fn render(modes: &[ModeReport]) -> String {
     let page = Page {
+        table: crate::demo::side_by_side(modes),
         modes: modes
             .iter()
             .map(|m| ModeData {
@@ -125,6 +130,7 @@ const TEMPLATE: &str = r##"<!doctype html>
 <style>
   body { font: 13px/1.4 system-ui, sans-serif; margin: 24px; color: #222; }
   h1 { font-size: 20px; } h2 { font-size: 16px; margin-top: 32px; }
+  #table { font: 12px/1.35 ui-monospace, monospace; background: #f6f6f6; padding: 10px; display: inline-block; }
   .summary { font-family: ui-monospace, monospace; font-size: 11px; color: #555; max-width: 1100px; }
   .legend span { display: inline-block; margin-right: 14px; }
   .legend i { display: inline-block; width: 14px; height: 10px; margin-right: 4px; vertical-align: middle; }
@@ -133,6 +139,7 @@ const TEMPLATE: &str = r##"<!doctype html>
 </head>
 <body>
 <h1>readygate rig demo: the same rolling update, three ways</h1>
+<pre id="table"></pre>
 <p class="legend" id="legend"></p>
 <div id="runs"></div>
 <script>
@@ -145,6 +152,7 @@ const PHASES = [
   ["terminating", "deregistered", "#9b59b6", "terminating, still registered"],
   ["deregistered", "removed", "#d6b4e8", "deregistered (draining)"],
 ];
+document.getElementById("table").textContent = DATA.table;
 const NS = "http://www.w3.org/2000/svg";
 function el(name, attrs, parent) {
   const e = document.createElementNS(NS, name);

@@ -188,6 +188,16 @@ fn chromium_draws_a_row_per_pod_and_the_failed_requests() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let dom = String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap();
+    // The side-by-side table opens the page, before any rollout's bars.
+    let table = dom.find("<pre id=\"table\">").expect("the table is drawn");
+    let first_bars = dom.find("class=\"rollout\"").expect("the bars are drawn");
+    assert!(table < first_bars, "the table comes first");
+    let text = &dom[table..first_bars];
+    assert!(text.contains("requests failed"), "{text}");
+    assert!(
+        text.contains("gates only") && text.contains("readygate"),
+        "{text}"
+    );
     let rows = dom.matches("class=\"pod-row\"").count();
     assert_eq!(rows, 6, "two pods in each of three rollouts");
     assert!(

@@ -1,7 +1,9 @@
 //! Every rendering of the Helm chart (`charts/readygate`: the defaults and each file of its
 //! `ci/`) passes the real API server's own validation: `kubectl apply --dry-run=server`, with the
 //! CRDs of the add-ons it can render objects for (cert-manager, the Prometheus Operator) from
-//! their Go modules (`rig/helm/addon-crds`). helm comes from `rig/helm/build` (`HELM_BIN`).
+//! their Go modules, fetched by scripts/test's set-up step `rig/helm/addon-crds` before the
+//! tests enter the rig's network namespace (`RIG_ADDON_CRDS`). helm comes from `rig/helm/build`
+//! (`HELM_BIN`).
 
 mod common;
 
@@ -22,14 +24,19 @@ fn every_rendering_of_the_chart_passes_the_api_servers_validation() {
         };
         let h = |args: &[&str]| common::run(common::as_admin(&helm, &kubeconfig, args), None);
 
-        // The add-ons' CRDs, for real: the dry runs of their objects need them.
-        let crds = common::run(
-            std::process::Command::new(root().join("rig/helm/addon-crds")),
-            None,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-        for crd in crds.lines() {
+        // The add-ons' CRDs, for real: the dry runs of their objects need them. Fetched before
+        // the tests start: nothing in the rig's network namespace can download.
+        let crds = std::env::var("RIG_ADDON_CRDS").unwrap_or_default();
+        assert!(
+            !crds.is_empty(),
+            "RIG_ADDON_CRDS is not set: scripts/test's set-up step rig/helm/addon-crds fetches \
+             the add-ons' CRDs and sets it (their paths, separated by ':')"
+        );
+        for crd in crds.split(':') {
+            assert!(
+                Path::new(crd).is_file(),
+                "{crd} (from RIG_ADDON_CRDS) is missing: run rig/helm/addon-crds again"
+            );
             k(&["apply", "--server-side", "-f", crd], None)
                 .await
                 .unwrap_or_else(|e| panic!("{crd}: {e}"));

@@ -3,6 +3,7 @@
 //! way an ALB does.
 
 pub mod client;
+pub mod ec2;
 pub mod listener;
 pub mod query;
 pub mod xml;
@@ -16,6 +17,12 @@ use tokio::sync::broadcast;
 
 pub const ACCOUNT: &str = "123456789012";
 pub const REGION: &str = "us-east-1";
+/// The VPC of the rig's account: its CIDR holds the pod CIDR (see [`ec2`]); target groups are
+/// in it. Shaped as AWS shapes them (`vpc-` and 17 hex digits), which the AWS Load Balancer
+/// Controller's binding webhook checks.
+pub const VPC_ID: &str = "vpc-0a1b2c3d4e5f60718";
+/// A caller whose request carried no SigV4 credential.
+pub const ANONYMOUS: &str = "-";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetState {
@@ -71,7 +78,7 @@ impl GroupSpec {
             name: name.into(),
             protocol: "HTTP".into(),
             port,
-            vpc_id: "vpc-rig".into(),
+            vpc_id: VPC_ID.into(),
             target_type: "ip".into(),
             health_check_path: "/".into(),
             interval: Duration::from_secs(30),
@@ -171,7 +178,8 @@ struct Bucket {
 pub struct Elb {
     groups: Mutex<BTreeMap<String, Group>>,
     config: ElbConfig,
-    calls: Mutex<BTreeMap<String, u64>>,
+    /// Calls received on the Query API by (caller's access key, action).
+    calls: Mutex<BTreeMap<(String, String), u64>>,
     /// Calls per action that the Query API will swallow: it never answers them.
     black_holes: Mutex<BTreeMap<String, u32>>,
     bucket: Mutex<Bucket>,
@@ -219,13 +227,14 @@ impl Elb {
         });
     }
 
-    /// Counts one API call (as received on the Query endpoint).
-    pub fn count_call(&self, action: &str) {
+    /// Counts one API call (as received on the Query endpoint) of `caller` (the access key
+    /// that signed it, [`ANONYMOUS`] when unsigned).
+    pub fn count_call(&self, caller: &str, action: &str) {
         *self
             .calls
             .lock()
             .expect("calls lock")
-            .entry(action.into())
+            .entry((caller.into(), action.into()))
             .or_default() += 1;
     }
 
@@ -252,7 +261,17 @@ impl Elb {
         }
     }
 
+    /// Calls by action, every caller together.
     pub fn calls(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for ((_, action), n) in self.calls.lock().expect("calls lock").iter() {
+            *out.entry(action.clone()).or_default() += n;
+        }
+        out
+    }
+
+    /// Calls by (caller's access key, action).
+    pub fn calls_by_caller(&self) -> BTreeMap<(String, String), u64> {
         self.calls.lock().expect("calls lock").clone()
     }
 

@@ -9,7 +9,7 @@ use crate::elb::query::QueryServer;
 use crate::elb::{Elb, ElbConfig, GroupSpec};
 use crate::k8s::node::{NODE_NAME, NodeAgent, NodeOpts};
 use crate::kubelet::{LB_HEALTH_PATH, PROBE_PERIOD_ANNOTATION, START_DELAY_ANNOTATION};
-use crate::lbc::Lbc;
+use crate::lbc::{Lbc, LbcConfig};
 use crate::timeline::Timeline;
 use anyhow::Context;
 use serde_json::{Value, json};
@@ -29,6 +29,10 @@ pub struct RigConfig {
     pub deregistration_delay: Duration,
     /// From a pod's deletion to the load balancer controller's DeregisterTargets.
     pub lbc_reaction: Duration,
+    /// The load balancer controller's `--targetgroupbinding-requeue-duration`: how soon it looks
+    /// at a binding again while one of its gates is not True. 1.5 s stands for the real
+    /// default, 15 s.
+    pub lbc_requeue: Duration,
     pub elb: ElbConfig,
     /// The binary the node agent runs for image `readygate` (None: [`crate::readygate::find_binary`]).
     pub readygate_bin: Option<std::path::PathBuf>,
@@ -49,6 +53,7 @@ impl Default for RigConfig {
             unhealthy_threshold: 2,
             deregistration_delay: Duration::from_secs(5),
             lbc_reaction: Duration::from_millis(500),
+            lbc_requeue: Duration::from_millis(1500),
             elb: ElbConfig {
                 deregistration_lag: Duration::from_millis(1500),
                 ..ElbConfig::default()
@@ -111,7 +116,8 @@ impl Rig {
         let node =
             NodeAgent::start_with(NodeAgent::client(plane, NODE_NAME).await?, NODE_NAME, opts)
                 .await?;
-        crate::k8s::install::target_group_binding_crd(&client).await?;
+        let crds = crate::k8s::aws_lbc::install_crds(&client).await?;
+        println!("TargetGroupBinding CRD: {crds}");
         let elb = Elb::new(config.elb.clone());
         // On the node address, which pods reach from their own network namespaces.
         let elb_api = QueryServer::start(
@@ -120,7 +126,18 @@ impl Rig {
         )
         .await?;
         let timeline = Timeline::start(client.clone(), &elb).await?;
-        let lbc = Lbc::start(client.clone(), elb.clone(), config.lbc_reaction).await?;
+        let identity =
+            crate::k8s::aws_lbc::install_aws_lbc_identity(plane, &client, dir.path()).await?;
+        let lbc = Lbc::start(
+            identity.client,
+            elb.clone(),
+            LbcConfig {
+                reaction: config.lbc_reaction,
+                requeue: config.lbc_requeue,
+                ..LbcConfig::default()
+            },
+        )
+        .await?;
         Ok(Self {
             config,
             plane,

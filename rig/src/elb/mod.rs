@@ -180,6 +180,8 @@ pub struct Elb {
     config: ElbConfig,
     /// Calls received on the Query API by (caller's access key, action).
     calls: Mutex<BTreeMap<(String, String), u64>>,
+    /// Calls of in-process callers (the load balancer controller model), per caller and action.
+    calls_by: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
     /// Calls per action that the Query API will swallow: it never answers them.
     black_holes: Mutex<BTreeMap<String, u32>>,
     bucket: Mutex<Bucket>,
@@ -203,6 +205,7 @@ impl Elb {
             groups: Mutex::new(BTreeMap::new()),
             config,
             calls: Mutex::new(BTreeMap::new()),
+            calls_by: Mutex::new(BTreeMap::new()),
             black_holes: Mutex::new(BTreeMap::new()),
             bucket: Mutex::new(Bucket {
                 tokens: burst,
@@ -236,6 +239,29 @@ impl Elb {
             .expect("calls lock")
             .entry((caller.into(), action.into()))
             .or_default() += 1;
+    }
+
+    /// Counts one call of `action` by an in-process `caller`: apart from the Query API's
+    /// ([`Self::calls`]), so that each caller's figures stay its own.
+    pub fn count_call_by(&self, caller: &str, action: &str) {
+        *self
+            .calls_by
+            .lock()
+            .expect("calls lock")
+            .entry(caller.into())
+            .or_default()
+            .entry(action.into())
+            .or_default() += 1;
+    }
+
+    /// The calls `caller` made in-process, per action.
+    pub fn calls_by(&self, caller: &str) -> BTreeMap<String, u64> {
+        self.calls_by
+            .lock()
+            .expect("calls lock")
+            .get(caller)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The next `calls` calls of `action` get no answer at all (the connection stays open

@@ -19,14 +19,13 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use crate::k8s::aws_lbc::{NAMESPACE, USER};
+
 /// The variable naming the controller's binary.
 pub const BIN_ENV: &str = "RIG_AWS_LBC_BIN";
 /// The controller's access key on the rig's AWS APIs (the load balancer counts calls by it).
 pub const ACCESS_KEY: &str = "aws-load-balancer-controller";
-/// Where its Helm chart installs it, and the webhook Service the chart makes.
-pub const NAMESPACE: &str = "kube-system";
-/// Its ServiceAccount there (the Helm chart's name).
-pub const SERVICE_ACCOUNT: &str = "aws-load-balancer-controller";
+/// The webhook Service its Helm chart makes, in its namespace.
 pub const WEBHOOK_SERVICE: &str = "aws-load-balancer-webhook-service";
 /// The webhook configurations' names (the Helm chart's).
 pub const WEBHOOK_CONFIGURATION: &str = "aws-load-balancer-webhook";
@@ -41,15 +40,14 @@ pub const POD_WEBHOOK: &str = "mpod.elbv2.k8s.aws";
 /// repository.
 pub const VERSION: &str = "v3.5.0";
 
-/// The user the API server sees it as (audit log).
-pub fn user() -> String {
-    format!("system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}")
-}
-
 /// `../shared/aws-lbc-v3.5.0` from the repository root: the controller's data files, beside
-/// the repository, never in it.
-pub fn data_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../shared/aws-lbc-{VERSION}"))
+/// the repository, never in it; the real controller needs them (its webhook configuration).
+pub fn data_dir() -> anyhow::Result<PathBuf> {
+    crate::k8s::aws_lbc::shared_dir().with_context(|| {
+        format!(
+            "the AWS Load Balancer Controller {VERSION}'s data files (CRDs, webhook configuration, RBAC role) are not beside the repository (../shared/aws-lbc-{VERSION}): the real controller cannot be installed without them"
+        )
+    })
 }
 
 /// The binary `RIG_AWS_LBC_BIN` names: None when unset or empty, an error when it names no
@@ -247,6 +245,8 @@ pub struct AwsLbc {
     pub webhook_port: u16,
     pub health_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// From the spawn to its `/readyz` answering (its webhook server up).
+    pub ready_in: Duration,
     /// From the spawn to its webhook registered and answering the API server.
     pub started_in: Duration,
     /// Its `version` log line (GitVersion), when it printed one.
@@ -317,16 +317,19 @@ impl AwsLbc {
             webhook_port,
             health_addr,
             metrics_addr,
+            ready_in: Duration::ZERO,
             started_in: Duration::ZERO,
             version: String::new(),
         };
         lbc.wait_ready(Duration::from_secs(60)).await?;
+        lbc.ready_in = started.elapsed();
         lbc.register_webhooks(client, &certs.ca_pem).await?;
         lbc.wait_webhook_reachable(client, Duration::from_secs(30))
             .await?;
         lbc.started_in = started.elapsed();
         lbc.version = version_line(&std::fs::read_to_string(&lbc.log).unwrap_or_default());
         tracing::info!(
+            ready = lbc.ready_in.as_secs_f64(),
             seconds = lbc.started_in.as_secs_f64(),
             version = %lbc.version,
             log = %lbc.log.display(),
@@ -404,7 +407,7 @@ impl AwsLbc {
             NAMESPACE,
         )
         .await?;
-        for config in webhook_configurations(&data_dir(), ca_pem, self.opts.pod_webhook)? {
+        for config in webhook_configurations(&data_dir()?, ca_pem, self.opts.pod_webhook)? {
             apply(client, &config, "").await?;
         }
         Ok(())
@@ -605,14 +608,12 @@ mod tests {
 
     #[test]
     fn webhook_configurations_keep_the_binding_webhooks_pointed_at_the_rig() {
-        let dir = data_dir();
-        if !dir.join("webhook/manifests.yaml").is_file() {
-            eprintln!(
-                "SKIPPED: {} is not there (the controller's data files sit beside the repository)",
-                dir.display()
+        let Ok(dir) = data_dir() else {
+            println!(
+                "SKIPPED: ../shared/aws-lbc-{VERSION} is not beside the repository (the controller's data files)"
             );
             return;
-        }
+        };
         let configs = webhook_configurations(&dir, "CA", false).unwrap();
         let names: Vec<(String, String)> = configs
             .iter()

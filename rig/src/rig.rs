@@ -101,9 +101,14 @@ impl LoadBalancerController {
                 "the model of the AWS Load Balancer Controller (rig/src/lbc.rs)".into()
             }
             LoadBalancerController::Real(c) => format!(
-                "the AWS Load Balancer Controller {} ({}), pid {}, ready in {:.2} s, its webhooks reached by the API server after {:.2} s, log {}",
-                c.version,
+                "the AWS Load Balancer Controller {} ({}, --targetgroupbinding-requeue-duration {:?}), pid {}, ready in {:.2} s, its webhooks reached by the API server after {:.2} s, log {}",
+                if c.version.is_empty() {
+                    "(its log names no version)"
+                } else {
+                    &c.version
+                },
                 c.opts.bin.display(),
+                c.opts.requeue.unwrap_or(Duration::from_secs(15)),
                 c.pid(),
                 c.ready_in.as_secs_f64(),
                 c.started_in.as_secs_f64(),
@@ -253,6 +258,8 @@ impl Rig {
                     lbc_dir,
                 );
                 opts.pod_webhook = config.aws_lbc_pod_webhook;
+                // The rig's clock, whichever controller plays the part.
+                opts.requeue = Some(config.lbc_requeue);
                 LoadBalancerController::Real(Box::new(AwsLbc::start(&client, opts).await?))
             }
         };

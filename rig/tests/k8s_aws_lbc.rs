@@ -232,3 +232,208 @@ fn the_real_controller_registers_the_targets_and_writes_the_gates_beside_readyga
         lbc.stop(&stage.rig.client).await.unwrap();
     });
 }
+
+/// What one controller did in the differential scenario, pods named by revision and order of
+/// creation (`v2#0`), so that two runs compare.
+#[derive(Debug)]
+struct Observed {
+    /// Per pod: the gate condition's values in order.
+    values: BTreeMap<String, Vec<Value3>>,
+    /// Per pod: its `pods/status` patches by the controller's ServiceAccount.
+    writes: BTreeMap<String, usize>,
+    /// Pods whose target was registered, and deregistered.
+    registered: Vec<String>,
+    deregistered: Vec<String>,
+    /// Per new pod: from healthy in the ELB to gate True.
+    gate_lags: Vec<Duration>,
+    /// The controller's calls of the load balancer by action (Query API and in-process).
+    calls: BTreeMap<String, u64>,
+}
+
+/// The differential scenario, controller alone (readygate not installed): an application whose
+/// Deployment carries the gate in its pod template, 3 replicas deployed and then rolled once.
+async fn scenario(choice: rig::rig::LbcChoice) -> Observed {
+    use rig::rig::{Rig, RigConfig, web_deployment};
+    use rig::timeline::Milestone;
+    let real = choice != rig::rig::LbcChoice::Model;
+    let rig = Rig::start(RigConfig {
+        lbc: choice,
+        ..RigConfig::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    println!("load balancer controller: {}", rig.lbc.describe());
+    let plane = rig.plane;
+    let audit_from = rig::k8s::audit::requests(&plane.audit_log).unwrap().len();
+    let ns = rig.ns("lbc-differential");
+    rig.namespace(&ns, false).await.unwrap();
+    let app = rig.app(&ns, "web").await.unwrap();
+    let (values, watch) = watch_gate_values(rig.client.clone(), ns.clone());
+    let mut dep = web_deployment(&app, 3, Duration::from_millis(200), None);
+    dep.template["spec"]["readinessGates"] =
+        serde_json::json!([{"conditionType": "target-health.elbv2.k8s.aws/web"}]);
+    rig::demo::deploy(&rig, &app, &dep, "v1")
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let r = rig::demo::measured_rollout(
+        &rig,
+        &app,
+        &dep,
+        "v2",
+        "v1",
+        20,
+        Duration::from_secs(90),
+        None,
+    )
+    .await;
+    println!("{}", summary_line(&r));
+    assert!(r.rollout.complete(), "the rollout did not complete: {r:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    watch.abort();
+    rig.lbc.check().unwrap();
+
+    let mut pods = r.pods.clone();
+    pods.sort_by_key(|p| (p.revision.clone(), p.at.get(&Milestone::Created).copied()));
+    let mut alias = BTreeMap::new();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for p in &pods {
+        let i = counts.entry(p.revision.clone()).or_default();
+        alias.insert(p.name.clone(), format!("{}#{i}", p.revision));
+        *i += 1;
+    }
+    let audit = rig::k8s::audit::requests(&plane.audit_log).unwrap();
+    let mut writes = BTreeMap::new();
+    for q in &audit[audit_from..] {
+        if q.namespace == ns
+            && q.subresource == "status"
+            && q.resource == "pods"
+            && q.user == rig::aws_lbc::USER
+            && let Some(a) = alias.get(&q.name)
+        {
+            *writes.entry(a.clone()).or_default() += 1;
+        }
+    }
+    let values = values
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(name, v)| alias.get(name).map(|a| (a.clone(), v.clone())))
+        .collect();
+    let with = |m: Milestone| -> Vec<String> {
+        pods.iter()
+            .filter(|p| p.at.contains_key(&m))
+            .map(|p| alias[&p.name].clone())
+            .collect()
+    };
+    let gate_lags = pods
+        .iter()
+        .filter(|p| p.revision == "v2")
+        .filter_map(|p| {
+            let healthy = p.at.get(&Milestone::ElbHealthy)?;
+            let gate = p.at.get(&Milestone::GateTrue)?;
+            Some(gate.saturating_duration_since(*healthy))
+        })
+        .collect();
+    let mut calls = rig.elb.calls_by(rig::lbc::CALLER);
+    for ((caller, action), n) in rig.elb.calls_by_caller() {
+        if caller == ACCESS_KEY {
+            *calls.entry(action).or_default() += n;
+        }
+    }
+    let observed = Observed {
+        values,
+        writes,
+        registered: with(Milestone::Registered),
+        deregistered: with(Milestone::Deregistered),
+        gate_lags,
+        calls,
+    };
+    // Leave nothing for the next controller: the binding goes while this one still runs (it
+    // holds the binding's finalizer), then the Deployment.
+    let bindings: kube::Api<kube::api::DynamicObject> =
+        kube::Api::namespaced_with(rig.client.clone(), &ns, &rig::lbc::target_group_bindings());
+    bindings.delete("web", &Default::default()).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while bindings.get_opt("web").await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the binding was not gone 30 s after its deletion"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    dep.delete(&rig.client).await.unwrap();
+    if real {
+        let lbc = rig.lbc.real().expect("the real controller");
+        lbc.stop(&rig.client).await.unwrap();
+    }
+    observed
+}
+
+/// The same scenario against the model and the real controller: the same targets registered
+/// and deregistered, the gate conditions taking values in the same order and ending alike, no
+/// True → False, and each gate True within the re-queue period (+ 1 s) of its target turning
+/// healthy in the ELB.
+#[test]
+fn the_model_and_the_real_controller_register_and_write_alike() {
+    let Some(bin) = controller() else { return };
+    rig::cluster::test(|_plane| async move {
+        common::crypto();
+        let _serial = rig::serial::exclusive().await; // one rollout scenario at a time on this machine
+        let model = scenario(rig::rig::LbcChoice::Model).await;
+        let real = scenario(rig::rig::LbcChoice::Real(bin)).await;
+        for (name, o) in [("model", &model), ("real", &real)] {
+            println!(
+                "{name}: registered {:?}, deregistered {:?}",
+                o.registered, o.deregistered
+            );
+            println!("{name}: gate writes per pod {:?}", o.writes);
+            println!("{name}: healthy → gate True {:?}", o.gate_lags);
+            println!("{name}: load balancer calls {:?}", o.calls);
+            for (pod, v) in &o.values {
+                println!("{name}: {pod} {v:?}");
+            }
+        }
+        assert_eq!(
+            model.registered, real.registered,
+            "registered targets differ"
+        );
+        assert_eq!(
+            model.deregistered, real.deregistered,
+            "deregistered targets differ"
+        );
+        // The order every controller's values follow; a poll may miss one in between.
+        let rank = |v: &Value3| match (v.0.as_str(), v.1.as_str()) {
+            ("False", "Elb.RegistrationInProgress") => 0,
+            ("False", "Elb.InitialHealthChecking") => 1,
+            ("True", "") => 2,
+            _ => panic!("a value no controller should write here: {v:?}"),
+        };
+        for o in [&model, &real] {
+            assert_eq!(
+                o.values.len(),
+                6,
+                "every pod's gate was written: {:?}",
+                o.values
+            );
+            for (pod, v) in &o.values {
+                let ranks: Vec<_> = v.iter().map(rank).collect();
+                assert!(
+                    ranks.windows(2).all(|w| w[0] < w[1]),
+                    "{pod}: out of order or flapping: {v:?}"
+                );
+                assert_eq!(ranks.last(), Some(&2), "{pod}: never True: {v:?}");
+            }
+            let bound = RigConfig::default().lbc_requeue + Duration::from_secs(1);
+            assert_eq!(o.gate_lags.len(), 3);
+            assert!(
+                o.gate_lags.iter().all(|l| *l <= bound),
+                "a gate turned True later than {bound:?} after healthy: {:?}",
+                o.gate_lags
+            );
+        }
+        assert_eq!(
+            model.values.keys().collect::<Vec<_>>(),
+            real.values.keys().collect::<Vec<_>>()
+        );
+    });
+}

@@ -437,3 +437,87 @@ fn the_model_and_the_real_controller_register_and_write_alike() {
         );
     });
 }
+
+/// The controller's binding webhooks admit bindings as on EKS: a binding is defaulted from its
+/// target group (VPC, IP address type, protocol, and `targetType` when it has none); one naming a
+/// target group that another binding holds, and one naming a target group that does not exist,
+/// are refused with the controller's own messages.
+#[test]
+fn the_controllers_webhooks_default_and_refuse_bindings_as_on_eks() {
+    let Some(bin) = controller() else { return };
+    rig::cluster::test(|_plane| async move {
+        common::crypto();
+        let rig = rig::rig::Rig::start(RigConfig {
+            lbc: rig::rig::LbcChoice::Real(bin),
+            ..RigConfig::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        let ns = rig.ns("lbc-admission");
+        rig.namespace(&ns, false).await.unwrap();
+        let app = rig.app(&ns, "web").await.unwrap();
+        let bindings: kube::Api<kube::api::DynamicObject> =
+            kube::Api::namespaced_with(rig.client.clone(), &ns, &rig::lbc::target_group_bindings());
+        let admitted = serde_json::to_value(bindings.get("web").await.unwrap()).unwrap();
+        println!("admitted binding spec: {}", admitted["spec"]);
+        assert_eq!(admitted["spec"]["vpcID"], rig::elb::VPC_ID);
+        assert_eq!(admitted["spec"]["ipAddressType"], "ipv4");
+        assert_eq!(admitted["spec"]["targetGroupProtocol"], "HTTP");
+        let obj = |name: &str, spec: Value| -> kube::api::DynamicObject {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "elbv2.k8s.aws/v1beta1", "kind": "TargetGroupBinding",
+                "metadata": {"name": name}, "spec": spec}))
+            .unwrap()
+        };
+        let other = rig
+            .elb
+            .create_target_group(rig::elb::GroupSpec::new("lbc-admission-other", 8080))
+            .unwrap();
+        let untyped = bindings
+            .create(
+                &Default::default(),
+                &obj(
+                    "untyped",
+                    serde_json::json!({"targetGroupARN": other, "serviceRef": {"name": "web", "port": 80}}),
+                ),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("a binding without targetType: {e}"));
+        let untyped = serde_json::to_value(untyped).unwrap();
+        println!("without targetType, admitted as: {}", untyped["spec"]);
+        assert_eq!(untyped["spec"]["targetType"], "ip");
+        let create = |name: &str, spec: Value| {
+            let (bindings, name, o) = (bindings.clone(), name.to_string(), obj(name, spec));
+            async move {
+                match bindings.create(&Default::default(), &o).await {
+                    Err(kube::Error::Api(s)) => s.message,
+                    other => panic!("{name} was not refused: {other:?}"),
+                }
+            }
+        };
+        let taken = create(
+            "taken",
+            serde_json::json!({"targetGroupARN": app.arn, "targetType": "ip",
+                "serviceRef": {"name": "web", "port": 80}}),
+        )
+        .await;
+        println!("a target group another binding holds: {taken}");
+        assert!(
+            taken.contains("vtargetgroupbinding.elbv2.k8s.aws")
+                && taken.contains("is already bound to following TargetGroupBindings"),
+            "{taken}"
+        );
+        let missing_arn = app.arn.replace("targetgroup/", "targetgroup/x");
+        let unknown = create(
+            "unknown",
+            serde_json::json!({"targetGroupARN": missing_arn, "targetType": "ip",
+                "serviceRef": {"name": "web", "port": 80}}),
+        )
+        .await;
+        println!("unknown target group: {unknown}");
+        assert!(unknown.contains("TargetGroupNotFound"), "{unknown}");
+        let calls = rig.elb.calls_by_caller();
+        println!("AWS calls by caller: {calls:?}");
+        rig.lbc.real().unwrap().stop(&rig.client).await.unwrap();
+    });
+}

@@ -521,3 +521,103 @@ fn the_controllers_webhooks_default_and_refuse_bindings_as_on_eks() {
         rig.lbc.real().unwrap().stop(&rig.client).await.unwrap();
     });
 }
+
+/// v3.5.0 dies on a pod informer tombstone (`pkg/k8s/typed_informer.go` asserts the deleted
+/// object is a `*k8s.PodInfo`; a pod deleted while the controller's pod watch is down reaches
+/// it as `cache.DeletedFinalStateUnknown` on the relist; fixed after the tag). Played here with
+/// the controller behind the fault proxy: its pod watch cut and `/api/v1/pods` answering 404 for
+/// 4 s while a pod is deleted. The rig then names the controller, its exit and its log.
+#[test]
+fn v3_5_0_dies_on_a_pod_tombstone_and_the_rig_names_it_and_its_log() {
+    use rig::aws_lbc::{AwsLbc, AwsLbcOpts};
+    let Some(bin) = controller() else { return };
+    rig::cluster::test(|plane| async move {
+        common::crypto();
+        let rig = rig::rig::Rig::start(RigConfig {
+            lbc: rig::rig::LbcChoice::Real(bin.clone()),
+            ..RigConfig::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        // The same controller again, now reaching the API server through the fault proxy.
+        rig.lbc.real().unwrap().stop(&rig.client).await.unwrap();
+        let proxy = rig::fault_proxy::FaultProxy::start(plane).await.unwrap();
+        let token = rig::k8s::install::service_account_token(
+            &rig.client,
+            rig::aws_lbc::NAMESPACE,
+            rig::k8s::aws_lbc::SERVICE_ACCOUNT,
+            3600,
+        )
+        .await
+        .unwrap();
+        let kubeconfig = rig.dir.path().join("aws-lbc-proxied.kubeconfig");
+        std::fs::write(&kubeconfig, proxy.kubeconfig_for_token(&token)).unwrap();
+        let mut opts = AwsLbcOpts::new(
+            bin,
+            kubeconfig,
+            rig.elb_api.url(),
+            plane.dir.join("aws-load-balancer-controller-proxied"),
+        );
+        opts.requeue = Some(rig.config.lbc_requeue);
+        let lbc = AwsLbc::start(&rig.client, opts)
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let ns = rig.ns("lbc-tombstone");
+        rig.namespace(&ns, false).await.unwrap();
+        let app = rig.app(&ns, "web").await.unwrap();
+        let mut dep = rig::rig::web_deployment(&app, 2, Duration::from_millis(200), None);
+        dep.template["spec"]["readinessGates"] =
+            serde_json::json!([{"conditionType": "target-health.elbv2.k8s.aws/web"}]);
+        rig::demo::deploy(&rig, &app, &dep, "v1")
+            .await
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        lbc.check().expect("the controller runs before the fault");
+        let pods: kube::Api<Pod> = kube::Api::namespaced(rig.client.clone(), &ns);
+        let victim = pods.list(&Default::default()).await.unwrap().items[0]
+            .metadata
+            .name
+            .clone()
+            .unwrap();
+        proxy.outage(vec!["/api/v1/pods".into()], Duration::from_secs(4));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        pods.delete(
+            &victim,
+            &kube::api::DeleteParams {
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let error = loop {
+            if let Err(e) = lbc.check() {
+                break format!("{e:#}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the controller survived the tombstone (fixed after v3.5.0?); its log: {}",
+                lbc.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        println!("{}", error.lines().next().unwrap_or_default());
+        assert!(
+            error.contains("the AWS Load Balancer Controller")
+                && error.contains("exited")
+                && error.contains(&lbc.log.display().to_string()),
+            "{error}"
+        );
+        let log = std::fs::read_to_string(&lbc.log).unwrap();
+        let panic_line = log
+            .lines()
+            .find(|l| l.starts_with("panic: "))
+            .expect("a Go panic in its log");
+        println!("{panic_line}");
+        assert!(
+            panic_line.contains("cache.DeletedFinalStateUnknown, not *k8s.PodInfo"),
+            "{panic_line}"
+        );
+        lbc.stop(&rig.client).await.unwrap();
+    });
+}

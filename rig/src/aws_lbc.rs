@@ -23,8 +23,9 @@ pub use crate::k8s::aws_lbc::{NAMESPACE, USER};
 
 /// The variable naming the controller's binary.
 pub const BIN_ENV: &str = "RIG_AWS_LBC_BIN";
-/// The controller's access key on the rig's AWS APIs (the load balancer counts calls by it).
-pub const ACCESS_KEY: &str = "aws-load-balancer-controller";
+/// The controller's access key on the rig's AWS APIs (the load balancer counts calls by it):
+/// the model's caller name, so that [`crate::elb::Elb::calls_by`] counts whichever plays it.
+pub const ACCESS_KEY: &str = crate::lbc::CALLER;
 /// The webhook Service its Helm chart makes, in its namespace.
 pub const WEBHOOK_SERVICE: &str = "aws-load-balancer-webhook-service";
 /// The webhook configurations' names (the Helm chart's).

@@ -248,7 +248,7 @@ pub async fn measured_rollout(
     timeout: Duration,
     interlude: Option<Interlude>,
 ) -> RolloutResult {
-    let calls_before = rig.elb.calls();
+    let calls_before = rig.elb.calls_but(crate::lbc::CALLER);
     let lbc_calls_before = rig.elb.calls_by(crate::lbc::CALLER);
     let load = Load::start(app.listener.addr, rate, timeout + Duration::from_secs(30));
     let load_started = load.started;
@@ -285,7 +285,7 @@ pub async fn measured_rollout(
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let samples = load.stop().await;
-    let calls = diff(&rig.elb.calls(), &calls_before);
+    let calls = diff(&rig.elb.calls_but(crate::lbc::CALLER), &calls_before);
     let lbc_calls = diff(&rig.elb.calls_by(crate::lbc::CALLER), &lbc_calls_before);
     let pods = rig
         .timeline

@@ -254,14 +254,34 @@ impl Elb {
             .or_default() += 1;
     }
 
-    /// The calls `caller` made in-process, per action.
+    /// The calls `caller` made, per action: in-process, and on the Query API signed with
+    /// `caller` as access key (the real AWS Load Balancer Controller's, whose key is the
+    /// model's caller name).
     pub fn calls_by(&self, caller: &str) -> BTreeMap<String, u64> {
-        self.calls_by
+        let mut out = self
+            .calls_by
             .lock()
             .expect("calls lock")
             .get(caller)
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_default();
+        for ((key, action), n) in self.calls.lock().expect("calls lock").iter() {
+            if key == caller {
+                *out.entry(action.clone()).or_default() += n;
+            }
+        }
+        out
+    }
+
+    /// The Query API's calls by action of every caller but `caller`.
+    pub fn calls_but(&self, caller: &str) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for ((key, action), n) in self.calls.lock().expect("calls lock").iter() {
+            if key != caller {
+                *out.entry(action.clone()).or_default() += n;
+            }
+        }
+        out
     }
 
     /// The next `calls` calls of `action` get no answer at all (the connection stays open

@@ -248,6 +248,8 @@ struct Observed {
     gate_lags: Vec<Duration>,
     /// The controller's calls of the load balancer by action (Query API and in-process).
     calls: BTreeMap<String, u64>,
+    /// The controller's requests to the API server by verb and resource (audit log).
+    api: BTreeMap<String, usize>,
 }
 
 /// The differential scenario, controller alone (readygate not installed): an application whose
@@ -303,7 +305,17 @@ async fn scenario(choice: rig::rig::LbcChoice) -> Observed {
     }
     let audit = rig::k8s::audit::requests(&plane.audit_log).unwrap();
     let mut writes = BTreeMap::new();
+    let mut api: BTreeMap<String, usize> = BTreeMap::new();
     for q in &audit[audit_from..] {
+        if q.user == rig::aws_lbc::USER && q.verb != "watch" {
+            let sub = if q.subresource.is_empty() {
+                String::new()
+            } else {
+                format!("/{}", q.subresource)
+            };
+            *api.entry(format!("{} {}{sub} → {}", q.verb, q.resource, q.code))
+                .or_default() += 1;
+        }
         if q.namespace == ns
             && q.subresource == "status"
             && q.resource == "pods"
@@ -342,6 +354,7 @@ async fn scenario(choice: rig::rig::LbcChoice) -> Observed {
         deregistered: with(Milestone::Deregistered),
         gate_lags,
         calls,
+        api,
     };
     // Leave nothing for the next controller: the binding goes while this one still runs (it
     // holds the binding's finalizer), then the Deployment.
@@ -384,6 +397,10 @@ fn the_model_and_the_real_controller_register_and_write_alike() {
             println!("{name}: gate writes per pod {:?}", o.writes);
             println!("{name}: healthy → gate True {:?}", o.gate_lags);
             println!("{name}: load balancer calls {:?}", o.calls);
+            println!(
+                "{name}: API requests (audit log, watches aside) {:?}",
+                o.api
+            );
             for (pod, v) in &o.values {
                 println!("{name}: {pod} {v:?}");
             }

@@ -96,6 +96,9 @@ pub struct LbcConfig {
     pub register_limit: (f64, f64),
     /// Describe*: (burst, per second). Real: 200, 50/s.
     pub describe_limit: (f64, f64),
+    /// `--watch-namespace`: the one namespace whose bindings, Services, EndpointSlices and pods
+    /// it watches (None: all, the default).
+    pub watch_namespace: Option<String>,
 }
 
 impl Default for LbcConfig {
@@ -107,6 +110,7 @@ impl Default for LbcConfig {
             max_backoff: Duration::from_secs(100),
             register_limit: (20.0, 4.0),
             describe_limit: (200.0, 50.0),
+            watch_namespace: None,
         }
     }
 }
@@ -228,28 +232,41 @@ impl Lbc {
     pub async fn start(client: Client, elb: Arc<Elb>, config: LbcConfig) -> anyhow::Result<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
         let tgb = target_group_bindings();
+        let ns = config.watch_namespace.clone();
+        let bindings = match &ns {
+            Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &tgb),
+            None => Api::all_with(client.clone(), &tgb),
+        };
         let mut tasks = vec![
+            follow(bindings, Kind::Binding, tx.clone()),
             follow(
-                Api::<DynamicObject>::all_with(client.clone(), &tgb),
-                Kind::Binding,
-                tx.clone(),
-            ),
-            follow(
-                Api::<Service>::all(client.clone()),
+                namespaced::<Service>(&client, &ns),
                 Kind::Service,
                 tx.clone(),
             ),
             follow(
-                Api::<EndpointSlice>::all(client.clone()),
+                namespaced::<EndpointSlice>(&client, &ns),
                 Kind::Slice,
                 tx.clone(),
             ),
-            follow(Api::<Pod>::all(client.clone()), Kind::Pod, tx.clone()),
+            follow(namespaced::<Pod>(&client, &ns), Kind::Pod, tx.clone()),
             follow(Api::<Node>::all(client.clone()), Kind::Node, tx),
         ];
         let mut controller = Controller::new(client, elb, config);
         tasks.push(tokio::spawn(async move { controller.run(rx).await }));
         Ok(Self { tasks })
+    }
+}
+
+/// The API of a namespaced kind in `ns`, or in every namespace.
+fn namespaced<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
     }
 }
 

@@ -599,7 +599,8 @@ async fn a_black_hole_swallows_exactly_the_calls_it_was_given() {
         .unwrap();
     let q = QueryClient::new(server.addr);
     let arn = elb.create_target_group(spec("hole", 8080)).unwrap();
-    elb.black_hole("DescribeTargetHealth", 1);
+    elb.black_hole("rig", "DescribeTargetHealth", 1);
+    elb.black_hole("someone-else", "DescribeTargetHealth", 1);
     assert!(
         tokio::time::timeout(Duration::from_secs(1), health(&q, &arn, &[]))
             .await

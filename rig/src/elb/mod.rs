@@ -182,8 +182,8 @@ pub struct Elb {
     calls: Mutex<BTreeMap<(String, String), u64>>,
     /// Calls of in-process callers (the load balancer controller model), per caller and action.
     calls_by: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
-    /// Calls per action that the Query API will swallow: it never answers them.
-    black_holes: Mutex<BTreeMap<String, u32>>,
+    /// Calls per (caller, action) that the Query API will swallow: it never answers them.
+    black_holes: Mutex<BTreeMap<(String, String), u32>>,
     bucket: Mutex<Bucket>,
     events: broadcast::Sender<TargetEvent>,
     checks: Client,
@@ -284,21 +284,23 @@ impl Elb {
         out
     }
 
-    /// The next `calls` calls of `action` get no answer at all (the connection stays open
-    /// and silent), as a call lost in the network or a stuck endpoint does.
-    pub fn black_hole(&self, action: &str, calls: u32) {
+    /// The next `calls` calls of `action` signed by `caller` (an access key) get no answer at
+    /// all (the connection stays open and silent), as a call lost in the network or a stuck
+    /// endpoint does. Other callers' calls are answered: with the real AWS Load Balancer
+    /// Controller beside readygate, a hole meant for one would otherwise catch the other.
+    pub fn black_hole(&self, caller: &str, action: &str, calls: u32) {
         *self
             .black_holes
             .lock()
             .expect("black holes lock")
-            .entry(action.into())
+            .entry((caller.into(), action.into()))
             .or_default() += calls;
     }
 
-    /// Whether this call of `action` falls into a black hole (and uses it up).
-    pub fn swallows(&self, action: &str) -> bool {
+    /// Whether this call of `action` by `caller` falls into a black hole (and uses it up).
+    pub fn swallows(&self, caller: &str, action: &str) -> bool {
         let mut holes = self.black_holes.lock().expect("black holes lock");
-        match holes.get_mut(action) {
+        match holes.get_mut(&(caller.to_string(), action.to_string())) {
             Some(n) if *n > 0 => {
                 *n -= 1;
                 true

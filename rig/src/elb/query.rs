@@ -106,11 +106,12 @@ async fn handle(
             .collect();
     params.extend(form_urlencoded::parse(&body).into_owned());
     let action = params.get("Action").cloned().unwrap_or_default();
-    elb.count_call(&caller(&headers), &action);
+    let caller = caller(&headers);
+    elb.count_call(&caller, &action);
     if params.get("Version").map(String::as_str) == Some(super::ec2::VERSION) {
         return super::ec2::dispatch(&action, &params);
     }
-    if elb.swallows(&action) {
+    if elb.swallows(&caller, &action) {
         // Silent for far longer than any client should wait; bounded so the task ends.
         tokio::time::sleep(Duration::from_secs(120)).await;
         return xml(

@@ -284,3 +284,23 @@ fn group_member(arn: &str, s: &GroupSpec, lbs: &[String]) -> String {
         escape(&s.target_type)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_caller_is_the_access_key_of_the_sigv4_credential() {
+        let mut h = HeaderMap::new();
+        assert_eq!(caller(&h), crate::elb::ANONYMOUS);
+        h.insert(
+            header::AUTHORIZATION,
+            "AWS4-HMAC-SHA256 Credential=aws-load-balancer-controller/20261208/us-east-1/elasticloadbalancing/aws4_request, SignedHeaders=host;x-amz-date, Signature=00"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(caller(&h), "aws-load-balancer-controller");
+        h.insert(header::AUTHORIZATION, "Bearer x".parse().unwrap());
+        assert_eq!(caller(&h), crate::elb::ANONYMOUS);
+    }
+}

@@ -4,12 +4,13 @@
 //! `pkg/targetgroupbinding/resource_manager.go`, `targets_manager.go`,
 //! `pkg/backend/endpoint_resolver.go`, `pkg/aws/throttle/defaults.go`), step for step:
 //!
-//! - **Queue.** A binding is reconciled at once on a change of itself, of its Service (ports),
-//!   of its Service's EndpointSlices (ports or endpoints), and of any pod that carries
+//! - **Queue.** A binding is reconciled at once on a change of itself, of its Service's
+//!   EndpointSlices (ports or endpoints), and of any pod that carries
 //!   `target-health.elbv2.k8s.aws/<binding>` (or the legacy `target-health.alb.ingress.k8s.aws/`)
 //!   in `spec.readinessGates`; again [`LbcConfig::requeue`] after a reconcile that left a gate
 //!   not True; after a failure with the workqueue's per-item exponential back-off (5 ms doubling
-//!   to [`LbcConfig::max_backoff`]). Node changes re-queue only instance-mode bindings: none here.
+//!   to [`LbcConfig::max_backoff`]). Service and Node changes re-queue only instance-mode
+//!   bindings.
 //! - **Finalizer.** `elbv2.k8s.aws/resources` is added to every binding it reconciles (a merge
 //!   patch with the resourceVersion as precondition) and removed after the clean-up once the
 //!   binding is being deleted.
@@ -471,10 +472,6 @@ fn condition_status(o: &Value, t: &str) -> Option<String> {
     condition(o, t).map(|c| str_at(c, "/status"))
 }
 
-fn is_ip_binding(b: &Value) -> bool {
-    str_at(b, "/spec/targetType") == "ip"
-}
-
 fn sha256_hex(s: &str) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(s.as_bytes())
@@ -558,11 +555,14 @@ impl Controller {
             .cloned()
             .unwrap_or_default();
         let (ns, name) = key_of(&obj);
-        let bindings_of_service = |world: &World, svc: &str| -> Vec<Key> {
+        // The bindings of Service `svc` in this namespace with this target type.
+        let bindings_of_service = |world: &World, svc: &str, target_type: &str| -> Vec<Key> {
             world
                 .all(Kind::Binding)
                 .filter(|((bns, _), b)| {
-                    *bns == ns && str_at(b, "/spec/serviceRef/name") == svc && is_ip_binding(b)
+                    *bns == ns
+                        && str_at(b, "/spec/serviceRef/name") == svc
+                        && str_at(b, "/spec/targetType") == target_type
                 })
                 .map(|(k, _)| k.clone())
                 .collect()
@@ -575,7 +575,10 @@ impl Controller {
                 if c.old.is_some() && c.new.is_some() && ports(&c.old) == ports(&c.new) {
                     vec![]
                 } else {
-                    bindings_of_service(&self.world, &name)
+                    // Its Service handler re-queues instance-mode bindings only: an IP-mode
+                    // binding learns of its Service's deletion from the EndpointSlices' (or
+                    // its next re-queue).
+                    bindings_of_service(&self.world, &name, "instance")
                 }
             }
             Kind::Slice => {
@@ -587,7 +590,7 @@ impl Controller {
                     vec![]
                 } else {
                     let svc = str_at(&obj, "/metadata/labels/kubernetes.io~1service-name");
-                    bindings_of_service(&self.world, &svc)
+                    bindings_of_service(&self.world, &svc, "ip")
                 }
             }
             Kind::Pod => {

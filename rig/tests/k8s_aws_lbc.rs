@@ -633,3 +633,51 @@ fn v3_5_0_dies_on_a_pod_tombstone_and_the_rig_names_it_and_its_log() {
         lbc.stop(&rig.client).await.unwrap();
     });
 }
+
+/// With `RigConfig::aws_lbc_pod_webhook`, the controller's own pod webhook (`mpod`, the Helm
+/// chart's namespace selector) injects the gate into a pod its binding's Service selects, in a
+/// labelled namespace; readygate is not installed.
+#[test]
+fn the_controllers_pod_webhook_injects_the_gate_when_asked_for() {
+    let Some(bin) = controller() else { return };
+    rig::cluster::test(|_plane| async move {
+        common::crypto();
+        let rig = rig::rig::Rig::start(RigConfig {
+            lbc: rig::rig::LbcChoice::Real(bin),
+            aws_lbc_pod_webhook: true,
+            ..RigConfig::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        let ns = rig.ns("lbc-pod-webhook");
+        rig.namespace(&ns, true).await.unwrap();
+        let _app = rig.app(&ns, "web").await.unwrap();
+        let pods: kube::Api<Pod> = kube::Api::namespaced(rig.client.clone(), &ns);
+        // Its pod webhook reads bindings from its cache, which sees the binding a moment later.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut i = 0;
+        let gates = loop {
+            i += 1;
+            let pod: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("web-{i}"), "labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "rig/web:1",
+                    "ports": [{"name": "http", "containerPort": rig::rig::APP_PORT}]}]}}))
+            .unwrap();
+            let created = pods.create(&Default::default(), &pod).await.unwrap();
+            let gates: Vec<String> = created
+                .spec
+                .and_then(|s| s.readiness_gates)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|g| g.condition_type)
+                .collect();
+            if !gates.is_empty() || std::time::Instant::now() > deadline {
+                break gates;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        println!("gates injected by the controller's pod webhook: {gates:?} (pod web-{i})");
+        assert_eq!(gates, ["target-health.elbv2.k8s.aws/web"]);
+        rig.lbc.real().unwrap().stop(&rig.client).await.unwrap();
+    });
+}

@@ -89,6 +89,8 @@ pub struct RolloutResult {
     /// Pods of the new revision and of the one before it.
     pub pods: Vec<PodTimeline>,
     pub elb_calls: BTreeMap<String, u64>,
+    /// The load balancer controller model's ELBv2 calls meanwhile (its own caller).
+    pub lbc_calls: BTreeMap<String, u64>,
     pub load_started: Instant,
     /// When the last pod of the previous revision was gone (its termination finished).
     pub drained: Option<Instant>,
@@ -107,6 +109,10 @@ impl RolloutResult {
 
     pub fn elb_calls_total(&self) -> u64 {
         self.elb_calls.values().sum()
+    }
+
+    pub fn lbc_calls_total(&self) -> u64 {
+        self.lbc_calls.values().sum()
     }
 
     /// Time from "healthy in the load balancer" to "gate True", per new gated pod.
@@ -242,7 +248,8 @@ pub async fn measured_rollout(
     timeout: Duration,
     interlude: Option<Interlude>,
 ) -> RolloutResult {
-    let calls_before = rig.elb.calls();
+    let calls_before = rig.elb.calls_but(crate::lbc::CALLER);
+    let lbc_calls_before = rig.elb.calls_by(crate::lbc::CALLER);
     let load = Load::start(app.listener.addr, rate, timeout + Duration::from_secs(30));
     let load_started = load.started;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -278,7 +285,8 @@ pub async fn measured_rollout(
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let samples = load.stop().await;
-    let calls = diff(&rig.elb.calls(), &calls_before);
+    let calls = diff(&rig.elb.calls_but(crate::lbc::CALLER), &calls_before);
+    let lbc_calls = diff(&rig.elb.calls_by(crate::lbc::CALLER), &lbc_calls_before);
     let pods = rig
         .timeline
         .pods(&app.namespace)
@@ -301,6 +309,7 @@ pub async fn measured_rollout(
         samples,
         pods,
         elb_calls: calls,
+        lbc_calls,
         load_started,
         drained,
         physical_minimum: physical_minimum(rig, dep, start_delay),
@@ -410,7 +419,8 @@ pub fn summary_line(r: &RolloutResult) -> String {
         .collect();
     let (start, end) = r.failed_by_phase();
     format!(
-        "rollout to {}: {duration}; requests {} sent, {} failed{}; ELBv2 calls {}{}",
+        "rollout to {}: {duration}; requests {} sent, {} failed{}; ELBv2 calls {}{}; \
+         the load balancer controller's {}",
         r.revision,
         r.sent(),
         r.failed(),
@@ -427,7 +437,8 @@ pub fn summary_line(r: &RolloutResult) -> String {
             String::new()
         } else {
             format!(" ({})", calls.join(", "))
-        }
+        },
+        r.lbc_calls_total()
     )
 }
 
@@ -617,6 +628,20 @@ pub fn side_by_side(modes: &[ModeReport]) -> String {
             )
         }),
     );
+    row(
+        &mut out,
+        "ELBv2 calls per rollout (AWS LBC model's)",
+        each(&|m| {
+            format!(
+                "{:.1}",
+                m.rollouts
+                    .iter()
+                    .map(RolloutResult::lbc_calls_total)
+                    .sum::<u64>() as f64
+                    / m.rollouts.len().max(1) as f64
+            )
+        }),
+    );
     let lags = |m: &ModeReport| {
         let mut l: Vec<Duration> = m
             .rollouts
@@ -708,6 +733,7 @@ mod tests {
                 at: BTreeMap::from([(Milestone::Terminating, pod_terminating)]),
             }],
             elb_calls: BTreeMap::new(),
+            lbc_calls: BTreeMap::new(),
             load_started: started,
             drained: None,
             physical_minimum: Duration::from_secs(1),

@@ -1,6 +1,7 @@
 //! The readygate rollout rig: a local cluster and load balancer on loopback that runs the
 //! real `readygate serve` binary through rolling updates and counts lost requests.
 
+pub mod aws_lbc;
 pub mod certs;
 pub mod cluster;
 pub mod demo;

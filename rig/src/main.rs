@@ -57,16 +57,28 @@ struct DemoArgs {
     /// Without a --prestop-sleep among them, the rig's termination window + 1 s is passed.
     #[arg(long = "readygate-arg", allow_hyphen_values = true)]
     readygate_args: Vec<String>,
+    /// The AWS Load Balancer Controller's binary (v3.5.0, built by hand outside the
+    /// repository): the rig runs it instead of its model of it.
+    #[arg(long, env = "RIG_AWS_LBC_BIN")]
+    aws_lbc: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let Command::Demo(args) = &cli.command;
+    if let Some(bin) = &args.aws_lbc {
+        let bin = rig::aws_lbc::check_binary(bin)?;
+        // SAFETY: no other thread exists yet. Every rig of the run reads the choice from the
+        // environment, as the tests do.
+        unsafe { std::env::set_var(rig::aws_lbc::BIN_ENV, bin) };
+    }
     // The whole run lives in a private network namespace: enter it before any thread starts,
     // so that the runtime's threads and every process the rig starts inherit it.
     rig::netns::enter()?;
-    tokio::runtime::Runtime::new()?.block_on(run())
+    tokio::runtime::Runtime::new()?.block_on(run(cli))
 }
 
-async fn run() -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<()> {
     rustls::crypto::aws_lc_rs::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("installing the rustls crypto provider"))?;
@@ -76,7 +88,7 @@ async fn run() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Command::Demo(args) = Cli::parse().command;
+    let Command::Demo(args) = cli.command;
     let code = demo(args).await?;
     std::process::exit(code);
 }
@@ -108,9 +120,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
     );
     let admission_before = rig::k8s::audit::admission_latency(&stage.rig.client).await?;
     println!(
-        "rig: API server {}, ELBv2 endpoint {}, readygate pids {:?} (log {}), readygate serve {}",
+        "rig: API server {}, ELBv2 endpoint {}, load balancer controller: {}, readygate pids {:?} (log {}), readygate serve {}",
         plane.url,
         stage.rig.elb_api.url(),
+        stage.rig.lbc.describe(),
         stage.pids().await,
         stage.log_path().display(),
         readygate_args.join(" ")

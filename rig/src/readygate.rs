@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+/// readygate's access key on the rig's AWS APIs (the load balancer counts calls by it).
+pub const ACCESS_KEY: &str = "rig";
+
 #[derive(Debug, Clone)]
 pub struct ReadygateOpts {
     pub bin: PathBuf,
@@ -77,7 +80,7 @@ impl Readygate {
             .env("KUBECONFIG", &opts.kubeconfig)
             .env("AWS_ENDPOINT_URL", &opts.elb_url)
             .env("AWS_REGION", crate::elb::REGION)
-            .env("AWS_ACCESS_KEY_ID", "rig")
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", "rig")
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env_remove("AWS_PROFILE")

@@ -1,7 +1,10 @@
 //! The whole rig: the real control plane, the rig's node agent, load balancer controller,
 //! ELBv2 endpoint, listeners and timelines, all in the rig's network namespace; and the demo
-//! application's objects.
+//! application's objects. The load balancer controller is the real AWS Load Balancer
+//! Controller when its binary is given (`RIG_AWS_LBC_BIN`, [`LbcChoice::Real`]), its model
+//! ([`crate::lbc`]) otherwise, said in one line.
 
+use crate::aws_lbc::{AwsLbc, AwsLbcOpts};
 use crate::cluster::ControlPlane;
 use crate::deploy::Deployment;
 use crate::elb::listener::Listener;
@@ -9,11 +12,11 @@ use crate::elb::query::QueryServer;
 use crate::elb::{Elb, ElbConfig, GroupSpec};
 use crate::k8s::node::{NODE_NAME, NodeAgent, NodeOpts};
 use crate::kubelet::{LB_HEALTH_PATH, PROBE_PERIOD_ANNOTATION, START_DELAY_ANNOTATION};
-use crate::lbc::Lbc;
+use crate::lbc::{Lbc, LbcConfig};
 use crate::timeline::Timeline;
 use anyhow::Context;
 use serde_json::{Value, json};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,9 +32,106 @@ pub struct RigConfig {
     pub deregistration_delay: Duration,
     /// From a pod's deletion to the load balancer controller's DeregisterTargets.
     pub lbc_reaction: Duration,
+    /// The load balancer controller's `--targetgroupbinding-requeue-duration`: how soon it looks
+    /// at a binding again while one of its gates is not True. 1.5 s stands for the real
+    /// default, 15 s.
+    pub lbc_requeue: Duration,
     pub elb: ElbConfig,
     /// The binary the node agent runs for image `readygate` (None: [`crate::readygate::find_binary`]).
     pub readygate_bin: Option<std::path::PathBuf>,
+    /// Which load balancer controller runs.
+    pub lbc: LbcChoice,
+    /// With the real controller: its pod webhook on (`--enable-pod-readiness-gate-inject`)
+    /// for namespaces with the gate label. Off by default: readygate injects the gates.
+    pub aws_lbc_pod_webhook: bool,
+}
+
+/// Which load balancer controller a rig runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum LbcChoice {
+    /// The real one when `RIG_AWS_LBC_BIN` names its binary (an error when it names no
+    /// executable), the model otherwise.
+    #[default]
+    FromEnv,
+    /// The model ([`crate::lbc`]) whatever the environment says.
+    Model,
+    /// The real controller, this binary.
+    Real(PathBuf),
+}
+
+impl LbcChoice {
+    /// The binary to run, or None for the model; says once per process, in one line, when the
+    /// model stands in because `RIG_AWS_LBC_BIN` is unset.
+    pub fn resolve(&self) -> anyhow::Result<Option<PathBuf>> {
+        match self {
+            LbcChoice::Model => Ok(None),
+            LbcChoice::Real(bin) => crate::aws_lbc::check_binary(bin).map(Some),
+            LbcChoice::FromEnv => {
+                let bin = crate::aws_lbc::binary_from_env()?;
+                if bin.is_none() {
+                    static SAID: std::sync::Once = std::sync::Once::new();
+                    SAID.call_once(|| eprintln!("{}", model_line()));
+                }
+                Ok(bin)
+            }
+        }
+    }
+}
+
+/// The one line that says the model runs, naming the variable that would run the real one.
+pub fn model_line() -> String {
+    format!(
+        "rig: load balancer controller: the model (rig/src/lbc.rs), not the real AWS Load Balancer Controller: set {} to its binary to run it",
+        crate::aws_lbc::BIN_ENV
+    )
+}
+
+/// The load balancer controller a rig runs.
+pub enum LoadBalancerController {
+    Model(Lbc),
+    Real(Box<AwsLbc>),
+}
+
+impl LoadBalancerController {
+    /// One line for a report: which controller, and for the real one its version, PID, log and
+    /// start-up time.
+    pub fn describe(&self) -> String {
+        match self {
+            LoadBalancerController::Model(_) => {
+                "the model of the AWS Load Balancer Controller (rig/src/lbc.rs)".into()
+            }
+            LoadBalancerController::Real(c) => format!(
+                "the AWS Load Balancer Controller {} ({}, --targetgroupbinding-requeue-duration {:?}), pid {}, ready in {:.2} s, its webhooks reached by the API server after {:.2} s, log {}",
+                if c.version.is_empty() {
+                    "(its log names no version)"
+                } else {
+                    &c.version
+                },
+                c.opts.bin.display(),
+                c.opts.requeue.unwrap_or(Duration::from_secs(15)),
+                c.pid(),
+                c.ready_in.as_secs_f64(),
+                c.started_in.as_secs_f64(),
+                c.log.display()
+            ),
+        }
+    }
+
+    /// The real controller, when it is the one running.
+    pub fn real(&self) -> Option<&AwsLbc> {
+        match self {
+            LoadBalancerController::Real(c) => Some(c),
+            LoadBalancerController::Model(_) => None,
+        }
+    }
+
+    /// Fails, naming the real controller and its log, when it has exited.
+    pub fn check(&self) -> anyhow::Result<()> {
+        match self {
+            LoadBalancerController::Real(c) => c.check(),
+            LoadBalancerController::Model(_) => Ok(()),
+        }
+    }
 }
 
 impl Default for RigConfig {
@@ -49,11 +149,14 @@ impl Default for RigConfig {
             unhealthy_threshold: 2,
             deregistration_delay: Duration::from_secs(5),
             lbc_reaction: Duration::from_millis(500),
+            lbc_requeue: Duration::from_millis(1500),
             elb: ElbConfig {
                 deregistration_lag: Duration::from_millis(1500),
                 ..ElbConfig::default()
             },
             readygate_bin: None,
+            lbc: LbcChoice::FromEnv,
+            aws_lbc_pod_webhook: false,
         }
     }
 }
@@ -76,7 +179,8 @@ pub struct Rig {
     pub elb_api: QueryServer,
     pub timeline: Timeline,
     node: NodeAgent,
-    _lbc: Lbc,
+    /// The load balancer controller: the real one or its model.
+    pub lbc: LoadBalancerController,
     pub dir: tempfile::TempDir,
     /// Which rig of this process this is (0 for the first): later rigs on the same control
     /// plane suffix their namespaces with it.
@@ -111,7 +215,8 @@ impl Rig {
         let node =
             NodeAgent::start_with(NodeAgent::client(plane, NODE_NAME).await?, NODE_NAME, opts)
                 .await?;
-        crate::k8s::install::target_group_binding_crd(&client).await?;
+        let crds = crate::k8s::aws_lbc::install_crds(&client).await?;
+        println!("TargetGroupBinding CRD: {crds}");
         let elb = Elb::new(config.elb.clone());
         // On the node address, which pods reach from their own network namespaces.
         let elb_api = QueryServer::start(
@@ -120,7 +225,44 @@ impl Rig {
         )
         .await?;
         let timeline = Timeline::start(client.clone(), &elb).await?;
-        let lbc = Lbc::start(client.clone(), elb.clone(), config.lbc_reaction).await?;
+        let identity =
+            crate::k8s::aws_lbc::install_aws_lbc_identity(plane, &client, dir.path()).await?;
+        let lbc = match config.lbc.resolve()? {
+            None => {
+                // A real controller an earlier rig of this process ran leaves webhooks that
+                // would refuse every binding without it.
+                crate::aws_lbc::unregister_webhooks(&client).await?;
+                LoadBalancerController::Model(
+                    Lbc::start(
+                        identity.client,
+                        elb.clone(),
+                        LbcConfig {
+                            reaction: config.lbc_reaction,
+                            requeue: config.lbc_requeue,
+                            ..LbcConfig::default()
+                        },
+                    )
+                    .await?,
+                )
+            }
+            Some(bin) => {
+                // Beside the control plane's logs, which outlive the rig.
+                let lbc_dir = plane.dir.join(format!(
+                    "aws-load-balancer-controller-{}",
+                    RIGS.load(std::sync::atomic::Ordering::Relaxed)
+                ));
+                let mut opts = AwsLbcOpts::new(
+                    bin,
+                    identity.kubeconfig_path.clone(),
+                    elb_api.url(),
+                    lbc_dir,
+                );
+                opts.pod_webhook = config.aws_lbc_pod_webhook;
+                // The rig's clock, whichever controller plays the part.
+                opts.requeue = Some(config.lbc_requeue);
+                LoadBalancerController::Real(Box::new(AwsLbc::start(&client, opts).await?))
+            }
+        };
         Ok(Self {
             config,
             plane,
@@ -129,7 +271,7 @@ impl Rig {
             elb_api,
             timeline,
             node,
-            _lbc: lbc,
+            lbc,
             dir,
             index: RIGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })

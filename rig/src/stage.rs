@@ -432,7 +432,7 @@ impl Deployed {
             &[
                 ("AWS_ENDPOINT_URL", elb_url.as_str()),
                 ("AWS_REGION", crate::elb::REGION),
-                ("AWS_ACCESS_KEY_ID", "rig"),
+                ("AWS_ACCESS_KEY_ID", crate::readygate::ACCESS_KEY),
                 ("AWS_SECRET_ACCESS_KEY", "rig"),
                 ("AWS_EC2_METADATA_DISABLED", "true"),
             ],

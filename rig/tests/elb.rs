@@ -599,7 +599,8 @@ async fn a_black_hole_swallows_exactly_the_calls_it_was_given() {
         .unwrap();
     let q = QueryClient::new(server.addr);
     let arn = elb.create_target_group(spec("hole", 8080)).unwrap();
-    elb.black_hole("DescribeTargetHealth", 1);
+    elb.black_hole("rig", "DescribeTargetHealth", 1);
+    elb.black_hole("someone-else", "DescribeTargetHealth", 1);
     assert!(
         tokio::time::timeout(Duration::from_secs(1), health(&q, &arn, &[]))
             .await
@@ -611,4 +612,124 @@ async fn a_black_hole_swallows_exactly_the_calls_it_was_given() {
         .expect("the next call is answered");
     assert!(matches!(answer, Answer::TargetHealth(_)), "{answer:?}");
     assert_eq!(elb.calls()["DescribeTargetHealth"], 2);
+}
+
+/// The element paths under `e` (`item/vpcId`, `item/tagSet/item/key`, …), for comparing
+/// shapes.
+fn paths(e: &rig::elb::xml::Element, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+    for c in &e.children {
+        let p = format!("{prefix}{}", c.name);
+        out.insert(p.clone());
+        paths(c, &format!("{p}/"), out);
+    }
+}
+
+/// The rig's EC2 answers (what the real AWS Load Balancer Controller calls: DescribeVpcs,
+/// DescribeSecurityGroups with the cluster tag and VPC filters) in the shapes EC2 gives, checked
+/// against moto's EC2: every element the rig sends, moto sends too, and an unknown VPC is the
+/// same error code.
+#[tokio::test]
+async fn the_rigs_ec2_answers_have_ec2s_shapes_as_moto_gives_them() {
+    common::crypto();
+    let moto = moto();
+    let elb = Elb::new(ElbConfig::default());
+    let server = QueryServer::start(elb.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (moto_q, rig_q) = (QueryClient::new(moto.addr), QueryClient::new(server.addr));
+    let ec2 = |q: &QueryClient, action: &'static str, params: Vec<(&'static str, String)>| {
+        let q = q.clone();
+        async move {
+            let (status, body) = q
+                .call_service("ec2", rig::elb::ec2::VERSION, action, &params)
+                .await
+                .unwrap();
+            (status, rig::elb::xml::parse(&body).unwrap())
+        }
+    };
+    let (_, vpc) = ec2(
+        &moto_q,
+        "CreateVpc",
+        vec![
+            ("CidrBlock", rig::netns::POD_CIDR.to_string()),
+            ("TagSpecification.1.ResourceType", "vpc".into()),
+            ("TagSpecification.1.Tag.1.Key", "Name".into()),
+            ("TagSpecification.1.Tag.1.Value", "rig".into()),
+        ],
+    )
+    .await;
+    let moto_vpc = vpc.text_at("vpc/vpcId").unwrap().to_string();
+    let tag = format!("kubernetes.io/cluster/{}", rig::elb::ec2::CLUSTER_NAME);
+    let (_, sg) = ec2(
+        &moto_q,
+        "CreateSecurityGroup",
+        vec![
+            ("GroupName", "cluster".into()),
+            ("GroupDescription", "cluster".into()),
+            ("VpcId", moto_vpc.clone()),
+            ("TagSpecification.1.ResourceType", "security-group".into()),
+            ("TagSpecification.1.Tag.1.Key", tag.clone()),
+            ("TagSpecification.1.Tag.1.Value", "owned".into()),
+        ],
+    )
+    .await;
+    assert!(sg.text_at("groupId").is_some(), "{sg:?}");
+    let sg_filters = |vpc: &str| {
+        vec![
+            ("Filter.1.Name", format!("tag:{tag}")),
+            ("Filter.1.Value.1", "owned".into()),
+            ("Filter.1.Value.2", "shared".into()),
+            ("Filter.2.Name", "vpc-id".into()),
+            ("Filter.2.Value.1", vpc.to_string()),
+        ]
+    };
+    for (action, set, moto_params, rig_params) in [
+        (
+            "DescribeVpcs",
+            "vpcSet",
+            vec![("VpcId.1", moto_vpc.clone())],
+            vec![("VpcId.1", rig::elb::VPC_ID.to_string())],
+        ),
+        (
+            "DescribeSecurityGroups",
+            "securityGroupInfo",
+            sg_filters(&moto_vpc),
+            sg_filters(rig::elb::VPC_ID),
+        ),
+    ] {
+        let (s1, m) = ec2(&moto_q, action, moto_params).await;
+        let (s2, r) = ec2(&rig_q, action, rig_params).await;
+        assert_eq!((s1, s2), (200, 200), "{action}");
+        let (m, r) = (m.child(set).unwrap(), r.child(set).unwrap());
+        assert_eq!(m.children.len(), 1, "{action}: moto's answer {m:?}");
+        assert_eq!(r.children.len(), 1, "{action}: the rig's answer {r:?}");
+        let (mut mp, mut rp) = (Default::default(), Default::default());
+        paths(m, "", &mut mp);
+        paths(r, "", &mut rp);
+        let extra: Vec<_> = rp.difference(&mp).collect();
+        assert!(
+            extra.is_empty(),
+            "{action}: elements moto does not send: {extra:?}"
+        );
+    }
+    let (s1, m) = ec2(
+        &moto_q,
+        "DescribeVpcs",
+        vec![("VpcId.1", "vpc-00000000".into())],
+    )
+    .await;
+    let (s2, r) = ec2(
+        &rig_q,
+        "DescribeVpcs",
+        vec![("VpcId.1", "vpc-00000000".into())],
+    )
+    .await;
+    assert_eq!((s1, s2), (400, 400));
+    assert_eq!(
+        m.text_at("Errors/Error/Code"),
+        r.text_at("Errors/Error/Code"),
+        "{m:?} {r:?}"
+    );
+    let calls = elb.calls_by_caller();
+    assert_eq!(calls[&("rig".to_string(), "DescribeVpcs".to_string())], 2);
 }

@@ -89,6 +89,7 @@ fn rollout(revision: &str, previous: &str) -> RolloutResult {
         samples,
         pods: vec![old, new],
         elb_calls: Default::default(),
+        lbc_calls: Default::default(),
         load_started: t0,
         drained: Some(t0 + Duration::from_secs(3)),
         physical_minimum: Duration::from_secs(2),

@@ -3,6 +3,7 @@
 //! way an ALB does.
 
 pub mod client;
+pub mod ec2;
 pub mod listener;
 pub mod query;
 pub mod xml;
@@ -16,6 +17,12 @@ use tokio::sync::broadcast;
 
 pub const ACCOUNT: &str = "123456789012";
 pub const REGION: &str = "us-east-1";
+/// The VPC of the rig's account: its CIDR holds the pod CIDR (see [`ec2`]); target groups are
+/// in it. Shaped as AWS shapes them (`vpc-` and 17 hex digits), which the AWS Load Balancer
+/// Controller's binding webhook checks.
+pub const VPC_ID: &str = "vpc-0a1b2c3d4e5f60718";
+/// A caller whose request carried no SigV4 credential.
+pub const ANONYMOUS: &str = "-";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetState {
@@ -71,7 +78,7 @@ impl GroupSpec {
             name: name.into(),
             protocol: "HTTP".into(),
             port,
-            vpc_id: "vpc-rig".into(),
+            vpc_id: VPC_ID.into(),
             target_type: "ip".into(),
             health_check_path: "/".into(),
             interval: Duration::from_secs(30),
@@ -171,9 +178,12 @@ struct Bucket {
 pub struct Elb {
     groups: Mutex<BTreeMap<String, Group>>,
     config: ElbConfig,
-    calls: Mutex<BTreeMap<String, u64>>,
-    /// Calls per action that the Query API will swallow: it never answers them.
-    black_holes: Mutex<BTreeMap<String, u32>>,
+    /// Calls received on the Query API by (caller's access key, action).
+    calls: Mutex<BTreeMap<(String, String), u64>>,
+    /// Calls of in-process callers (the load balancer controller model), per caller and action.
+    calls_by: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
+    /// Calls per (caller, action) that the Query API will swallow: it never answers them.
+    black_holes: Mutex<BTreeMap<(String, String), u32>>,
     bucket: Mutex<Bucket>,
     events: broadcast::Sender<TargetEvent>,
     checks: Client,
@@ -195,6 +205,7 @@ impl Elb {
             groups: Mutex::new(BTreeMap::new()),
             config,
             calls: Mutex::new(BTreeMap::new()),
+            calls_by: Mutex::new(BTreeMap::new()),
             black_holes: Mutex::new(BTreeMap::new()),
             bucket: Mutex::new(Bucket {
                 tokens: burst,
@@ -219,31 +230,77 @@ impl Elb {
         });
     }
 
-    /// Counts one API call (as received on the Query endpoint).
-    pub fn count_call(&self, action: &str) {
+    /// Counts one API call (as received on the Query endpoint) of `caller` (the access key
+    /// that signed it, [`ANONYMOUS`] when unsigned).
+    pub fn count_call(&self, caller: &str, action: &str) {
         *self
             .calls
             .lock()
             .expect("calls lock")
+            .entry((caller.into(), action.into()))
+            .or_default() += 1;
+    }
+
+    /// Counts one call of `action` by an in-process `caller`: apart from the Query API's
+    /// ([`Self::calls`]), so that each caller's figures stay its own.
+    pub fn count_call_by(&self, caller: &str, action: &str) {
+        *self
+            .calls_by
+            .lock()
+            .expect("calls lock")
+            .entry(caller.into())
+            .or_default()
             .entry(action.into())
             .or_default() += 1;
     }
 
-    /// The next `calls` calls of `action` get no answer at all (the connection stays open
-    /// and silent), as a call lost in the network or a stuck endpoint does.
-    pub fn black_hole(&self, action: &str, calls: u32) {
+    /// The calls `caller` made, per action: in-process, and on the Query API signed with
+    /// `caller` as access key (the real AWS Load Balancer Controller's, whose key is the
+    /// model's caller name).
+    pub fn calls_by(&self, caller: &str) -> BTreeMap<String, u64> {
+        let mut out = self
+            .calls_by
+            .lock()
+            .expect("calls lock")
+            .get(caller)
+            .cloned()
+            .unwrap_or_default();
+        for ((key, action), n) in self.calls.lock().expect("calls lock").iter() {
+            if key == caller {
+                *out.entry(action.clone()).or_default() += n;
+            }
+        }
+        out
+    }
+
+    /// The Query API's calls by action of every caller but `caller`.
+    pub fn calls_but(&self, caller: &str) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for ((key, action), n) in self.calls.lock().expect("calls lock").iter() {
+            if key != caller {
+                *out.entry(action.clone()).or_default() += n;
+            }
+        }
+        out
+    }
+
+    /// The next `calls` calls of `action` signed by `caller` (an access key) get no answer at
+    /// all (the connection stays open and silent), as a call lost in the network or a stuck
+    /// endpoint does. Other callers' calls are answered: with the real AWS Load Balancer
+    /// Controller beside readygate, a hole meant for one would otherwise catch the other.
+    pub fn black_hole(&self, caller: &str, action: &str, calls: u32) {
         *self
             .black_holes
             .lock()
             .expect("black holes lock")
-            .entry(action.into())
+            .entry((caller.into(), action.into()))
             .or_default() += calls;
     }
 
-    /// Whether this call of `action` falls into a black hole (and uses it up).
-    pub fn swallows(&self, action: &str) -> bool {
+    /// Whether this call of `action` by `caller` falls into a black hole (and uses it up).
+    pub fn swallows(&self, caller: &str, action: &str) -> bool {
         let mut holes = self.black_holes.lock().expect("black holes lock");
-        match holes.get_mut(action) {
+        match holes.get_mut(&(caller.to_string(), action.to_string())) {
             Some(n) if *n > 0 => {
                 *n -= 1;
                 true
@@ -252,7 +309,17 @@ impl Elb {
         }
     }
 
+    /// Calls by action, every caller together.
     pub fn calls(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for ((_, action), n) in self.calls.lock().expect("calls lock").iter() {
+            *out.entry(action.clone()).or_default() += n;
+        }
+        out
+    }
+
+    /// Calls by (caller's access key, action).
+    pub fn calls_by_caller(&self) -> BTreeMap<(String, String), u64> {
         self.calls.lock().expect("calls lock").clone()
     }
 

@@ -1,10 +1,12 @@
 //! The ELBv2 Query API endpoint (what `AWS_ENDPOINT_URL` points readygate's SDK at): form
-//! parameters in, XML out, in the shapes aws-sdk-elasticloadbalancingv2 deserialises.
+//! parameters in, XML out, in the shapes aws-sdk-elasticloadbalancingv2 deserialises. Calls of
+//! EC2's Query API (`Version=2016-11-15`) on the same endpoint go to [`super::ec2`]. Every call
+//! is counted by its caller, the access key of its SigV4 `Authorization` header.
 
 use super::xml::escape;
 use super::{Elb, ElbError, GroupSpec, TargetHealth};
 use axum::body::Bytes;
-use axum::http::{StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -79,9 +81,23 @@ fn error(e: &ElbError) -> Response {
     )
 }
 
+/// The access key of a SigV4 `Authorization` header (`AWS4-HMAC-SHA256 Credential=KEY/date/
+/// region/service/aws4_request, …`), or [`super::ANONYMOUS`].
+pub fn caller(headers: &HeaderMap) -> String {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once("Credential="))
+        .and_then(|(_, rest)| rest.split('/').next())
+        .filter(|key| !key.is_empty())
+        .unwrap_or(super::ANONYMOUS)
+        .to_string()
+}
+
 async fn handle(
     axum::extract::State(elb): axum::extract::State<Arc<Elb>>,
     uri: Uri,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let mut params: HashMap<String, String> =
@@ -90,8 +106,12 @@ async fn handle(
             .collect();
     params.extend(form_urlencoded::parse(&body).into_owned());
     let action = params.get("Action").cloned().unwrap_or_default();
-    elb.count_call(&action);
-    if elb.swallows(&action) {
+    let caller = caller(&headers);
+    elb.count_call(&caller, &action);
+    if params.get("Version").map(String::as_str) == Some(super::ec2::VERSION) {
+        return super::ec2::dispatch(&action, &params);
+    }
+    if elb.swallows(&caller, &action) {
         // Silent for far longer than any client should wait; bounded so the task ends.
         tokio::time::sleep(Duration::from_secs(120)).await;
         return xml(
@@ -214,9 +234,12 @@ fn dispatch(
                 &format!("<TargetGroups>{members}</TargetGroups>"),
             ))
         }
-        other => Err(ElbError::Validation(format!(
-            "Could not find operation {other} for version 2015-12-01"
-        ))),
+        other => {
+            tracing::warn!(action = other, "ELBv2 call the rig does not answer");
+            Err(ElbError::Validation(format!(
+                "Could not find operation {other} for version 2015-12-01"
+            )))
+        }
     }
 }
 
@@ -260,4 +283,24 @@ fn group_member(arn: &str, s: &GroupSpec, lbs: &[String]) -> String {
         escape(&s.health_check_path),
         escape(&s.target_type)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_caller_is_the_access_key_of_the_sigv4_credential() {
+        let mut h = HeaderMap::new();
+        assert_eq!(caller(&h), crate::elb::ANONYMOUS);
+        h.insert(
+            header::AUTHORIZATION,
+            "AWS4-HMAC-SHA256 Credential=aws-load-balancer-controller/20261208/us-east-1/elasticloadbalancing/aws4_request, SignedHeaders=host;x-amz-date, Signature=00"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(caller(&h), "aws-load-balancer-controller");
+        h.insert(header::AUTHORIZATION, "Bearer x".parse().unwrap());
+        assert_eq!(caller(&h), crate::elb::ANONYMOUS);
+    }
 }

@@ -187,6 +187,12 @@ pub async fn set_pod_status(
 /// Aborts its task when dropped.
 pub struct Task(tokio::task::JoinHandle<()>);
 
+impl Task {
+    pub fn new(task: tokio::task::JoinHandle<()>) -> Self {
+        Self(task)
+    }
+}
+
 impl Drop for Task {
     fn drop(&mut self) {
         self.0.abort();

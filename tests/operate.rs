@@ -801,6 +801,8 @@ fn status_lists_and_explains_a_pod_pending_on_initial_health_checks() {
             "{}",
             r.stdout
         );
+        // Its reason is the last writer's: readygate's `Elb.Healthy`, or the empty one the AWS
+        // Load Balancer Controller (its model in the rig) writes for a healthy target.
         assert!(
             r.stdout
                 .lines()

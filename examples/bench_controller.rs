@@ -341,6 +341,7 @@ fn fill_cache(cache: &Cache, w: &Workload, now_s: i64) -> HashMap<String, (usize
                 service_name: format!("svc-{g:04}"),
                 service_port: PortRef::Number(80),
                 ip_family: Default::default(),
+                aws_controller: false,
             },
         ));
         services.push((

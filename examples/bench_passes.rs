@@ -67,6 +67,7 @@ fn binding(g: usize, arn: &str) -> Binding {
         service_name: format!("svc-{g}"),
         service_port: PortRef::Number(80),
         ip_family: Default::default(),
+        aws_controller: false,
     }
 }
 

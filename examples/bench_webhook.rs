@@ -183,6 +183,7 @@ fn cluster(namespaces: usize, per_ns: usize) -> Cluster {
                     service_name: service,
                     service_port: PortRef::Number(80),
                     ip_family: Default::default(),
+                    aws_controller: false,
                 },
             ));
         }

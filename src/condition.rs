@@ -21,6 +21,14 @@ pub struct Policy {
     pub unavailable_is_ready: bool,
 }
 
+impl Policy {
+    /// What the AWS Load Balancer Controller releases: nothing but `healthy`.
+    pub const AS_AWS_CONTROLLER: Self = Self {
+        unused_is_ready: false,
+        unavailable_is_ready: false,
+    };
+}
+
 impl Default for Policy {
     fn default() -> Self {
         Self {
@@ -81,14 +89,17 @@ pub fn from_health(health: &Health, policy: Policy) -> Desired {
         ("unavailable", "Target.HealthCheckDisabled") => policy.unavailable_is_ready,
         _ => false,
     };
-    // ELB gives no reason for `healthy`; say so plainly rather than leave it empty.
-    let (reason, message) = match (health.state.as_str(), reason) {
-        // AWS says `unused`, some emulators `unavailable`: either way it is not registered yet.
-        (_, "Target.NotRegistered") => return not_registered(),
-        ("healthy", "") => ("Elb.Healthy", "Target is healthy"),
-        (_, "") => ("Elb.Unknown", message),
-        _ => (reason, message),
-    };
+    // AWS says `unused`, some emulators `unavailable`: either way it is not registered yet. A
+    // draining target of a pod still waiting on its gate is one the AWS controller registers
+    // again, and it says so (v3.5.0 matches only targets that are not draining).
+    if reason == "Target.NotRegistered"
+        || matches!(health.state.as_str(), "draining" | "unhealthy.draining")
+    {
+        return not_registered();
+    }
+    // ELB's reason and description as they are — none for `healthy` — exactly as the AWS Load
+    // Balancer Controller writes them from the same answer: it writes this condition too, and
+    // rewrites any other wording (one more write per gate, and a re-queue of its binding).
     let status = if ready {
         ConditionStatus::True
     } else {
@@ -173,8 +184,21 @@ mod tests {
     #[test]
     fn healthy_is_true() {
         let d = from_health(&h("healthy", None, None), Policy::default());
-        assert_eq!(d.status, ConditionStatus::True);
-        assert_eq!(d.reason, "Elb.Healthy");
+        // What the AWS Load Balancer Controller writes for a healthy target: True, with no
+        // reason and no message.
+        assert_eq!(d, Desired::new(ConditionStatus::True, "", ""));
+    }
+
+    #[test]
+    fn a_state_without_a_reason_is_written_as_elb_gives_it() {
+        let d = from_health(
+            &h("unhealthy", None, Some("Health checks failed")),
+            Policy::default(),
+        );
+        assert_eq!(
+            d,
+            Desired::new(ConditionStatus::False, "", "Health checks failed")
+        );
     }
 
     #[test]
@@ -200,16 +224,6 @@ mod tests {
                 "unhealthy",
                 "Target.FailedHealthChecks",
                 "Health checks failed",
-            ),
-            (
-                "unhealthy.draining",
-                "Target.FailedHealthChecks",
-                "Health checks failed",
-            ),
-            (
-                "draining",
-                "Target.DeregistrationInProgress",
-                "Target deregistration is in progress",
             ),
             (
                 "unavailable",
@@ -242,6 +256,25 @@ mod tests {
                     "{state} {reason}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_draining_target_reads_as_registration_in_progress_as_the_aws_controller_writes_it() {
+        for (state, reason, desc) in [
+            (
+                "draining",
+                "Target.DeregistrationInProgress",
+                "Target deregistration is in progress",
+            ),
+            (
+                "unhealthy.draining",
+                "Target.FailedHealthChecks",
+                "Health checks failed",
+            ),
+        ] {
+            let d = from_health(&h(state, Some(reason), Some(desc)), Policy::default());
+            assert_eq!(d, not_registered(), "{state}");
         }
     }
 

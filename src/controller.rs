@@ -29,7 +29,7 @@ use crate::domain::{ConditionStatus, Pod, TargetType, gate_type};
 use crate::elbv2::{ElbError, Elbv2, GroupSettings};
 use crate::gates_view::{ElbAnswer, GatesBoard, GatesView, PendingGate, PolicyView};
 use crate::index::Index;
-use crate::metrics::Metrics;
+use crate::metrics::{Deferral, DeferralLabels, Metrics};
 use crate::poller::{self, Group, Settings};
 use crate::schedule::{self, Pending, Timing};
 use crate::target::{self, Target};
@@ -52,6 +52,13 @@ pub struct Waiting {
     pub arn: String,
     pub target: Target,
     pub ready_since_ms: Option<i64>,
+    /// The AWS Load Balancer Controller reconciles the binding and writes this condition too,
+    /// from its own ELB answers: readygate writes what it would, and releases nothing it
+    /// would not (no `unused`/`unavailable` release, no failsafe), since a True it would not
+    /// write comes back False within milliseconds — the pod flips Ready and back.
+    pub aws_controller: bool,
+    /// The failsafe timeout has passed, but the AWS controller holds the gate.
+    pub failsafe_due: bool,
 }
 
 /// What a pending gate needs, decided from the index alone.
@@ -180,14 +187,14 @@ fn need(
             ),
         ));
     }
-    if let (Some(limit), Some(created)) = (failsafe, pod.created)
-        && now_ms >= created * 1000 + limit.as_millis() as i64
-    {
+    let failsafe_due = matches!((failsafe, pod.created),
+        (Some(limit), Some(created)) if now_ms >= created * 1000 + limit.as_millis() as i64);
+    if failsafe_due && !binding.aws_controller {
         return Need::Release(Desired::released(
             condition::REASON_FAILSAFE,
             &format!(
                 "target not healthy {}s after pod creation; gate released by the failsafe timeout",
-                limit.as_secs()
+                failsafe.map_or(0, |l| l.as_secs())
             ),
         ));
     }
@@ -203,6 +210,8 @@ fn need(
             arn: binding.target_group_arn.clone(),
             target,
             ready_since_ms: pod.containers_ready_since.map(|s| s * 1000),
+            aws_controller: binding.aws_controller,
+            failsafe_due,
         }),
         Err(e) => Need::Hold(Desired::new(
             ConditionStatus::False,
@@ -278,6 +287,8 @@ pub struct Controller {
     warned_missing: HashSet<String>,
     /// Gates warned about a `Target.NotInUse` target in an attached group, by (uid, binding).
     warned_not_in_use: HashSet<Key>,
+    /// Gates whose release was left to the AWS controller, by (uid, binding, reason).
+    deferred: HashSet<(String, String, Deferral)>,
     last_missing_check: i64,
     /// The pending gates of each pod, as its last plan left them (only pods that have some).
     work: HashMap<PodKey, Vec<GateWork>>,
@@ -418,6 +429,7 @@ impl Controller {
             healthy_in_flight: HashMap::new(),
             warned_missing: HashSet::new(),
             warned_not_in_use: HashSet::new(),
+            deferred: HashSet::new(),
             last_missing_check: i64::MIN / 2,
             work: HashMap::new(),
             members: HashMap::new(),
@@ -625,6 +637,8 @@ impl Controller {
                 self.sent.remove(&k);
                 self.healthy_seen.remove(&k);
                 self.warned_not_in_use.remove(&k);
+                self.deferred
+                    .retain(|(uid, binding, _)| (uid, binding) != (&k.0, &k.1));
             }
         }
         let wake = self.decide_gates(&new, now);
@@ -665,12 +679,23 @@ impl Controller {
                     self.health_condition(w, wait, now)
                 }
             };
+            let deferred_failsafe = matches!(&w.need, Need::Health(wait) if wait.failsafe_due);
+            if deferred_failsafe
+                && desired
+                    .as_ref()
+                    .is_none_or(|d| d.status != ConditionStatus::True)
+            {
+                self.defer(w, Deferral::Failsafe);
+            }
             if let Some(desired) = desired {
                 self.write(w, &desired, now);
             }
-            if let (Some(limit), Some(created), false) =
-                (self.failsafe, w.created, matches!(w.need, Need::Release(_)))
-            {
+            // A deadline that has passed without a release wakes no one.
+            if let (Some(limit), Some(created), false) = (
+                self.failsafe,
+                w.created,
+                matches!(w.need, Need::Release(_)) || deferred_failsafe,
+            ) {
                 wake = min_opt(wake, Some(created * 1000 + limit.as_millis() as i64));
             }
             if let Some(sent) = self.sent.get(&(w.uid.clone(), w.binding.clone())) {
@@ -817,13 +842,75 @@ impl Controller {
         if condition::not_in_use_while_attached(&h, attached) {
             self.warn_not_in_use(w, &wait.arn);
         }
-        let d = condition::from_health_in_group(&h, self.policy, attached);
+        let policy = if wait.aws_controller {
+            Policy::AS_AWS_CONTROLLER
+        } else {
+            self.policy
+        };
+        let d = condition::from_health_in_group(&h, policy, attached);
+        if d.status != ConditionStatus::True
+            && condition::from_health_in_group(&h, self.policy, attached).status
+                == ConditionStatus::True
+        {
+            self.defer(
+                w,
+                if h.state == "unused" {
+                    Deferral::Unused
+                } else {
+                    Deferral::Unavailable
+                },
+            );
+        }
         if d.status == ConditionStatus::True {
             self.healthy_seen
                 .entry((w.uid.clone(), w.binding.clone()))
                 .or_insert(at.min(now));
         }
         Some(d)
+    }
+
+    /// Once per gate and reason: readygate would release it, and leaves it False because the AWS
+    /// Load Balancer Controller reconciles its binding and writes the condition too (False
+    /// here): a True of readygate's would come back False within milliseconds.
+    fn defer(&mut self, w: &GateWork, why: Deferral) {
+        if !self
+            .deferred
+            .insert((w.uid.clone(), w.binding.clone(), why))
+        {
+            return;
+        }
+        self.metrics
+            .releases_deferred
+            .get_or_create(&DeferralLabels { reason: why })
+            .inc();
+        let (what, fix) = match why {
+            Deferral::Unused => (
+                "its target group is attached to no load balancer (unused, Target.NotInUse), which readygate would take as ready",
+                "attach the target group to a load balancer, or delete the binding",
+            ),
+            Deferral::Unavailable => (
+                "health checks of its target group are disabled (unavailable, Target.HealthCheckDisabled), which readygate would take as ready",
+                "enable the target group's health checks, or delete the binding",
+            ),
+            Deferral::Failsafe => (
+                "its target is still not healthy after readygate's --failsafe-timeout",
+                "find out why the target is not healthy (`readygate status`), or delete the binding",
+            ),
+        };
+        tracing::warn!(namespace = %w.namespace, pod = %w.pod, binding = %w.binding, reason = why.label(), "gate left False: the AWS Load Balancer Controller reconciles the binding and writes its condition too");
+        self.out.jobs.push(Job::Event(PodEvent {
+            namespace: w.namespace.clone(),
+            pod: w.pod.clone(),
+            uid: w.uid.clone(),
+            warning: true,
+            reason: "GateLeftToAwsLoadBalancerController",
+            note: format!(
+                "{}: {what}; but the AWS Load Balancer Controller reconciles TargetGroupBinding {} (finalizer {}) and writes this condition too, False, so readygate leaves it False rather than flip the pod Ready and back: {fix}",
+                gate_type(&w.binding),
+                w.binding,
+                crate::domain::AWS_CONTROLLER_FINALIZER,
+            ),
+        }));
     }
 
     /// Once per gate: the target is `unused` / `Target.NotInUse` although its group serves a
@@ -897,7 +984,11 @@ impl Controller {
             note: format!(
                 "{} True ({}) {}s after pod creation",
                 gate_type(&w.binding),
-                desired.reason,
+                if desired.reason.is_empty() {
+                    "healthy in ELB"
+                } else {
+                    &desired.reason
+                },
                 w.created.map_or(0, |c| (now / 1000 - c).max(0))
             ),
         });
@@ -1378,7 +1469,9 @@ mod tests {
                     ip: "127.0.1.1".parse().unwrap(),
                     port: 8080
                 },
-                ready_since_ms: Some(1_005_000)
+                ready_since_ms: Some(1_005_000),
+                aws_controller: false,
+                failsafe_due: false,
             })
         );
     }
@@ -1448,6 +1541,102 @@ mod tests {
         assert!(
             matches!(&plan(&ix, 1_300_000, limit)[0].need, Need::Release(d) if d.reason == condition::REASON_FAILSAFE)
         );
+    }
+
+    #[test]
+    fn on_a_binding_the_aws_controller_reconciles_the_failsafe_releases_nothing() {
+        let mut ix = index();
+        let mut b = ix.binding("shop", "web-tgb").unwrap().clone();
+        b.aws_controller = true;
+        ix.apply_binding("shop", b);
+        ix.apply_pod("shop", "a", pod("a", Some("127.0.1.1")));
+        let limit = Some(Duration::from_secs(300));
+        let need = |now| plan(&ix, now, limit).remove(0).need;
+        assert!(matches!(need(1_299_000), Need::Health(w) if w.aws_controller && !w.failsafe_due));
+        assert!(matches!(need(1_300_000), Need::Health(w) if w.aws_controller && w.failsafe_due));
+    }
+
+    #[test]
+    fn a_release_the_aws_controller_would_undo_is_left_to_it_once_with_an_event_and_a_metric() {
+        const ARN: &str = "arn:tg/web";
+        let unused = Health {
+            state: "unused".into(),
+            reason: Some("Target.NotInUse".into()),
+            description: Some(
+                "Target group is not configured to receive traffic from the load balancer".into(),
+            ),
+        };
+        let disabled = Health {
+            state: "unavailable".into(),
+            reason: Some("Target.HealthCheckDisabled".into()),
+            description: Some("Health checks are disabled".into()),
+        };
+        for (health, label) in [(unused, "unused"), (disabled, "unavailable")] {
+            for aws_controller in [false, true] {
+                let mut ix = index();
+                let mut b = ix.binding("shop", "web-tgb").unwrap().clone();
+                b.aws_controller = aws_controller;
+                ix.apply_binding("shop", b);
+                ix.apply_pod("shop", "a", pod("a", Some("127.0.1.1")));
+                let (mut c, cache) = core(ix);
+                let t0 = 2_000_000;
+                pass_at(&mut c, &cache, t0);
+                // Attached to no load balancer.
+                reply_nlb_settings(&mut c, t0, false);
+                assert_eq!(pass_at(&mut c, &cache, t0).polls, [ARN.to_string()]);
+                let answer: HashMap<_, _> = [(target_a(), health.clone())].into();
+                c.reply(
+                    Reply::Health(ARN.into(), Ok(answer.clone()), t0 + 100),
+                    t0 + 100,
+                );
+                let a = pass_at(&mut c, &cache, t0 + 100);
+                let written = conditions(&a);
+                assert_eq!(written.len(), 1, "{label}");
+                let left = |a: &Actions| {
+                    a.jobs
+                        .iter()
+                        .filter(|j| matches!(j, Job::Event(e) if e.warning && e.reason == "GateLeftToAwsLoadBalancerController"))
+                        .count()
+                };
+                let series = format!(
+                    "readygate_gate_releases_deferred_total{{reason=\"{label}\"}} {}",
+                    u8::from(aws_controller)
+                );
+                if aws_controller {
+                    // What the AWS controller writes from the same answer: False with ELB's
+                    // reason, so neither writer rewrites the other.
+                    assert_eq!(
+                        (
+                            written[0].condition.status,
+                            written[0].condition.reason.as_str(),
+                            written[0].condition.message.as_str()
+                        ),
+                        (
+                            ConditionStatus::False,
+                            health.reason.as_deref().unwrap(),
+                            health.description.as_deref().unwrap()
+                        ),
+                        "{label}"
+                    );
+                    assert_eq!(left(&a), 1, "{label}");
+                    // Once per gate, not on every answer.
+                    c.reply(
+                        Reply::Health(ARN.into(), Ok(answer), t0 + 2_100),
+                        t0 + 2_100,
+                    );
+                    assert_eq!(left(&pass_at(&mut c, &cache, t0 + 2_100)), 0, "{label}");
+                } else {
+                    assert_eq!(
+                        written[0].condition.status,
+                        ConditionStatus::True,
+                        "{label}"
+                    );
+                    assert_eq!(left(&a), 0, "{label}");
+                }
+                let m = c.metrics.encode();
+                assert!(m.contains(&series), "{label}: {m}");
+            }
+        }
     }
 
     /// The condition of a gate ELB released at `ms`.
@@ -1832,6 +2021,7 @@ mod tests {
                 service_name: svc.into(),
                 service_port: PortRef::Number(80),
                 ip_family: Default::default(),
+                aws_controller: false,
             }
         }
 

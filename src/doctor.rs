@@ -13,7 +13,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::Serialize;
 
-use crate::domain::{INJECT_LABEL, INJECT_LABEL_VALUE, gate_type};
+use crate::domain::{
+    AWS_CONTROLLER_FINALIZER, ConditionStatus, INJECT_LABEL, INJECT_LABEL_VALUE, gate_type,
+};
 use crate::index::Index;
 
 /// The CRD readygate reads bindings from.
@@ -213,6 +215,7 @@ pub fn findings(o: &Observed<'_>) -> Vec<Finding> {
     ));
     out.push(namespaces(&opted_in));
     out.push(missing_gates(o.index));
+    out.push(aws_controller(o.index));
     out.push(leader(&o.lease, &o.lease_ref, o.now_ms));
     out
 }
@@ -587,6 +590,78 @@ fn missing_gates(index: Option<&Index>) -> Finding {
     )
 }
 
+/// Gates whose binding the AWS Load Balancer Controller reconciles (its finalizer): it writes
+/// their conditions too, so readygate leaves False what that controller keeps False. The pods
+/// waiting for a reason only a change of the target group ends are named, with that change.
+fn aws_controller(index: Option<&Index>) -> Finding {
+    const CHECK: &str = "aws-controller";
+    let Some(ix) = index else {
+        return Finding::warning(
+            CHECK,
+            "cannot tell which bindings the AWS Load Balancer Controller reconciles: TargetGroupBindings could not be listed",
+            "install the TargetGroupBinding CRD, or run doctor with a context allowed to list them",
+        );
+    };
+    let mut shared = 0;
+    let mut held: Vec<(String, String, String, &'static str)> = Vec::new();
+    for (ns, name, pod) in ix.pods().filter(|(_, _, p)| !p.finished) {
+        for gate in &pod.gates {
+            if !ix.binding(ns, gate).is_some_and(|b| b.aws_controller) {
+                continue;
+            }
+            shared += 1;
+            let Some(c) = pod
+                .condition(gate)
+                .filter(|c| c.status != ConditionStatus::True)
+            else {
+                continue;
+            };
+            let fix = match c.reason.as_str() {
+                "Target.NotInUse" => "attach its target group to a load balancer",
+                "Target.HealthCheckDisabled" => "enable its target group's health checks",
+                _ => continue,
+            };
+            held.push((ns.to_string(), name.to_string(), gate.clone(), fix));
+        }
+    }
+    let released = "readygate writes what it writes and releases no gate it keeps False (unused or unavailable targets, --failsafe-timeout)";
+    if held.is_empty() {
+        return Finding::ok(
+            CHECK,
+            if shared == 0 {
+                format!(
+                    "no gated pod's binding carries the AWS Load Balancer Controller's finalizer {AWS_CONTROLLER_FINALIZER}: readygate is the only writer of their conditions"
+                )
+            } else {
+                format!(
+                    "{shared} gate(s) belong to bindings the AWS Load Balancer Controller reconciles (finalizer {AWS_CONTROLLER_FINALIZER}), so it writes their conditions too: {released}; none is held for a reason only a change of its target group ends"
+                )
+            },
+        );
+    }
+    held.sort();
+    let named: Vec<String> = held
+        .iter()
+        .take(NAMED_PODS)
+        .map(|(ns, pod, gate, fix)| format!("{ns}/{pod} ({}: {fix})", gate_type(gate)))
+        .collect();
+    let more = held.len().saturating_sub(NAMED_PODS);
+    Finding::warning(
+        CHECK,
+        format!(
+            "{} gate(s) stay False because the AWS Load Balancer Controller reconciles their binding (finalizer {AWS_CONTROLLER_FINALIZER}) and keeps them False where readygate would release them: {}{}; {released}",
+            held.len(),
+            named.join("; "),
+            if more > 0 {
+                format!("; and {more} more")
+            } else {
+                String::new()
+            }
+        ),
+        "make the change named beside each pod, or delete the binding (the AWS controller then marks its gates True)",
+    )
+}
+
 fn leader(lease: &Lookup<Lease>, lease_ref: &str, now_ms: i64) -> Finding {
     let fix_logs = "check that readygate runs (`kubectl -n readygate-system get pods -l app.kubernetes.io/name=readygate`) with --controller true, its logs, and its RBAC on coordination.k8s.io leases";
     let lease = match lease {
@@ -834,6 +909,7 @@ mod tests {
                 "double-injection",
                 "namespaces",
                 "missing-gates",
+                "aws-controller",
                 "leader"
             ]
         );
@@ -843,6 +919,44 @@ mod tests {
         assert!(text.contains("ok      crd"), "{text}");
         assert!(text.ends_with("0 problem(s), 0 warning(s)\n"), "{text}");
         assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn gates_the_aws_controller_keeps_false_are_named_with_the_change_that_ends_it() {
+        let mut s = healthy();
+        assert!(
+            only(&run(&s), "aws-controller")
+                .summary
+                .contains("readygate is the only writer")
+        );
+        let mut binding = s.index.binding("shop", "web").unwrap().clone();
+        binding.aws_controller = true;
+        s.index.apply_binding("shop", binding);
+        let f = only(&run(&s), "aws-controller");
+        assert_eq!(f.level, Level::Ok, "{f:#?}");
+        assert!(f.summary.starts_with("1 gate(s)"), "{f:#?}");
+        let mut pod = s.index.pod("shop", "web-1").unwrap().clone();
+        pod.conditions = vec![(
+            "web".into(),
+            crate::domain::Condition {
+                status: ConditionStatus::False,
+                reason: "Target.NotInUse".into(),
+                message: "Target group is not configured to receive traffic from the load balancer"
+                    .into(),
+                last_transition_time: None,
+            },
+        )];
+        s.index.apply_pod("shop", "web-1", pod);
+        let f = only(&run(&s), "aws-controller");
+        assert_eq!(f.level, Level::Warning, "{f:#?}");
+        assert!(
+            f.summary.contains(
+                "shop/web-1 (target-health.elbv2.k8s.aws/web: attach its target group to a load balancer)"
+            ),
+            "{f:#?}"
+        );
+        assert!(f.fix.is_some());
+        assert_eq!(exit_code(&run(&s)), 0, "a warning, not a problem");
     }
 
     #[test]

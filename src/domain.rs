@@ -12,6 +12,11 @@ pub const LEGACY_GATE_PREFIX: &str = "target-health.alb.ingress.k8s.aws/";
 /// Namespace label that opts pods into injection.
 pub const INJECT_LABEL: &str = "elbv2.k8s.aws/pod-readiness-gate-inject";
 pub const INJECT_LABEL_VALUE: &str = "enabled";
+/// The finalizer the AWS Load Balancer Controller adds to every TargetGroupBinding it
+/// reconciles (v3.5.0: `targetGroupBindingFinalizer`). Such a binding's gates have a second
+/// writer: the AWS controller writes their conditions too, whatever its
+/// `--enable-pod-readiness-gate-inject` says.
+pub const AWS_CONTROLLER_FINALIZER: &str = "elbv2.k8s.aws/resources";
 
 /// The condition type of the gate for binding `binding`.
 pub fn gate_type(binding: &str) -> String {
@@ -65,6 +70,9 @@ pub struct Binding {
     pub service_name: String,
     pub service_port: PortRef,
     pub ip_family: IpFamily,
+    /// The AWS Load Balancer Controller reconciles it (it carries [`AWS_CONTROLLER_FINALIZER`]),
+    /// so it also writes its gates' conditions: readygate writes only what it would write.
+    pub aws_controller: bool,
 }
 
 /// One port of a Service.

@@ -116,6 +116,7 @@ mod tests {
             service_name: svc.into(),
             service_port: PortRef::Number(80),
             ip_family: Default::default(),
+            aws_controller: false,
         }
     }
 

@@ -541,6 +541,7 @@ pub(crate) fn shop_index(
             service_name: "web".into(),
             service_port: PortRef::Number(80),
             ip_family: Default::default(),
+            aws_controller: false,
         },
     );
     ix
@@ -559,6 +560,7 @@ mod tests {
             service_name: svc.into(),
             service_port: PortRef::Number(80),
             ip_family: Default::default(),
+            aws_controller: false,
         }
     }
     fn s(app: &str) -> Service {
@@ -706,6 +708,7 @@ mod tests {
                 service_name: format!("s{}", rng.random_range(0..7)),
                 service_port: PortRef::Number(80),
                 ip_family: Default::default(),
+                aws_controller: false,
             }
         }
 

@@ -76,6 +76,20 @@ label_values! {
 }
 
 label_values! {
+    /// A release readygate would make and leaves out on a binding the AWS Load Balancer
+    /// Controller reconciles: that controller writes the condition too, False in these cases,
+    /// so a True of readygate's would flip the pod Ready and back.
+    Deferral {
+        /// `unused` / `Target.NotInUse` in a target group attached to no load balancer.
+        Unused => "unused",
+        /// `unavailable` / `Target.HealthCheckDisabled`.
+        Unavailable => "unavailable",
+        /// `--failsafe-timeout` passed.
+        Failsafe => "failsafe",
+    }
+}
+
+label_values! {
     /// How an ELBv2 call ended.
     ElbOutcome {
         Ok => "ok",
@@ -134,6 +148,11 @@ pub struct WriteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeferralLabels {
+    pub reason: Deferral,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
     pub source: Source,
 }
@@ -183,6 +202,9 @@ pub struct Metrics {
     pub elbv2_calls: Family<CallLabels, Counter>,
     pub elbv2_throttles: Counter,
     pub status_writes: Family<WriteLabels, Counter>,
+    /// Gates (once per pod and gate) whose release readygate left to the AWS Load Balancer
+    /// Controller, by reason.
+    pub releases_deferred: Family<DeferralLabels, Counter>,
     pub is_leader: Gauge,
     /// 0: bindings listed; 1: the binding watch answers 404, last known bindings kept;
     /// 2: the CRD is confirmed missing.
@@ -230,6 +252,11 @@ impl Metrics {
             StatusWrite::ALL
                 .iter()
                 .map(|&outcome| WriteLabels { outcome }),
+        );
+        let releases_deferred = with_series(
+            Deferral::ALL
+                .iter()
+                .map(|&reason| DeferralLabels { reason }),
         );
         let is_leader = Gauge::default();
         let bindings_crd_state = Gauge::default();
@@ -319,6 +346,11 @@ impl Metrics {
             status_writes.clone(),
         );
         registry.register(
+            "gate_releases_deferred",
+            "Gates, once per pod and gate, that readygate would release and leaves False because the AWS Load Balancer Controller reconciles their binding and writes the condition too, by reason (unused: no load balancer; unavailable: health checks disabled; failsafe: --failsafe-timeout)",
+            releases_deferred.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this replica holds the leader lease",
             is_leader.clone(),
@@ -357,6 +389,7 @@ impl Metrics {
             elbv2_calls,
             elbv2_throttles,
             status_writes,
+            releases_deferred,
             is_leader,
             bindings_crd_state,
             binding_watch_not_found,

@@ -99,6 +99,7 @@ mod tests {
             service_name: "svc".into(),
             service_port: port,
             ip_family: IpFamily::V4,
+            aws_controller: false,
         }
     }
 

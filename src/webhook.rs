@@ -323,6 +323,7 @@ mod tests {
                 service_name: "web".into(),
                 service_port: PortRef::Number(80),
                 ip_family: Default::default(),
+                aws_controller: false,
             },
         )]);
     }

@@ -19,7 +19,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use readygate::metrics::{Admission, ElbOperation, ElbOutcome, StatusWrite, TlsReload};
+use readygate::metrics::{Admission, Deferral, ElbOperation, ElbOutcome, StatusWrite, TlsReload};
 use readygate::termination::Source;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -1101,6 +1101,12 @@ fn first_scrape_failures(observed: &Observed) -> Vec<String> {
             )
         }));
     }
+    known.extend(Deferral::ALL.iter().map(|r| {
+        (
+            "readygate_gate_releases_deferred_total",
+            vec![("reason", r.label())],
+        )
+    }));
     known.extend(Source::ANNOTATIONS.iter().map(|s| {
         (
             "readygate_prestop_invalid_annotations_total",

@@ -422,7 +422,7 @@ fn pod_json(l: &Shape, p: usize) -> Value {
         json!({ "type": "PodScheduled", "status": "True", "lastTransitionTime": created }),
     ];
     if let Some(g) = &gate {
-        conditions.push(json!({ "type": g, "status": "True", "reason": "Elb.Healthy", "message": "Target is healthy", "lastTransitionTime": started }));
+        conditions.push(json!({ "type": g, "status": "True", "reason": "", "message": "", "lastTransitionTime": started }));
     }
     let statuses: Vec<Value> = names
         .iter()

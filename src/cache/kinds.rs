@@ -66,6 +66,12 @@ fn binding<K: Resource>(o: &K, spec: &TargetGroupBindingSpec) -> Option<domain::
             Some("ipv6") => domain::IpFamily::V6,
             _ => domain::IpFamily::V4,
         },
+        aws_controller: o
+            .meta()
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == domain::AWS_CONTROLLER_FINALIZER),
     })
 }
 

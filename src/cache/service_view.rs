@@ -46,6 +46,9 @@ struct NameMeta {
     name: Option<String>,
     namespace: Option<String>,
     resource_version: Option<String>,
+    /// A binding's tell whether the AWS Load Balancer Controller reconciles it.
+    #[serde(default)]
+    finalizers: Option<Vec<String>>,
 }
 
 pub(super) fn name_meta<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
@@ -54,6 +57,7 @@ pub(super) fn name_meta<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Object
         name: m.name,
         namespace: m.namespace,
         resource_version: m.resource_version,
+        finalizers: m.finalizers,
         ..ObjectMeta::default()
     })
 }
@@ -61,7 +65,7 @@ pub(super) fn name_meta<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Object
 super::view_resource!(WatchedService, "Service", "services");
 
 /// A TargetGroupBinding as the watcher decodes it: name, namespace, resourceVersion and the
-/// spec readygate reads; managedFields, labels and annotations are skipped.
+/// spec readygate reads, and its finalizers; managedFields, labels and annotations are skipped.
 #[derive(Clone, Debug, Deserialize)]
 pub struct WatchedBinding {
     #[serde(deserialize_with = "name_meta")]

@@ -170,6 +170,7 @@ pub fn shop(arn: &str) -> std::sync::Arc<Cache> {
                 service_name: "web".into(),
                 service_port: PortRef::Number(80),
                 ip_family: Default::default(),
+                aws_controller: false,
             },
         )]);
         ix.replace_pods(Vec::new());

@@ -380,6 +380,15 @@ impl Elb {
         Ok(())
     }
 
+    /// Detaches the group from a load balancer (its listener rule removed): a group attached to
+    /// none reports its targets `unused` / `Target.NotInUse`.
+    pub fn detach(&self, arn: &str, load_balancer_arn: &str) -> Result<(), ElbError> {
+        let mut groups = self.groups.lock().expect("groups lock");
+        let g = groups.get_mut(arn).ok_or(ElbError::TargetGroupNotFound)?;
+        g.load_balancers.retain(|l| l != load_balancer_arn);
+        Ok(())
+    }
+
     pub fn describe_target_groups(
         &self,
         arns: &[String],

@@ -125,3 +125,59 @@ pub async fn until_nothing_left(
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
+
+/// One value a gate condition took on a pod: (status, reason, message).
+pub type GateValue = (String, String, String);
+/// Per pod, the gate condition's values in order.
+pub type GateValues =
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, Vec<GateValue>>>>;
+
+/// Records, per pod of `ns`, every distinct value its `target-health.elbv2.k8s.aws/*`
+/// condition took, in order, as a watch sees them.
+pub fn watch_gate_values(
+    client: kube::Client,
+    ns: String,
+) -> (GateValues, tokio::task::JoinHandle<()>) {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+    let seen: GateValues = std::sync::Arc::default();
+    let out = seen.clone();
+    let task = tokio::spawn(async move {
+        let api: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, &ns);
+        let mut stream = watcher(api, watcher::Config::default()).boxed();
+        while let Some(event) = stream.next().await {
+            let pods = match event {
+                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => vec![p],
+                _ => continue,
+            };
+            for p in pods {
+                let v = serde_json::to_value(&p).unwrap_or_default();
+                let name = rig::str_at(&v, "/metadata/name");
+                let Some(c) = v
+                    .pointer("/status/conditions")
+                    .and_then(serde_json::Value::as_array)
+                    .and_then(|cs| {
+                        cs.iter().find(|c| {
+                            c["type"]
+                                .as_str()
+                                .is_some_and(|t| t.starts_with("target-health.elbv2.k8s.aws/"))
+                        })
+                    })
+                else {
+                    continue;
+                };
+                let value = (
+                    rig::str_at(c, "/status"),
+                    rig::str_at(c, "/reason"),
+                    rig::str_at(c, "/message"),
+                );
+                let mut seen = seen.lock().unwrap();
+                let values = seen.entry(name).or_default();
+                if values.last() != Some(&value) {
+                    values.push(value);
+                }
+            }
+        }
+    });
+    (out, task)
+}

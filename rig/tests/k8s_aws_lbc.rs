@@ -7,9 +7,7 @@
 
 mod common;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::watcher;
 use rig::aws_lbc::{ACCESS_KEY, BIN_ENV};
 use rig::demo::{Mode, ModeOptions, prestop_sleep_arg, run_mode, summary_line};
 use rig::k8s::audit::READYGATE_USER;
@@ -17,7 +15,6 @@ use rig::rig::RigConfig;
 use rig::stage::Stage;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The controller's binary, or None with the one line that says why the test skips (CI
@@ -47,58 +44,7 @@ fn readygate() -> Option<std::path::PathBuf> {
     bin
 }
 
-/// One value the gate condition took on a pod: (status, reason, message).
-type Value3 = (String, String, String);
-/// Per pod, the gate condition's values in order.
-type GateValues = Arc<Mutex<BTreeMap<String, Vec<Value3>>>>;
-
-/// Records, per pod of `ns`, every distinct value its `target-health.elbv2.k8s.aws/*`
-/// condition took, in order, as a watch sees them.
-fn watch_gate_values(
-    client: kube::Client,
-    ns: String,
-) -> (GateValues, tokio::task::JoinHandle<()>) {
-    let seen: GateValues = Arc::default();
-    let out = seen.clone();
-    let task = tokio::spawn(async move {
-        let api: kube::Api<Pod> = kube::Api::namespaced(client, &ns);
-        let mut stream = watcher(api, watcher::Config::default()).boxed();
-        while let Some(event) = stream.next().await {
-            let pods = match event {
-                Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => vec![p],
-                _ => continue,
-            };
-            for p in pods {
-                let v = serde_json::to_value(&p).unwrap_or_default();
-                let name = rig::str_at(&v, "/metadata/name");
-                let Some(c) = v
-                    .pointer("/status/conditions")
-                    .and_then(Value::as_array)
-                    .and_then(|cs| {
-                        cs.iter().find(|c| {
-                            c["type"]
-                                .as_str()
-                                .is_some_and(|t| t.starts_with("target-health.elbv2.k8s.aws/"))
-                        })
-                    })
-                else {
-                    continue;
-                };
-                let value = (
-                    rig::str_at(c, "/status"),
-                    rig::str_at(c, "/reason"),
-                    rig::str_at(c, "/message"),
-                );
-                let mut seen = seen.lock().unwrap();
-                let values = seen.entry(name).or_default();
-                if values.last() != Some(&value) {
-                    values.push(value);
-                }
-            }
-        }
-    });
-    (out, task)
-}
+type Value3 = common::GateValue;
 
 #[test]
 fn the_real_controller_registers_the_targets_and_writes_the_gates_beside_readygate() {
@@ -121,7 +67,7 @@ fn the_real_controller_registers_the_targets_and_writes_the_gates_beside_readyga
         let lbc_user = rig::aws_lbc::USER.to_string();
         let audit_from = rig::k8s::audit::requests(&plane.audit_log).unwrap().len();
         let ns = stage.rig.ns(Mode::Readygate.namespace());
-        let (values, watch) = watch_gate_values(stage.rig.client.clone(), ns.clone());
+        let (values, watch) = common::watch_gate_values(stage.rig.client.clone(), ns.clone());
         let options = ModeOptions {
             rollouts: 1,
             ..ModeOptions::default()
@@ -270,7 +216,7 @@ async fn scenario(choice: rig::rig::LbcChoice) -> Observed {
     let ns = rig.ns("lbc-differential");
     rig.namespace(&ns, false).await.unwrap();
     let app = rig.app(&ns, "web").await.unwrap();
-    let (values, watch) = watch_gate_values(rig.client.clone(), ns.clone());
+    let (values, watch) = common::watch_gate_values(rig.client.clone(), ns.clone());
     let mut dep = web_deployment(&app, 3, Duration::from_millis(200), None);
     dep.template["spec"]["readinessGates"] =
         serde_json::json!([{"conditionType": "target-health.elbv2.k8s.aws/web"}]);

@@ -32,25 +32,15 @@ fn controller() -> Option<std::path::PathBuf> {
     }
 }
 
-fn readygate() -> Option<std::path::PathBuf> {
-    let bin = rig::readygate::find_binary(None);
-    if bin.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none() && std::env::var_os("READYGATE_BIN").is_none(),
-            "the readygate binary was not found"
-        );
-        println!("SKIPPED: the readygate binary is not built");
-    }
-    bin
-}
-
 type Value3 = common::GateValue;
 
 #[test]
 fn the_real_controller_registers_the_targets_and_writes_the_gates_beside_readygate() {
     // Decided before any cluster starts: a skip costs nothing.
     let Some(_) = controller() else { return };
-    let Some(bin) = readygate() else { return };
+    let Some(bin) = common::readygate() else {
+        return;
+    };
     rig::cluster::test(|plane| async move {
         common::crypto();
         let _serial = rig::serial::exclusive().await; // one rollout scenario at a time on this machine
@@ -106,21 +96,7 @@ fn the_real_controller_registers_the_targets_and_writes_the_gates_beside_readyga
         assert_eq!(other_registrations, 0, "someone else registered targets");
 
         // pods/status patches per writer per pod, from the audit log.
-        let audit = rig::k8s::audit::requests(&plane.audit_log).unwrap();
-        let mut writes: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
-        for q in &audit[audit_from..] {
-            if q.namespace == ns
-                && q.resource == "pods"
-                && q.subresource == "status"
-                && q.verb == "patch"
-            {
-                *writes
-                    .entry(q.name.clone())
-                    .or_default()
-                    .entry(q.user.clone())
-                    .or_default() += 1;
-            }
-        }
+        let writes = common::status_writes(plane, audit_from, &ns);
         let values = values.lock().unwrap().clone();
         println!("pods/status patches per pod (one gate each) by writer, and the gate's values:");
         for (pod, w) in &writes {

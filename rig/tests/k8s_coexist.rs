@@ -21,42 +21,6 @@ use rig::stage::Stage;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-fn readygate() -> Option<std::path::PathBuf> {
-    let bin = rig::readygate::find_binary(None);
-    if bin.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none() && std::env::var_os("READYGATE_BIN").is_none(),
-            "the readygate binary was not found"
-        );
-        println!("SKIPPED: the readygate binary is not built");
-    }
-    bin
-}
-
-/// `pods/status` patches per pod of `ns` and per user, in the audit log from entry `from` on.
-fn status_writes(
-    plane: &rig::cluster::ControlPlane,
-    from: usize,
-    ns: &str,
-) -> BTreeMap<String, BTreeMap<String, usize>> {
-    let audit = rig::k8s::audit::requests(&plane.audit_log).unwrap();
-    let mut writes: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
-    for q in &audit[from..] {
-        if q.namespace == ns
-            && q.resource == "pods"
-            && q.subresource == "status"
-            && q.verb == "patch"
-        {
-            *writes
-                .entry(q.name.clone())
-                .or_default()
-                .entry(q.user.clone())
-                .or_default() += 1;
-        }
-    }
-    writes
-}
-
 /// How often a gate's values went from True to False.
 fn flips(v: &[common::GateValue]) -> usize {
     v.windows(2)
@@ -70,7 +34,9 @@ fn by(w: &BTreeMap<String, usize>, user: &str) -> usize {
 
 #[test]
 fn everyday_rollouts_make_a_few_writes_per_gate_between_the_two_writers_and_no_flip() {
-    let Some(bin) = readygate() else { return };
+    let Some(bin) = common::readygate() else {
+        return;
+    };
     rig::cluster::test(|plane| async move {
         common::crypto();
         let _serial = rig::serial::exclusive().await;
@@ -102,7 +68,7 @@ fn everyday_rollouts_make_a_few_writes_per_gate_between_the_two_writers_and_no_f
             assert!(r.rollout.complete(), "{r:?}");
             assert_eq!(r.failed(), 0, "{}", summary_line(r));
         }
-        let writes = status_writes(plane, from, &ns);
+        let writes = common::status_writes(plane, from, &ns);
         let values = values.lock().unwrap().clone();
         let lbc = rig::k8s::aws_lbc::USER;
         let gated: Vec<&String> = values.keys().collect();
@@ -143,7 +109,9 @@ fn everyday_rollouts_make_a_few_writes_per_gate_between_the_two_writers_and_no_f
 
 #[test]
 fn a_group_attached_to_no_load_balancer_is_left_false_to_the_aws_controller_without_a_fight() {
-    let Some(bin) = readygate() else { return };
+    let Some(bin) = common::readygate() else {
+        return;
+    };
     rig::cluster::test(|plane| async move {
         common::crypto();
         let _serial = rig::serial::exclusive().await;
@@ -182,7 +150,7 @@ fn a_group_attached_to_no_load_balancer_is_left_false_to_the_aws_controller_with
             "the AWS controller reconciles the binding: {:?}",
             binding.metadata.finalizers
         );
-        let writes = status_writes(plane, from, &ns);
+        let writes = common::status_writes(plane, from, &ns);
         let values = values.lock().unwrap().clone();
         let lbc = rig::k8s::aws_lbc::USER;
         assert_eq!(values.len(), 2, "{values:?}");

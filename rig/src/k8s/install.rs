@@ -5,7 +5,6 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::discovery::{Scope, pinned_kind};
 use kube::{Api, Client};
@@ -100,32 +99,10 @@ pub async fn apply(client: &Client, obj: &Value, default_ns: &str) -> anyhow::Re
     Ok(())
 }
 
-/// Applies the TargetGroupBinding CRD and waits until it is Established.
+/// Applies the rig's own TargetGroupBinding CRD and waits until it is Established.
 pub async fn target_group_binding_crd(client: &Client) -> anyhow::Result<()> {
-    let path = crd_path();
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    for doc in documents(&text)? {
-        apply(client, &doc, "default").await?;
-    }
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let crd = crds.get("targetgroupbindings.elbv2.k8s.aws").await?;
-        let established = crd
-            .status
-            .and_then(|s| s.conditions)
-            .unwrap_or_default()
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True");
-        if established {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the TargetGroupBinding CRD was not Established within 20 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::k8s::aws_lbc::install_crds_from(client, &crate::k8s::aws_lbc::Crds::Rig(crd_path()))
+        .await
 }
 
 /// readygate as installed from `manifests/base`: every resource its kustomization lists, in its

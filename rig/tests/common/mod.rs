@@ -181,3 +181,42 @@ pub fn watch_gate_values(
     });
     (out, task)
 }
+
+/// The readygate binary, or None (the test then passes with a SKIPPED line) only outside CI and
+/// when `READYGATE_BIN` is not set.
+pub fn readygate() -> Option<std::path::PathBuf> {
+    let bin = rig::readygate::find_binary(None);
+    if bin.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none() && std::env::var_os("READYGATE_BIN").is_none(),
+            "the readygate binary was not found"
+        );
+        println!("SKIPPED: the readygate binary is not built");
+    }
+    bin
+}
+
+/// `pods/status` patches per pod of `ns` and per user, in the audit log from entry `from` on.
+pub fn status_writes(
+    plane: &rig::cluster::ControlPlane,
+    from: usize,
+    ns: &str,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, usize>> {
+    let audit = rig::k8s::audit::requests(&plane.audit_log).unwrap();
+    let mut writes: std::collections::BTreeMap<String, std::collections::BTreeMap<String, usize>> =
+        Default::default();
+    for q in &audit[from..] {
+        if q.namespace == ns
+            && q.resource == "pods"
+            && q.subresource == "status"
+            && q.verb == "patch"
+        {
+            *writes
+                .entry(q.name.clone())
+                .or_default()
+                .entry(q.user.clone())
+                .or_default() += 1;
+        }
+    }
+    writes
+}

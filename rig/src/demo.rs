@@ -630,7 +630,7 @@ pub fn side_by_side(modes: &[ModeReport]) -> String {
     );
     row(
         &mut out,
-        "ELBv2 calls per rollout (AWS LBC model's)",
+        "ELBv2 calls per rollout (AWS LBC's)",
         each(&|m| {
             format!(
                 "{:.1}",

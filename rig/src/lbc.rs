@@ -947,7 +947,12 @@ impl Controller {
                 .await?;
         }
         if pending {
-            return Ok(Outcome::After(self.config.requeue));
+            // A deregistration still waiting out the reaction delay is due first: the re-queue
+            // for a pending gate must not hold it back (it did, by up to the whole re-queue, and
+            // a pod with readygate's preStop sleep was deregistered after it stopped serving).
+            return Ok(Outcome::After(
+                later.map_or(self.config.requeue, |l| l.min(self.config.requeue)),
+            ));
         }
         if let Some(l) = later {
             return Ok(Outcome::After(l));

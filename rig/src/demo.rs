@@ -614,33 +614,21 @@ pub fn side_by_side(modes: &[ModeReport]) -> String {
             )
         }),
     );
+    let per_rollout = |m: &ModeReport, calls: fn(&RolloutResult) -> u64| {
+        format!(
+            "{:.1}",
+            m.rollouts.iter().map(calls).sum::<u64>() as f64 / m.rollouts.len().max(1) as f64
+        )
+    };
     row(
         &mut out,
         "ELBv2 calls per rollout (readygate's)",
-        each(&|m| {
-            format!(
-                "{:.1}",
-                m.rollouts
-                    .iter()
-                    .map(RolloutResult::elb_calls_total)
-                    .sum::<u64>() as f64
-                    / m.rollouts.len().max(1) as f64
-            )
-        }),
+        each(&|m| per_rollout(m, RolloutResult::elb_calls_total)),
     );
     row(
         &mut out,
         "ELBv2 calls per rollout (AWS LBC's)",
-        each(&|m| {
-            format!(
-                "{:.1}",
-                m.rollouts
-                    .iter()
-                    .map(RolloutResult::lbc_calls_total)
-                    .sum::<u64>() as f64
-                    / m.rollouts.len().max(1) as f64
-            )
-        }),
+        each(&|m| per_rollout(m, RolloutResult::lbc_calls_total)),
     );
     let lags = |m: &ModeReport| {
         let mut l: Vec<Duration> = m

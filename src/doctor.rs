@@ -565,24 +565,17 @@ fn missing_gates(index: Option<&Index>) -> Finding {
         );
     }
     missing.sort();
-    let named: Vec<String> = missing
-        .iter()
-        .take(NAMED_PODS)
-        .map(|(ns, pod, gates)| format!("{ns}/{pod} lacks {}", gates.join(", ")))
-        .collect();
-    let more = missing.len().saturating_sub(NAMED_PODS);
     let (ns, pod, _) = &missing[0];
     Finding::problem(
         "missing-gates",
         format!(
-            "{} pod(s) selected by a TargetGroupBinding have no gate for it (created before the binding existed, or while the webhook was unavailable): {}{}; the load balancer does not hold their readiness",
+            "{} pod(s) selected by a TargetGroupBinding have no gate for it (created before the binding existed, or while the webhook was unavailable): {}; the load balancer does not hold their readiness",
             missing.len(),
-            named.join("; "),
-            if more > 0 {
-                format!("; and {more} more")
-            } else {
-                String::new()
-            }
+            some_of(
+                missing
+                    .iter()
+                    .map(|(ns, pod, gates)| format!("{ns}/{pod} lacks {}", gates.join(", ")))
+            ),
         ),
         format!(
             "delete them so their controllers recreate them with the gates, e.g. `kubectl -n {ns} delete pod {pod}` (or `kubectl rollout restart` their Deployment)"
@@ -640,26 +633,29 @@ fn aws_controller(index: Option<&Index>) -> Finding {
         );
     }
     held.sort();
-    let named: Vec<String> = held
-        .iter()
-        .take(NAMED_PODS)
-        .map(|(ns, pod, gate, fix)| format!("{ns}/{pod} ({}: {fix})", gate_type(gate)))
-        .collect();
-    let more = held.len().saturating_sub(NAMED_PODS);
     Finding::warning(
         CHECK,
         format!(
-            "{} gate(s) stay False because the AWS Load Balancer Controller reconciles their binding (finalizer {AWS_CONTROLLER_FINALIZER}) and keeps them False where readygate would release them: {}{}; {released}",
+            "{} gate(s) stay False because the AWS Load Balancer Controller reconciles their binding (finalizer {AWS_CONTROLLER_FINALIZER}) and keeps them False where readygate would release them: {}; {released}",
             held.len(),
-            named.join("; "),
-            if more > 0 {
-                format!("; and {more} more")
-            } else {
-                String::new()
-            }
+            some_of(
+                held.iter()
+                    .map(|(ns, pod, gate, fix)| format!("{ns}/{pod} ({}: {fix})", gate_type(gate)))
+            ),
         ),
         "make the change named beside each pod, or delete the binding (the AWS controller then marks its gates True)",
     )
+}
+
+/// The first [`NAMED_PODS`] of `items`, joined, and how many more there are.
+fn some_of(items: impl ExactSizeIterator<Item = String>) -> String {
+    let more = items.len().saturating_sub(NAMED_PODS);
+    let named: Vec<String> = items.take(NAMED_PODS).collect();
+    if more > 0 {
+        format!("{}; and {more} more", named.join("; "))
+    } else {
+        named.join("; ")
+    }
 }
 
 fn leader(lease: &Lookup<Lease>, lease_ref: &str, now_ms: i64) -> Finding {
